@@ -1,0 +1,31 @@
+"""The in-memory form of a trained ALS model: two partitioned factor tables plus hyperparameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
+
+from spark_unlearn.als.params import ALSParams
+
+
+@dataclass
+class FactorModel:
+    """A bi-linear model ``r_ui ~ x_u . y_i``.
+
+    Attributes
+    ----------
+    user_factors, item_factors
+        DataFrames with :data:`spark_unlearn.schema.FACTORS_SCHEMA`
+        (``id`` int, ``features`` array<float> of length ``params.rank``).
+    params
+        Hyperparameters the factors were trained with.
+    """
+
+    user_factors: DataFrame
+    item_factors: DataFrame
+    params: ALSParams
+
+    @property
+    def rank(self) -> int:
+        return self.params.rank

@@ -1,0 +1,48 @@
+"""Shared fixtures: one local[2] SparkSession for the whole test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS_SMALL = Path(os.environ.get("SPARK_UNLEARN_SHARED", REPO.parent / "shared")) / "data" / "ml-latest-small"
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("spark_unlearn-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "4")
+        .config("spark.driver.memory", "2g")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    session.sparkContext.setCheckpointDir(str(tmp_path_factory.mktemp("checkpoints")))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def movielens_small_dir() -> Path:
+    """ml-latest-small from ../shared; tests using it skip when it is absent."""
+    if not (MOVIELENS_SMALL / "ratings.csv").exists():
+        pytest.skip(f"ml-latest-small not found at {MOVIELENS_SMALL} (set SPARK_UNLEARN_SHARED to the folder holding data/)")
+    return MOVIELENS_SMALL
+
+
+@pytest.fixture(scope="session")
+def sample_ratings_path() -> str:
+    """pyspark's embedded MovieLens sample (1,501 ratings, user::item::rating::ts)."""
+    from spark_unlearn.data.embedded import sample_movielens_path
+
+    return sample_movielens_path()
