@@ -1,0 +1,294 @@
+"""Distributed ALS with Spark MLlib's objective, on the block layout of :mod:`spark_unlearn.als.blocks`.
+
+One iteration solves every item from the user factors, then every user from
+the item factors (Spark's order), so the final user factors are the exact
+solution given the final item factors.  Per half-step:
+
+1. each block of the solved-from side sends every other block the factor rows
+   it needs (one message per block pair; a shuffle of factors only);
+2. each block of the solved side forms its normal equations with the
+   batched kernel of :mod:`spark_unlearn.als.kernels` and solves them.
+
+In implicit mode the Gram ``Y^T Y`` of the solved-from side is a distributed
+sum of per-block ``k x k`` Grams, broadcast to the solvers.  Lineage is cut
+every ``checkpoint_interval`` iterations so long runs do not overflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark import RDD, StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+
+from spark_unlearn.als.blocks import SideBlock, dataframe_to_factor_pieces, factors_to_dataframe, side_blocks
+from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
+from spark_unlearn.als.model import FactorModel
+from spark_unlearn.als.params import ALSParams
+from spark_unlearn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return x ^ (x >> np.uint64(31))
+
+
+def init_factors(ids: np.ndarray, rank: int, seed: int, salt: int) -> np.ndarray:
+    """Deterministic random unit-norm rows (Spark's initialisation: gaussian, normalised).
+
+    Each row depends only on ``(seed, salt, id)``, so the result does not
+    depend on how rows are partitioned.
+    """
+    with np.errstate(over="ignore"):
+        base = (np.asarray(ids, dtype=np.int64).astype(np.uint64) << np.uint64(20)) ^ np.uint64((seed * 1_000_003 + salt) & 0xFFFFF)
+        cols = np.arange(2 * rank, dtype=np.uint64)
+        bits = _splitmix64(_splitmix64(base[:, None] * np.uint64(0x100000001B3) + cols[None, :]) ^ np.uint64(seed & 0xFFFFFFFF))
+    u = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    g = np.sqrt(-2.0 * np.log(u[:, :rank])) * np.cos(2.0 * np.pi * u[:, rank:])
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    return g.astype(np.float32)
+
+
+def _route(it):
+    """Send each other-side block the factor rows it needs: yields (dst block, (src block, rows))."""
+    static, factors = None, None
+    for _, value in it:
+        if isinstance(value, SideBlock):
+            static = value
+        else:
+            factors = value
+    if static is None or factors is None:
+        return
+    F = factors[1]
+    for dst, rows in static.outlinks.items():
+        yield dst, (static.block, F[rows])
+
+
+@dataclass
+class _Own:
+    """The solved side's own current factors, travelling beside the messages (residuals need them)."""
+
+    ids: np.ndarray
+    F: np.ndarray
+
+
+def _gather(it):
+    """Split a solver partition into its static block, the needed factors (message order) and own factors."""
+    static, msgs, own = None, [], None
+    for _, value in it:
+        if isinstance(value, SideBlock):
+            static = value
+        elif isinstance(value, _Own):
+            own = value
+        else:
+            msgs.append(value)
+    if static is None:
+        return None, None, None
+    msgs.sort(key=lambda m: m[0])
+    k = msgs[0][1].shape[1] if msgs else 0
+    Y = np.concatenate([m[1] for m in msgs]) if msgs else np.zeros((0, k), np.float32)
+    expected = int(static.needed_counts.sum())
+    if Y.shape[0] != expected:  # a routing bug would silently mis-assign factors
+        raise RuntimeError(f"block {static.block}: received {Y.shape[0]} factor rows, expected {expected}")
+    return static, Y, own
+
+
+@dataclass
+class ALSState:
+    """The cached block layout of one ratings table (both sides)."""
+
+    spark: SparkSession
+    users: RDD  # (block, SideBlock) with users as rows
+    items: RDD  # (block, SideBlock) with items as rows
+    num_blocks: int
+
+    @classmethod
+    def build(cls, ratings: DataFrame, num_blocks: int | None = None) -> "ALSState":
+        spark = ratings.sparkSession
+        P = num_blocks or max(2, spark.sparkContext.defaultParallelism)
+        return cls(spark, side_blocks(ratings, "user", P), side_blocks(ratings, "item", P), P)
+
+    def side(self, name: str) -> RDD:
+        return self.users if name == "user" else self.items
+
+    def unpersist(self) -> None:
+        self.users.unpersist()
+        self.items.unpersist()
+
+    # -- factors ---------------------------------------------------------
+    def initial_factors(self, side: str, rank: int, seed: int, warm: DataFrame | None = None) -> RDD:
+        """Factor blocks ``(block, (ids, F))`` aligned with the side's rows.
+
+        Rows present in ``warm`` (an ``id``/``features`` table) start there;
+        the others get the deterministic random start.
+        """
+        salt = 1 if side == "user" else 2
+        static = self.side(side)
+        if warm is None:
+            return static.mapValues(lambda s: (s.ids, init_factors(s.ids, rank, seed, salt)))
+        pieces = dataframe_to_factor_pieces(warm, self.num_blocks).partitionBy(self.num_blocks)
+
+        def align(it):
+            block, given = None, []
+            for _, value in it:
+                if isinstance(value, SideBlock):
+                    block = value
+                else:
+                    given.append(value)
+            if block is None:
+                return
+            F = init_factors(block.ids, rank, seed, salt)
+            for _, ids, G in given:
+                if ids.size == 0:
+                    continue
+                if G.shape[1] != rank:
+                    raise ConfigError(f"warm-start factors have rank {G.shape[1]}, the model wants rank {rank}")
+                pos = np.searchsorted(block.ids, ids)
+                pos = np.minimum(pos, max(block.ids.size - 1, 0))
+                hit = (block.ids.size > 0) & (block.ids[pos] == ids)
+                F[pos[hit]] = G[hit]
+            yield block.block, (block.ids, F)
+
+        return static.union(pieces).mapPartitions(align, preservesPartitioning=True)
+
+    def gram(self, factors: RDD) -> np.ndarray:
+        """``F^T F`` (float64) over all rows of a factor RDD: a distributed sum of k x k blocks."""
+        grams = factors.map(lambda kv: kv[1][1].astype(np.float64).T @ kv[1][1].astype(np.float64))
+        return grams.treeReduce(lambda a, b: a + b)
+
+    def _messages(self, src_side: str, src_factors: RDD) -> RDD:
+        return self.side(src_side).union(src_factors).mapPartitions(_route).partitionBy(self.num_blocks)
+
+    def solve(self, dst_side: str, src_factors: RDD, params: ALSParams, src_gram: np.ndarray | None = None) -> RDD:
+        """New factors of ``dst_side`` solved from the other side's ``src_factors`` (lazy RDD).
+
+        ``src_gram`` is ``F^T F`` of ``src_factors`` if the caller has it
+        (implicit mode computes it otherwise: one more Spark job).
+        """
+        src_side = "item" if dst_side == "user" else "user"
+        spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
+        gram_bc = None
+        if params.implicit:
+            gram_bc = self.spark.sparkContext.broadcast(src_gram if src_gram is not None else self.gram(src_factors))
+
+        def solve_partition(it):
+            static, Y, _ = _gather(it)
+            if static is None:
+                return
+            G = gram_bc.value if gram_bc is not None else None
+            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
+            yield static.block, (static.ids, X.astype(np.float32))
+
+        msgs = self._messages(src_side, src_factors)
+        return self.side(dst_side).union(msgs).mapPartitions(solve_partition, preservesPartitioning=True)
+
+    def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
+        """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""
+        src_side = "item" if dst_side == "user" else "user"
+        spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
+        gram_bc = self.spark.sparkContext.broadcast(self.gram(src_factors)) if params.implicit else None
+        msgs = self._messages(src_side, src_factors)
+        own = dst_factors.mapValues(lambda f: _Own(*f))
+
+        def residual_partition(it):
+            static, Y, own_f = _gather(it)
+            if static is None:
+                return
+            G = gram_bc.value if gram_bc is not None else None
+            R, bnorm = residuals(own_f.F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
+            yield static.block, (static.ids, R, bnorm)
+
+        return self.side(dst_side).union(msgs).union(own).mapPartitions(residual_partition, preservesPartitioning=True)
+
+
+def _materialise(state: ALSState, rdd: RDD, checkpoint: bool, want_gram: bool) -> tuple[RDD, np.ndarray | None]:
+    """Persist ``rdd`` and compute it with one Spark job (the Gram reduce when wanted, else a count)."""
+    rdd = rdd.persist(StorageLevel.MEMORY_AND_DISK)
+    if checkpoint:
+        if rdd.context.getCheckpointDir():
+            rdd.checkpoint()
+        else:
+            rdd.localCheckpoint()
+    if want_gram:
+        return rdd, state.gram(rdd)
+    rdd.count()
+    return rdd, None
+
+
+@dataclass
+class TrainResult:
+    """Output of :func:`train_als`: the model plus its cached block state (for residuals/unlearning)."""
+
+    model: FactorModel
+    state: ALSState
+    user_blocks: RDD  # (block, (ids, F)) of the final user factors
+    item_blocks: RDD
+    seconds: float
+    seconds_per_iteration: float
+
+
+def train_als(
+    ratings: DataFrame,
+    params: ALSParams,
+    init: FactorModel | None = None,
+    state: ALSState | None = None,
+) -> TrainResult:
+    """Train (or warm-start) ALS on a validated ratings DataFrame.
+
+    Parameters
+    ----------
+    ratings
+        Canonical ratings (``user``, ``item``, ``rating``), see
+        :func:`spark_unlearn.data.readers.read_ratings`.
+    params
+        Hyperparameters; the objective is Spark MLlib's (see
+        :class:`~spark_unlearn.als.params.ALSParams`).
+    init
+        Warm start: rows found in ``init``'s factor tables start there,
+        others start at random.  Rows of ``init`` absent from ``ratings``
+        are dropped (a row with no ratings has no factor, as in Spark).
+    state
+        A block layout already built for ``ratings`` (reused, not rebuilt).
+
+    Returns
+    -------
+    TrainResult
+        With the factor tables as lazily-built DataFrames backed by cached
+        blocks; nothing is collected to the driver but ``k x k`` Grams.
+    """
+    t0 = time.perf_counter()
+    state = state or ALSState.build(ratings, params.num_blocks)
+    spark = state.spark
+    users = state.initial_factors("user", params.rank, params.seed, init.user_factors if init else None)
+    items = state.initial_factors("item", params.rank, params.seed, init.item_factors if init else None)
+    implicit = params.implicit
+    users, user_gram = _materialise(state, users, checkpoint=False, want_gram=implicit)
+    items, _ = _materialise(state, items, checkpoint=False, want_gram=False)
+    t_setup = time.perf_counter() - t0
+    log.info("ALS block layout ready: %d blocks per side, %.1fs", state.num_blocks, t_setup)
+    t_iter = time.perf_counter()
+    for it in range(1, params.iterations + 1):
+        cut = it % params.checkpoint_interval == 0
+        new_items, item_gram = _materialise(state, state.solve("item", users, params, user_gram), cut, implicit)
+        items.unpersist()
+        items = new_items
+        new_users, user_gram = _materialise(state, state.solve("user", items, params, item_gram), cut, implicit)
+        users.unpersist()
+        users = new_users
+        log.info("ALS iteration %d/%d done (%.1fs)", it, params.iterations, time.perf_counter() - t0)
+    per_iter = (time.perf_counter() - t_iter) / max(params.iterations, 1)
+    model = FactorModel(
+        user_factors=factors_to_dataframe(spark, users, params.rank),
+        item_factors=factors_to_dataframe(spark, items, params.rank),
+        params=params,
+    )
+    return TrainResult(model, state, users, items, time.perf_counter() - t0, per_iter)
