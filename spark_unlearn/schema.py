@@ -27,12 +27,18 @@ FACTORS_SCHEMA = StructType(
     ]
 )
 
-# Per-row training residual e_r = A_r x_r - b_r (DESIGN §2), kept in double.
+# Per-row training residual e_r = A_r x_r - b_r (DESIGN §2) and |b_r|, kept in double.
 OFFSETS_SCHEMA = StructType(
     [
         StructField("id", IntegerType(), False),
         StructField("residual", ArrayType(DoubleType(), False), False),
+        StructField("bnorm", DoubleType(), False),
     ]
+)
+
+# Internal transport: an id and one double array (residual and |b| side by side).
+WIDE_DOUBLES_SCHEMA = StructType(
+    [StructField("id", IntegerType(), False), StructField("values", ArrayType(DoubleType(), False), False)]
 )
 
 INT32_MAX = 2**31 - 1

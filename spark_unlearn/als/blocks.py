@@ -133,62 +133,101 @@ def side_blocks(ratings: DataFrame, side: str, num_blocks: int) -> RDD:
 
 
 def factors_to_dataframe(spark: SparkSession, factors: RDD, rank: int) -> DataFrame:
-    """Turn an RDD ``(block, (ids, F))`` into a ``id``/``features`` DataFrame (float32), via Arrow.
-
-    Blocks travel as a few binary rows and are exploded on the executors, so
-    no per-row Python objects are built.
-    """
+    """Turn an RDD ``(block, (ids, F, ...))`` into an ``id``/``features`` DataFrame (float32), via Arrow."""
     from spark_unlearn.schema import FACTORS_SCHEMA
 
-    packed = factors.map(
-        lambda kv: (int(kv[0]), kv[1][0].astype(np.int32).tobytes(), np.ascontiguousarray(kv[1][1], dtype=np.float32).tobytes())
+    return rows_to_dataframe(spark, factors, rank, FACTORS_SCHEMA, np.float32)
+
+
+def rows_to_dataframe(spark: SparkSession, blocks: RDD, width: int, schema, dtype) -> DataFrame:
+    """Turn an RDD ``(block, (ids, M, ...))`` into a two-column ``id``/array DataFrame.
+
+    Blocks travel as a few binary rows and are exploded into Arrow list
+    arrays on the executors, so no per-row Python objects are built.
+    ``schema`` names the columns (``id`` + one array of ``dtype``).
+    """
+    value_col = schema.fieldNames()[1]
+    arrow_type = pa.float32() if np.dtype(dtype) == np.float32 else pa.float64()
+    packed = blocks.map(
+        lambda kv: (int(kv[0]), kv[1][0].astype(np.int32).tobytes(), np.ascontiguousarray(kv[1][1], dtype=dtype).tobytes())
     )
-    raw = spark.createDataFrame(packed, "blk int, ids binary, features binary")
+    raw = spark.createDataFrame(packed, "blk int, ids binary, values binary")
 
     def explode(batches):
         for batch in batches:
-            for ids_b, f_b in zip(batch.column("ids").to_pylist(), batch.column("features").to_pylist()):
+            for ids_b, v_b in zip(batch.column("ids").to_pylist(), batch.column("values").to_pylist()):
                 ids = np.frombuffer(ids_b, dtype=np.int32)
                 if ids.size == 0:
                     continue
-                feats = np.frombuffer(f_b, dtype=np.float32).reshape(ids.size, rank)
-                values = pa.array(feats.reshape(-1), pa.float32())
-                offsets = pa.array(np.arange(0, feats.size + 1, rank, dtype=np.int32))
-                lists = pa.ListArray.from_arrays(offsets, values, type=pa.list_(pa.field("element", pa.float32(), nullable=False)))
-                yield pa.RecordBatch.from_arrays([pa.array(ids, pa.int32()), lists], names=["id", "features"])
+                values = pa.array(np.frombuffer(v_b, dtype=dtype), arrow_type)
+                offsets = pa.array(np.arange(0, ids.size * width + 1, width, dtype=np.int32))
+                lists = pa.ListArray.from_arrays(offsets, values, type=pa.list_(pa.field("element", arrow_type, nullable=False)))
+                yield pa.RecordBatch.from_arrays([pa.array(ids, pa.int32()), lists], names=["id", value_col])
 
-    return raw.mapInArrow(explode, FACTORS_SCHEMA)
+    return raw.mapInArrow(explode, schema)
 
 
-def dataframe_to_factor_pieces(factors: DataFrame, num_blocks: int) -> RDD:
-    """RDD ``(block, (ids, F))`` pieces (several per block) from an ``id``/``features`` DataFrame."""
+def dataframe_to_factor_pieces(factors: DataFrame, num_blocks: int, value_col: str = "features", dtype=np.float32) -> RDD:
+    """RDD ``(block, ("init", ids, M))`` pieces (several per block) from an ``id`` + array-column DataFrame."""
+    dtype = np.dtype(dtype)
 
     def split(batches):
         for batch in batches:
             ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int32)
             if ids.size == 0:
                 continue
-            feats = batch.column("features")
-            flat = feats.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-            rank = flat.size // ids.size
-            F = flat.reshape(ids.size, rank)
+            flat = batch.column(value_col).flatten().to_numpy(zero_copy_only=False).astype(dtype)
+            M = flat.reshape(ids.size, flat.size // ids.size)
             blk = np.mod(ids, num_blocks)
             out_b, out_i, out_f = [], [], []
             for b in np.unique(blk):
                 sel = blk == b
                 out_b.append(int(b))
                 out_i.append(ids[sel].tobytes())
-                out_f.append(F[sel].tobytes())
+                out_f.append(np.ascontiguousarray(M[sel]).tobytes())
             yield pa.RecordBatch.from_arrays(
                 [pa.array(out_b, pa.int32()), pa.array(out_i, pa.binary()), pa.array(out_f, pa.binary())],
-                names=["blk", "ids", "features"],
+                names=["blk", "ids", "values"],
             )
 
-    pieces = factors.select("id", "features").mapInArrow(split, "blk int, ids binary, features binary")
+    pieces = factors.select("id", value_col).mapInArrow(split, "blk int, ids binary, values binary")
 
     def to_pair(row):
         ids = np.frombuffer(row[1], dtype=np.int32)
-        F = np.frombuffer(row[2], dtype=np.float32)
-        return row[0], ("init", ids, F.reshape(ids.size, -1) if ids.size else F.reshape(0, 0))
+        M = np.frombuffer(row[2], dtype=dtype)
+        return row[0], ("init", ids, M.reshape(ids.size, -1) if ids.size else M.reshape(0, 0))
 
     return pieces.rdd.map(to_pair)
+
+
+def align_pieces(static: RDD, pieces: RDD, num_blocks: int, fill) -> RDD:
+    """Align per-block pieces ``(ids, M)`` with the rows of each static block.
+
+    Returns ``(block, (ids, M))`` with one row of ``M`` per row of the block,
+    taken from the pieces where given and from ``fill(ids, missing_mask, M)``
+    otherwise (``fill`` returns the completed matrix).
+    """
+
+    def align(it):
+        block, given = None, []
+        for _, value in it:
+            if isinstance(value, SideBlock):
+                block = value
+            else:
+                given.append(value)
+        if block is None:
+            return
+        width = next((G.shape[1] for _, ids, G in given if ids.size), 0)
+        dtype = next((G.dtype for _, ids, G in given if ids.size), np.float32)
+        M = np.zeros((block.ids.size, width), dtype=dtype)
+        found = np.zeros(block.ids.size, dtype=bool)
+        for _, ids, G in given:
+            if ids.size == 0 or block.ids.size == 0:
+                continue
+            pos = np.minimum(np.searchsorted(block.ids, ids), block.ids.size - 1)
+            hit = block.ids[pos] == ids
+            M[pos[hit]] = G[hit]
+            found[pos[hit]] = True
+        yield block.block, (block.ids, fill(block.ids, ~found, M))
+
+    return static.union(pieces.partitionBy(num_blocks)).mapPartitions(align, preservesPartitioning=True)

@@ -24,7 +24,7 @@ import numpy as np
 from pyspark import RDD, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_unlearn.als.blocks import SideBlock, dataframe_to_factor_pieces, factors_to_dataframe, side_blocks
+from spark_unlearn.als.blocks import SideBlock, align_pieces, dataframe_to_factor_pieces, factors_to_dataframe, rows_to_dataframe, side_blocks
 from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
@@ -81,14 +81,26 @@ class _Own:
     F: np.ndarray
 
 
+@dataclass
+class _Target:
+    """Per-row right-hand-side offsets ``t`` travelling beside the messages (offset ALS solves ``A x = b + t``)."""
+
+    ids: np.ndarray
+    T: np.ndarray
+
+
 def _gather(it):
-    """Split a solver partition into its static block, the needed factors (message order) and own factors."""
-    static, msgs, own = None, [], None
+    """Split a solver partition into its static block, the needed factors (message order) and extras.
+
+    Extras are the block's own factors (:class:`_Own`) and targets
+    (:class:`_Target`), returned in a dict keyed by type.
+    """
+    static, msgs, own = None, [], {}
     for _, value in it:
         if isinstance(value, SideBlock):
             static = value
-        elif isinstance(value, _Own):
-            own = value
+        elif isinstance(value, (_Own, _Target)):
+            own[type(value)] = value
         else:
             msgs.append(value)
     if static is None:
@@ -135,30 +147,18 @@ class ALSState:
         static = self.side(side)
         if warm is None:
             return static.mapValues(lambda s: (s.ids, init_factors(s.ids, rank, seed, salt)))
-        pieces = dataframe_to_factor_pieces(warm, self.num_blocks).partitionBy(self.num_blocks)
+        pieces = dataframe_to_factor_pieces(warm, self.num_blocks)
 
-        def align(it):
-            block, given = None, []
-            for _, value in it:
-                if isinstance(value, SideBlock):
-                    block = value
-                else:
-                    given.append(value)
-            if block is None:
-                return
-            F = init_factors(block.ids, rank, seed, salt)
-            for _, ids, G in given:
-                if ids.size == 0:
-                    continue
-                if G.shape[1] != rank:
-                    raise ConfigError(f"warm-start factors have rank {G.shape[1]}, the model wants rank {rank}")
-                pos = np.searchsorted(block.ids, ids)
-                pos = np.minimum(pos, max(block.ids.size - 1, 0))
-                hit = (block.ids.size > 0) & (block.ids[pos] == ids)
-                F[pos[hit]] = G[hit]
-            yield block.block, (block.ids, F)
+        def fill(ids, missing, M):
+            if M.shape[1] not in (0, rank):
+                raise ConfigError(f"warm-start factors have rank {M.shape[1]}, the model wants rank {rank}")
+            if M.shape[1] == 0:
+                return init_factors(ids, rank, seed, salt)
+            if missing.any():
+                M[missing] = init_factors(ids[missing], rank, seed, salt)
+            return M
 
-        return static.union(pieces).mapPartitions(align, preservesPartitioning=True)
+        return align_pieces(static, pieces, self.num_blocks, fill)
 
     def gram(self, factors: RDD) -> np.ndarray:
         """``F^T F`` (float64) over all rows of a factor RDD: a distributed sum of k x k blocks."""
@@ -168,11 +168,20 @@ class ALSState:
     def _messages(self, src_side: str, src_factors: RDD) -> RDD:
         return self.side(src_side).union(src_factors).mapPartitions(_route).partitionBy(self.num_blocks)
 
-    def solve(self, dst_side: str, src_factors: RDD, params: ALSParams, src_gram: np.ndarray | None = None) -> RDD:
+    def solve(
+        self,
+        dst_side: str,
+        src_factors: RDD,
+        params: ALSParams,
+        src_gram: np.ndarray | None = None,
+        targets: RDD | None = None,
+    ) -> RDD:
         """New factors of ``dst_side`` solved from the other side's ``src_factors`` (lazy RDD).
 
         ``src_gram`` is ``F^T F`` of ``src_factors`` if the caller has it
         (implicit mode computes it otherwise: one more Spark job).
+        ``targets`` (``(block, (ids, T))`` aligned with the side's rows) makes
+        it solve ``A x = b + t`` (offset ALS, Unlearn-ALS's full sweep).
         """
         src_side = "item" if dst_side == "user" else "user"
         spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
@@ -181,15 +190,18 @@ class ALSState:
             gram_bc = self.spark.sparkContext.broadcast(src_gram if src_gram is not None else self.gram(src_factors))
 
         def solve_partition(it):
-            static, Y, _ = _gather(it)
+            static, Y, extra = _gather(it)
             if static is None:
                 return
             G = gram_bc.value if gram_bc is not None else None
-            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
+            T = extra[_Target].T if _Target in extra else None
+            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G, offsets=T)
             yield static.block, (static.ids, X.astype(np.float32))
 
-        msgs = self._messages(src_side, src_factors)
-        return self.side(dst_side).union(msgs).mapPartitions(solve_partition, preservesPartitioning=True)
+        parts = self.side(dst_side).union(self._messages(src_side, src_factors))
+        if targets is not None:
+            parts = parts.union(targets.mapValues(lambda t: _Target(t[0], t[1])))
+        return parts.mapPartitions(solve_partition, preservesPartitioning=True)
 
     def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
         """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""
@@ -200,14 +212,24 @@ class ALSState:
         own = dst_factors.mapValues(lambda f: _Own(*f))
 
         def residual_partition(it):
-            static, Y, own_f = _gather(it)
+            static, Y, extra = _gather(it)
             if static is None:
                 return
             G = gram_bc.value if gram_bc is not None else None
-            R, bnorm = residuals(own_f.F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
+            R, bnorm = residuals(extra[_Own].F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
             yield static.block, (static.ids, R, bnorm)
 
         return self.side(dst_side).union(msgs).union(own).mapPartitions(residual_partition, preservesPartitioning=True)
+
+
+def offsets_frame(spark: SparkSession, blocks: RDD, rank: int) -> DataFrame:
+    """Offsets table (``id``, ``residual``, ``bnorm``) from blocks ``(block, (ids, [R | bnorm]))``."""
+    from pyspark.sql import functions as F
+
+    from spark_unlearn.schema import WIDE_DOUBLES_SCHEMA
+
+    wide = rows_to_dataframe(spark, blocks, rank + 1, WIDE_DOUBLES_SCHEMA, np.float64)
+    return wide.select("id", F.slice("values", 1, rank).alias("residual"), F.element_at("values", rank + 1).alias("bnorm"))
 
 
 def _materialise(state: ALSState, rdd: RDD, checkpoint: bool, want_gram: bool) -> tuple[RDD, np.ndarray | None]:
@@ -234,6 +256,22 @@ class TrainResult:
     item_blocks: RDD
     seconds: float
     seconds_per_iteration: float
+
+    def offsets(self) -> tuple[DataFrame, DataFrame]:
+        """Training residuals ``e_r = A_r x_r - b_r`` of every user and item row (DESIGN §2).
+
+        Computed once after training, on the training data, and stored with the
+        model: Unlearn-ALS solves ``A' x = b' + e`` so an untouched model is a
+        fixed point.  Returns ``(user_offsets, item_offsets)`` DataFrames with
+        :data:`~spark_unlearn.schema.OFFSETS_SCHEMA` (lazy; computed when written).
+        """
+        params, rank = self.model.params, self.model.params.rank
+        out = []
+        for side, mine, theirs in (("user", self.user_blocks, self.item_blocks), ("item", self.item_blocks, self.user_blocks)):
+            res = self.state.residuals(side, mine, theirs, params)
+            packed = res.mapValues(lambda v: (v[0], np.hstack([v[1], v[2][:, None]])))
+            out.append(offsets_frame(self.state.spark, packed, rank))
+        return out[0], out[1]
 
 
 def train_als(

@@ -1,0 +1,193 @@
+"""The Spark-side :class:`~spark_unlearn.als.frontier.RowSource`: targeted reads from cached blocks.
+
+The remaining ratings, the base factors and the training offsets live in
+cached, block-partitioned RDDs (:mod:`spark_unlearn.als.blocks`).  A frontier
+round asks for a few rows; only the partitions (blocks) holding them run a
+task (``SparkContext.runJob`` with an explicit partition list), and each task
+returns just the requested rows, found by binary search in the block.  The
+driver never sees more than the frontier's rows and their neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pyspark import RDD, StorageLevel
+
+from spark_unlearn.als.blocks import SideBlock, align_pieces, dataframe_to_factor_pieces
+from spark_unlearn.als.frontier import RowData
+from spark_unlearn.als.train import ALSState
+from spark_unlearn.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+def _positions(block_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``wanted`` in the sorted ``block_ids`` and which of them are present."""
+    if block_ids.size == 0:
+        return np.zeros(wanted.size, np.int64), np.zeros(wanted.size, bool)
+    pos = np.minimum(np.searchsorted(block_ids, wanted), block_ids.size - 1)
+    return pos, block_ids[pos] == wanted
+
+
+class SparkRowSource:
+    """Targeted access to the remaining data, base factors and offsets of a model.
+
+    Parameters
+    ----------
+    state
+        Block layout of the *remaining* ratings.
+    factors
+        Per side, the model's factor table (``id``/``features`` DataFrame).
+    offsets
+        Per side, the training offsets (``id``, ``residual``, ``bnorm``).
+    rank
+        Factor rank.
+    """
+
+    def __init__(self, state: ALSState, factors: dict, offsets: dict, rank: int):
+        self.state = state
+        self.rank = rank
+        self.sc = state.spark.sparkContext
+        P = state.num_blocks
+        self.factors: dict[str, RDD] = {}
+        self.offs: dict[str, RDD] = {}
+        for side in ("user", "item"):
+            static = state.side(side)
+            self.factors[side] = align_pieces(
+                static, dataframe_to_factor_pieces(factors[side], P), P, self._require_all(side, "factor")
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            from pyspark.sql import functions as F
+
+            packed = offsets[side].select("id", F.concat("residual", F.array("bnorm")).alias("values"))
+            self.offs[side] = align_pieces(
+                static, dataframe_to_factor_pieces(packed, P, "values", np.float64), P, self._require_all(side, "offset")
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+        self.jobs = 0
+
+    @staticmethod
+    def _require_all(side: str, what: str):
+        def fill(ids, missing, M):
+            if missing.any():
+                raise StoreError(
+                    f"the model has no {what} row for {side} {int(ids[missing][0])} (and {int(missing.sum()) - 1} more) "
+                    "that the data version rates; the ratings do not belong to this model version"
+                )
+            return M
+
+        return fill
+
+    def unpersist(self) -> None:
+        for rdd in (*self.factors.values(), *self.offs.values()):
+            rdd.unpersist()
+
+    # -- RowSource ------------------------------------------------------------
+    def _run(self, rdd: RDD, side: str, ids: np.ndarray, fn):
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if ids.size == 0:
+            return []
+        P = self.state.num_blocks
+        blocks = sorted(set(np.mod(ids, P).tolist()))
+        wanted = ids.astype(np.int32)
+        self.jobs += 1
+        return self.sc.runJob(rdd, lambda it: fn(it, wanted), blocks)
+
+    def rows(self, side: str, ids: np.ndarray) -> RowData:
+        def fetch(it, wanted):
+            for _, sb in it:
+                pos, hit = _positions(sb.ids, wanted)
+                for p in pos[hit]:
+                    a, b = sb.indptr[p], sb.indptr[p + 1]
+                    yield int(sb.ids[p]), sb.src[a:b].copy(), sb.ratings[a:b].copy()
+
+        got = {i: (s, r) for i, s, r in self._run(self.state.side(side), side, ids, fetch)}
+        order = [int(i) for i in np.asarray(ids).tolist() if int(i) in got]
+        counts = [got[i][0].size for i in order]
+        return RowData(
+            ids=np.asarray(order, np.int64),
+            indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            src=np.concatenate([got[i][0] for i in order]).astype(np.int64) if order else np.zeros(0, np.int64),
+            ratings=np.concatenate([got[i][1] for i in order]).astype(np.float32) if order else np.zeros(0, np.float32),
+        )
+
+    def _values(self, rdd: RDD, side: str, ids: np.ndarray) -> dict[int, np.ndarray]:
+        def fetch(it, wanted):
+            for _, (bids, M) in it:
+                pos, hit = _positions(bids, wanted)
+                for p in pos[hit]:
+                    yield int(bids[p]), M[p].copy()
+
+        return dict(self._run(rdd, side, ids, fetch))
+
+    def base_factors(self, side: str, ids: np.ndarray) -> np.ndarray:
+        got = self._values(self.factors[side], side, ids)
+        return np.stack([got[int(i)] for i in ids]).astype(np.float32) if len(ids) else np.zeros((0, self.rank), np.float32)
+
+    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        got = self._values(self.offs[side], side, ids)
+        M = np.stack([got[int(i)] for i in ids]) if len(ids) else np.zeros((0, self.rank + 1))
+        return M[:, : self.rank], M[:, self.rank]
+
+    def gram(self, side: str) -> np.ndarray:
+        """Gram of the base factors of the rows present in the remaining data."""
+        return self.state.gram(self.factors[side])
+
+    def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
+        """Rows whose residual moves by more than ``tol |b|`` through a Gram change (one pass over factors)."""
+        skip_set = np.unique(np.asarray(skip, dtype=np.int64))
+        dg = np.asarray(delta_gram, dtype=np.float64)
+        rank = self.rank
+
+        def check(it):
+            fac, off = None, None
+            for _, value in it:
+                if value[1].dtype == np.float64:
+                    off = value
+                else:
+                    fac = value
+            if fac is None or off is None:
+                return
+            ids, X = fac
+            moved = np.linalg.norm(X.astype(np.float64) @ dg.T, axis=1)
+            bad = moved > tol * np.maximum(off[1][:, rank], 1e-300)
+            bad &= ~np.isin(ids, skip_set)
+            yield from ids[bad].tolist()
+
+        self.jobs += 1
+        return np.asarray(self.factors[side].union(self.offs[side]).mapPartitions(check).collect(), np.int64)
+
+    def ratio_bound(self, side: str) -> float:
+        """``max_s |x_s| / |b_s|`` over the side (bounds every Gram-only drift)."""
+        rank = self.rank
+
+        def ratio(it):
+            fac, off = None, None
+            for _, value in it:
+                if value[1].dtype == np.float64:
+                    off = value
+                else:
+                    fac = value
+            if fac is None or off is None or fac[0].size == 0:
+                return
+            r = np.linalg.norm(fac[1].astype(np.float64), axis=1) / np.maximum(off[1][:, rank], 1e-300)
+            yield float(r.max())
+
+        vals = self.factors[side].union(self.offs[side]).mapPartitions(ratio).collect()
+        return max(vals) if vals else 0.0
+
+
+class BoundedGramSource:
+    """Wraps a source so Gram checks first try the cheap bound ``|ΔG|_2 max|x|/|b| <= tol`` (no Spark job)."""
+
+    def __init__(self, inner: SparkRowSource, ratio: dict[str, float]):
+        self.inner = inner
+        self.ratio = ratio
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def gram_violators(self, side, delta_gram, tol, skip):
+        if np.linalg.norm(delta_gram, 2) * self.ratio[side] <= tol:
+            return np.zeros(0, np.int64)
+        return self.inner.gram_violators(side, delta_gram, tol, skip)

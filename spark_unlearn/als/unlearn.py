@@ -1,0 +1,463 @@
+"""Unlearn-ALS on Spark: frontier re-solves (default), offset full sweeps, or the paper's plain sweeps.
+
+Modes
+-----
+``frontier``
+    Re-solve the rows whose own data changed, then only the rows their change
+    reaches beyond the tolerance (:mod:`spark_unlearn.als.frontier`), with
+    the data read from cached blocks of the remaining ratings.  Falls back to
+    ``full`` when the frontier would cover more than
+    ``full_fallback_fraction`` of all rows.
+``full``
+    Offset ALS over every row (``A'x = b' + t``), warm-started from the
+    model, until the certificate holds or ``full_iterations`` sweeps: the
+    same fixed point the frontier targets, computed the expensive way.
+``paper``
+    Xu et al. (2023): plain ALS sweeps over every row, warm-started, for
+    ``full_iterations`` sweeps (no offsets).  Kept for comparison.
+
+Every result carries a certificate computed over all rows in Spark:
+``max_r |A'_r x_r - b'_r - t_r| / |b'_r|`` with ``t_r = 0`` for rows whose
+own data changed and the training residual ``e_r`` otherwise (``t = 0``
+everywhere in ``paper`` mode, whose fixed point is plain stationarity).
+
+Compute is separate from apply: :func:`unlearn_als` returns new tables and
+a report and stores nothing; the job publishes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pyspark import RDD, StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from spark_unlearn.als.blocks import factors_to_dataframe
+from spark_unlearn.als.frontier import frontier_unlearn
+from spark_unlearn.als.kernels import SolveSpec
+from spark_unlearn.als.model import FactorModel
+from spark_unlearn.als.params import ALSParams
+from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
+from spark_unlearn.als.train import ALSState, offsets_frame
+from spark_unlearn.errors import ConfigError, EmptyInputError, UnknownIdError
+
+log = logging.getLogger(__name__)
+
+MODES = ("frontier", "full", "paper")
+# Factors are float32: below this relative residual rounding alone breaks the
+# certificate, so a smaller tolerance can never be met.
+TOL_FLOOR = 1e-5
+
+
+# ---------------------------------------------------------------------------
+# Deletion plan: what the batch removes from the data
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class DeletionPlan:
+    """The effect of a deletion batch on a ratings table (lazy DataFrames + small driver sets)."""
+
+    remaining: DataFrame  # ratings minus every deleted row
+    deleted: DataFrame  # the deleted rows (user, item, rating)
+    direct: dict[str, set[int]]  # rows (still in the model) whose own ratings changed
+    erased_users: set[int]
+    withdrawn_items: set[int]
+    counts: dict[str, int]
+    not_found: dict[str, list]  # examples of requested pairs/users/items absent from the data
+
+
+def plan_deletion(ratings: DataFrame, batch: DataFrame, strict: bool = False, examples: int = 5) -> DeletionPlan:
+    """Resolve a deletion batch (``user``, ``item``, ``kind``) against ``ratings``.
+
+    ``kind`` is ``interaction`` (forget the pair), ``user`` (erase the user)
+    or ``item`` (withdraw the item).  Requests that match nothing are
+    reported in ``not_found``; with ``strict`` they raise
+    :class:`~spark_unlearn.errors.UnknownIdError`.
+    """
+    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item").distinct()
+    users = batch.filter(F.col("kind") == "user").select("user").distinct()
+    items = batch.filter(F.col("kind") == "item").select("item").distinct()
+
+    erased_users = {r[0] for r in users.collect()}
+    withdrawn_items = {r[0] for r in items.collect()}
+    by_pair = ratings.join(pairs, ["user", "item"], "left_semi")
+    by_user = ratings.join(users, ["user"], "left_semi")
+    by_item = ratings.join(items, ["item"], "left_semi")
+    deleted = by_pair.unionByName(by_user).unionByName(by_item).dropDuplicates(["user", "item"]).cache()
+    remaining = ratings.join(deleted.select("user", "item"), ["user", "item"], "left_anti")
+
+    missing_pairs = pairs.join(ratings.select("user", "item"), ["user", "item"], "left_anti")
+    n_missing_pairs = missing_pairs.count()
+    known_users = {r[0] for r in ratings.join(users, ["user"], "left_semi").select("user").distinct().collect()}
+    known_items = {r[0] for r in ratings.join(items, ["item"], "left_semi").select("item").distinct().collect()}
+    not_found = {
+        "interactions": [tuple(r) for r in missing_pairs.limit(examples).collect()],
+        "users": sorted(erased_users - known_users)[:examples],
+        "items": sorted(withdrawn_items - known_items)[:examples],
+    }
+    if strict and (n_missing_pairs or erased_users - known_users or withdrawn_items - known_items):
+        raise UnknownIdError(
+            f"deletion batch names data that is not in the ratings: {n_missing_pairs} interaction(s) "
+            f"(e.g. {not_found['interactions']}), users {not_found['users']}, items {not_found['items']}; "
+            "drop them from the batch or run without --strict to have them reported only"
+        )
+
+    touched = deleted.select("user", "item").distinct()
+    remaining_users = remaining.join(touched.select("user").distinct(), ["user"], "left_semi").select("user").distinct()
+    remaining_items = remaining.join(touched.select("item").distinct(), ["item"], "left_semi").select("item").distinct()
+    direct = {
+        "user": {r[0] for r in remaining_users.collect()},
+        "item": {r[0] for r in remaining_items.collect()},
+    }
+    n_deleted = deleted.count()
+    counts = {
+        "requested_interactions": pairs.count(),
+        "requested_users": len(erased_users),
+        "requested_items": len(withdrawn_items),
+        "deleted_ratings": n_deleted,
+        "not_found_interactions": n_missing_pairs,
+        "not_found_users": len(erased_users - known_users),
+        "not_found_items": len(withdrawn_items - known_items),
+        "direct_users": len(direct["user"]),
+        "direct_items": len(direct["item"]),
+    }
+    log.info("deletion plan: %s", counts)
+    return DeletionPlan(remaining, deleted, direct, erased_users & known_users, withdrawn_items & known_items, counts, not_found)
+
+
+# ---------------------------------------------------------------------------
+# Helpers on block RDDs
+# ---------------------------------------------------------------------------
+
+
+def _apply_updates(factors: RDD, updates: dict[int, np.ndarray]) -> RDD:
+    """Factor blocks with some rows replaced (``updates``: id -> vector, broadcast; small)."""
+    bc = factors.context.broadcast(
+        (np.asarray(sorted(updates), np.int64), np.stack([updates[i] for i in sorted(updates)]).astype(np.float32))
+        if updates
+        else (np.zeros(0, np.int64), None)
+    )
+
+    def apply(kv):
+        ids, X = kv
+        upd_ids, upd = bc.value
+        if upd_ids.size == 0 or ids.size == 0:
+            return kv
+        pos = np.minimum(np.searchsorted(upd_ids, ids), upd_ids.size - 1)
+        hit = upd_ids[pos] == ids
+        if not hit.any():
+            return kv
+        X = X.copy()
+        X[hit] = upd[pos[hit]]
+        return ids, X
+
+    return factors.mapValues(apply)
+
+
+def _targets(offsets: RDD, direct: set[int], rank: int, zero_all: bool = False) -> RDD:
+    """Offset targets ``t`` per row: training residual, or zero for direct rows (or all rows)."""
+    direct_arr = np.asarray(sorted(direct), np.int64)
+    bc = offsets.context.broadcast(direct_arr)
+
+    def target(kv):
+        ids, M = kv
+        T = np.zeros((ids.size, rank)) if zero_all else M[:, :rank].copy()
+        if not zero_all and bc.value.size:
+            T[np.isin(ids, bc.value)] = 0.0
+        return ids, T
+
+    return offsets.mapValues(target)
+
+
+@dataclass
+class Certificate:
+    """Residual certificate of an unlearned model (over all rows)."""
+
+    max_relative_residual: float
+    per_side: dict[str, float]
+    violators: dict[str, list[int]]
+    residual_blocks: dict[str, RDD]  # (block, (ids, [R | bnorm])) per side: the next version's offsets
+
+    def to_dict(self, tol: float) -> dict[str, Any]:
+        return {
+            "max_relative_residual": self.max_relative_residual,
+            "per_side": self.per_side,
+            "tolerance": tol,
+            "holds": bool(self.max_relative_residual <= tol),
+            "definition": "max over rows r of |A'_r x_r - b'_r - t_r| / |b'_r|, t_r = 0 for rows whose data changed, "
+            "else the training residual e_r (t = 0 everywhere in paper mode)",
+        }
+
+
+def certify(
+    state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = 10_000
+) -> Certificate:
+    """Exact residuals of every row on the remaining data, against the targets (one pass per side)."""
+    rank = params.rank
+    per_side, violators, blocks = {}, {}, {}
+    for side, mine, theirs in (("user", users, items), ("item", items, users)):
+        res = state.residuals(side, mine, theirs, params)
+
+        def combine(it):
+            block, got, tgt = None, None, None
+            for key, value in it:
+                block = key
+                if len(value) == 3:
+                    got = value
+                else:
+                    tgt = value
+            if got is None:
+                return
+            ids, R, bnorm = got
+            T = tgt[1] if tgt is not None else np.zeros_like(R)
+            rel = np.linalg.norm(R - T, axis=1) / np.maximum(bnorm, 1e-300)
+            yield block, (ids, np.hstack([R, bnorm[:, None]]), rel)
+
+        merged = res.union(targets[side]).mapPartitions(combine, preservesPartitioning=True)
+        merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
+        stats = merged.map(lambda kv: (float(kv[1][2].max()) if kv[1][2].size else 0.0, kv[1][0][kv[1][2] > tol][:max_violators].tolist())).collect()
+        per_side[side] = max((s for s, _ in stats), default=0.0)
+        violators[side] = [i for _, v in stats for i in v][:max_violators]
+        blocks[side] = merged.mapValues(lambda v: (v[0], v[1]))
+    return Certificate(max(per_side.values()), per_side, violators, blocks)
+
+
+# ---------------------------------------------------------------------------
+# Unlearning
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class UnlearnResult:
+    """New tables (lazy DataFrames) and the report.  Nothing has been stored."""
+
+    model: FactorModel
+    offsets: tuple[DataFrame, DataFrame]
+    remaining: DataFrame
+    deleted: DataFrame
+    report: dict[str, Any]
+    state: ALSState
+
+    def release(self) -> None:
+        self.state.unpersist()
+
+
+def default_tolerance(training_residual: dict[str, float] | None, tol_factor: float) -> tuple[float, str]:
+    """Tolerance relative to the model's own training residual (DESIGN §2), floored by float32 precision."""
+    if training_residual and training_residual.get("p90"):
+        tol = max(TOL_FLOOR, tol_factor * float(training_residual["p90"]))
+        return tol, f"{tol_factor} x the 90th percentile of the model's training residual ({training_residual['p90']:.3g})"
+    return 1e-2 * tol_factor, "1e-2 (no training residual recorded for this model)"
+
+
+def residual_summary(offsets: tuple[DataFrame, DataFrame]) -> dict[str, float]:
+    """Percentiles of ``|e_r| / |b_r|`` over all rows (a model's own training residual)."""
+    rel = None
+    for df in offsets:
+        side = df.select(
+            (F.sqrt(F.aggregate("residual", F.lit(0.0), lambda acc, x: acc + x * x)) / F.greatest(F.col("bnorm"), F.lit(1e-300))).alias("rel")
+        )
+        rel = side if rel is None else rel.unionByName(side)
+    q = rel.approxQuantile("rel", [0.5, 0.9, 0.99], 1e-3)
+    mx = rel.agg(F.max("rel")).first()[0]
+    return {"p50": q[0], "p90": q[1], "p99": q[2], "max": float(mx or 0.0)}
+
+
+def unlearn_als(
+    ratings: DataFrame,
+    model: FactorModel,
+    offsets: tuple[DataFrame, DataFrame],
+    batch: DataFrame,
+    *,
+    mode: str = "frontier",
+    tol: float | None = None,
+    tol_factor: float = 1.0,
+    training_residual: dict[str, float] | None = None,
+    strict: bool = False,
+    max_rounds: int = 50,
+    full_fallback_fraction: float = 0.5,
+    full_iterations: int = 10,
+    num_blocks: int | None = None,
+) -> UnlearnResult:
+    """Remove a deletion batch from an ALS model trained on ``ratings``.
+
+    Parameters
+    ----------
+    ratings
+        The data the model was trained on (canonical schema).
+    model
+        The trained factors and hyperparameters.
+    offsets
+        ``(user_offsets, item_offsets)`` with columns ``id``, ``residual``,
+        ``bnorm``: each row's training residual ``A x - b`` and ``|b|``.
+    batch
+        Deletion requests (``user``, ``item``, ``kind``), see
+        :func:`spark_unlearn.data.deletions.read_deletions`.
+    mode
+        ``frontier`` | ``full`` | ``paper`` (module docstring).
+    tol
+        Certificate tolerance; default: ``tol_factor`` x the 90th percentile
+        of the model's training residual (``training_residual``), never below
+        ``TOL_FLOOR``.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown unlearning mode {mode!r}; use one of {list(MODES)}")
+    if tol is not None and tol < TOL_FLOOR:
+        raise ConfigError(f"tol={tol} is below what float32 factors can certify ({TOL_FLOOR}); use tol >= {TOL_FLOOR}")
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    params = model.params
+    spec = SolveSpec(float(params.reg), params.implicit, float(params.alpha))
+    if training_residual is None:
+        training_residual = residual_summary(offsets)
+    if tol is None:
+        tol, tol_source = default_tolerance(training_residual, tol_factor)
+    else:
+        tol_source = "given"
+    log.info("unlearning (%s mode) with tolerance %.3g (%s)", mode, tol, tol_source)
+
+    plan = plan_deletion(ratings, batch, strict=strict)
+    remaining = plan.remaining.persist(StorageLevel.MEMORY_AND_DISK)
+    n_remaining = remaining.count()
+    if n_remaining == 0:
+        raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
+    timings["plan"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    state = ALSState.build(remaining, num_blocks or params.num_blocks)
+    source = SparkRowSource(state, {"user": model.user_factors, "item": model.item_factors}, {"user": offsets[0], "item": offsets[1]}, params.rank)
+    n_rows = {s: state.side(s).map(lambda kv: kv[1].n_rows).sum() for s in ("user", "item")}
+    timings["layout"] = time.perf_counter() - t
+    total_rows = n_rows["user"] + n_rows["item"]
+
+    t = time.perf_counter()
+    frontier_info: dict[str, Any] = {}
+    users, items = source.factors["user"], source.factors["item"]
+    used_mode = mode
+    cert: Certificate | None = None
+    if mode == "frontier":
+        grams_train = grams_now = None
+        if params.implicit:
+            grams_train = {s: _gram_of(model.user_factors if s == "user" else model.item_factors) for s in ("user", "item")}
+            grams_now = {s: source.gram(s) for s in ("user", "item")}
+        bounded = BoundedGramSource(source, {s: source.ratio_bound(s) for s in ("user", "item")} if params.implicit else {"user": 0.0, "item": 0.0})
+        budget = int(full_fallback_fraction * total_rows)
+        result = frontier_unlearn(
+            bounded, plan.direct, spec, tol, gram_train=grams_train, gram_now=grams_now, max_rounds=max_rounds, max_rows=budget
+        )
+        rows_solved, rounds, sizes = result.rows_solved, result.rounds, list(result.frontier_sizes)
+        for attempt in range(3):
+            if not result.converged:
+                break
+            users = _apply_updates(source.factors["user"], result.updates["user"]).persist(StorageLevel.MEMORY_AND_DISK)
+            items = _apply_updates(source.factors["item"], result.updates["item"]).persist(StorageLevel.MEMORY_AND_DISK)
+            cert = certify(state, users, items, _side_targets(source, plan, params.rank), params, tol)
+            if cert.max_relative_residual <= tol or not any(cert.violators.values()):
+                break
+            log.info("certificate %.3g > tol %.3g: %d more rows to re-solve", cert.max_relative_residual, tol,
+                     sum(len(v) for v in cert.violators.values()))
+            result = frontier_unlearn(
+                bounded, plan.direct, spec, tol, gram_train=grams_train, gram_now=grams_now, max_rounds=max_rounds,
+                max_rows=budget - rows_solved, seed_frontier={s: set(v) for s, v in cert.violators.items()},
+                start=result.updates,
+            )
+            rows_solved += result.rows_solved
+            rounds += result.rounds
+            sizes += result.frontier_sizes
+        frontier_info = {"rounds": rounds, "frontier_sizes": sizes, "spark_jobs": source.jobs, "converged": result.converged}
+        if not result.converged:
+            log.warning("frontier would exceed %.0f%% of rows (%d solves); falling back to full sweeps",
+                        100 * full_fallback_fraction, rows_solved)
+            used_mode = "full"
+            cert = None
+    else:
+        rows_solved = 0
+    if used_mode in ("full", "paper"):
+        users, items, sweeps, cert = _full_sweeps(state, source, plan, params, tol, full_iterations, paper=used_mode == "paper")
+        rows_solved += sweeps * total_rows
+        frontier_info["sweeps"] = sweeps
+    timings["solve"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if cert is None:
+        cert = certify(state, users, items, _side_targets(source, plan, params.rank, zero_all=used_mode == "paper"), params, tol)
+    timings["certificate"] = time.perf_counter() - t
+
+    new_model = FactorModel(
+        user_factors=factors_to_dataframe(state.spark, users, params.rank),
+        item_factors=factors_to_dataframe(state.spark, items, params.rank),
+        params=params,
+    )
+    new_offsets = tuple(offsets_frame(state.spark, cert.residual_blocks[s], params.rank) for s in ("user", "item"))
+    report = {
+        "mode": used_mode,
+        "requested_mode": mode,
+        "tolerance": tol,
+        "tolerance_source": tol_source,
+        "training_residual": training_residual,
+        "deletion": plan.counts,
+        "not_found": plan.not_found,
+        "erased_users": sorted(plan.erased_users)[:20],
+        "withdrawn_items": sorted(plan.withdrawn_items)[:20],
+        "rows_total": total_rows,
+        "rows_solved": int(rows_solved),
+        "remaining_ratings": n_remaining,
+        "certificate": cert.to_dict(tol),
+        "seconds": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
+        **frontier_info,
+    }
+    return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state)
+
+
+def _gram_of(factors: DataFrame) -> np.ndarray:
+    """``F^T F`` of a factor DataFrame (distributed; returns k x k)."""
+    def part(batches):
+        import pyarrow as pa
+
+        for batch in batches:
+            col = batch.column("features")
+            n = len(col)
+            if n == 0:
+                continue
+            X = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
+            G = X.T @ X
+            yield pa.RecordBatch.from_arrays([pa.array([G.reshape(-1).tobytes()], pa.binary())], names=["g"])
+
+    parts = factors.select("features").mapInArrow(part, "g binary").collect()
+    mats = [np.frombuffer(r[0], dtype=np.float64) for r in parts]
+    k = int(round(np.sqrt(mats[0].size)))
+    return sum(m.reshape(k, k) for m in mats)
+
+
+def _side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int, zero_all: bool = False) -> dict[str, RDD]:
+    return {s: _targets(source.offs[s], plan.direct[s], rank, zero_all) for s in ("user", "item")}
+
+
+def _full_sweeps(state, source, plan, params, tol, iterations, paper):
+    """Warm-started ALS sweeps over every row (offset ALS, or plain ALS for the paper's method)."""
+    targets = _side_targets(source, plan, params.rank, zero_all=paper)
+    users, items = source.factors["user"], source.factors["item"]
+    cert, sweeps = None, 0
+    for sweep in range(1, iterations + 1):
+        items = state.solve("item", users, params, targets=None if paper else targets["item"]).persist(StorageLevel.MEMORY_AND_DISK)
+        users = state.solve("user", items, params, targets=None if paper else targets["user"]).persist(StorageLevel.MEMORY_AND_DISK)
+        if sweep % params.checkpoint_interval == 0:
+            users.localCheckpoint()
+            items.localCheckpoint()
+        sweeps = sweep
+        if not paper:
+            cert = certify(state, users, items, targets, params, tol)
+            log.info("full sweep %d: certificate %.3g (tol %.3g)", sweep, cert.max_relative_residual, tol)
+            if cert.max_relative_residual <= tol:
+                break
+        else:
+            log.info("paper sweep %d/%d", sweep, iterations)
+    if paper:
+        cert = None
+    return users, items, sweeps, cert

@@ -1,0 +1,107 @@
+"""Train an ALS model end to end: read, validate, split, train, measure, publish.
+
+This is what ``jobs/train.py`` runs; it takes plain values (the job parses
+the config) and returns a JSON-serialisable report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from spark_unlearn.als.params import ALSParams
+from spark_unlearn.als.train import train_als
+from spark_unlearn.store.model_store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model, train, test, implicit: bool, k: int) -> dict[str, float]:
+    """Test metrics of a factor model: RMSE for explicit feedback, Recall/NDCG@k for both."""
+    from spark_unlearn.eval.metrics import ranking_metrics, rmse
+
+    out: dict[str, float] = {}
+    if not implicit:
+        out["test_rmse"] = rmse(model, test)
+    ranking = ranking_metrics(model.user_factors, model.item_factors, train, test, k=k)
+    out[f"test_recall@{k}"] = ranking[f"recall@{k}"]
+    out[f"test_ndcg@{k}"] = ranking[f"ndcg@{k}"]
+    return out
+
+
+def run_training(
+    spark: SparkSession,
+    *,
+    ratings_path: str,
+    store_path: str,
+    params: ALSParams,
+    data_format: str = "auto",
+    columns: dict[str, str | None] | None = None,
+    duplicates: str = "error",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    k: int = 20,
+) -> dict[str, Any]:
+    """Train on ``ratings_path`` and publish a new model version to ``store_path``.
+
+    The store is opened (and its path checked) before any computation, so a
+    bad output path fails fast; the version is published atomically at the
+    end, so a failure anywhere leaves the store as it was.
+
+    Returns
+    -------
+    dict
+        The report: version, path, counts, timings and test metrics.
+    """
+    from spark_unlearn.data.readers import read_ratings
+    from spark_unlearn.data.split import train_test_split
+
+    t0 = time.perf_counter()
+    store = ModelStore(store_path)
+    ratings = read_ratings(spark, ratings_path, format=data_format, columns=columns, duplicates=duplicates)
+    train, test = train_test_split(ratings, test_fraction=test_fraction, seed=split_seed)
+    train, test = train.cache(), test.cache()
+    n_train, n_test = train.count(), test.count()
+    log.info("ratings: %d train, %d test (split seed %d)", n_train, n_test, split_seed)
+
+    result = train_als(train, params)
+    log.info("trained in %.1fs (%.2fs per iteration); computing training residuals", result.seconds, result.seconds_per_iteration)
+    offsets = result.offsets()
+    metrics = evaluate_model(result.model, train, test, params.implicit, k)
+    log.info("test metrics: %s", metrics)
+
+    version = store.publish(
+        result.model,
+        offsets=offsets,
+        ratings=train,
+        holdout=test,
+        manifest={
+            "training": {
+                "source": ratings_path,
+                "format": data_format,
+                "test_fraction": test_fraction,
+                "split_seed": split_seed,
+                "n_train": n_train,
+                "n_test": n_test,
+                "seconds": round(result.seconds, 3),
+                "seconds_per_iteration": round(result.seconds_per_iteration, 4),
+            },
+            "metrics": metrics,
+        },
+    )
+    result.state.unpersist()
+    report = {
+        "version": version,
+        "path": store.version_path(version),
+        "n_train": n_train,
+        "n_test": n_test,
+        "params": params.to_dict(),
+        "seconds_total": round(time.perf_counter() - t0, 2),
+        "seconds_training": round(result.seconds, 2),
+        "seconds_per_iteration": round(result.seconds_per_iteration, 3),
+        **metrics,
+    }
+    return report
