@@ -41,7 +41,7 @@ from spark_unlearn.logs import configure_logging  # noqa: E402
 log = logging.getLogger("spark_unlearn.jobs.ifru")
 
 UNLEARNING_KEYS = {
-    "damping", "cg_tol", "cg_max_iter", "precondition", "influence_dtype", "prune_quantile", "prune_hops", "spillover", "hessian",
+    "damping", "cg_tol", "cg_max_iter", "precondition", "influence_dtype", "prune_quantile", "prune_hops", "spillover", "hessian", "newton_steps",
 }
 
 

@@ -10,6 +10,15 @@ from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
+# Applied only where neither spark-submit (--conf, --properties-file) nor the
+# TOML [spark] table set a value: the jobs move small tables, so Spark's 200
+# shuffle partitions are mostly empty tasks, and progress bars garble logs.
+DEFAULTS = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.python.worker.reuse": "true",
+}
+
 
 def get_session(
     app_name: str = "spark_unlearn",
@@ -37,6 +46,10 @@ def get_session(
         builder = builder.master(master)
     elif "spark.master" not in _submitted_conf():
         builder = builder.master("local[*]")
+    submitted = _submitted_keys()
+    for key, value in DEFAULTS.items():
+        if key not in submitted and key not in (conf or {}):
+            builder = builder.config(key, value)
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
@@ -44,6 +57,16 @@ def get_session(
     if sc.getCheckpointDir() is None:
         sc.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="spark_unlearn_ckpt_"))
     return spark
+
+
+def _submitted_keys() -> set[str]:
+    """Keys spark-submit already set (it passes them to the driver JVM as system properties)."""
+    from pyspark import SparkConf
+
+    try:
+        return {k for k, _ in SparkConf().getAll()}
+    except Exception:  # no JVM yet outside spark-submit: nothing was set
+        return set()
 
 
 def _submitted_conf() -> dict[str, str]:

@@ -69,7 +69,11 @@ def run_training(
 
     result = train_als(train, params)
     log.info("trained in %.1fs (%.2fs per iteration); computing training residuals", result.seconds, result.seconds_per_iteration)
-    offsets = result.offsets()
+    offsets = tuple(df.cache() for df in result.offsets())
+    from spark_unlearn.als.unlearn import residual_summary
+
+    training_residual = residual_summary(offsets)
+    log.info("training residual |Ax-b|/|b|: %s", {k_: f"{v:.3g}" for k_, v in training_residual.items()})
     metrics = evaluate_model(result.model, train, test, params.implicit, k)
     log.info("test metrics: %s", metrics)
 
@@ -90,6 +94,7 @@ def run_training(
                 "seconds_per_iteration": round(result.seconds_per_iteration, 4),
             },
             "metrics": metrics,
+            "training_residual": training_residual,
         },
     )
     result.state.unpersist()
@@ -102,6 +107,7 @@ def run_training(
         "seconds_total": round(time.perf_counter() - t0, 2),
         "seconds_training": round(result.seconds, 2),
         "seconds_per_iteration": round(result.seconds_per_iteration, 3),
+        "training_residual": training_residual,
         **metrics,
     }
     return report

@@ -222,6 +222,38 @@ class ALSState:
         return self.side(dst_side).union(msgs).union(own).mapPartitions(residual_partition, preservesPartitioning=True)
 
 
+def _offsets_of_blocks(state: ALSState, users: RDD, items: RDD, params: ALSParams) -> tuple[DataFrame, DataFrame]:
+    out = []
+    for side, mine, theirs in (("user", users, items), ("item", items, users)):
+        res = state.residuals(side, mine, theirs, params)
+        packed = res.mapValues(lambda v: (v[0], np.hstack([v[1], v[2][:, None]])))
+        out.append(offsets_frame(state.spark, packed, params.rank))
+    return out[0], out[1]
+
+
+def offsets_for(state: ALSState, model: FactorModel) -> tuple[DataFrame, DataFrame]:
+    """Training offsets of any model (e.g. one trained by Spark MLlib) on the ratings behind ``state``.
+
+    Every rated row must have a factor row; rows of the model without
+    ratings are ignored.
+    """
+    from spark_unlearn.errors import StoreError
+
+    P, rank = state.num_blocks, model.params.rank
+
+    def require(side):
+        def fill(ids, missing, M):
+            if missing.any():
+                raise StoreError(f"the model has no factor for {side} {int(ids[missing][0])}, which the ratings rate; "
+                                 "these ratings are not the ones the model was trained on")
+            return M
+        return fill
+
+    users = align_pieces(state.users, dataframe_to_factor_pieces(model.user_factors, P), P, require("user"))
+    items = align_pieces(state.items, dataframe_to_factor_pieces(model.item_factors, P), P, require("item"))
+    return _offsets_of_blocks(state, users.cache(), items.cache(), model.params)
+
+
 def offsets_frame(spark: SparkSession, blocks: RDD, rank: int) -> DataFrame:
     """Offsets table (``id``, ``residual``, ``bnorm``) from blocks ``(block, (ids, [R | bnorm]))``."""
     from pyspark.sql import functions as F
@@ -265,13 +297,7 @@ class TrainResult:
         fixed point.  Returns ``(user_offsets, item_offsets)`` DataFrames with
         :data:`~spark_unlearn.schema.OFFSETS_SCHEMA` (lazy; computed when written).
         """
-        params, rank = self.model.params, self.model.params.rank
-        out = []
-        for side, mine, theirs in (("user", self.user_blocks, self.item_blocks), ("item", self.item_blocks, self.user_blocks)):
-            res = self.state.residuals(side, mine, theirs, params)
-            packed = res.mapValues(lambda v: (v[0], np.hstack([v[1], v[2][:, None]])))
-            out.append(offsets_frame(self.state.spark, packed, rank))
-        return out[0], out[1]
+        return _offsets_of_blocks(self.state, self.user_blocks, self.item_blocks, self.model.params)
 
 
 def train_als(

@@ -1,0 +1,80 @@
+"""spark-submit entry point: remove a deletion batch from a stored ALS model (Unlearn-ALS).
+
+    spark-submit jobs/unlearn.py --model STORE_DIR --delete PATH [--ratings PATH] [--tol T]
+        [--mode frontier|full|paper] [--report PATH] [--strict] [--output-store DIR] [--config conf/local.toml]
+
+``--model`` is a model store written by jobs/train.py (the current version is
+unlearned and a new version published beside it, with the remaining ratings)
+or a directory saved by Spark MLlib's ``ALSModel.save`` (then ``--ratings``
+and ``--output-store`` are required).  Prints the report (JSON) on stdout.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+import _bootstrap  # noqa: F401
+
+from spark_unlearn.config import load_config, override
+from spark_unlearn.errors import SparkUnlearnError
+from spark_unlearn.logs import configure_logging
+from spark_unlearn.reporting import write_report
+from spark_unlearn.session import get_session
+from spark_unlearn.unlearn_model import run_unlearning
+
+log = logging.getLogger("spark_unlearn.jobs.unlearn")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model store (or Spark ALSModel directory); default [store] path")
+    p.add_argument("--delete", required=True, help="deletion batch: CSV/Parquet with user,item | user | item columns")
+    p.add_argument("--ratings", help="ratings the model was trained on (default: the store's data version)")
+    p.add_argument("--format", help="format of --ratings (default auto-detect)")
+    p.add_argument("--output-store", help="store for the new version (default: the --model store)")
+    p.add_argument("--tol", type=float, help="certificate tolerance (default: relative to the model's training residual)")
+    p.add_argument("--mode", choices=["frontier", "full", "paper"])
+    p.add_argument("--strict", action="store_true", default=None, help="deletion requests absent from the data are errors")
+    p.add_argument("--report", help="also write the report (JSON) to this path")
+    p.add_argument("--config", help="TOML config (see conf/local.toml)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict)
+        cfg = override(cfg, "store", path=args.model)
+        configure_logging(cfg["logging"]["level"])
+        u = cfg["unlearn"]
+        spark = get_session("spark_unlearn-unlearn", conf=cfg["spark"])
+        report = run_unlearning(
+            spark,
+            model_path=cfg["store"]["path"],
+            delete_path=args.delete,
+            ratings_path=args.ratings,
+            ratings_format=args.format or cfg["data"]["format"],
+            output_store=args.output_store,
+            mode=u["mode"],
+            tol=u["tol"],
+            tol_factor=u["tol_factor"],
+            strict=u["strict"],
+            max_rounds=u["max_rounds"],
+            full_fallback_fraction=u["full_fallback_fraction"],
+            full_iterations=u["full_iterations"],
+            k=cfg["eval"]["k"],
+        )
+        if args.report:
+            write_report(report, args.report)
+    except SparkUnlearnError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""How far deleted interactions fell in their users' rankings.
+
+After unlearning, a deleted item should no longer sit near the top of its
+user's list.  :func:`rank_percentile` measures where it sits, against the
+model's whole catalogue, computed in Spark with the blocked scoring of
+:mod:`spark_unlearn.eval.topk` (only the pairs' users are scored, against
+every item; the item table is never collected).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from spark_unlearn.errors import SchemaError
+from spark_unlearn.eval import topk
+from spark_unlearn.schema import ITEM, USER
+
+log = logging.getLogger(__name__)
+
+
+def rank_percentile(
+    user_factors: DataFrame,
+    item_factors: DataFrame,
+    pairs: DataFrame,
+    percentile_col: str = "percentile",
+    *,
+    user_block_size: int = topk.DEFAULT_USER_BLOCK_SIZE,
+    item_block_size: int = topk.DEFAULT_ITEM_BLOCK_SIZE,
+) -> DataFrame:
+    """``pairs`` plus the percentile of each item in its user's ranking.
+
+    With ``I`` the items of ``item_factors`` and ``s_uj = x_u . y_j``::
+
+        percentile(u, i) = ( |{j in I, j != i: s_uj > s_ui}|
+                             + 0.5 |{j in I, j != i: s_uj = s_ui}| ) / (|I| - 1)
+
+    so 0 is the top of the list and 1 the bottom, and the train items are
+    *not* excluded (the question is where the model puts ``i`` among
+    everything it knows).
+
+    Pairs whose user or item has no factors, or a model with a single item,
+    get ``NaN``.  Every input row and column is kept; duplicate pairs get the
+    same value.
+
+    Cost: ``O(U_p * I * rank)`` flops for the ``U_p`` distinct users of
+    ``pairs``, in ``ceil(U_p / user_block_size) x ceil(I / item_block_size)``
+    cogroups.
+    """
+    missing = [c for c in (USER, ITEM) if c not in pairs.columns]
+    if missing:
+        raise SchemaError(f"pairs lacks column(s) {missing}; it has {pairs.columns}")
+    users = topk.with_targets(user_factors, item_factors, pairs)
+    counts = topk.rank_counts(users, item_factors, user_block_size, item_block_size)
+    n = F.col("n_candidates")
+    percentile = F.when(n > 0, (F.col("n_greater") + F.lit(0.5) * F.col("n_equal")) / n)
+    per_pair = counts.select(
+        F.col(USER).alias("__rp_user"), F.col("target_item").alias("__rp_item"), percentile.alias("__rp_value")
+    )
+    joined = pairs.join(
+        per_pair, (F.col(USER) == F.col("__rp_user")) & (F.col(ITEM) == F.col("__rp_item")), "left"
+    )
+    value = F.coalesce(F.col("__rp_value"), F.lit(float("nan"))).cast("double")
+    return joined.select(*[joined[c] for c in pairs.columns], value.alias(percentile_col))
+
+
+def mean_rank_percentile(
+    user_factors: DataFrame,
+    item_factors: DataFrame,
+    pairs: DataFrame,
+    *,
+    user_block_size: int = topk.DEFAULT_USER_BLOCK_SIZE,
+    item_block_size: int = topk.DEFAULT_ITEM_BLOCK_SIZE,
+) -> float:
+    """Mean of :func:`rank_percentile` over the rows of ``pairs`` it is defined for.
+
+    Rows with ``NaN`` (unknown user or item) are left out and counted in the
+    log.  Returns ``NaN`` when no row is defined.  Duplicate rows count once
+    each.
+    """
+    scored = rank_percentile(
+        user_factors,
+        item_factors,
+        pairs.select(USER, ITEM),
+        user_block_size=user_block_size,
+        item_block_size=item_block_size,
+    )
+    defined = ~F.isnan("percentile")
+    row = scored.agg(
+        F.avg(F.when(defined, F.col("percentile"))).alias("mean"),
+        F.count(F.when(defined, 1)).alias("n_defined"),
+        F.count(F.when(~defined, 1)).alias("n_missing"),
+    ).first()
+    if row["n_missing"]:
+        log.warning("rank percentile: %d pairs have a user or item unknown to the model; left out", row["n_missing"])
+    value = float("nan") if row["mean"] is None else float(row["mean"])
+    log.info("mean rank percentile %.6f over %d pairs", value, row["n_defined"])
+    return value

@@ -1,0 +1,65 @@
+"""Driver-side metrics of an IFRU model: global AUC over labelled pairs and Recall@K."""
+
+from __future__ import annotations
+
+import torch
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half); NaN if one class is absent."""
+    s = scores.detach().double().reshape(-1)
+    y = labels.reshape(-1) > 0
+    n_pos = int(y.sum())
+    n_neg = int(y.numel() - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(s)
+    ss = s[order]
+    # average ranks (1-based) of tied groups
+    uniq, inverse, counts = torch.unique_consecutive(ss, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    starts = ends - counts.double() + 1
+    avg = ((starts + ends) / 2)[inverse]
+    ranks = torch.empty_like(avg)
+    ranks[order] = avg
+    rank_sum = float(ranks[y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def recall_at_k(
+    h: torch.Tensor,
+    n_users: int,
+    test_u: torch.Tensor,
+    test_i: torch.Tensor,
+    exclude_u: torch.Tensor,
+    exclude_i: torch.Tensor,
+    k: int = 20,
+    block: int = 256,
+) -> float:
+    """Mean over users with test positives of ``|top-k ∩ test positives| / |test positives|``.
+
+    ``h`` is the representation table (users first, then items); ``test_*``
+    are the positive test pairs (dense ids) and ``exclude_*`` the pairs never
+    to recommend (the user's training and validation pairs).
+    """
+    n_items = h.shape[0] - n_users
+    users = torch.unique(test_u)
+    if users.numel() == 0:
+        return float("nan")
+    hu, hi = h[:n_users].double(), h[n_users:].double()
+    pos_count = torch.bincount(test_u, minlength=n_users)
+    total = 0.0
+    for start in range(0, users.numel(), block):
+        ub = users[start : start + block]
+        row = torch.full((n_users,), -1, dtype=torch.long)
+        row[ub] = torch.arange(ub.numel())
+        scores = hu[ub] @ hi.T
+        m = row[exclude_u] >= 0
+        scores[row[exclude_u[m]], exclude_i[m]] = float("-inf")
+        top = torch.topk(scores, min(k, n_items), dim=1).indices
+        hit = torch.zeros_like(scores, dtype=torch.bool)
+        mt = row[test_u] >= 0
+        hit[row[test_u[mt]], test_i[mt]] = True
+        hits = hit.gather(1, top).sum(1).double()
+        total += float((hits / pos_count[ub].double()).sum())
+    return total / users.numel()

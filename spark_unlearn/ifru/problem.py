@@ -1,0 +1,90 @@
+"""Turning a collected :class:`~spark_unlearn.ifru.pruning.Subgraph` into a :class:`ReducedProblem` on the driver."""
+
+from __future__ import annotations
+
+import torch
+
+from spark_unlearn.ifru.influence import ReducedProblem, Terms
+from spark_unlearn.ifru.models import Graph, build_graph, layer_mean
+from spark_unlearn.ifru.pruning import Subgraph
+
+
+def graphs_before_after(
+    pos_u: torch.Tensor, pos_i: torch.Tensor, removed_u: torch.Tensor, removed_i: torch.Tensor, n_users: int, n_items: int,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Graph, Graph]:
+    """``G`` from the positive training edges (dense ids) and ``G'`` without the removed pairs (dense ids)."""
+    g = build_graph(pos_u, pos_i, n_users, n_items, dtype)
+    if removed_u.numel():
+        key = pos_u.long() * n_items + pos_i.long()
+        gone = torch.isin(key, removed_u.long() * n_items + removed_i.long())
+        gp = build_graph(pos_u[~gone], pos_i[~gone], n_users, n_items, dtype)
+    else:
+        gp = g
+    return g, gp
+
+
+def assemble_problem(
+    sub: Subgraph,
+    e0: torch.Tensor,
+    graph_g: Graph | None,
+    graph_gp: Graph | None,
+    *,
+    n_users: int,
+    n_items: int,
+    layers: int,
+    reg: float,
+    n: int,
+    loss: str = "bce",
+    dtype: torch.dtype = torch.float64,
+) -> ReducedProblem:
+    """Local re-numbering of the subgraph plus current representations ``h0`` on ``G`` and ``G'``.
+
+    ``graph_g`` / ``graph_gp`` are the model's full propagation graphs (``None``
+    for MF); ``h0`` is evaluated on them once, on the whole table, and then
+    only the local rows are kept.
+    """
+    num_nodes = n_users + n_items
+    e0 = e0.to(dtype)
+    kept_global = torch.arange(num_nodes) if sub.kept is None else sub.kept.long()
+    pieces = [kept_global, sub.term_u, sub.term_i, sub.edges_g[0], sub.edges_g[1], sub.edges_gp[0], sub.edges_gp[1]]
+    local_nodes = torch.unique(torch.cat([p.long() for p in pieces]))
+
+    def loc(x: torch.Tensor) -> torch.Tensor:
+        return torch.searchsorted(local_nodes, x.long())
+
+    if layers and graph_g is not None:
+        h_g = layer_mean(e0, graph_g.to(dtype), layers)
+        h_gp = layer_mean(e0, (graph_gp or graph_g).to(dtype), layers)
+    else:
+        h_g = h_gp = e0
+    nl = int(local_nodes.numel())
+
+    def prop(edges) -> Graph:
+        src, dst, w = edges
+        return Graph(nl, loc(src), loc(dst), w.to(dtype))
+
+    tu, ti = loc(sub.term_u), loc(sub.term_i)
+    label = sub.term_label.to(dtype)
+    all_terms = Terms(tu, ti, label)
+    removed = sub.term_removed.bool()
+    spill = sub.term_changed.bool() & ~removed
+    if not layers:
+        spill = torch.zeros_like(spill)
+    return ReducedProblem(
+        local_nodes=local_nodes,
+        kept=loc(kept_global),
+        theta0=e0.index_select(0, kept_global).clone(),
+        h0_g=h_g.index_select(0, local_nodes),
+        h0_gp=h_gp.index_select(0, local_nodes),
+        prop_g=prop(sub.edges_g),
+        prop_gp=prop(sub.edges_gp),
+        hess_terms=all_terms,
+        removed_terms=all_terms.select(removed),
+        spill_terms=all_terms.select(spill),
+        n=int(n),
+        reg=float(reg),
+        layers=int(layers),
+        loss=loss,
+        remaining_terms=all_terms.select(~removed),
+    )

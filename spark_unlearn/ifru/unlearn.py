@@ -1,0 +1,213 @@
+"""IFRU orchestration: train a model from prepared data, and unlearn training pairs from it.
+
+Spark finds what to unlearn and the influenced subgraph; the driver computes
+the update (:mod:`spark_unlearn.ifru.influence`) and applies it.  Computing and
+applying are separate: :func:`compute_unlearning` returns an
+:class:`UnlearningPlan` and changes nothing; :func:`apply_unlearning` returns a
+new :class:`IFRUModel`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from spark_unlearn.errors import ConfigError, EmptyInputError
+from spark_unlearn.ifru.config import IFRUConfig
+from spark_unlearn.ifru.influence import InfluenceUpdate, apply_update, compute_update
+from spark_unlearn.ifru.models import build_graph, init_embeddings
+from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
+from spark_unlearn.ifru.pruning import Subgraph, kept_nodes_spark, node_scores_spark, subgraph_spark
+from spark_unlearn.ifru.state import IFRUModel
+from spark_unlearn.ifru.train import TrainResult, TrainTerms, train
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def terms_from_tensors(t: dict[str, torch.Tensor], n_users: int) -> TrainTerms:
+    """Dense ``u``, ``i``, ``label`` tensors -> training terms on global node ids."""
+    return TrainTerms(t["u"].long(), t["i"].long() + n_users, t["label"].float())
+
+
+def fit_tensors(
+    cfg: IFRUConfig, n_users: int, n_items: int, u: torch.Tensor, i: torch.Tensor, label: torch.Tensor, e0: torch.Tensor | None = None,
+    epochs: int | None = None,
+) -> TrainResult:
+    """Train from ``e0`` (default: the seeded initialisation) on dense pairs; the graph is built from the positives."""
+    if cfg.loss != "bce":
+        raise ConfigError(f"training from labelled pairs needs loss='bce'; got {cfg.loss!r}")
+    terms = TrainTerms(u.long(), i.long() + n_users, label.float())
+    graph = None
+    if cfg.model_layers:
+        pos = label > 0
+        graph = build_graph(u[pos], i[pos], n_users, n_items)
+    start = init_embeddings(n_users + n_items, cfg.dim, cfg.seed) if e0 is None else e0
+    return train(
+        start,
+        graph,
+        cfg.model_layers,
+        terms,
+        loss=cfg.loss,
+        reg=cfg.reg,
+        lr=cfg.lr,
+        epochs=cfg.epochs if epochs is None else epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+
+
+def train_model(prepared, cfg: IFRUConfig, *, fingerprint: str = "") -> tuple[IFRUModel, TrainResult]:
+    """Collect the training split as tensors and train a new model on the driver."""
+    from spark_unlearn.ifru.data import sorted_terms
+
+    t = sorted_terms(prepared.train)
+    if t["u"].numel() == 0:
+        raise EmptyInputError("the training split is empty; nothing to train on")
+    res = fit_tensors(cfg, prepared.n_users, prepared.n_items, t["u"], t["i"], t["label"])
+    pos = t["label"] > 0
+    model = IFRUModel(
+        config=cfg,
+        e0=res.e0.float(),
+        user_ids=np.asarray(prepared.user_ids, dtype=np.int64),
+        item_ids=np.asarray(prepared.item_ids, dtype=np.int64),
+        pos_u=t["u"][pos].long(),
+        pos_i=t["i"][pos].long(),
+        removed_u=torch.zeros(0, dtype=torch.long),
+        removed_i=torch.zeros(0, dtype=torch.long),
+        n_terms=int(t["u"].numel()),
+        fingerprint=fingerprint,
+    )
+    log.info("trained %s: %d users, %d items, %d terms, objective %.5f, |grad| %.2e, %.1f s",
+             cfg.model_type, model.n_users, model.n_items, model.n_terms, res.final_loss, res.grad_norm, res.wall_s)
+    return model, res
+
+
+# --------------------------------------------------------------------------- unlearning
+
+
+@dataclass
+class UnlearningPlan:
+    """A computed (not applied) unlearning: the update and how it was obtained."""
+
+    update: InfluenceUpdate
+    subgraph: Subgraph
+    removed_u: torch.Tensor  # dense ids of the newly removed training pairs
+    removed_i: torch.Tensor
+    removed_positive: int
+    kept_nodes: int
+    prune_threshold: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        u = self.update
+        return {
+            "removed_terms": int(self.removed_u.numel()),
+            "removed_positive_edges": self.removed_positive,
+            "kept_nodes": self.kept_nodes,
+            "prune_threshold": self.prune_threshold,
+            "parameters_updated": u.num_params,
+            "subgraph_terms": u.hess_terms,
+            "spillover_terms": u.spill_terms,
+            "hvps": u.hvps,
+            "cg_iterations": u.cg_iterations,
+            "newton_steps": u.newton_steps,
+            "newton_rhs_norms": u.step_residuals,
+            "cg_relative_residual": u.cg.rel_residual,
+            "cg_converged": u.cg.converged,
+            "grad_norm": u.grad_norm,
+            "update_norm": float(torch.linalg.vector_norm(u.delta)),
+            "timings_s": {**self.timings, **{f"driver_{k}": v for k, v in u.timings.items()}},
+        }
+
+
+def select_subgraph(train_terms, model: IFRUModel, cfg: IFRUConfig) -> tuple[Subgraph, float | None]:
+    """Spark: importance scores, kept nodes and the influenced subgraph of ``train_terms`` (``u, i, label, removed``)."""
+    kept = None
+    thr = None
+    if cfg.prune_quantile is not None:
+        scores = node_scores_spark(train_terms, model.n_users, cfg.prune_hops)
+        kept, thr = kept_nodes_spark(scores, cfg.prune_quantile)
+    sub = subgraph_spark(train_terms, model.n_users, model.layers, kept)
+    return sub, thr
+
+
+def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_threshold: float | None = None) -> UnlearningPlan:
+    """Driver: assemble the reduced problem of ``sub`` and solve for the update (the model is not changed)."""
+    t0 = time.perf_counter()
+    n_users, n_items = model.n_users, model.n_items
+    ru = sub.removed_u.long()
+    ri = sub.removed_i.long() - n_users
+    if ru.numel() == 0:
+        raise EmptyInputError("none of the pairs to delete is a training pair of the model; nothing to unlearn")
+    dtype = _DTYPES[cfg.influence_dtype]
+    if model.layers:
+        g, gp = graphs_before_after(model.pos_u, model.pos_i, ru, ri, n_users, n_items, dtype)
+        if not cfg.spillover:
+            sub = Subgraph(**{**sub.__dict__, "term_changed": torch.zeros_like(sub.term_changed)})
+    else:
+        g = gp = None
+    problem = assemble_problem(
+        sub, model.e0, g, gp, n_users=n_users, n_items=n_items, layers=model.layers, reg=cfg.reg, n=model.n_terms, dtype=dtype
+    )
+    t1 = time.perf_counter()
+    update = compute_update(
+        problem, damping=cfg.damping, tol=cfg.cg_tol, max_iter=cfg.cg_max_iter, precondition=cfg.precondition, dtype=dtype,
+        hessian=cfg.hessian, newton_steps=cfg.newton_steps,
+    )
+    if not update.cg.converged:
+        log.warning("CG stopped at relative residual %.2e after %d iterations (tol %.1e)",
+                    update.cg.rel_residual, update.cg.iterations, cfg.cg_tol)
+    kept_nodes = n_users + n_items if sub.kept is None else int(sub.kept.numel())
+    return UnlearningPlan(
+        update=update,
+        subgraph=sub,
+        removed_u=ru,
+        removed_i=ri,
+        removed_positive=int((sub.removed_label > 0).sum()),
+        kept_nodes=kept_nodes,
+        prune_threshold=prune_threshold,
+        timings={"assemble_s": t1 - t0, "update_s": time.perf_counter() - t1},
+    )
+
+
+def compute_unlearning(train_terms, model: IFRUModel, cfg: IFRUConfig | None = None) -> UnlearningPlan:
+    """Spark subgraph + driver update for the training terms flagged ``removed`` in ``train_terms``."""
+    cfg = cfg or model.config
+    if cfg.loss != "bce":
+        raise ConfigError("the IFRU update is implemented for loss='bce' only")
+    t0 = time.perf_counter()
+    sub, thr = select_subgraph(train_terms, model, cfg)
+    t1 = time.perf_counter()
+    plan = plan_from_subgraph(model, sub, cfg, thr)
+    plan.timings["spark_subgraph_s"] = t1 - t0
+    return plan
+
+
+def apply_unlearning(model: IFRUModel, plan: UnlearningPlan) -> IFRUModel:
+    """A new model: updated embedding rows, graph ``G'`` (removed pairs dropped), ``n`` reduced."""
+    n_items = model.n_items
+    key = model.pos_u * n_items + model.pos_i
+    gone = torch.isin(key, plan.removed_u * n_items + plan.removed_i)
+    return IFRUModel(
+        config=model.config,
+        e0=apply_update(model.e0, plan.update).float(),
+        user_ids=model.user_ids,
+        item_ids=model.item_ids,
+        pos_u=model.pos_u[~gone],
+        pos_i=model.pos_i[~gone],
+        removed_u=torch.cat([model.removed_u, plan.removed_u]),
+        removed_i=torch.cat([model.removed_i, plan.removed_i]),
+        n_terms=model.n_terms - int(plan.removed_u.numel()),
+        fingerprint=model.fingerprint,
+        history=model.history + [plan.report()],
+    )

@@ -1,0 +1,167 @@
+"""Unlearn a deletion batch from a stored ALS model end to end: load, unlearn, measure, publish.
+
+This is what ``jobs/unlearn.py`` runs.  The model comes either from our
+model store (the current version, with its data version and training
+offsets) or from a directory saved by Spark MLlib's ``ALSModel.save`` (then
+the ratings it was trained on must be given, and the offsets are computed
+here, once).  The new model and the remaining ratings are published together
+as one new version, so the data forgets too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from spark_unlearn.als.unlearn import residual_summary, unlearn_als
+from spark_unlearn.errors import ConfigError, StoreError
+from spark_unlearn.store.model_store import ModelStore, fingerprint_ratings, load_spark_als_model
+
+log = logging.getLogger(__name__)
+
+
+def _is_spark_model_dir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "metadata")) and os.path.isdir(os.path.join(path, "userFactors"))
+
+
+def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame | None):
+    """Return ``(model, offsets, ratings, holdout, manifest, parent_version, store)`` for ``model_path``.
+
+    ``model_path`` is a model store (current version) or a Spark-saved ALSModel directory.
+    """
+    if _is_spark_model_dir(model_path):
+        if ratings is None:
+            raise ConfigError(
+                f"{model_path} is a model saved by Spark MLlib; pass --ratings with the data it was trained on "
+                "(the unlearning needs the ratings to know what to remove and what remains)"
+            )
+        from spark_unlearn.als.train import ALSState, offsets_for
+
+        model = load_spark_als_model(spark, model_path)
+        state = ALSState.build(ratings, model.params.num_blocks)
+        offsets = offsets_for(state, model)
+        return model, offsets, ratings, None, {"source": "spark-mllib", "path": model_path}, None, state
+    store = ModelStore(model_path)
+    loaded = store.load(spark)
+    if loaded.offsets is None:
+        raise StoreError(f"model version {loaded.version} in {model_path} has no training offsets; retrain it with jobs/train.py")
+    data = loaded.ratings
+    if ratings is not None:
+        if data is not None:
+            given = fingerprint_ratings(ratings)
+            if given != loaded.manifest.get("data_fingerprint"):
+                raise StoreError(
+                    f"the ratings given do not match the data version of {loaded.version} (fingerprint {given[:12]}... vs "
+                    f"{str(loaded.manifest.get('data_fingerprint'))[:12]}...); omit --ratings to use the stored data version"
+                )
+        data = ratings
+    if data is None:
+        raise ConfigError(f"model version {loaded.version} has no data version; pass --ratings")
+    return loaded.model, loaded.offsets, data, loaded.holdout, loaded.manifest, loaded.version, None
+
+
+def run_unlearning(
+    spark: SparkSession,
+    *,
+    model_path: str,
+    delete_path: str | None = None,
+    batch: DataFrame | None = None,
+    ratings_path: str | None = None,
+    ratings_format: str = "auto",
+    output_store: str | None = None,
+    mode: str = "frontier",
+    tol: float | None = None,
+    tol_factor: float = 1.0,
+    strict: bool = False,
+    max_rounds: int = 50,
+    full_fallback_fraction: float = 0.5,
+    full_iterations: int = 10,
+    k: int = 20,
+    measure: bool = True,
+) -> dict[str, Any]:
+    """Apply a deletion batch to the model at ``model_path`` and publish the result.
+
+    Returns the report (JSON-serialisable).  Nothing is written until the
+    final atomic publish, so a failure leaves every store as it was.
+    """
+    from spark_unlearn.data.deletions import read_deletions
+    from spark_unlearn.data.readers import read_ratings
+
+    t0 = time.perf_counter()
+    if batch is None:
+        if delete_path is None:
+            raise ConfigError("give a deletion batch: --delete PATH")
+        batch = read_deletions(spark, delete_path)
+    ratings = read_ratings(spark, ratings_path, format=ratings_format) if ratings_path else None
+    if output_store is None:
+        if _is_spark_model_dir(model_path):
+            raise ConfigError(f"{model_path} is a Spark MLlib model directory; pass --output-store DIR for the unlearned versions")
+        output_store = model_path
+    store = ModelStore(output_store)  # checks the output path before any work
+
+    model, offsets, data, holdout, manifest, parent, state = load_source_model(spark, model_path, ratings)
+    if state is not None:
+        state.unpersist()
+    training_residual = manifest.get("training_residual") or residual_summary(offsets)
+    result = unlearn_als(
+        data, model, offsets, batch, mode=mode, tol=tol, tol_factor=tol_factor, training_residual=training_residual,
+        strict=strict, max_rounds=max_rounds, full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations,
+    )
+    report = dict(result.report)
+    new_holdout = None
+    if holdout is not None:
+        new_holdout = holdout.join(result.deleted.select("user", "item"), ["user", "item"], "left_anti")
+    if measure:
+        report["forgetting"] = forgetting_report(model, result.model, result.deleted)
+        if holdout is not None:
+            from spark_unlearn.train_model import evaluate_model
+
+            report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, k)
+            report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, k)
+    train_s = (manifest.get("training") or {}).get("seconds")
+    report["seconds"]["unlearning_total"] = round(time.perf_counter() - t0, 3)
+    if train_s:
+        report["training_seconds"] = train_s
+        report["speedup_vs_training"] = round(train_s / max(report["seconds"]["solve"] + report["seconds"]["certificate"], 1e-9), 2)
+    version = store.publish(
+        result.model,
+        offsets=result.offsets,
+        ratings=result.remaining,
+        holdout=new_holdout,
+        manifest={
+            "unlearning": {k_: v for k_, v in report.items() if k_ not in ("certificate",)},
+            "certificate": report["certificate"],
+            "training_residual": training_residual,
+            "training": manifest.get("training"),
+        },
+        parent=parent,
+    )
+    result.release()
+    report["version"] = version
+    report["path"] = store.version_path(version)
+    report["seconds"]["end_to_end"] = round(time.perf_counter() - t0, 3)
+    log.info("published %s: %d rows re-solved, certificate %.3g (tol %.3g)", version, report["rows_solved"],
+             report["certificate"]["max_relative_residual"], report["tolerance"])
+    return report
+
+
+def forgetting_report(before, after, deleted: DataFrame) -> dict[str, Any]:
+    """Mean rank percentile of the deleted items in their (remaining) users' lists, before and after."""
+    from spark_unlearn.eval.forgetting import mean_rank_percentile
+
+    remaining_users = after.user_factors.select("id").withColumnRenamed("id", "user")
+    pairs = deleted.select("user", "item").join(remaining_users, ["user"], "left_semi")
+    n = pairs.count()
+    if n == 0:
+        return {"pairs": 0, "note": "every deleted interaction belonged to an erased user (no factor row left to rank for)"}
+    pairs = pairs.cache()
+    return {
+        "pairs": n,
+        "rank_percentile_before": mean_rank_percentile(before.user_factors, before.item_factors, pairs),
+        "rank_percentile_after": mean_rank_percentile(after.user_factors, after.item_factors, pairs),
+        "convention": "0 = top of the user's list, 1 = bottom",
+    }
