@@ -17,7 +17,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_unlearn.als.unlearn import residual_summary, unlearn_als
+from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als
 from spark_unlearn.errors import ConfigError, StoreError
 from spark_unlearn.store.model_store import ModelStore, fingerprint_ratings, load_spark_als_model
 
@@ -114,7 +114,7 @@ def run_unlearning(
     report = dict(result.report)
     new_holdout = None
     if holdout is not None:
-        new_holdout = holdout.join(result.deleted.select("user", "item"), ["user", "item"], "left_anti")
+        new_holdout = remove_batch(holdout, batch)
     if measure:
         report["forgetting"] = forgetting_report(model, result.model, result.deleted)
         if holdout is not None:

@@ -72,6 +72,18 @@ class DeletionPlan:
     not_found: dict[str, list]  # examples of requested pairs/users/items absent from the data
 
 
+def remove_batch(ratings: DataFrame, batch: DataFrame) -> DataFrame:
+    """``ratings`` without every row the batch names: its pairs, its erased users, its withdrawn items."""
+    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item").distinct()
+    users = batch.filter(F.col("kind") == "user").select("user").distinct()
+    items = batch.filter(F.col("kind") == "item").select("item").distinct()
+    return (
+        ratings.join(pairs, ["user", "item"], "left_anti")
+        .join(users, ["user"], "left_anti")
+        .join(items, ["item"], "left_anti")
+    )
+
+
 def plan_deletion(ratings: DataFrame, batch: DataFrame, strict: bool = False, examples: int = 5) -> DeletionPlan:
     """Resolve a deletion batch (``user``, ``item``, ``kind``) against ``ratings``.
 

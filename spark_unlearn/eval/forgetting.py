@@ -52,7 +52,9 @@ def rank_percentile(
     missing = [c for c in (USER, ITEM) if c not in pairs.columns]
     if missing:
         raise SchemaError(f"pairs lacks column(s) {missing}; it has {pairs.columns}")
-    users = topk.with_targets(user_factors, item_factors, pairs)
+    targets = pairs.select(USER, ITEM).distinct()
+    users = targets.select(F.col(USER).alias("id")).distinct().join(user_factors.select("id", "features"), "id")
+    users = topk.with_targets(users.withColumn("exclude", F.array().cast("array<int>")), item_factors, targets)
     counts = topk.rank_counts(users, item_factors, user_block_size, item_block_size)
     n = F.col("n_candidates")
     percentile = F.when(n > 0, (F.col("n_greater") + F.lit(0.5) * F.col("n_equal")) / n)

@@ -358,16 +358,18 @@ def per_user_auc_frame(
         ``n_neg = 0``.
     """
     lists = _user_lists(user_factors, train, test, relevance_threshold)
-    return _per_user_auc_from_lists(lists, user_factors, item_factors, user_block_size, item_block_size)
+    return _per_user_auc_from_lists(lists, item_factors, user_block_size, item_block_size)
 
 
 def _per_user_auc_from_lists(
-    lists: DataFrame, user_factors: DataFrame, item_factors: DataFrame, user_block_size: int, item_block_size: int
+    lists: DataFrame, item_factors: DataFrame, user_block_size: int, item_block_size: int
 ) -> DataFrame:
     known = lists.where(F.col("features").isNotNull())
     positives = known.select(USER, F.explode("relevant").alias(ITEM))
-    exclude = known.select(USER, F.array_union("train_items", "test_items").alias("exclude"))
-    users = topk.with_targets(user_factors, item_factors, positives, exclude)
+    scored = known.select(
+        F.col(USER).alias("id"), "features", F.array_union("train_items", "test_items").alias("exclude")
+    )
+    users = topk.with_targets(scored, item_factors, positives)
     counts = topk.rank_counts(users, item_factors, user_block_size, item_block_size)
     n = F.col("n_candidates")
     n_below = n - F.col("n_greater") - F.col("n_equal")
@@ -409,7 +411,7 @@ def per_user_auc(
     """
     lists = _user_lists(user_factors, train, test, relevance_threshold).persist()
     try:
-        frame = _per_user_auc_from_lists(lists, user_factors, item_factors, user_block_size, item_block_size)
+        frame = _per_user_auc_from_lists(lists, item_factors, user_block_size, item_block_size)
         defined = ~F.isnan("auc")
         row = frame.agg(
             F.avg(F.when(defined, F.col("auc"))).alias("auc"),

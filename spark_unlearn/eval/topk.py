@@ -390,28 +390,25 @@ def rank_counts(
     )
 
 
-def with_targets(
-    user_factors: DataFrame, item_factors: DataFrame, targets: DataFrame, exclude: DataFrame | None = None
-) -> DataFrame:
-    """The users of ``targets`` (user, item) in the layout :func:`rank_counts` reads.
+def with_targets(users: DataFrame, item_factors: DataFrame, targets: DataFrame) -> DataFrame:
+    """``users`` plus their targets, in the layout :func:`rank_counts` reads.
 
-    Targets whose user or item has no factors are dropped (inner joins).
-    ``exclude`` is ``(user, exclude array<int>)`` or ``None`` for no exclusions.
+    Parameters
+    ----------
+    users
+        ``id``, ``features``, ``exclude`` array<int> (may be null).
+    targets
+        Distinct ``(user, item)`` pairs.  Targets whose item has no factors,
+        and users without targets, are dropped (inner joins).
     """
     item_features = item_factors.select(F.col("id").alias("item"), F.col("features").alias("t_features"))
     per_user = (
         targets.select("user", "item")
-        .distinct()
         .join(item_features, "item")
         .groupBy("user")
         .agg(F.collect_list(F.struct("item", "t_features")).alias("t"))
     )
-    users = per_user.join(user_factors.select(F.col("id").alias("user"), "features"), "user")
-    if exclude is None:
-        users = users.withColumn("exclude", F.array().cast("array<int>"))
-    else:
-        users = users.join(exclude, "user", "left")
-    return users.select(
+    return per_user.join(users.withColumnRenamed("id", "user"), "user").select(
         F.col("user").alias("id"),
         "features",
         "exclude",

@@ -1,0 +1,112 @@
+"""Unlearn-ALS through Spark and the model store, on the embedded sample (small, real data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from als_helpers import factors_dict, load_sample
+from spark_unlearn.als.params import ALSParams
+from spark_unlearn.errors import ConfigError, UnknownIdError
+from spark_unlearn.store.model_store import ModelStore
+from spark_unlearn.train_model import run_training
+from spark_unlearn.unlearn_model import run_unlearning
+
+PARAMS = ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=3)
+
+
+@pytest.fixture(scope="module")
+def trained_store(spark, tmp_path_factory, sample_ratings_path):
+    root = str(tmp_path_factory.mktemp("store"))
+    run_training(spark, ratings_path=sample_ratings_path, store_path=root, params=PARAMS)
+    return root
+
+
+def copy_store(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def batch(spark, rows):
+    return spark.createDataFrame(rows, "user int, item int, kind string")
+
+
+def test_empty_batch_leaves_every_factor_bit_identical(spark, trained_store, tmp_path):
+    store = copy_store(trained_store, tmp_path / "s")
+    before = ModelStore(store).load(spark)
+    report = run_unlearning(spark, model_path=store, batch=batch(spark, []), measure=False)
+    after = ModelStore(store).load(spark)
+    assert report["rows_solved"] == 0 and report["deletion"]["deleted_ratings"] == 0
+    assert after.version != before.version and after.manifest["parent"] == before.version
+    for side in ("user_factors", "item_factors"):
+        a, b = factors_dict(getattr(before.model, side)), factors_dict(getattr(after.model, side))
+        assert a.keys() == b.keys() and all(np.array_equal(a[i], b[i]) for i in a)
+    assert report["certificate"]["holds"]
+
+
+def test_erasing_a_user_removes_its_row_and_its_ratings(spark, trained_store, tmp_path):
+    store = copy_store(trained_store, tmp_path / "s")
+    data = ModelStore(store).load(spark).ratings
+    # Item 31 is rated only by user 0 in the training data of this split? Find such an item, if any.
+    counts = {r["item"]: r["count"] for r in data.groupBy("item").count().collect()}
+    user_items = {r["item"] for r in data.filter("user = 0").collect()}
+    orphan = sorted(i for i in user_items if counts[i] == 1)
+    report = run_unlearning(spark, model_path=store, batch=batch(spark, [(0, None, "user")]), measure=False)
+    after = ModelStore(store).load(spark)
+    assert 0 not in factors_dict(after.model.user_factors)
+    assert after.ratings.filter("user = 0").count() == 0
+    assert after.holdout.filter("user = 0").count() == 0
+    items_after = factors_dict(after.model.item_factors)
+    assert all(i not in items_after for i in orphan)  # items left without ratings leave the model
+    assert report["deletion"]["deleted_ratings"] == len(user_items)
+    assert report["certificate"]["max_relative_residual"] <= report["tolerance"]
+    assert after.manifest["certificate"]["holds"]
+
+
+def test_forgetting_interactions_reports_missing_pairs_and_strict_rejects_them(spark, trained_store, tmp_path):
+    store = copy_store(trained_store, tmp_path / "s")
+    data = ModelStore(store).load(spark).ratings
+    present = [(r["user"], r["item"]) for r in data.orderBy("user", "item").limit(3).collect()]
+    rows = [(u, i, "interaction") for u, i in present] + [(1, 987654, "interaction")]
+    with pytest.raises(UnknownIdError, match="987654"):
+        run_unlearning(spark, model_path=store, batch=batch(spark, rows), strict=True, measure=False)
+    assert ModelStore(store).versions() == ["v000001"]  # a failed run publishes nothing
+    report = run_unlearning(spark, model_path=store, batch=batch(spark, rows), measure=False)
+    assert report["deletion"]["deleted_ratings"] == 3
+    assert report["deletion"]["not_found_interactions"] == 1
+    assert report["not_found"]["interactions"] == [(1, 987654)]
+    after = ModelStore(store).load(spark).ratings
+    assert after.join(spark.createDataFrame(present, "user int, item int"), ["user", "item"]).count() == 0
+
+
+def test_full_mode_and_frontier_meet_the_same_certificate(spark, trained_store, tmp_path):
+    rows = [(3, None, "user")]
+    store_f = copy_store(trained_store, tmp_path / "f")
+    store_p = copy_store(trained_store, tmp_path / "p")
+    f = run_unlearning(spark, model_path=store_f, batch=batch(spark, rows), tol=5e-2, measure=False)
+    p = run_unlearning(spark, model_path=store_p, batch=batch(spark, rows), mode="paper", full_iterations=2, measure=False)
+    assert f["certificate"]["max_relative_residual"] <= 5e-2
+    assert p["mode"] == "paper" and p["rows_solved"] == 2 * p["rows_total"]
+    assert f["rows_solved"] < p["rows_solved"]
+
+
+def test_spark_mllib_model_unlearns_and_loads_with_alsmodel(spark, tmp_path):
+    from pyspark.ml.recommendation import ALS, ALSModel
+
+    ratings = load_sample(spark)
+    src = str(tmp_path / "mllib")
+    ALS(rank=4, maxIter=5, regParam=0.1, seed=2).fit(ratings).save(src)
+    csv = tmp_path / "ratings.csv"
+    ratings.toPandas().to_csv(csv, index=False)
+    out = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="output-store"):
+        run_unlearning(spark, model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), measure=False)
+    report = run_unlearning(
+        spark, model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), ratings_format="csv",
+        output_store=out, tol=5e-2, measure=False,
+    )
+    loaded = ALSModel.load(report["path"])
+    assert loaded.userFactors.filter("id = 5").count() == 0
+    assert loaded.userFactors.count() == ratings.select("user").distinct().count() - 1
