@@ -21,14 +21,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pyspark.sql import SparkSession  # noqa: E402
+from common import add_data_args, bench_session, load_data  # noqa: E402
+
 
 from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import ALSState, train_als  # noqa: E402
-from spark_unlearn.data.readers import read_ratings  # noqa: E402
 from spark_unlearn.data.split import train_test_split  # noqa: E402
-from spark_unlearn.data.synthetic import synthetic_ratings  # noqa: E402
 from spark_unlearn.eval.metrics import ranking_metrics, rmse  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 
@@ -61,32 +61,17 @@ def utility(uf, itf, train, test, implicit, k=20):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ratings", help="ratings file (any format read_ratings knows)")
-    p.add_argument("--format", default="auto")
-    p.add_argument("--synthetic", type=int, help="use a synthetic Zipf set with this many ratings instead")
+    add_data_args(p)
     p.add_argument("--ranks", type=int, nargs="+", default=[16, 64])
     p.add_argument("--modes", nargs="+", default=["explicit", "implicit"])
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--blocks", type=int, default=4)
-    p.add_argument("--master", default="local[2]")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     configure_logging("INFO")
-    spark = (
-        SparkSession.builder.master(args.master).appName("bench-als-train").config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "8")
-        .config("spark.driver.memory", "8g").getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.setCheckpointDir("/tmp/bench_ckpt")
-    if args.synthetic:
-        n = args.synthetic
-        ratings = synthetic_ratings(spark, n_users=max(1000, n // 50), n_items=max(500, n // 250), n_ratings=n, seed=0, partitions=8)
-        source = f"synthetic Zipf, {n} ratings requested"
-    else:
-        ratings = read_ratings(spark, args.ratings, format=args.format)
-        source = args.ratings
+    spark = bench_session("bench-als-train", args.master)
+    ratings, source = load_data(spark, args)
     train, test = train_test_split(ratings, 0.2, seed=0)
     train, test = train.cache(), test.cache()
     n_train, n_test = train.count(), test.count()

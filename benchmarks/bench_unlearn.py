@@ -29,18 +29,18 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import add_data_args, bench_session, load_data  # noqa: E402
 
 import numpy as np  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from spark_unlearn.als.model import FactorModel  # noqa: E402
 from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import train_als  # noqa: E402
 from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als  # noqa: E402
-from spark_unlearn.data.readers import read_ratings  # noqa: E402
 from spark_unlearn.data.split import train_test_split  # noqa: E402
-from spark_unlearn.data.synthetic import synthetic_ratings  # noqa: E402
 from spark_unlearn.eval.forgetting import mean_rank_percentile  # noqa: E402
 from spark_unlearn.eval.metrics import ranking_metrics, rmse  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
@@ -73,9 +73,7 @@ def forget_pct(model: FactorModel, pairs) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ratings")
-    p.add_argument("--format", default="auto")
-    p.add_argument("--synthetic", type=int)
+    add_data_args(p)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--mode", choices=["explicit", "implicit"], default="explicit")
     p.add_argument("--iterations", type=int, default=10)
@@ -85,24 +83,11 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"])
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"])
     p.add_argument("--tol", type=float)
-    p.add_argument("--master", default="local[2]")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     configure_logging("INFO")
-    spark = (
-        SparkSession.builder.master(args.master).appName("bench-unlearn").config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "8")
-        .config("spark.driver.memory", "8g").getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.setCheckpointDir("/tmp/bench_ckpt")
-    if args.synthetic:
-        n = args.synthetic
-        ratings = synthetic_ratings(spark, n_users=max(1000, n // 50), n_items=max(500, n // 250), n_ratings=n, seed=0, partitions=8)
-        source = f"synthetic Zipf, {n} ratings requested"
-    else:
-        ratings = read_ratings(spark, args.ratings, format=args.format)
-        source = args.ratings
+    spark = bench_session("bench-unlearn", args.master)
+    ratings, source = load_data(spark, args)
     implicit = args.mode == "implicit"
     params = ALSParams(rank=args.rank, reg=args.reg, implicit=implicit, iterations=args.iterations, num_blocks=args.blocks)
     train, test = train_test_split(ratings, 0.2, seed=0)

@@ -31,6 +31,17 @@ def _positions(block_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, n
     return pos, block_ids[pos] == wanted
 
 
+def _factors_and_offsets(it):
+    """Split a partition of ``factors.union(offsets)`` into its float32 factor and float64 offset blocks."""
+    fac, off = None, None
+    for _, value in it:
+        if value[1].dtype == np.float64:
+            off = value
+        else:
+            fac = value
+    return fac, off
+
+
 class SparkRowSource:
     """Targeted access to the remaining data, base factors and offsets of a model.
 
@@ -140,12 +151,7 @@ class SparkRowSource:
         rank = self.rank
 
         def check(it):
-            fac, off = None, None
-            for _, value in it:
-                if value[1].dtype == np.float64:
-                    off = value
-                else:
-                    fac = value
+            fac, off = _factors_and_offsets(it)
             if fac is None or off is None:
                 return
             ids, X = fac
@@ -162,12 +168,7 @@ class SparkRowSource:
         rank = self.rank
 
         def ratio(it):
-            fac, off = None, None
-            for _, value in it:
-                if value[1].dtype == np.float64:
-                    off = value
-                else:
-                    fac = value
+            fac, off = _factors_and_offsets(it)
             if fac is None or off is None or fac[0].size == 0:
                 return
             r = np.linalg.norm(fac[1].astype(np.float64), axis=1) / np.maximum(off[1][:, rank], 1e-300)
