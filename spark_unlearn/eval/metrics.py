@@ -345,17 +345,19 @@ def per_user_auc_frame(
         AUC_u = mean_{p in P_u} ( |{n in N_u: s_un < s_up}| + 0.5 |{n in N_u: s_un = s_up}| ) / |N_u|
 
     Exact, not sampled: every (user, item) score is computed once in a
-    blocked pass (:mod:`spark_unlearn.eval.topk`), ``O(U * I * rank)`` flops
-    plus a sort of each user's block scores, fine for ml-latest-small-sized
-    data (610 users x 9.7k items) and linear in ``U * I`` beyond.
+    blocked pass (:mod:`spark_unlearn.eval.topk`): ``O(U * I * rank)`` flops
+    plus a sort of each user's scores per item block
+    (``O(U * I * log B_i)``).  ml-latest-small (610 users x 9.7k items) takes
+    seconds on a laptop; the cost grows with ``U * I``.
 
     Returns
     -------
     DataFrame
         ``user``, ``auc`` (double, NaN when undefined), ``n_pos``, ``n_neg``,
-        one row per user with a relevant test item; users the model does not
-        know, or whose positives are all unknown, have ``n_pos = 0`` and
-        ``n_neg = 0``.
+        one row per user with a relevant test item.  Users the model does
+        not know, or whose positives are all unknown, have ``n_pos = 0``,
+        ``n_neg = 0`` and ``auc = NaN``; users with no negative have
+        ``auc = NaN``.
     """
     lists = _user_lists(user_factors, train, test, relevance_threshold)
     return _per_user_auc_from_lists(lists, item_factors, user_block_size, item_block_size)

@@ -13,9 +13,11 @@ accumulated *in factor order* ``((x_0 y_0 + x_1 y_1) + x_2 y_2) + ...`` with
 separate IEEE multiplies and adds (no BLAS, no FMA).  Every score this module
 computes, for one pair (:func:`score_rows`) or for a block pair
 (:func:`score_block`), is therefore bit-identical for the same (user, item):
-a target item ties exactly with itself, equal vectors tie exactly, and the
-scores equal :func:`spark_unlearn.eval.metrics.predict`'s SQL dot product.  The price is speed: about ``2 * rank`` memory
-passes over each ``B_u x B_i`` score block instead of one GEMM.
+a target item ties exactly with itself and equal vectors (common in ALS
+models: items rated by the same single user) tie exactly.  The SQL dot
+product of :func:`spark_unlearn.eval.metrics.predict` performs the same
+operations in the same order.  The price is speed: about ``2 * rank``
+memory passes over each ``B_u x B_i`` score block instead of one GEMM.
 
 Cost
 ----
