@@ -31,9 +31,7 @@ import os
 import sys
 import time
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isdir(os.path.join(_REPO, "spark_unlearn")) and _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import _bootstrap  # noqa: F401,E402  (source checkout without installation: puts the repo on sys.path)
 
 from spark_unlearn.errors import ConfigError, SparkUnlearnError  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
@@ -96,7 +94,6 @@ def fingerprint(train) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     import numpy as np
-    import torch
     from spark_unlearn.data.readers import read_ratings
     from spark_unlearn.errors import StoreError
     from spark_unlearn.ifru import persist

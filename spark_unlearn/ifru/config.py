@@ -51,8 +51,8 @@ class IFRUConfig:
     damping: float = 1e-5
     cg_tol: float = 1e-3
     cg_max_iter: int = 500
-    precondition: bool = True
-    influence_dtype: str = "float64"
+    precondition: bool = False
+    influence_dtype: str = "float32"
     prune_quantile: float | None = None
     prune_hops: int = 1
     spillover: bool = True

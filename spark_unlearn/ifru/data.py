@@ -122,7 +122,7 @@ def to_tensors(df, columns: list[str]) -> dict[str, torch.Tensor]:
         if arr.dtype == np.bool_:
             out[c] = torch.from_numpy(arr.copy())
         else:
-            out[c] = torch.from_numpy(np.ascontiguousarray(arr))
+            out[c] = torch.from_numpy(np.array(arr, copy=True))
     return out
 
 

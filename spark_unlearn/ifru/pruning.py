@@ -259,7 +259,7 @@ def _to_tensors(df, columns: list[str]) -> dict[str, torch.Tensor]:
     out = {}
     for c in columns:
         arr = table.column(c).to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0)
-        out[c] = torch.from_numpy(np.ascontiguousarray(arr))
+        out[c] = torch.from_numpy(np.array(arr, copy=True))
     return out
 
 

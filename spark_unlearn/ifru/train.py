@@ -97,8 +97,6 @@ def train(
         history.append(total)
         if log_every and (epoch + 1) % log_every == 0:
             log.info("epoch %d objective %.6f", epoch + 1, total)
-    with torch.no_grad():
-        pass
     final = param.detach().clone().requires_grad_(True)
     value = full_objective(final, graph, layers, terms, loss, reg)
     (g,) = torch.autograd.grad(value, final)

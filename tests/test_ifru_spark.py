@@ -1,0 +1,106 @@
+"""IFRU's Spark side (data preparation, pruning scores, influenced subgraph) against torch/pandas references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spark_unlearn.ifru.pruning import (
+    kept_from_scores,
+    kept_nodes_spark,
+    node_scores_spark,
+    node_scores_torch,
+    subgraph_spark,
+    subgraph_torch,
+)
+
+N_USERS, N_ITEMS = 9, 12
+
+
+@pytest.fixture(scope="module")
+def tiny(spark):
+    rng = np.random.default_rng(11)
+    pairs = rng.choice(N_USERS * N_ITEMS, size=55, replace=False)
+    u, i = pairs // N_ITEMS, pairs % N_ITEMS
+    label = (rng.random(55) < 0.6).astype(int)
+    removed = np.zeros(55, dtype=bool)
+    removed[rng.choice(55, size=6, replace=False)] = True
+    pdf = pd.DataFrame({"u": u.astype("int32"), "i": i.astype("int32"), "label": label.astype("int32"), "removed": removed})
+    df = spark.createDataFrame(pdf).cache()
+    t = (torch.tensor(u), torch.tensor(i), torch.tensor(label, dtype=torch.float64), torch.tensor(removed))
+    return df, t
+
+
+@pytest.mark.parametrize("hops", [0, 2])
+def test_spark_scores_and_kept_match_torch(tiny, hops):
+    df, (u, i, label, removed) = tiny
+    scores_df = node_scores_spark(df, N_USERS, hops).cache()
+    scores = scores_df.toPandas().set_index("node")["score"]
+    ref = node_scores_torch(u, i, removed, N_USERS, N_ITEMS, hops)
+    has = torch.bincount(torch.cat([u, i + N_USERS]), minlength=N_USERS + N_ITEMS) > 0
+    assert sorted(scores.index) == torch.nonzero(has).reshape(-1).tolist()
+    for node, s in scores.items():
+        assert s == pytest.approx(float(ref[node]), abs=1e-12)
+    for q in (0.5, 0.8):
+        kept, thr = kept_nodes_spark(scores_df, q)
+        got = sorted(r["node"] for r in kept.collect())
+        assert got == kept_from_scores(ref, has, q).tolist()
+        assert thr == pytest.approx(float(np.quantile(ref[has].numpy(), q)))
+
+
+def _canon(sub):
+    terms = sorted(
+        zip(sub.term_u.tolist(), sub.term_i.tolist(), sub.term_label.tolist(), sub.term_removed.tolist(), sub.term_changed.tolist())
+    )
+
+    def edges(e):
+        return sorted((a, b, round(w, 12)) for a, b, w in zip(e[0].tolist(), e[1].tolist(), e[2].tolist()))
+
+    rem = sorted(zip(sub.removed_u.tolist(), sub.removed_i.tolist(), sub.removed_label.tolist()))
+    kept = None if sub.kept is None else sub.kept.tolist()
+    return kept, terms, edges(sub.edges_g), edges(sub.edges_gp), rem
+
+
+@pytest.mark.parametrize("layers,pruned", [(0, True), (1, False), (2, True)])
+def test_spark_subgraph_matches_torch(spark, tiny, layers, pruned):
+    df, (u, i, label, removed) = tiny
+    kept_t = torch.tensor([2, N_USERS + 5]) if pruned else None
+    kept_df = spark.createDataFrame([(int(x),) for x in kept_t.tolist()], "node long") if pruned else None
+    got = subgraph_spark(df, N_USERS, layers, kept_df)
+    ref = subgraph_torch(u, i, label, removed, N_USERS, N_ITEMS, layers, kept_t)
+    assert _canon(got) == _canon(ref)
+    if pruned:
+        assert got.num_terms < len(u)
+
+
+def test_kcore_dense_ids_and_split(spark):
+    from spark_unlearn.ifru.data import kcore, prepare
+
+    rng = np.random.default_rng(0)
+    rows = set()
+    while len(rows) < 400:
+        rows.add((int(rng.integers(1, 40)) * 3, int(rng.zipf(1.6)) % 70 + 100))
+    pdf = pd.DataFrame(sorted(rows), columns=["user", "item"])
+    pdf["rating"] = rng.integers(1, 6, len(pdf)).astype("float32")
+    df = spark.createDataFrame(pdf.astype({"user": "int32", "item": "int32"}), "user int, item int, rating float")
+    ref = pdf.copy()
+    while True:
+        n = len(ref)
+        ref = ref[ref.groupby("user")["user"].transform("size") >= 5]
+        ref = ref[ref.groupby("item")["item"].transform("size") >= 5]
+        if len(ref) == n:
+            break
+    got, _ = kcore(df, 5)
+    assert sorted(map(tuple, got.select("user", "item").collect())) == sorted(zip(ref.user, ref.item))
+    prep = prepare(df, threshold=4.0, k=5, fractions=(0.6, 0.2, 0.2), seed=1)
+    assert prep.user_ids.tolist() == sorted(ref.user.unique().tolist())
+    assert prep.item_ids.tolist() == sorted(ref.item.unique().tolist())
+    parts = [p.toPandas() for p in (prep.train, prep.val, prep.test)]
+    allp = pd.concat(parts)
+    assert len(allp) == len(ref) and not allp.duplicated(["user", "item"]).any()
+    assert (allp.u.map(lambda k: prep.user_ids[k]) == allp.user).all()
+    assert (allp.i.map(lambda k: prep.item_ids[k]) == allp.item).all()
+    assert ((allp.rating >= 4).astype(int) == allp.label).all()
+    assert 0.5 < len(parts[0]) / len(allp) < 0.7
