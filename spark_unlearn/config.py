@@ -53,23 +53,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "full_fallback_fraction": (float, 0.5),
         "full_iterations": (int, 10),
     },
-    "ifru": {
-        "model_type": (str, "mf"),
-        "dim": (int, 32),
-        "layers": (int, 1),
-        "loss": (str, "bce"),
-        "epochs": (int, 200),
-        "lr": (float, 0.01),
-        "weight_decay": (float, 1e-4),
-        "threshold": (float, 4.0),
-        "kcore": (int, 5),
-        "seed": (int, 0),
-        "damping": (float, 1e-3),
-        "cg_tol": (float, 1e-5),
-        "cg_max_iter": (int, 500),
-        "prune_quantile": (float, 0.0),
-        "prune_hops": (int, 1),
-    },
+    # [ifru] is validated by spark_unlearn.ifru.config.IFRUConfig (one source of truth for its keys).
+    "ifru": {},
     "logging": {"level": (str, "INFO")},
     "spark": {},  # free-form Spark properties, checked separately
 }
@@ -100,6 +85,15 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, dict[str,
     for section, values in raw.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table, got {values!r}")
+        if section == "ifru":
+            from spark_unlearn.ifru.config import IFRUConfig
+
+            try:
+                IFRUConfig.from_dict(values)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: [ifru] {exc}") from None
+            cfg["ifru"] = dict(values)
+            continue
         if section == "spark":
             for key, value in values.items():
                 if not key.startswith("spark."):
