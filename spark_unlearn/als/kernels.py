@@ -150,18 +150,14 @@ def solve_rows(
     size.  Rows without any rating (explicit) would give a singular system;
     they are returned as zeros, matching a cell with no information.
     """
-    all_rows = np.arange(len(indptr) - 1) if rows is None else np.asarray(rows, dtype=np.int64)
-    k = Y.shape[1]
-    out = np.zeros((all_rows.size, k))
-    per_chunk = max(1, _WORKSPACE_BYTES // (8 * k * k))
-    for start in range(0, all_rows.size, per_chunk):
-        chunk = all_rows[start : start + per_chunk]
-        A, b = normal_equations(indptr, src, ratings, Y, spec, gram=gram, rows=chunk)
+    all_rows = _all_rows(indptr, rows)
+    out = np.zeros((all_rows.size, Y.shape[1]))
+    for sl, A, b in _normal_equation_chunks(indptr, src, ratings, Y, spec, gram, all_rows):
         if offsets is not None:
-            b = b + offsets[start : start + chunk.size]
+            b = b + offsets[sl]
         solvable = np.abs(A).sum(axis=(1, 2)) > 0
         if solvable.any():
-            out[start : start + chunk.size][solvable] = np.linalg.solve(A[solvable], b[solvable][:, :, None])[:, :, 0]
+            out[sl][solvable] = np.linalg.solve(A[solvable], b[solvable][:, :, None])[:, :, 0]
     return out
 
 
@@ -180,18 +176,28 @@ def residuals(
     ``X`` holds the current factors of ``rows`` (one row of ``X`` per entry of
     ``rows``).  Returns ``(R, bnorm)`` with ``R`` float64 ``(n, k)``.
     """
-    all_rows = np.arange(len(indptr) - 1) if rows is None else np.asarray(rows, dtype=np.int64)
-    k = Y.shape[1]
-    R = np.zeros((all_rows.size, k))
+    all_rows = _all_rows(indptr, rows)
+    R = np.zeros((all_rows.size, Y.shape[1]))
     bnorm = np.zeros(all_rows.size)
     Xd = np.asarray(X, dtype=np.float64)
-    per_chunk = max(1, _WORKSPACE_BYTES // (8 * k * k))
-    for start in range(0, all_rows.size, per_chunk):
-        sl = slice(start, start + per_chunk)
-        A, b = normal_equations(indptr, src, ratings, Y, spec, gram=gram, rows=all_rows[sl])
+    for sl, A, b in _normal_equation_chunks(indptr, src, ratings, Y, spec, gram, all_rows):
         R[sl] = np.einsum("nkl,nl->nk", A, Xd[sl]) - b
         bnorm[sl] = np.linalg.norm(b, axis=1)
     return R, bnorm
+
+
+def _all_rows(indptr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return np.arange(len(indptr) - 1) if rows is None else np.asarray(rows, dtype=np.int64)
+
+
+def _normal_equation_chunks(indptr, src, ratings, Y, spec, gram, all_rows):
+    """Yield ``(slice into all_rows, A, b)`` in chunks that keep the (rows, k, k) workspace bounded."""
+    k = Y.shape[1]
+    per_chunk = max(1, _WORKSPACE_BYTES // (8 * k * k))
+    for start in range(0, all_rows.size, per_chunk):
+        sl = slice(start, min(start + per_chunk, all_rows.size))
+        A, b = normal_equations(indptr, src, ratings, Y, spec, gram=gram, rows=all_rows[sl])
+        yield sl, A, b
 
 
 # ---------------------------------------------------------------------------
