@@ -57,22 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_config(path: str | None) -> tuple[dict, dict]:
-    if not path:
-        return {}, {}
-    import tomllib
+    """The ``[ifru]`` and ``[spark]`` tables of a config file, checked by the shared schema."""
+    from spark_unlearn.config import load_config
 
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path!r}: {exc}") from exc
-    unknown = sorted(set(doc) - {"ifru", "spark"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {unknown}; expected [ifru] and/or [spark]")
-    ifru, spark = doc.get("ifru", {}), doc.get("spark", {})
-    if not isinstance(ifru, dict) or not isinstance(spark, dict):
-        raise ConfigError(f"{path}: [ifru] and [spark] must be tables")
-    return dict(ifru), {str(k): str(v) for k, v in spark.items()}
+    cfg = load_config(path)
+    return dict(cfg["ifru"]), dict(cfg["spark"])
 
 
 def read_deletions(spark, path: str):
