@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 from torch.func import grad, vjp
 
-from spark_unlearn.ifru.models import Graph, layer_mean, term_logits, term_losses
+from spark_unlearn.ifru.models import Graph, Terms, layer_mean, term_logits, term_losses
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 
@@ -161,27 +161,6 @@ def conjugate_gradient(
 
 
 # --------------------------------------------------------------------------- reduced problem
-
-
-@dataclass
-class Terms:
-    """Training terms on local node ids: BCE pairs ``(u, i, label)`` or BPR triples ``(u, i, j)``."""
-
-    u: torch.Tensor
-    i: torch.Tensor
-    label: torch.Tensor | None
-    j: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.u.numel())
-
-    def select(self, mask: torch.Tensor) -> "Terms":
-        return Terms(
-            self.u[mask],
-            self.i[mask],
-            None if self.label is None else self.label[mask],
-            None if self.j is None else self.j[mask],
-        )
 
 
 @dataclass

@@ -141,3 +141,24 @@ def init_embeddings(num_nodes: int, dim: int, seed: int, std: float = 0.1, dtype
     """Gaussian initial embeddings from a private generator (reproducible, independent of global RNG)."""
     gen = torch.Generator().manual_seed(int(seed))
     return (torch.randn(num_nodes, dim, generator=gen, dtype=torch.float64) * std).to(dtype)
+
+
+@dataclass
+class Terms:
+    """Training terms on node ids (global, or local to a subgraph): BCE pairs ``(u, i, label)`` or BPR triples ``(u, i, j)``."""
+
+    u: torch.Tensor
+    i: torch.Tensor
+    label: torch.Tensor | None
+    j: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.u.numel())
+
+    def select(self, mask: torch.Tensor) -> "Terms":
+        return Terms(
+            self.u[mask],
+            self.i[mask],
+            None if self.label is None else self.label[mask],
+            None if self.j is None else self.j[mask],
+        )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from spark_unlearn.ifru.influence import ReducedProblem, Terms
+from spark_unlearn.ifru.influence import ReducedProblem
+from spark_unlearn.ifru.models import Terms
 from spark_unlearn.ifru.models import Graph, build_graph, layer_mean
 from spark_unlearn.ifru.pruning import Subgraph
 

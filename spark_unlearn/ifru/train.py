@@ -15,27 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spark_unlearn.ifru.models import Graph, layer_mean, term_logits, term_losses
+from spark_unlearn.ifru.models import Graph, Terms, layer_mean, term_logits, term_losses
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainTerms:
-    """Training terms on global node ids (users ``0..n_users-1``, items after them)."""
-
-    u: torch.Tensor
-    i: torch.Tensor
-    label: torch.Tensor | None
-    j: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.u.numel())
-
-    def select(self, mask: torch.Tensor) -> "TrainTerms":
-        return TrainTerms(
-            self.u[mask], self.i[mask], None if self.label is None else self.label[mask], None if self.j is None else self.j[mask]
-        )
 
 
 @dataclass
@@ -48,7 +30,7 @@ class TrainResult:
     history: list[float] = field(default_factory=list)
 
 
-def full_objective(e0: torch.Tensor, graph: Graph | None, layers: int, terms: TrainTerms, loss: str, reg: float) -> torch.Tensor:
+def full_objective(e0: torch.Tensor, graph: Graph | None, layers: int, terms: Terms, loss: str, reg: float) -> torch.Tensor:
     h = layer_mean(e0, graph, layers)
     per = term_losses(term_logits(h, terms.u, terms.i, terms.j), terms.label, loss)
     return per.mean() + 0.5 * reg * (e0 * e0).sum()
@@ -58,7 +40,7 @@ def train(
     e0: torch.Tensor,
     graph: Graph | None,
     layers: int,
-    terms: TrainTerms,
+    terms: Terms,
     *,
     loss: str = "bce",
     reg: float = 1e-4,

@@ -24,7 +24,8 @@ from spark_unlearn.ifru.models import build_graph, init_embeddings
 from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
 from spark_unlearn.ifru.pruning import Subgraph, kept_nodes_spark, node_scores_spark, subgraph_spark
 from spark_unlearn.ifru.state import IFRUModel
-from spark_unlearn.ifru.train import TrainResult, TrainTerms, train
+from spark_unlearn.ifru.models import Terms
+from spark_unlearn.ifru.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # --------------------------------------------------------------------------- training
 
 
-def terms_from_tensors(t: dict[str, torch.Tensor], n_users: int) -> TrainTerms:
+def terms_from_tensors(t: dict[str, torch.Tensor], n_users: int) -> Terms:
     """Dense ``u``, ``i``, ``label`` tensors -> training terms on global node ids."""
-    return TrainTerms(t["u"].long(), t["i"].long() + n_users, t["label"].float())
+    return Terms(t["u"].long(), t["i"].long() + n_users, t["label"].float())
 
 
 def fit_tensors(
@@ -46,7 +47,7 @@ def fit_tensors(
     """Train from ``e0`` (default: the seeded initialisation) on dense pairs; the graph is built from the positives."""
     if cfg.loss != "bce":
         raise ConfigError(f"training from labelled pairs needs loss='bce'; got {cfg.loss!r}")
-    terms = TrainTerms(u.long(), i.long() + n_users, label.float())
+    terms = Terms(u.long(), i.long() + n_users, label.float())
     graph = None
     if cfg.model_layers:
         pos = label > 0
