@@ -2,7 +2,7 @@
 
     spark-submit jobs/train.py [--ratings PATH] [--model STORE_DIR] [--config conf/local.toml]
         [--format auto|movielens-dat|udata|movielens-csv|csv|parquet] [--implicit]
-        [--rank K] [--reg L] [--alpha A] [--iterations N] [--seed S]
+        [--rank K] [--reg L] [--alpha A] [--iterations N] [--seed S] [--report PATH]
 
 With no arguments it trains on pyspark's embedded MovieLens sample and
 publishes to ``out/model_store``.  Prints the report (JSON) on stdout.
@@ -20,6 +20,7 @@ from spark_unlearn.config import load_config, override
 from spark_unlearn.data.embedded import sample_movielens_path
 from spark_unlearn.errors import SparkUnlearnError
 from spark_unlearn.logs import configure_logging
+from spark_unlearn.reporting import write_report
 from spark_unlearn.session import get_session
 from spark_unlearn.train_model import run_training
 
@@ -38,6 +39,7 @@ def parse_args(argv):
     p.add_argument("--alpha", type=float)
     p.add_argument("--iterations", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--report", help="also write the report (JSON) to this path")
     return p.parse_args(argv)
 
 
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
             split_seed=cfg["data"]["split_seed"],
             k=cfg["eval"]["k"],
         )
+        if args.report:
+            write_report(report, args.report)
     except SparkUnlearnError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
