@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 
 from pyspark.sql import SparkSession
@@ -42,11 +41,11 @@ def get_session(
         Defaults to a fresh temporary directory.
     """
     builder = SparkSession.builder.appName(app_name)
+    submitted = _submitted_keys()
     if master is not None:
         builder = builder.master(master)
-    elif "spark.master" not in _submitted_conf():
+    elif "spark.master" not in submitted:
         builder = builder.master("local[*]")
-    submitted = _submitted_keys()
     for key, value in DEFAULTS.items():
         if key not in submitted and key not in (conf or {}):
             builder = builder.config(key, value)
@@ -60,18 +59,13 @@ def get_session(
 
 
 def _submitted_keys() -> set[str]:
-    """Keys spark-submit already set (it passes them to the driver JVM as system properties)."""
-    from pyspark import SparkConf
+    """Keys already set by spark-submit (``--conf``, ``--properties-file``, ``--master``).
 
-    try:
-        return {k for k, _ in SparkConf().getAll()}
-    except Exception:  # no JVM yet outside spark-submit: nothing was set
-        return set()
+    spark-submit passes them to its JVM as system properties; a SparkConf
+    only sees them once the Python side is connected to that JVM, so connect
+    first (plain ``python`` starts a local gateway here, as getOrCreate would).
+    """
+    from pyspark import SparkConf, SparkContext
 
-
-def _submitted_conf() -> dict[str, str]:
-    """Spark properties passed by spark-submit (it exports them to the driver's environment)."""
-    # spark-submit starts the Python driver with PYSPARK_GATEWAY_PORT set and
-    # the master already configured on the JVM side; we only look for the
-    # marker so that a plain `python jobs/x.py` still gets a local master.
-    return {"spark.master": "submitted"} if os.environ.get("PYSPARK_GATEWAY_PORT") else {}
+    SparkContext._ensure_initialized()
+    return {k for k, _ in SparkConf(loadDefaults=True).getAll()}
