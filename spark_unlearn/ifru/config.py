@@ -32,7 +32,10 @@ class IFRUConfig:
         ``G -> G'`` term), ``hessian`` (``remaining``: Hessian of the objective
         without ``D_u`` on ``G'``, one exact Newton step; ``full``: of the
         training objective, the textbook influence function), ``newton_steps``
-        (1 = the IFRU update; more continue Newton on the remaining objective).
+        (1 = the IFRU update; more continue Newton on the remaining objective),
+        ``normaliser`` (``remaining``: the update targets the retrain's
+        objective, remaining terms averaged over ``n - |D_u|``; ``training``:
+        over ``n``, the paper's ``(1/n) H^-1 grad U``).
     """
 
     threshold: float = 4.0
@@ -58,6 +61,7 @@ class IFRUConfig:
     spillover: bool = True
     hessian: str = "remaining"
     newton_steps: int = 1
+    normaliser: str = "remaining"
 
     def __post_init__(self) -> None:
         def num(name: str, lo: float | None = None, strict: bool = False) -> None:
@@ -110,6 +114,8 @@ class IFRUConfig:
         integer("newton_steps", 1)
         if self.hessian not in ("remaining", "full"):
             raise ConfigError(f"hessian must be 'remaining' or 'full', got {self.hessian!r}")
+        if self.normaliser not in ("remaining", "training"):
+            raise ConfigError(f"normaliser must be 'remaining' or 'training', got {self.normaliser!r}")
         if not isinstance(self.spillover, bool):
             raise ConfigError(f"spillover must be true or false, got {self.spillover!r}")
 

@@ -194,6 +194,10 @@ class ReducedProblem:
         (``D_c``; empty for MF).
     n
         Number of training terms of the full objective (normaliser of ``L``).
+    n_removed
+        Number of removed terms ``|D_u|`` over the whole training set (not
+        only those in the subgraph); ``n - n_removed`` normalises the retrain's
+        objective.
     reg, layers, loss
         As in training.
     """
@@ -213,6 +217,12 @@ class ReducedProblem:
     layers: int
     loss: str = "bce"
     remaining_terms: Terms | None = None
+    n_removed: int = 0
+
+    @property
+    def n_after(self) -> int:
+        """Terms left after the removal (``n - |D_u|``, over the whole training set): the retrain's normaliser."""
+        return max(self.n - self.n_removed, 1)
 
     @property
     def num_local(self) -> int:
@@ -246,6 +256,7 @@ class ReducedProblem:
             self.layers,
             self.loss,
             None if self.remaining_terms is None else tt(self.remaining_terms),
+            self.n_removed,
         )
 
 
@@ -266,29 +277,44 @@ def _terms_loss_sum(problem: ReducedProblem, h: torch.Tensor, terms: Terms) -> t
 
 
 HESSIANS = ("remaining", "full")
+NORMALISERS = ("remaining", "training")
 
 
-def reduced_objective(problem: ReducedProblem, hessian: str = "remaining") -> Callable[[torch.Tensor], torch.Tensor]:
+def reduced_objective(
+    problem: ReducedProblem, hessian: str = "remaining", normaliser: str = "training"
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``theta_S -> objective`` up to a constant, whose Hessian is the ``H`` of the update.
 
-    ``hessian="full"``: the training objective ``L`` (all terms, graph ``G``), the
-    classic influence function.  ``hessian="remaining"``: the objective after the
-    removal, ``L' = L - U/n`` (remaining terms, graph ``G'``); then
-    ``theta + (1/n) H'^-1 grad U`` is exactly one Newton step on ``L'`` from a
-    minimiser of ``L``.
+    Parameters
+    ----------
+    problem
+        The reduced problem.
+    hessian
+        ``"full"``: the training objective ``L`` (all terms, graph ``G``), the
+        classic influence function.  ``"remaining"``: the objective after the
+        removal (remaining terms, graph ``G'``); then the update is exactly one
+        Newton step on it from a minimiser of ``L``.
+    normaliser
+        For ``hessian="remaining"`` only: ``"training"`` averages the remaining
+        terms over ``n`` (``L' = L - U/n``, the paper's convention);
+        ``"remaining"`` (default) over ``n - |D_u|``, i.e. the objective a retrain with
+        the same hyperparameters minimises.
     """
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+    if normaliser not in NORMALISERS:
+        raise ValueError(f"normaliser must be one of {NORMALISERS}, got {normaliser!r}")
     if hessian == "full":
-        terms, graph = problem.hess_terms, "g"
+        terms, graph, norm = problem.hess_terms, "g", problem.n
     else:
         terms, graph = problem.remaining_terms, "gp"
+        norm = problem.n if normaliser == "training" else problem.n_after
         if terms is None:
             raise ValueError("the problem has no remaining_terms; build it with assemble_problem")
 
     def f(theta_flat: torch.Tensor) -> torch.Tensor:
         h = local_representation(problem, theta_flat, graph)
-        return _terms_loss_sum(problem, h, terms) / problem.n + 0.5 * problem.reg * (theta_flat * theta_flat).sum()
+        return _terms_loss_sum(problem, h, terms) / norm + 0.5 * problem.reg * (theta_flat * theta_flat).sum()
 
     return f
 
@@ -390,12 +416,20 @@ def compute_update(
     dtype: torch.dtype = torch.float64,
     hessian: str = "remaining",
     newton_steps: int = 1,
+    normaliser: str = "remaining",
 ) -> InfluenceUpdate:
     """IFRU update ``(1/n) (H_SS + damping I)^-1 grad_S U`` on the reduced problem (nothing is modified).
 
     ``hessian`` selects ``H``: ``"remaining"`` (default, Hessian of the
     objective without ``D_u``, on ``G'``) or ``"full"`` (of the training
     objective, the textbook influence function); see :func:`reduced_objective`.
+
+    ``normaliser="training"`` (the paper's update) targets ``L' = L - U/n``;
+    ``"remaining"`` (default) targets the retrain's objective, which averages the
+    remaining terms over ``n - |D_u|``: the right-hand side becomes
+    ``grad L(theta0) - grad L'(theta0) = (grad U - (|D_u|/n) grad D) / (n - |D_u|)``
+    (``D``: the summed training loss), the removed terms' gradient minus their
+    share of the average one, and ``H`` the Hessian of that objective.
 
     ``newton_steps > 1`` continues with Newton steps on the remaining
     objective restricted to ``S``, offset by the training gradient at
@@ -410,10 +444,13 @@ def compute_update(
     t0 = time.perf_counter()
     prob = problem.to(dtype)
     theta = prob.theta0.reshape(-1).clone()
-    g_u = grad(removal_objective(prob))(theta) / prob.n
+    if normaliser == "training":
+        g_u = grad(removal_objective(prob))(theta) / prob.n
+    else:
+        g_u = grad(reduced_objective(prob, "full"))(theta) - grad(reduced_objective(prob, "remaining", normaliser))(theta)
     timings["grad_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    f_h = reduced_objective(prob, hessian)
+    f_h = reduced_objective(prob, hessian, normaliser)
     hvp = make_hvp(f_h, theta)
     pre = block_jacobi_preconditioner(prob, damping, hessian) if precondition else None
     timings["setup_s"] = time.perf_counter() - t1
@@ -426,7 +463,7 @@ def compute_update(
     if newton_steps > 1:
         t3 = time.perf_counter()
         offset = grad(reduced_objective(prob, "full"))(theta)
-        g_rem = grad(reduced_objective(prob, "remaining"))
+        g_rem = grad(reduced_objective(prob, "remaining", normaliser))
         for _ in range(newton_steps - 1):
             th = theta + delta
             rhs = offset - g_rem(th)

@@ -88,4 +88,5 @@ def assemble_problem(
         layers=int(layers),
         loss=loss,
         remaining_terms=all_terms.select(~removed),
+        n_removed=int(sub.removed_u.numel()),
     )

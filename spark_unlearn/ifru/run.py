@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: Settings that may differ from those of a saved model (they only affect how it is unlearned).
 UNLEARNING_KEYS = frozenset({
     "damping", "cg_tol", "cg_max_iter", "precondition", "influence_dtype", "prune_quantile", "prune_hops", "spillover",
-    "hessian", "newton_steps",
+    "hessian", "newton_steps", "normaliser",
 })
 
 

@@ -163,7 +163,7 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
     t1 = time.perf_counter()
     update = compute_update(
         problem, damping=cfg.damping, tol=cfg.cg_tol, max_iter=cfg.cg_max_iter, precondition=cfg.precondition, dtype=dtype,
-        hessian=cfg.hessian, newton_steps=cfg.newton_steps,
+        hessian=cfg.hessian, newton_steps=cfg.newton_steps, normaliser=cfg.normaliser,
     )
     if not update.cg.converged:
         log.warning("CG stopped at relative residual %.2e after %d iterations (tol %.1e)",
