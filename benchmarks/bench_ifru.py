@@ -1,24 +1,44 @@
-"""IFRU benchmark on ml-latest-small with the paper's protocol.
+"""IFRU benchmark on ml-latest-small: the paper's protocol and a concentrated deletion.
 
-Protocol (Zhang et al., IFRU): label = rating >= 4, 5-core, 60/20/20 split,
-2 % of the training labels flipped; those noisy pairs are the unusable data
-``D_u``.  For each model (MF, LightGCN) the script trains the original model on
-the noisy training split and compares:
+Scenarios (``--scenario``):
 
-* ``original``   the noisy model;
-* ``retrain``    the same training from the same initialisation on the training
-                 split without ``D_u`` (LightGCN on ``G'``);
+* ``random`` (Zhang et al., IFRU): label = rating >= 4, 5-core, 60/20/20 split,
+  2 % of the training labels flipped; those noisy pairs are the unusable data
+  ``D_u``, so good unlearning raises test AUC towards the retrain's.
+* ``concentrated`` ("forget my history"): the same split without flips;
+  ``D_u`` = every positive training pair of ``--forget-users`` users.  The
+  forgetting measure is the deleted items' mean rank percentile in their
+  users' lists (0 = top; the retrain no longer ranks them high).
+
+For each model (MF, LightGCN) the script trains the original model and compares:
+
+* ``original``   the model trained with ``D_u``;
+* ``retrain``    the same full-batch training from the same initialisation
+                 without ``D_u`` (LightGCN on ``G'``), run to a small gradient;
+* ``retrain_seed{s}`` the same from other initialisations (spread of the reference);
+* ``retrain_warm`` Adam (small lr) from the original on the remaining data;
+* ``retrain_minibatch`` the paper's retrain protocol: mini-batch Adam with early
+                 stopping on validation AUC (the speed-up reference of the paper);
 * ``finetune``   the original trained a few more epochs on the remaining data;
-* ``ifru``       the influence update without pruning;
-* ``ifru_pruned`` the influence update restricted to the important nodes.
+* ``ifru``       the influence update without pruning (targets the retrain's objective);
+* ``ifru_paper_normaliser`` the paper's ``(1/n) H^-1 grad U`` (objective averaged over ``n``);
+* ``ifru_cg_tol*``, ``ifru_newton*`` cheaper / more exact solves;
+* ``ifru_pruned_q*`` the influence update restricted to the important nodes.
 
 Metrics: test AUC, AUC on the test pairs touching a user or item of ``D_u``,
 Recall@20 (training and validation pairs excluded), wall and CPU seconds,
-HVPs, and ``gap_closed = (auc - auc_original) / (auc_retrain - auc_original)``.
+HVPs and where IFRU's time goes, ``gap_closed = (auc - auc_original) /
+(auc_retrain - auc_original)`` (also against the mean of the retrains and the
+warm-started one), ``score_gap_closed`` (the same in score space over the test
+pairs) and, for the concentrated scenario, ``forget_gap_closed`` on the rank
+percentile.  torch runs on one thread.
 
 Usage::
 
-    python benchmarks/bench_ifru.py --ratings ../shared/data/ml-latest-small/ratings.csv --out bench_ifru.json
+    python benchmarks/bench_ifru.py --ratings ../shared/data/ml-latest-small/ratings.csv \
+        --scenario random --out docs/bench/ifru_ml-latest-small.json
+    python benchmarks/bench_ifru.py --ratings ../shared/data/ml-latest-small/ratings.csv \
+        --scenario concentrated --out docs/bench/ifru_ml-latest-small_concentrated.json
 """
 
 from __future__ import annotations
@@ -58,14 +78,50 @@ class Clock:
         self.cpu = time.process_time() - self.c
 
 
-def evaluate(model_h, n_users, test, excl, affected_mask, auc, recall_at_k):
+def evaluate(model_h, n_users, test, excl, affected_mask, auc, recall_at_k, forget=None):
     s = (model_h[test["u"]] * model_h[test["i"] + n_users]).sum(1)
     pos = test["label"] > 0
-    return {
+    out = {
         "test_auc": auc(s, test["label"]),
         "affected_auc": auc(s[affected_mask], test["label"][affected_mask]),
         "recall@20": recall_at_k(model_h, n_users, test["u"][pos], test["i"][pos], excl[0], excl[1], k=20),
+        "test_scores": s,
     }
+    if forget is not None:
+        out["forget_rank_pct"] = rank_percentile(model_h, n_users, *forget)
+    return out
+
+
+def rank_percentile(h, n_users, del_u, del_i, rem_u, rem_i):
+    """Mean over deleted pairs of the fraction of candidate items scored above the deleted item (0 = top).
+
+    Candidates: every item except the user's remaining training pairs (the deleted item itself included).
+    """
+    users = torch.unique(del_u)
+    row = torch.full((n_users,), -1, dtype=torch.long)
+    row[users] = torch.arange(users.numel())
+    scores = h[users].double() @ h[n_users:].double().T
+    m = row[rem_u] >= 0
+    scores[row[rem_u[m]], rem_i[m]] = float("nan")
+    target = scores[row[del_u], del_i]
+    cand = scores[row[del_u]]
+    valid = ~torch.isnan(cand)
+    above = ((cand > target.unsqueeze(1)) & valid).sum(1).double()
+    return float((above / valid.sum(1).double()).mean())
+
+
+def removal_scenario(scenario, tr, nu, args):
+    """Boolean mask of the training terms to unlearn, and the labels the original model is trained on."""
+    if scenario == "random":
+        return tr["noisy"].clone(), tr["label"]
+    pos = tr["label"] > 0
+    counts = torch.bincount(tr["u"][pos], minlength=nu)
+    eligible = torch.nonzero(counts >= args.min_user_positives).reshape(-1)
+    gen = torch.Generator().manual_seed(args.seed)
+    users = eligible[torch.randperm(eligible.numel(), generator=gen)[: args.forget_users]]
+    chosen = torch.zeros(nu, dtype=torch.bool)
+    chosen[users] = True
+    return chosen[tr["u"]] & pos, tr["label"]
 
 
 def run_model(kind, args, spark, prepared, train_df, tensors):
@@ -85,16 +141,19 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
         hessian=args.hessian, precondition=args.precondition,
     )
     nu, ni = prepared.n_users, prepared.n_items
-    tr, te = tensors["train"], tensors["test"]
-    noisy = tr["noisy"]
-    keep = ~noisy
-    excl = (torch.cat([tr["u"], tensors["val"]["u"]]), torch.cat([tr["i"], tensors["val"]["i"]]))
+    tr, te, va = tensors["train"], tensors["test"], tensors["val"]
+    removed = tr["removed"]
+    keep = ~removed
+    excl = (torch.cat([tr["u"], va["u"]]), torch.cat([tr["i"], va["i"]]))
     aff_u = torch.zeros(nu, dtype=torch.bool)
     aff_i = torch.zeros(ni, dtype=torch.bool)
-    aff_u[tr["u"][noisy]] = True
-    aff_i[tr["i"][noisy]] = True
+    aff_u[tr["u"][removed]] = True
+    aff_i[tr["i"][removed]] = True
     affected = aff_u[te["u"]] | aff_i[te["i"]]
     L = cfg.model_layers
+    forget = None
+    if args.scenario == "concentrated":
+        forget = (tr["u"][removed], tr["i"][removed], tr["u"][keep], tr["i"][keep])
 
     def h_of(e0, u, i, label):
         g = build_graph(u[label > 0], i[label > 0], nu, ni) if L else None
@@ -102,13 +161,16 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
             return layer_mean(e0, g, L)
 
     results = {}
+    scores = {}
 
     def record(name, e0, graph_terms, clock, extra=None):
         h = h_of(e0, *graph_terms)
-        entry = {"wall_s": clock.wall, "cpu_s": clock.cpu, **evaluate(h, nu, te, excl, affected, auc, recall_at_k)}
+        entry = {"wall_s": clock.wall, "cpu_s": clock.cpu, **evaluate(h, nu, te, excl, affected, auc, recall_at_k, forget)}
+        scores[name] = entry.pop("test_scores")
         entry.update(extra or {})
         results[name] = entry
-        log.info("%s %s: %s", kind, name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()})
+        log.info("%s %s: %s", kind, name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
+                                           if not isinstance(v, dict)})
 
     full_terms = (tr["u"], tr["i"], tr["label"])
     kept_terms = (tr["u"][keep], tr["i"][keep], tr["label"][keep])
@@ -117,7 +179,31 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
     record("original", orig.e0, full_terms, c, {"epochs": cfg.epochs, "grad_norm": orig.grad_norm})
     with Clock() as c:
         re = fit_tensors(cfg, nu, ni, *kept_terms)
-    record("retrain", re.e0, kept_terms, c, {"epochs": cfg.epochs, "grad_norm": re.grad_norm})
+    record("retrain", re.e0, kept_terms, c, {"epochs": cfg.epochs, "grad_norm": re.grad_norm, "gradient_steps": re.steps})
+    # how reproducible is the reference? other initialisations, and a retrain warm-started from the original
+    for s in args.retrain_seeds:
+        with Clock() as c:
+            r = fit_tensors(cfg.replace(seed=s), nu, ni, *kept_terms)
+        record(f"retrain_seed{s}", r.e0, kept_terms, c, {"grad_norm": r.grad_norm})
+    if args.warm_epochs:
+        with Clock() as c:
+            w = fit_tensors(cfg.replace(lr=args.warm_lr), nu, ni, *kept_terms, e0=orig.e0, epochs=args.warm_epochs)
+        record("retrain_warm", w.e0, kept_terms, c, {"epochs": args.warm_epochs, "lr": args.warm_lr, "grad_norm": w.grad_norm})
+    # the paper's retrain protocol: mini-batch Adam, early stopping on validation AUC
+    if args.paper_epochs:
+        gv = build_graph(kept_terms[0][kept_terms[2] > 0], kept_terms[1][kept_terms[2] > 0], nu, ni) if L else None
+
+        def val_auc(e0):
+            h = layer_mean(e0, gv, L)
+            return auc((h[va["u"]] * h[va["i"] + nu]).sum(1), va["label"])
+
+        pcfg = cfg.replace(batch_size=args.paper_batch, lr=args.paper_lr)
+        with Clock() as c:
+            pr = fit_tensors(pcfg, nu, ni, *kept_terms, epochs=args.paper_epochs, monitor=val_auc, patience=args.paper_patience)
+        record("retrain_minibatch", pr.e0, kept_terms, c, {
+            "epochs": pr.epochs, "best_epoch": pr.best_epoch, "gradient_steps": pr.steps, "batch_size": args.paper_batch,
+            "lr": args.paper_lr, "patience": args.paper_patience, "best_val_auc": max(pr.monitor_history),
+        })
     ft_epochs = max(1, int(round(cfg.epochs * args.finetune_fraction)))
     with Clock() as c:
         ft = fit_tensors(cfg, nu, ni, *kept_terms, e0=orig.e0, epochs=ft_epochs)
@@ -129,51 +215,66 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
         pos_u=tr["u"][pos], pos_i=tr["i"][pos], removed_u=torch.zeros(0, dtype=torch.long),
         removed_i=torch.zeros(0, dtype=torch.long), n_terms=int(tr["u"].numel()),
     )
-    runs = [("ifru", None), ("ifru_pruned", args.prune_quantile)]
-    runs += [(f"ifru_pruned_q{q:g}", q) for q in args.extra_quantiles if q != args.prune_quantile]
-    runs = [(name, q, 1) for name, q in runs]
+    runs = [("ifru", {}), ("ifru_paper_normaliser", {"normaliser": "training"})]
+    runs += [(f"ifru_cg_tol{t:g}", {"cg_tol": t}) for t in args.extra_cg_tols]
     if args.newton_steps > 1:
-        runs.append((f"ifru_newton{args.newton_steps}", None, args.newton_steps))
-    for name, q, steps in runs:
-        run_cfg = cfg.replace(prune_quantile=q, prune_hops=args.prune_hops, newton_steps=steps)
+        runs.append((f"ifru_newton{args.newton_steps}", {"newton_steps": args.newton_steps}))
+    runs += [(f"ifru_pruned_q{q:g}", {"prune_quantile": q}) for q in args.quantiles]
+    for name, over in runs:
+        run_cfg = cfg.replace(prune_hops=args.prune_hops, **over)
         with Clock() as c:
             plan = compute_unlearning(train_df, model, run_cfg)
             new = apply_unlearning(model, plan)
         rep = plan.report()
+        t = rep["timings_s"]
         extra = {
             "hvps": rep["hvps"], "cg_iterations": rep["cg_iterations"], "cg_relative_residual": rep["cg_relative_residual"],
             "parameters_updated": rep["parameters_updated"], "kept_nodes": rep["kept_nodes"],
             "subgraph_terms": rep["subgraph_terms"], "spillover_terms": rep["spillover_terms"],
             "hvp_term_evaluations": rep["hvps"] * rep["subgraph_terms"],
-            "driver_s": rep["timings_s"]["update_s"] + rep["timings_s"]["assemble_s"],
-            "cg_s": rep["timings_s"]["driver_cg_s"], "spark_subgraph_s": rep["timings_s"]["spark_subgraph_s"],
-            "timings_s": rep["timings_s"], "prune_quantile": q, "newton_steps": steps,
-            "cg_converged": rep["cg_converged"],
+            "driver_s": t["update_s"] + t["assemble_s"], "cg_s": t["driver_cg_s"],
+            "s_per_hvp": t["driver_cg_s"] / max(rep["hvps"], 1), "spark_subgraph_s": t["spark_subgraph_s"],
+            "timings_s": t, "settings": over, "cg_converged": rep["cg_converged"],
         }
         record(name, new.e0, kept_terms, c, extra)
 
+    def closed(value, a, b):
+        return (value - a) / (b - a) if b != a else float("nan")
+
     base, ref = results["original"]["test_auc"], results["retrain"]["test_auc"]
     abase, aref = results["original"]["affected_auc"], results["retrain"]["affected_auc"]
-    for entry in results.values():
-        entry["gap_closed"] = (entry["test_auc"] - base) / (ref - base) if ref != base else float("nan")
-        entry["affected_gap_closed"] = (entry["affected_auc"] - abase) / (aref - abase) if aref != abase else float("nan")
-        entry["speedup_wall_vs_retrain"] = results["retrain"]["wall_s"] / entry["wall_s"]
-        entry["speedup_cpu_vs_retrain"] = results["retrain"]["cpu_s"] / max(entry["cpu_s"], 1e-9)
+    retrains = [k for k in results if k == "retrain" or k.startswith("retrain_seed")]
+    ref_mean = sum(results[k]["test_auc"] for k in retrains) / len(retrains)
+    s0, s_ref = scores["original"], scores["retrain"]
+    for name, entry in results.items():
+        entry["gap_closed"] = closed(entry["test_auc"], base, ref)
+        entry["affected_gap_closed"] = closed(entry["affected_auc"], abase, aref)
+        entry["gap_closed_vs_mean_retrain"] = closed(entry["test_auc"], base, ref_mean)
+        if "retrain_warm" in results:
+            entry["gap_closed_vs_warm_retrain"] = closed(entry["test_auc"], base, results["retrain_warm"]["test_auc"])
+        # score space: 1 - |s - s_retrain| / |s_original - s_retrain| over the test pairs
+        entry["score_gap_closed"] = 1.0 - float((scores[name] - s_ref).norm() / (s0 - s_ref).norm())
+        if forget is not None:
+            entry["forget_gap_closed"] = closed(entry["forget_rank_pct"], results["original"]["forget_rank_pct"],
+                                                results["retrain"]["forget_rank_pct"])
+        for ref_name in ("retrain", "retrain_minibatch"):
+            if ref_name in results:
+                entry[f"speedup_cpu_vs_{ref_name}"] = results[ref_name]["cpu_s"] / max(entry["cpu_s"], 1e-9)
+                entry[f"speedup_wall_vs_{ref_name}"] = results[ref_name]["wall_s"] / max(entry["wall_s"], 1e-9)
+    key = "forget_gap_closed" if forget is not None else "gap_closed"
+    u = results["ifru"]
     for name, e in results.items():
         if name.startswith("ifru"):
-            e["speedup_driver_cpu_vs_retrain"] = results["retrain"]["cpu_s"] / max(e["cpu_s"], 1e-9)
             e["speedup_wall_without_spark_vs_retrain"] = results["retrain"]["wall_s"] / max(e["wall_s"] - e["spark_subgraph_s"], 1e-9)
-            e["hvp_cost_ratio_vs_unpruned"] = results["ifru"]["hvp_term_evaluations"] / max(e["hvp_term_evaluations"], 1)
-            e["recovered_gap_kept"] = e["gap_closed"] / results["ifru"]["gap_closed"] if results["ifru"]["gap_closed"] else float("nan")
-    u, p = results["ifru"], results["ifru_pruned"]
+            e["hvp_cost_ratio_vs_unpruned"] = u["hvp_term_evaluations"] / max(e["hvp_term_evaluations"], 1)
+            e["recovered_gap_kept"] = e[key] / u[key] if u[key] else float("nan")
     summary = {
         "gap": ref - base,
+        "retrain_auc_spread": max(results[k]["test_auc"] for k in retrains) - min(results[k]["test_auc"] for k in retrains),
         "ifru_gap_closed": u["gap_closed"],
-        "pruned_gap_closed": p["gap_closed"],
-        "pruned_keeps_fraction_of_recovered_gap": p["gap_closed"] / u["gap_closed"] if u["gap_closed"] else float("nan"),
-        "hvp_cost_ratio_terms": u["hvp_term_evaluations"] / max(p["hvp_term_evaluations"], 1),
-        "hvp_cost_ratio_cg_s": u["cg_s"] / max(p["cg_s"], 1e-9),
+        "gap_measure_for_pruning": key,
         "affected_test_fraction": float(affected.double().mean()),
+        "removed_terms": int(removed.sum()),
     }
     return {"config": cfg.to_dict(), "methods": results, "summary": summary}
 
@@ -211,19 +312,35 @@ def main(argv=None) -> int:
     ap.add_argument("--cg-max-iter", type=int, default=500)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--precondition", action="store_true", help="block-Jacobi preconditioned CG")
-    ap.add_argument("--prune-quantile", type=float, default=0.8, help="the 'ifru_pruned' entry")
-    ap.add_argument("--extra-quantiles", default="0.5,0.95", help="more pruned entries (trade-off curve)")
+    ap.add_argument("--quantiles", default="0.5,0.8,0.95", help="pruned IFRU entries, one per quantile")
+    ap.add_argument("--extra-cg-tols", default="1e-2", help="unpruned IFRU entries with these CG tolerances")
+    ap.add_argument("--scenario", default="random", choices=("random", "concentrated"),
+                    help="random: 2%% of training labels flipped (the paper's); concentrated: all positive training "
+                         "pairs of --forget-users users, labels unchanged ('forget my history')")
+    ap.add_argument("--forget-users", type=int, default=10)
+    ap.add_argument("--min-user-positives", type=int, default=20, help="concentrated: only users with this many positives")
+    ap.add_argument("--retrain-seeds", default="1,2", help="extra retrains from other initialisations (reference spread)")
+    ap.add_argument("--warm-epochs", type=int, default=200, help="retrain warm-started from the original (0: skip)")
+    ap.add_argument("--warm-lr", type=float, default=1e-3)
+    ap.add_argument("--paper-epochs", type=int, default=300, help="mini-batch retrain with early stopping: max epochs (0: skip)")
+    ap.add_argument("--paper-batch", type=int, default=2048)
+    ap.add_argument("--paper-lr", type=float, default=1e-3)
+    ap.add_argument("--paper-patience", type=int, default=10)
     ap.add_argument("--hessian", default="remaining", choices=("remaining", "full"))
     ap.add_argument("--newton-steps", type=int, default=2, help="also run unpruned IFRU with this many Newton steps (1: skip)")
     ap.add_argument("--prune-hops", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the driver")
     args = ap.parse_args(argv)
-    args.extra_quantiles = [float(q) for q in args.extra_quantiles.split(",") if q.strip()]
+    args.quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]
+    args.extra_cg_tols = [float(q) for q in args.extra_cg_tols.split(",") if q.strip()]
+    args.retrain_seeds = [int(q) for q in args.retrain_seeds.split(",") if q.strip()]
     configure_logging("INFO")
     torch.set_num_threads(args.threads)
 
     from spark_unlearn.data.readers import read_ratings
     from spark_unlearn.ifru.data import flip_labels, prepare, to_tensors
+    from pyspark.sql import functions as F
+
     from spark_unlearn.session import get_session
 
     spark = get_session("bench_ifru", master="local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.sql.shuffle.partitions": "4"})
@@ -231,8 +348,7 @@ def main(argv=None) -> int:
     with Clock() as prep_clock:
         ratings = read_ratings(spark, args.ratings)
         prepared = prepare(ratings, threshold=4.0, k=5, fractions=(0.6, 0.2, 0.2), seed=args.seed)
-        train = flip_labels(prepared.train, args.flip_fraction, args.seed)
-        train_df = train.select("u", "i", "label", train["noisy"].alias("removed")).localCheckpoint()
+        train = flip_labels(prepared.train, args.flip_fraction if args.scenario == "random" else 0.0, args.seed)
         tensors = {
             "train": to_tensors(train.orderBy("u", "i"), ["u", "i", "label", "noisy"]),
             "val": to_tensors(prepared.val.orderBy("u", "i"), ["u", "i", "label"]),
@@ -242,6 +358,13 @@ def main(argv=None) -> int:
         part["u"], part["i"] = part["u"].long(), part["i"].long()
         part["label"] = part["label"].float()
     tensors["train"]["noisy"] = tensors["train"]["noisy"].bool()
+    tr = tensors["train"]
+    tr["removed"], _ = removal_scenario(args.scenario, tr, prepared.n_users, args)
+    flags = spark.createDataFrame(
+        [(int(a), int(b)) for a, b in zip(tr["u"][tr["removed"]].tolist(), tr["i"][tr["removed"]].tolist())], "u int, i int"
+    ).withColumn("removed", F.lit(True))
+    train_df = (train.join(flags, ["u", "i"], "left").select("u", "i", "label", F.coalesce("removed", F.lit(False)).alias("removed"))
+                .localCheckpoint())
     data = {
         "ratings": os.path.abspath(args.ratings),
         "n_users": prepared.n_users,
@@ -250,11 +373,15 @@ def main(argv=None) -> int:
         "train": int(tensors["train"]["u"].numel()),
         "val": int(tensors["val"]["u"].numel()),
         "test": int(tensors["test"]["u"].numel()),
-        "noisy": int(tensors["train"]["noisy"].sum()),
+        "removed": int(tr["removed"].sum()),
+        "removed_users": int(torch.unique(tr["u"][tr["removed"]]).numel()),
         "spark_prepare_s": prep_clock.wall,
     }
     log.info("data: %s", data)
-    out = {"protocol": "label=rating>=4, 5-core, 60/20/20 per user, 2% train labels flipped = D_u", "data": data,
+    protocol = {"random": f"label=rating>=4, 5-core, 60/20/20 per user, {args.flip_fraction:.0%} train labels flipped = D_u",
+                "concentrated": f"label=rating>=4, 5-core, 60/20/20 per user, D_u = all positive training pairs of "
+                                f"{args.forget_users} users with >= {args.min_user_positives} positives"}[args.scenario]
+    out = {"scenario": args.scenario, "protocol": protocol, "command": " ".join(sys.argv), "data": data,
            "torch_threads": args.threads, "load_avg_start": os.getloadavg(), "models": {}}
     with Clock() as warm:
         warm_up_torch_func()

@@ -42,9 +42,12 @@ def terms_from_tensors(t: dict[str, torch.Tensor], n_users: int) -> Terms:
 
 def fit_tensors(
     cfg: IFRUConfig, n_users: int, n_items: int, u: torch.Tensor, i: torch.Tensor, label: torch.Tensor, e0: torch.Tensor | None = None,
-    epochs: int | None = None,
+    epochs: int | None = None, monitor=None, patience: int = 10,
 ) -> TrainResult:
-    """Train from ``e0`` (default: the seeded initialisation) on dense pairs; the graph is built from the positives."""
+    """Train from ``e0`` (default: the seeded initialisation) on dense pairs; the graph is built from the positives.
+
+    ``monitor`` / ``patience``: early stopping, see :func:`spark_unlearn.ifru.train.train`.
+    """
     if cfg.loss != "bce":
         raise ConfigError(f"training from labelled pairs needs loss='bce'; got {cfg.loss!r}")
     terms = Terms(u.long(), i.long() + n_users, label.float())
@@ -64,6 +67,8 @@ def fit_tensors(
         epochs=cfg.epochs if epochs is None else epochs,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        monitor=monitor,
+        patience=patience,
     )
 
 
