@@ -9,7 +9,6 @@ publishes to ``out/model_store``.  Prints the report (JSON) on stdout.
 """
 
 import argparse
-import json
 import logging
 import sys
 
@@ -18,9 +17,8 @@ import _bootstrap  # noqa: F401
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.config import load_config, override
 from spark_unlearn.data.embedded import sample_movielens_path
-from spark_unlearn.errors import SparkUnlearnError
+from spark_unlearn.cli import print_report, run_job
 from spark_unlearn.logs import configure_logging
-from spark_unlearn.reporting import write_report
 from spark_unlearn.session import get_session
 from spark_unlearn.train_model import run_training
 
@@ -45,7 +43,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work():
         cfg = load_config(args.config)
         cfg = override(cfg, "als", rank=args.rank, reg=args.reg, alpha=args.alpha, implicit=args.implicit,
                        iterations=args.iterations, seed=args.seed)
@@ -54,10 +53,9 @@ def main(argv=None) -> int:
         configure_logging(cfg["logging"]["level"])
         params = ALSParams.from_dict(cfg["als"])
         spark = get_session("spark_unlearn-train", conf=cfg["spark"])
-        ratings_path = cfg["data"]["ratings"] or sample_movielens_path()
-        report = run_training(
+        return run_training(
             spark,
-            ratings_path=ratings_path,
+            ratings_path=cfg["data"]["ratings"] or sample_movielens_path(),
             store_path=cfg["store"]["path"],
             params=params,
             data_format=cfg["data"]["format"],
@@ -67,15 +65,12 @@ def main(argv=None) -> int:
             split_seed=cfg["data"]["split_seed"],
             k=cfg["eval"]["k"],
         )
-        if args.report:
-            write_report(report, args.report)
-    except SparkUnlearnError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    log.info("published %s at %s", report["version"], report["path"])
-    print(json.dumps(report, indent=2, sort_keys=True))
-    return 0
+
+    code, report = run_job(log, args.report, work)
+    if report is not None:
+        log.info("published %s at %s", report["version"], report["path"])
+        print_report(report)
+    return code
 
 
 if __name__ == "__main__":

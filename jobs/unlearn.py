@@ -2,24 +2,30 @@
 
     spark-submit jobs/unlearn.py --model STORE_DIR --delete PATH [--ratings PATH] [--tol T]
         [--mode frontier|full|paper] [--report PATH] [--strict] [--output-store DIR] [--config conf/local.toml]
+        [--batch-id ID]
 
 ``--model`` is a model store written by jobs/train.py (the current version is
 unlearned and a new version published beside it, with the remaining ratings)
 or a directory saved by Spark MLlib's ``ALSModel.save`` (then ``--ratings``
 and ``--output-store`` are required).  Prints the report (JSON) on stdout.
+
+Each batch is applied exactly once: re-submitting a batch the current model
+already reflects (same content) is a no-op whose report says
+``"status": "already_applied"`` (exit code 0).  The store's ``ledger.jsonl``
+records every applied batch.  ``[als]`` keys set explicitly in ``--config``
+(rank, reg, alpha, implicit) must match the model's, or the job refuses.
+Exit codes: 0 done, 2 bad input / configuration / store (nothing written).
 """
 
 import argparse
-import json
 import logging
 import sys
 
 import _bootstrap  # noqa: F401
 
-from spark_unlearn.config import load_config, override
-from spark_unlearn.errors import SparkUnlearnError
+from spark_unlearn.config import load_config, override, stated_objective
+from spark_unlearn.cli import print_report, run_job
 from spark_unlearn.logs import configure_logging
-from spark_unlearn.reporting import write_report
 from spark_unlearn.session import get_session
 from spark_unlearn.unlearn_model import run_unlearning
 
@@ -36,6 +42,7 @@ def parse_args(argv):
     p.add_argument("--tol", type=float, help="certificate tolerance (default: relative to the model's training residual)")
     p.add_argument("--mode", choices=["frontier", "full", "paper"])
     p.add_argument("--strict", action="store_true", default=None, help="deletion requests absent from the data are errors")
+    p.add_argument("--batch-id", help="id of this deletion request for the ledger (default: hash of its content)")
     p.add_argument("--report", help="also write the report (JSON) to this path")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     return p.parse_args(argv)
@@ -43,14 +50,15 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work():
         cfg = load_config(args.config)
         cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict)
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         u = cfg["unlearn"]
         spark = get_session("spark_unlearn-unlearn", conf=cfg["spark"])
-        report = run_unlearning(
+        return run_unlearning(
             spark,
             model_path=cfg["store"]["path"],
             delete_path=args.delete,
@@ -65,15 +73,14 @@ def main(argv=None) -> int:
             full_fallback_fraction=u["full_fallback_fraction"],
             full_iterations=u["full_iterations"],
             k=cfg["eval"]["k"],
+            batch_id=args.batch_id,
+            expected_params=stated_objective(args.config),
         )
-        if args.report:
-            write_report(report, args.report)
-    except SparkUnlearnError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2, sort_keys=True, default=str))
-    return 0
+
+    code, report = run_job(log, args.report, work)
+    if report is not None:
+        print_report(report)
+    return code
 
 
 if __name__ == "__main__":

@@ -126,6 +126,20 @@ def load_config(path: str | None) -> dict[str, dict[str, Any]]:
     return validate(raw, source=path)
 
 
+OBJECTIVE_KEYS = ("rank", "reg", "alpha", "implicit")
+"""[als] keys that define a trained model's objective (checked against a model before unlearning it)."""
+
+
+def stated_objective(path: str | None) -> dict[str, Any]:
+    """The objective keys a config file sets *explicitly* in ``[als]`` (defaults are not statements)."""
+    if path is None:
+        return {}
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    cfg = validate(raw, source=path)
+    return {k: cfg["als"][k] for k in OBJECTIVE_KEYS if k in raw.get("als", {})}
+
+
 def override(cfg: dict[str, dict[str, Any]], section: str, **values: Any) -> dict[str, dict[str, Any]]:
     """Apply command-line overrides (``None`` = flag not given) with the same type checks."""
     out = copy.deepcopy(cfg)

@@ -10,10 +10,32 @@ from typing import Any
 from spark_unlearn.errors import OutputPathError
 
 
-def write_report(report: dict[str, Any], path: str) -> None:
-    """Write ``report`` as JSON to ``path`` atomically (temp file + rename); refuses a directory."""
+def check_report_path(path: str | None) -> None:
+    """Refuse a report path that cannot be written, *before* a job does any work.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` is a directory, or its folder exists but is not writable, or
+        a parent of it is a file.
+    """
+    if path is None:
+        return
     if os.path.isdir(path):
         raise OutputPathError(f"report path {path!r} is a directory; give a file name such as {os.path.join(path, 'report.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputPathError(f"report path {path!r}: {probe} is a file, so the folder cannot be created; choose another path")
+    if not os.access(probe, os.W_OK):
+        raise OutputPathError(f"report path {path!r}: folder {probe} is not writable; choose another path")
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    """Write ``report`` as JSON to ``path`` atomically (temp file + rename); refuses a directory."""
+    check_report_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-", suffix=".json")

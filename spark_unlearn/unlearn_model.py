@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als
 from spark_unlearn.errors import ConfigError, StoreError
+from spark_unlearn.faults import failpoint
 from spark_unlearn.store.model_store import ModelStore, fingerprint_ratings, load_spark_als_model
 
 log = logging.getLogger(__name__)
@@ -82,14 +83,35 @@ def run_unlearning(
     full_iterations: int = 10,
     k: int = 20,
     measure: bool = True,
+    batch_id: str | None = None,
+    expected_params: dict[str, Any] | None = None,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Apply a deletion batch to the model at ``model_path`` and publish the result.
 
     Returns the report (JSON-serialisable).  Nothing is written until the
-    final atomic publish, so a failure leaves every store as it was.
+    final atomic publish, so a failure leaves every store as it was.  The
+    batch is applied exactly once: if the current model's lineage already
+    holds it (same content, :mod:`spark_unlearn.store.ledger`), nothing is
+    computed or written and the report says ``"status": "already_applied"``.
+
+    Parameters
+    ----------
+    batch_id
+        The request's id for the ledger (e.g. a ticket number); default:
+        derived from the batch's content hash.
+    engine
+        Frontier mode: ``auto`` | ``targeted`` | ``layout``
+        (:func:`spark_unlearn.als.unlearn.unlearn_als`).
+    expected_params
+        Hyperparameters the caller's configuration states explicitly
+        (``rank``, ``reg``, ``alpha``, ``implicit``); a model trained with
+        other values is refused (:class:`ConfigError`) instead of being
+        unlearned under an objective the caller did not mean.
     """
     from spark_unlearn.data.deletions import read_deletions
     from spark_unlearn.data.readers import read_ratings
+    from spark_unlearn.store.ledger import batch_identity, find_applied, request_record
 
     t0 = time.perf_counter()
     if batch is None:
@@ -102,16 +124,34 @@ def run_unlearning(
             raise ConfigError(f"{model_path} is a Spark MLlib model directory; pass --output-store DIR for the unlearned versions")
         output_store = model_path
     store = ModelStore(output_store)  # checks the output path before any work
+    store.reconcile()
+    identity = batch_identity(batch, batch_id)
+    applied = find_applied(store, identity) if store.current() is not None else None
+    if applied is not None:
+        log.info("batch %s (content %s...) is already applied in %s: nothing to do", identity.batch_id,
+                 identity.content_hash[:16], applied["version"])
+        return {
+            "status": "already_applied",
+            "batch": identity.to_dict(),
+            "version": applied["version"],
+            "applied_at": applied.get("applied_at"),
+            "path": store.version_path(applied["version"]),
+            "note": "this batch (same content) was applied before; nothing was recomputed or written",
+        }
 
     model, offsets, data, holdout, manifest, parent, state = load_source_model(spark, model_path, ratings)
     if state is not None:
         state.unpersist()
+    check_model_matches(model.params, expected_params, model_path)
+    forgotten = store.forgotten(spark) if parent is not None and os.path.abspath(store.root) == os.path.abspath(model_path) else None
     training_residual = manifest.get("training_residual") or residual_summary(offsets)
     result = unlearn_als(
         data, model, offsets, batch, mode=mode, tol=tol, tol_factor=tol_factor, training_residual=training_residual,
         strict=strict, max_rounds=max_rounds, full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations,
+        forgotten=forgotten, engine=engine, grams=manifest.get("grams"),
     )
-    report = dict(result.report)
+    failpoint("after_solve")
+    report = {"status": "applied", "batch": identity.to_dict(), **result.report}
     new_holdout = None
     if holdout is not None:
         new_holdout = remove_batch(holdout, batch)
@@ -137,16 +177,47 @@ def run_unlearning(
             "certificate": report["certificate"],
             "training_residual": training_residual,
             "training": manifest.get("training"),
+            **({"grams": result.grams} if result.grams else {}),
         },
         parent=parent,
+        forgotten=applied_requests(batch, result.deleted),
+        request=request_record(identity, method=f"unlearn-als/{report['mode']}"),
     )
     result.release()
+    if report.get("remaining_ratings") is None:
+        report["remaining_ratings"] = store.read_manifest(version)["counts"].get("n_ratings")
     report["version"] = version
     report["path"] = store.version_path(version)
     report["seconds"]["end_to_end"] = round(time.perf_counter() - t0, 3)
     log.info("published %s: %d rows re-solved, certificate %.3g (tol %.3g)", version, report["rows_solved"],
              report["certificate"]["max_relative_residual"], report["tolerance"])
     return report
+
+
+def check_model_matches(params, expected: dict[str, Any] | None, where: str) -> None:
+    """Refuse a model whose objective differs from what the caller's configuration states."""
+    if not expected:
+        return
+    have = params.to_dict()
+    wrong = {k: (v, have.get(k)) for k, v in expected.items() if k in have and have.get(k) != v}
+    if wrong:
+        detail = ", ".join(f"{k}: config {v!r}, model {m!r}" for k, (v, m) in sorted(wrong.items()))
+        raise ConfigError(
+            f"the model at {where} was trained with other hyperparameters than the config states ({detail}); "
+            "unlearning keeps the model's own objective, so fix the config (or drop those keys from it) or pick the right model"
+        )
+
+
+def applied_requests(batch: DataFrame, deleted: DataFrame) -> DataFrame:
+    """The requests of ``batch`` that removed something (``user``, ``item``, ``kind``): what the ledger remembers."""
+    from pyspark.sql import functions as F
+
+    pairs = batch.filter(F.col("kind") == "interaction").join(deleted.select("user", "item"), ["user", "item"], "left_semi")
+    users = batch.filter(F.col("kind") == "user").join(deleted.select("user").distinct(), ["user"], "left_semi")
+    items = batch.filter(F.col("kind") == "item").join(deleted.select("item").distinct(), ["item"], "left_semi")
+    return pairs.select("user", "item", "kind").unionByName(users.select("user", "item", "kind")).unionByName(
+        items.select("user", "item", "kind")
+    )
 
 
 def forgetting_report(before, after, deleted: DataFrame) -> dict[str, Any]:

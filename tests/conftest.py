@@ -46,3 +46,26 @@ def sample_ratings_path() -> str:
     from spark_unlearn.data.embedded import sample_movielens_path
 
     return sample_movielens_path()
+
+
+@pytest.fixture(scope="session")
+def trained_store(spark, tmp_path_factory, sample_ratings_path) -> str:
+    """A model store with one version: rank-4 explicit ALS on the embedded sample (trained once per test session).
+
+    Tests that change a store work on a copy (:func:`store_copy`).
+    """
+    from spark_unlearn.als.params import ALSParams
+    from spark_unlearn.train_model import run_training
+
+    root = str(tmp_path_factory.mktemp("trained_store"))
+    params = ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=3)
+    run_training(spark, ratings_path=sample_ratings_path, store_path=root, params=params)
+    return root
+
+
+@pytest.fixture()
+def store_copy(trained_store, tmp_path) -> str:
+    """A private copy of :func:`trained_store` for one test."""
+    import shutil
+
+    return str(shutil.copytree(trained_store, tmp_path / "store"))

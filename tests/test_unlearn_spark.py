@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 
 from als_helpers import factors_dict, load_sample
-from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError, UnknownIdError
 from spark_unlearn.store.model_store import ModelStore
-from spark_unlearn.train_model import run_training
 from spark_unlearn.unlearn_model import run_unlearning
-
-PARAMS = ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=3)
-
-
-@pytest.fixture(scope="module")
-def trained_store(spark, tmp_path_factory, sample_ratings_path):
-    root = str(tmp_path_factory.mktemp("store"))
-    run_training(spark, ratings_path=sample_ratings_path, store_path=root, params=PARAMS)
-    return root
 
 
 def copy_store(src, dst):

@@ -109,6 +109,15 @@ class FrontierResult:
     converged: bool
     seconds: float
     solved_ids: dict[str, set[int]] = field(default_factory=dict)
+    # Per side, for every row touched (solved or drifted): the residual drift
+    # d = A'x - b' - t it was left with (edges, float32 rounding at its solve;
+    # the Gram term is separate), the change of b since |b| was last known,
+    # that |b|, and (implicit) the Gram snapshot it is relative to.
+    drift: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    bdrift: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    bnorm: dict[str, dict[int, float]] = field(default_factory=dict)
+    gram_snapshot: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    grams_final: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _Side:
@@ -119,6 +128,7 @@ class _Side:
         self.direct = set(direct)
         self.current: dict[int, np.ndarray] = {}  # id -> current float32 factor (touched rows only)
         self.drift: dict[int, np.ndarray] = {}  # id -> accumulated drift d (float64)
+        self.bdrift: dict[int, np.ndarray] = {}  # id -> change of b since bnorm was known (float64)
         self.bnorm: dict[int, float] = {}
         self.solved_gram: dict[int, int] = {}  # id -> index of the other side's Gram snapshot at solve
         self.solved: set[int] = set()
@@ -189,6 +199,9 @@ def frontier_unlearn(
             break
         frontier = {s: _next_frontier(source, sides[s], sides[other(s)], spec, grams, tol) for s in SIDES}
     updates = {s: dict(sides[s].current) for s in SIDES}
+    snapshots = {}
+    if spec.implicit:
+        snapshots = {s: {i: grams[other(s)][sides[s].solved_gram.get(i, 0)] for i in sides[s].drift} for s in SIDES}
     return FrontierResult(
         updates=updates,
         rows_solved=rows_solved,
@@ -198,6 +211,11 @@ def frontier_unlearn(
         converged=converged,
         seconds=time.perf_counter() - t0,
         solved_ids={s: set(sides[s].solved) for s in SIDES},
+        drift={s: dict(sides[s].drift) for s in SIDES},
+        bdrift={s: dict(sides[s].bdrift) for s in SIDES},
+        bnorm={s: dict(sides[s].bnorm) for s in SIDES},
+        gram_snapshot=snapshots,
+        grams_final={s: grams[s][-1] for s in SIDES} if spec.implicit else {},
     )
 
 
@@ -220,7 +238,10 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: list[int], spec: S
     A, b = normal_equations(rd.indptr, src_local, rd.ratings, Y, spec, gram=G)
     e, _ = source.offsets(me.name, rd.ids)
     t = np.array([np.zeros(e.shape[1]) if i in me.direct else e[j] for j, i in enumerate(rd.ids.tolist())])
-    X_new = np.linalg.solve(A, (b + t)[:, :, None])[:, :, 0].astype(np.float32)
+    X_exact = np.linalg.solve(A, (b + t)[:, :, None])[:, :, 0]
+    X_new = X_exact.astype(np.float32)
+    # Factors are stored as float32: the rounding leaves A (x32 - x) of residual, kept as the row's drift.
+    rounding = np.einsum("nkl,nl->nk", A, X_new.astype(np.float64) - X_exact)
     X_old = _current(source, me, rd.ids)
 
     # Edge drift on the neighbours: d_s += w (y'y'^T - yy^T) x_s - c (y' - y).
@@ -228,20 +249,31 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: list[int], spec: S
     delta = edge_drift(Y[src_local], X_old[row_of_edge], X_new[row_of_edge], rd.ratings, spec)
     acc = np.zeros((nbr_ids.size, Y.shape[1]))
     np.add.at(acc, src_local, delta)
+    _, wb, _ = _weights(rd.ratings, spec)
+    acc_b = np.zeros_like(acc)
+    np.add.at(acc_b, src_local, wb[:, None] * (X_new[row_of_edge].astype(np.float64) - X_old[row_of_edge]))
     for j, s_id in enumerate(nbr_ids.tolist()):
         nb.drift[s_id] = nb.drift.get(s_id, 0.0) + acc[j]
+        nb.bdrift[s_id] = nb.bdrift.get(s_id, 0.0) + acc_b[j]
 
     if spec.implicit:
         G_me = grams[me.name][-1] + X_new.astype(np.float64).T @ X_new - X_old.astype(np.float64).T @ X_old
         grams[me.name].append(G_me)
     for j, i in enumerate(rd.ids.tolist()):
         me.current[i] = X_new[j]
-        me.drift[i] = np.zeros(X_new.shape[1])
+        me.drift[i] = rounding[j]
+        me.bdrift[i] = np.zeros(X_new.shape[1])
         me.bnorm[i] = float(np.linalg.norm(b[j]))
         me.solved.add(i)
         if spec.implicit:
             me.solved_gram[i] = len(grams[nb.name]) - 1
     return int(rd.ids.size)
+
+
+def lower_bnorm(bnorm: float, bdrift: np.ndarray | None) -> float:
+    """A lower bound of ``|b'|`` from a known ``|b|`` and the change ``b' - b`` (triangle inequality), floored > 0."""
+    low = bnorm - (float(np.linalg.norm(bdrift)) if bdrift is not None else 0.0)
+    return max(low, 1e-300)
 
 
 def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, grams, tol: float) -> set[int]:
@@ -257,8 +289,7 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
             if spec.implicit:
                 then = grams[nb.name][me.solved_gram.get(i, 0)]
                 d = d + (G_now - then) @ X[j].astype(np.float64)
-            scale = me.bnorm.get(i, float(train_bnorm[j]))
-            if np.linalg.norm(d) > tol * max(scale, 1e-300):
+            if np.linalg.norm(d) > tol * lower_bnorm(me.bnorm.get(i, float(train_bnorm[j])), me.bdrift.get(i)):
                 nxt.add(i)
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]

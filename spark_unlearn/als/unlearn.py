@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 
 from spark_unlearn.als.blocks import factors_to_dataframe
 from spark_unlearn.als.frontier import frontier_unlearn
+from spark_unlearn.als.incremental import gram_of
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
@@ -49,6 +50,10 @@ from spark_unlearn.errors import ConfigError, EmptyInputError, UnknownIdError
 log = logging.getLogger(__name__)
 
 MODES = ("frontier", "full", "paper")
+ENGINES = ("auto", "targeted", "layout")
+# Above this many requests a batch is planned and solved on the block layout:
+# the targeted engine collects the batch and the deleted rows on the driver.
+TARGETED_MAX_REQUESTS = 10_000
 # Factors are float32: below this relative residual rounding alone breaks the
 # certificate, so a smaller tolerance can never be met.
 TOL_FLOOR = 1e-5
@@ -84,13 +89,17 @@ def remove_batch(ratings: DataFrame, batch: DataFrame) -> DataFrame:
     )
 
 
-def plan_deletion(ratings: DataFrame, batch: DataFrame, strict: bool = False, examples: int = 5) -> DeletionPlan:
+def plan_deletion(
+    ratings: DataFrame, batch: DataFrame, strict: bool = False, examples: int = 5, forgotten: DataFrame | None = None
+) -> DeletionPlan:
     """Resolve a deletion batch (``user``, ``item``, ``kind``) against ``ratings``.
 
     ``kind`` is ``interaction`` (forget the pair), ``user`` (erase the user)
     or ``item`` (withdraw the item).  Requests that match nothing are
-    reported in ``not_found``; with ``strict`` they raise
-    :class:`~spark_unlearn.errors.UnknownIdError`.
+    reported in ``not_found``: those that an earlier batch already removed
+    (``forgotten``: ``user``, ``item``, ``kind`` of earlier requests) as
+    *already forgotten*, the rest as unknown.  With ``strict`` unknown
+    requests raise :class:`~spark_unlearn.errors.UnknownIdError`.
     """
     pairs = batch.filter(F.col("kind") == "interaction").select("user", "item").distinct()
     users = batch.filter(F.col("kind") == "user").select("user").distinct()
@@ -104,18 +113,27 @@ def plan_deletion(ratings: DataFrame, batch: DataFrame, strict: bool = False, ex
     deleted = by_pair.unionByName(by_user).unionByName(by_item).dropDuplicates(["user", "item"]).cache()
     remaining = ratings.join(deleted.select("user", "item"), ["user", "item"], "left_anti")
 
-    missing_pairs = pairs.join(ratings.select("user", "item"), ["user", "item"], "left_anti")
-    n_missing_pairs = missing_pairs.count()
+    missing_pairs = pairs.join(ratings.select("user", "item"), ["user", "item"], "left_anti").cache()
     known_users = {r[0] for r in ratings.join(users, ["user"], "left_semi").select("user").distinct().collect()}
     known_items = {r[0] for r in ratings.join(items, ["item"], "left_semi").select("item").distinct().collect()}
+    missing_users, missing_items = erased_users - known_users, withdrawn_items - known_items
+    already = {"interactions": 0, "users": set(), "items": set(), "examples": []}
+    if forgotten is not None and (missing_users or missing_items or not missing_pairs.isEmpty()):
+        already = _already_forgotten(missing_pairs, missing_users, missing_items, forgotten, examples)
+    unknown_pairs = missing_pairs
+    if already["interactions"]:
+        unknown_pairs = missing_pairs.join(already["pairs"], ["user", "item"], "left_anti")
+    n_unknown_pairs = unknown_pairs.count()
+    unknown_users, unknown_items = missing_users - already["users"], missing_items - already["items"]
     not_found = {
-        "interactions": [tuple(r) for r in missing_pairs.limit(examples).collect()],
-        "users": sorted(erased_users - known_users)[:examples],
-        "items": sorted(withdrawn_items - known_items)[:examples],
+        "interactions": [tuple(r) for r in unknown_pairs.limit(examples).collect()],
+        "users": sorted(unknown_users)[:examples],
+        "items": sorted(unknown_items)[:examples],
+        "already_forgotten": already["examples"],
     }
-    if strict and (n_missing_pairs or erased_users - known_users or withdrawn_items - known_items):
+    if strict and (n_unknown_pairs or unknown_users or unknown_items):
         raise UnknownIdError(
-            f"deletion batch names data that is not in the ratings: {n_missing_pairs} interaction(s) "
+            f"deletion batch names data that is not in the ratings: {n_unknown_pairs} interaction(s) "
             f"(e.g. {not_found['interactions']}), users {not_found['users']}, items {not_found['items']}; "
             "drop them from the batch or run without --strict to have them reported only"
         )
@@ -133,14 +151,54 @@ def plan_deletion(ratings: DataFrame, batch: DataFrame, strict: bool = False, ex
         "requested_users": len(erased_users),
         "requested_items": len(withdrawn_items),
         "deleted_ratings": n_deleted,
-        "not_found_interactions": n_missing_pairs,
-        "not_found_users": len(erased_users - known_users),
-        "not_found_items": len(withdrawn_items - known_items),
+        "not_found_interactions": n_unknown_pairs,
+        "not_found_users": len(unknown_users),
+        "not_found_items": len(unknown_items),
+        "already_forgotten_interactions": already["interactions"],
+        "already_forgotten_users": len(already["users"]),
+        "already_forgotten_items": len(already["items"]),
         "direct_users": len(direct["user"]),
         "direct_items": len(direct["item"]),
     }
+    missing_pairs.unpersist()
     log.info("deletion plan: %s", counts)
     return DeletionPlan(remaining, deleted, direct, erased_users & known_users, withdrawn_items & known_items, counts, not_found)
+
+
+def _already_forgotten(missing_pairs: DataFrame, missing_users: set[int], missing_items: set[int], forgotten: DataFrame,
+                       examples: int) -> dict[str, Any]:
+    """Which absent requests an earlier batch removed: by the same pair, or by erasing its user or item."""
+    f_pairs = forgotten.filter(F.col("kind") == "interaction").select("user", "item", "version")
+    f_users = forgotten.filter(F.col("kind") == "user").select("user", "version")
+    f_items = forgotten.filter(F.col("kind") == "item").select("item", "version")
+    hit_pairs = (
+        missing_pairs.join(f_pairs, ["user", "item"])
+        .unionByName(missing_pairs.join(f_users, ["user"]))
+        .unionByName(missing_pairs.join(f_items, ["item"]))
+        .groupBy("user", "item")
+        .agg(F.min("version").alias("version"))
+        .cache()
+    )
+    n_pairs = hit_pairs.count()
+    spark = missing_pairs.sparkSession
+    user_hits = {}
+    if missing_users:
+        wanted = spark.createDataFrame([(u,) for u in sorted(missing_users)], "user int")
+        user_hits = {r[0]: r[1] for r in wanted.join(f_users, ["user"]).groupBy("user").agg(F.min("version")).collect()}
+    item_hits = {}
+    if missing_items:
+        wanted = spark.createDataFrame([(i,) for i in sorted(missing_items)], "item int")
+        item_hits = {r[0]: r[1] for r in wanted.join(f_items, ["item"]).groupBy("item").agg(F.min("version")).collect()}
+    shown = [{"user": r[0], "item": r[1], "forgotten_in": r[2]} for r in hit_pairs.orderBy("user", "item").limit(examples).collect()]
+    shown += [{"user": u, "forgotten_in": v} for u, v in sorted(user_hits.items())[:examples]]
+    shown += [{"item": i, "forgotten_in": v} for i, v in sorted(item_hits.items())[:examples]]
+    return {
+        "interactions": n_pairs,
+        "pairs": hit_pairs.select("user", "item"),
+        "users": set(user_hits),
+        "items": set(item_hits),
+        "examples": shown,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -254,10 +312,12 @@ class UnlearnResult:
     remaining: DataFrame
     deleted: DataFrame
     report: dict[str, Any]
-    state: ALSState
+    state: ALSState | None
+    grams: dict[str, list] | None = None  # per side, the Gram of the new factor tables, if known
 
     def release(self) -> None:
-        self.state.unpersist()
+        if self.state is not None:
+            self.state.unpersist()
 
 
 def default_tolerance(training_residual: dict[str, float] | None, tol_factor: float) -> tuple[float, str]:
@@ -296,6 +356,9 @@ def unlearn_als(
     full_fallback_fraction: float = 0.5,
     full_iterations: int = 10,
     num_blocks: int | None = None,
+    forgotten: DataFrame | None = None,
+    engine: str = "auto",
+    grams: dict[str, Any] | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -317,7 +380,23 @@ def unlearn_als(
         Certificate tolerance; default: ``tol_factor`` x the 90th percentile
         of the model's training residual (``training_residual``), never below
         ``TOL_FLOOR``.
+    forgotten
+        Requests earlier batches applied (``user``, ``item``, ``kind``,
+        ``version``), to report requests of this batch that are already
+        forgotten (:func:`plan_deletion`).
+    engine
+        Frontier mode only.  ``targeted``: targeted scans of the stored
+        tables, incremental certificate, no block layout
+        (:mod:`spark_unlearn.als.incremental`); ``layout``: cached block
+        layout of the remaining ratings and a certificate recomputed from
+        the ratings for every row; ``auto``: ``targeted`` for batches of at
+        most ``TARGETED_MAX_REQUESTS`` requests, else ``layout``.
+    grams
+        Per side, the Gram ``F^T F`` of the model's factor tables, if known
+        (saves a pass per side in implicit mode).
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown unlearning engine {engine!r}; use one of {list(ENGINES)}")
     if mode not in MODES:
         raise ConfigError(f"unknown unlearning mode {mode!r}; use one of {list(MODES)}")
     if tol is not None and tol < TOL_FLOOR:
@@ -334,7 +413,17 @@ def unlearn_als(
         tol_source = "given"
     log.info("unlearning (%s mode) with tolerance %.3g (%s)", mode, tol, tol_source)
 
-    plan = plan_deletion(ratings, batch, strict=strict)
+    if mode == "frontier" and engine != "layout":
+        n_requests = batch.count()
+        if engine == "targeted" or n_requests <= TARGETED_MAX_REQUESTS:
+            out = _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict,
+                                    max_rounds, full_fallback_fraction, forgotten, grams, t0)
+            if out is not None:
+                return out
+            log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
+                        100 * full_fallback_fraction)
+            mode = "full"
+    plan = plan_deletion(ratings, batch, strict=strict, forgotten=forgotten)
     remaining = plan.remaining.persist(StorageLevel.MEMORY_AND_DISK)
     n_remaining = remaining.count()
     if n_remaining == 0:
@@ -356,7 +445,7 @@ def unlearn_als(
     if mode == "frontier":
         grams_train = grams_now = None
         if params.implicit:
-            grams_train = {s: _gram_of(model.user_factors if s == "user" else model.item_factors) for s in ("user", "item")}
+            grams_train = {s: gram_of(model.user_factors if s == "user" else model.item_factors) for s in ("user", "item")}
             grams_now = {s: source.gram(s) for s in ("user", "item")}
         bounded = BoundedGramSource(source, {s: source.ratio_bound(s) for s in ("user", "item")} if params.implicit else {"user": 0.0, "item": 0.0})
         budget = int(full_fallback_fraction * total_rows)
@@ -427,24 +516,33 @@ def unlearn_als(
     return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state)
 
 
-def _gram_of(factors: DataFrame) -> np.ndarray:
-    """``F^T F`` of a factor DataFrame (distributed; returns k x k)."""
-    def part(batches):
-        import pyarrow as pa
+def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict, max_rounds,
+                      full_fallback_fraction, forgotten, grams, t0) -> UnlearnResult | None:
+    """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget."""
+    from spark_unlearn.als.incremental import unlearn_targeted
 
-        for batch in batches:
-            col = batch.column("features")
-            n = len(col)
-            if n == 0:
-                continue
-            X = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
-            G = X.T @ X
-            yield pa.RecordBatch.from_arrays([pa.array([G.reshape(-1).tobytes()], pa.binary())], names=["g"])
-
-    parts = factors.select("features").mapInArrow(part, "g binary").collect()
-    mats = [np.frombuffer(r[0], dtype=np.float64) for r in parts]
-    k = int(round(np.sqrt(mats[0].size)))
-    return sum(m.reshape(k, k) for m in mats)
+    total_rows = model.user_factors.count() + model.item_factors.count()
+    out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
+                           max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams)
+    if not out.converged:
+        return None
+    remaining = remove_batch(ratings, batch)
+    report = {
+        "mode": "frontier",
+        "requested_mode": "frontier",
+        "tolerance": tol,
+        "tolerance_source": tol_source,
+        "training_residual": training_residual,
+        "deletion": out.plan.counts,
+        "not_found": out.plan.not_found,
+        "erased_users": sorted(out.plan.erased_users)[:20],
+        "withdrawn_items": sorted(out.plan.withdrawn_items)[:20],
+        "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
+        "remaining_ratings": None,  # filled in by the publisher's count (no extra pass here)
+        **out.report,
+    }
+    report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
+    return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams)
 
 
 def _side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int, zero_all: bool = False) -> dict[str, RDD]:

@@ -118,3 +118,44 @@ def exclusive_lock(path: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def held_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created) for the body, and remove the file afterwards.
+
+    Marks a piece of work (a staging directory) as in progress: another
+    process can tell live work from debris left by a killed one with
+    :func:`is_abandoned`.
+    """
+    with exclusive_lock(path):
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def is_abandoned(lock_path: str) -> bool:
+    """True if nobody holds ``lock_path`` (so the work it marks was abandoned).
+
+    A missing lock file counts as abandoned.  Uses a non-blocking
+    ``flock``; without ``fcntl`` nothing is ever considered abandoned.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        return False
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)

@@ -14,8 +14,10 @@ Layout::
           offsets/items/       optional Parquet, OFFSETS_SCHEMA
           ratings/             optional Parquet, RATINGS_SCHEMA
           holdout/             optional Parquet, RATINGS_SCHEMA (held-out test split)
+          forgotten/           optional Parquet, DELETIONS_SCHEMA: what this version's deletion batch removed
           manifest.json        ours: params, conventions, counts, SHA-256 of every file
-      .staging/                in-progress writes; never read
+      ledger.jsonl             append-only log of applied deletion batches (spark_unlearn.store.ledger)
+      .staging/                in-progress writes; never read (debris of killed writers is removed)
 
 A version is written completely under ``.staging/<uuid>/``, checksummed,
 renamed into ``versions/`` and only then made current, so a reader following
@@ -31,6 +33,7 @@ key, :data:`SPARK_UNLEARN_PARAM_KEY`, which Spark ignores, as well as into
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -66,10 +69,14 @@ from spark_unlearn.errors import (
     StoreError,
 )
 from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER
+from spark_unlearn.faults import failpoint
+from spark_unlearn.store import ledger as _ledger
 from spark_unlearn.store.fsutil import (
     atomic_write_text,
     exclusive_lock,
     fsync_dir,
+    held_lock,
+    is_abandoned,
     list_files,
     sha256_file,
     write_text_durable,
@@ -92,6 +99,7 @@ USER_FACTORS, ITEM_FACTORS = "userFactors", "itemFactors"
 USER_OFFSETS, ITEM_OFFSETS = "offsets/users", "offsets/items"
 RATINGS_DIR = "ratings"
 HOLDOUT_DIR = "holdout"
+FORGOTTEN_DIR = "forgotten"
 METADATA_DIR = "metadata"
 
 CONVENTIONS: dict[str, str] = {
@@ -128,6 +136,7 @@ _RESERVED_KEYS = frozenset(
         "contents",
         "spark_version",
         "files",
+        "request",
     }
 )
 
@@ -152,6 +161,9 @@ class LoadedVersion:
         The ratings published with the model (``RATINGS_SCHEMA``), or ``None``.
     holdout
         The held-out test ratings published with the model, or ``None``.
+    forgotten
+        What this version's deletion batch removed (``user``, ``item``,
+        ``kind``: ids only, no ratings), or ``None``.
     """
 
     version: str
@@ -161,6 +173,7 @@ class LoadedVersion:
     offsets: tuple[DataFrame, DataFrame] | None
     ratings: DataFrame | None
     holdout: DataFrame | None = None
+    forgotten: DataFrame | None = None
 
 
 class ModelStore:
@@ -277,6 +290,14 @@ class ModelStore:
             params = ALSParams.from_dict(manifest["params"])
         except (KeyError, TypeError, ConfigError) as exc:
             raise StoreError(f"{os.path.join(path, MANIFEST_FILE)} has invalid 'params': {exc}") from exc
+        conventions = manifest.get("conventions")
+        if conventions != CONVENTIONS:
+            differ = sorted(k for k in set(CONVENTIONS) | set(conventions or {}) if (conventions or {}).get(k) != CONVENTIONS.get(k))
+            raise StoreError(
+                f"{os.path.join(path, MANIFEST_FILE)}: the model's conventions differ from this release's in {differ} "
+                f"(model: {[(conventions or {}).get(k) for k in differ]}, expected: {[CONVENTIONS.get(k) for k in differ]}); "
+                "it was written by another tool or release: retrain it with jobs/train.py"
+            )
         if manifest.get("rank") != params.rank:
             raise StoreError(
                 f"{os.path.join(path, MANIFEST_FILE)}: rank {manifest.get('rank')!r} "
@@ -301,10 +322,64 @@ class ModelStore:
         holdout = None
         if contents.get("holdout"):
             holdout = spark.read.parquet(_uri(os.path.join(path, HOLDOUT_DIR))).select(USER, ITEM, RATING)
+        forgotten = None
+        if contents.get("forgotten"):
+            forgotten = spark.read.parquet(_uri(os.path.join(path, FORGOTTEN_DIR)))
         log.info("loaded model version %s from %s (rank %d)", name, path, params.rank)
         return LoadedVersion(
-            version=name, path=path, model=model, manifest=manifest, offsets=offsets, ratings=ratings, holdout=holdout
+            version=name, path=path, model=model, manifest=manifest, offsets=offsets, ratings=ratings, holdout=holdout,
+            forgotten=forgotten,
         )
+
+    def forgotten(self, spark: SparkSession) -> DataFrame | None:
+        """Every request the current model's lineage has applied (``user``, ``item``, ``kind``, ``version``).
+
+        ``None`` if no version in the lineage was produced by a deletion batch.
+        """
+        parts = []
+        for name, manifest in _ledger.lineage(self):
+            if (manifest.get("contents") or {}).get("forgotten"):
+                df = spark.read.parquet(_uri(os.path.join(self._versions_dir, name, FORGOTTEN_DIR)))
+                parts.append(df.select(USER, ITEM, "kind").withColumn("version", F.lit(name)))
+        if not parts:
+            return None
+        out = parts[0]
+        for df in parts[1:]:
+            out = out.unionByName(df)
+        return out
+
+    # --------------------------------------------------------------- ledger
+    def reconcile(self) -> list[dict]:
+        """Repair the ledger after an interrupted publish and remove abandoned staging directories.
+
+        Every job calls this before it starts.  Returns the ledger entries it
+        recovered (see :func:`spark_unlearn.store.ledger.reconcile`).
+        """
+        if not os.path.isdir(self._root):
+            return []
+        with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
+            recovered = _ledger.reconcile(self)
+        self._remove_abandoned_staging()
+        return recovered
+
+    def ledger(self) -> list[dict]:
+        """The ledger entries, oldest first (hash chain checked)."""
+        return _ledger.read_ledger(self._root)
+
+    def _remove_abandoned_staging(self) -> None:
+        try:
+            names = os.listdir(self._staging_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".lock"):
+                continue
+            lock = os.path.join(self._staging_dir, name + ".lock")
+            if is_abandoned(lock):
+                log.warning("removing %s, left by a publish that was interrupted", os.path.join(self._staging_dir, name))
+                shutil.rmtree(os.path.join(self._staging_dir, name), ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.remove(lock)
 
     # -------------------------------------------------------------- publish
     def publish(
@@ -316,6 +391,8 @@ class ModelStore:
         holdout: DataFrame | None = None,
         manifest: dict | None = None,
         parent: str | None = None,
+        forgotten: DataFrame | None = None,
+        request: dict | None = None,
     ) -> str:
         """Write ``model`` as a new version and make it current.
 
@@ -346,6 +423,14 @@ class ModelStore:
             ``"data_fingerprint"``).  May not replace the keys the store fills.
         parent
             Version this one was derived from (must exist in this store).
+        forgotten
+            Optional ``user``, ``item``, ``kind`` table of what the deletion
+            batch behind this version removed (ids only), so later batches can
+            be told which of their requests were already forgotten.
+        request
+            Optional deletion-batch record (:func:`spark_unlearn.store.ledger.request_record`).
+            It goes into the manifest (``"request"``) and, once the version is
+            current, into the ledger; the two are written under the store lock.
 
         Returns
         -------
@@ -368,12 +453,19 @@ class ModelStore:
             )
         rats = _canon_to_schema(ratings, RATINGS_SCHEMA, "ratings") if ratings is not None else None
         hold = _canon_to_schema(holdout, RATINGS_SCHEMA, "holdout") if holdout is not None else None
+        gone = forgotten.select(USER, ITEM, "kind") if forgotten is not None else None
         spark = model.user_factors.sparkSession
 
         os.makedirs(self._staging_dir, exist_ok=True)
         os.makedirs(self._versions_dir, exist_ok=True)
         staging = os.path.join(self._staging_dir, uuid.uuid4().hex)
-        os.mkdir(staging)
+        with held_lock(staging + ".lock"):
+            os.mkdir(staging)
+            return self._publish_staged(
+                staging, spark, params, user_f, item_f, offs, rats, hold, gone, extra, parent, request
+            )
+
+    def _publish_staged(self, staging, spark, params, user_f, item_f, offs, rats, hold, gone, extra, parent, request) -> str:
         log.info("publishing to %s (staging %s)", self._root, staging)
         try:
             _write_spark_metadata(
@@ -387,6 +479,7 @@ class ModelStore:
             counts["n_users"] = _check_written_factors(spark, os.path.join(staging, USER_FACTORS), params.rank, "user")
             _write_parquet(item_f, os.path.join(staging, ITEM_FACTORS))
             counts["n_items"] = _check_written_factors(spark, os.path.join(staging, ITEM_FACTORS), params.rank, "item")
+            failpoint("after_factors_written")
             if offs is not None:
                 _write_parquet(offs[0], os.path.join(staging, USER_OFFSETS))
                 _write_parquet(offs[1], os.path.join(staging, ITEM_OFFSETS))
@@ -400,6 +493,9 @@ class ModelStore:
                     fingerprint = written_fp
             if hold is not None:
                 _write_parquet(hold, os.path.join(staging, HOLDOUT_DIR))
+            if gone is not None:
+                _write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
+            failpoint("after_ratings_written")
 
             files = {rel: sha256_file(os.path.join(staging, rel), fsync=True) for rel in list_files(staging)}
             body: dict[str, Any] = {
@@ -412,10 +508,17 @@ class ModelStore:
                 "conventions": dict(CONVENTIONS),
                 "counts": counts,
                 "data_fingerprint": fingerprint,
-                "contents": {"offsets": offs is not None, "ratings": rats is not None, "holdout": hold is not None},
+                "contents": {
+                    "offsets": offs is not None,
+                    "ratings": rats is not None,
+                    "holdout": hold is not None,
+                    "forgotten": gone is not None,
+                },
                 "spark_version": spark.version,
             }
             body.update(extra)
+            if request is not None:
+                body[_ledger.REQUEST_KEY] = request
             body["files"] = files
 
             with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
@@ -430,6 +533,7 @@ class ModelStore:
                     raise StoreError(f"{final} already exists although the store lock is held; refusing to overwrite")
                 os.rename(staging, final)
                 fsync_dir(self._versions_dir)
+                failpoint("after_version_renamed")
                 try:
                     atomic_write_text(os.path.join(self._root, CURRENT_FILE), name + "\n")
                 except BaseException:
@@ -440,6 +544,16 @@ class ModelStore:
                     except OSError:
                         shutil.rmtree(final, ignore_errors=True)
                     raise
+                failpoint("after_current_switched")
+                if request is not None:
+                    # CURRENT has moved: from here on the version is published
+                    # whatever happens; a crash before this line is repaired
+                    # by reconcile() from the manifest written above.
+                    try:
+                        _ledger.append_entry(self._root, _ledger.ledger_entry(body))
+                    except Exception:
+                        log.exception("%s is published but its ledger entry could not be appended; the next job's "
+                                      "reconcile() recovers it from the manifest", name)
         except BaseException:
             log.warning("publish to %s failed; removing staging directory %s", self._root, staging)
             shutil.rmtree(staging, ignore_errors=True)
@@ -749,6 +863,9 @@ def _canon_to_schema(df: DataFrame, schema: StructType, what: str) -> DataFrame:
                 f"{what}.{field.name} must be {want.simpleString()} (ids are int32), "
                 f"got {have.simpleString()}; cast it first"
             )
+        if isinstance(want, ArrayType):
+            # Element nullability follows the input: Spark refuses to cast it away.
+            want = ArrayType(want.elementType, have.containsNull)
         out.append(F.col(field.name).cast(want).alias(field.name))
     return df.select(*out)
 

@@ -1,0 +1,176 @@
+"""A :class:`~spark_unlearn.als.frontier.RowSource` that reads a model version's tables directly.
+
+No block layout is built: each request is one filtered scan of the stored
+table (ratings, a factor table, an offsets table) with the wanted ids as a
+broadcast semi-join, and only the matching rows reach the driver.  A row
+already fetched is served from the driver's cache, so a frontier round costs
+at most one scan per table for the rows it has not seen yet.
+
+This is the engine for small deletion batches: the work is a few scans
+whatever the data size, with no shuffle of the ratings.  Large batches use
+the cached block layout (:class:`~spark_unlearn.als.spark_source.SparkRowSource`).
+
+The *remaining* data is the stored ratings minus the deleted rows, which
+the planner collected (they are few): fetched rows are filtered against
+them on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from spark_unlearn.als.frontier import RowData
+from spark_unlearn.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """One int64 per (user, item) pair (ids are int32)."""
+    return (np.asarray(users, np.int64) << 32) | (np.asarray(items, np.int64) & 0xFFFFFFFF)
+
+
+def ids_frame(spark, ids, name: str = "id") -> DataFrame:
+    """A one-column int DataFrame of ``ids`` (to broadcast into a semi-join)."""
+    return spark.createDataFrame([(int(i),) for i in ids], f"{name} int")
+
+
+class TableRowSource:
+    """Targeted reads of remaining ratings, base factors and offsets from a version's tables.
+
+    Parameters
+    ----------
+    ratings
+        The version's ratings (``user``, ``item``, ``rating``), before the deletion.
+    factors, offsets
+        Per side, the factor table (``id``, ``features``) and offsets table
+        (``id``, ``residual``, ``bnorm``).
+    rank
+        Factor rank.
+    deleted_keys
+        :func:`pair_keys` of every deleted rating (sorted or not).
+    """
+
+    def __init__(self, ratings: DataFrame, factors: dict[str, DataFrame], offsets: dict[str, DataFrame], rank: int,
+                 deleted_keys: np.ndarray):
+        self.spark = ratings.sparkSession
+        self.ratings = ratings.select("user", "item", "rating")
+        self.factor_tables = factors
+        self.offset_tables = offsets
+        self.rank = rank
+        self.deleted = np.unique(np.asarray(deleted_keys, np.int64))
+        self.jobs = 0
+        self._rows: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {"user": {}, "item": {}}
+        self._factors: dict[str, dict[int, np.ndarray]] = {"user": {}, "item": {}}
+        self._offsets: dict[str, dict[int, tuple[np.ndarray, float]]] = {"user": {}, "item": {}}
+
+    # -- filling the caches ----------------------------------------------------
+    def add_ratings(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, complete: dict[str, np.ndarray]) -> None:
+        """Cache ratings already scanned; ``complete[side]`` lists rows all of whose ratings are among them."""
+        keys = pair_keys(users, items)
+        keep = ~np.isin(keys, self.deleted)
+        u, i, r = np.asarray(users)[keep], np.asarray(items)[keep], np.asarray(ratings, np.float32)[keep]
+        for side, mine, theirs in (("user", u, i), ("item", i, u)):
+            wanted = np.asarray(complete.get(side, []), np.int64)
+            if wanted.size == 0:
+                continue
+            sel = np.isin(mine, wanted)
+            order = np.argsort(mine[sel], kind="stable")
+            m, t, rr = mine[sel][order], theirs[sel][order], r[sel][order]
+            bounds = np.searchsorted(m, wanted), np.searchsorted(m, wanted, side="right")
+            for row, a, b in zip(wanted.tolist(), *bounds):
+                self._rows[side][row] = (t[a:b].astype(np.int64), rr[a:b])
+
+    def fetch_ratings(self, wanted: dict[str, np.ndarray]) -> None:
+        """One scan for the ratings of every row in ``wanted`` (both sides) not cached yet."""
+        need = {s: np.asarray([i for i in np.unique(np.asarray(ids, np.int64)).tolist() if i not in self._rows[s]], np.int64)
+                for s, ids in wanted.items()}
+        need = {s: v for s, v in need.items() if v.size}
+        if not need:
+            return
+        parts = [self.ratings.join(F.broadcast(ids_frame(self.spark, ids, s)), s, "left_semi") for s, ids in need.items()]
+        scan = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
+        rows = scan.toArrow() if hasattr(scan, "toArrow") else None
+        self.jobs += 1
+        if rows is not None:
+            u = rows.column("user").to_numpy(zero_copy_only=False)
+            i = rows.column("item").to_numpy(zero_copy_only=False)
+            r = rows.column("rating").to_numpy(zero_copy_only=False)
+        else:  # pragma: no cover - pyspark without toArrow
+            pdf = scan.toPandas()
+            u, i, r = pdf["user"].to_numpy(), pdf["item"].to_numpy(), pdf["rating"].to_numpy()
+        self.add_ratings(u, i, r, need)
+
+    def _fetch_values(self, side: str, what: str, ids: np.ndarray) -> None:
+        cache = self._factors[side] if what == "factors" else self._offsets[side]
+        need = [i for i in np.unique(np.asarray(ids, np.int64)).tolist() if i not in cache]
+        if not need:
+            return
+        table = self.factor_tables[side] if what == "factors" else self.offset_tables[side]
+        got = table.join(F.broadcast(ids_frame(self.spark, need)), "id", "left_semi").toArrow()
+        self.jobs += 1
+        ids_got = got.column("id").to_numpy(zero_copy_only=False)
+        if what == "factors":
+            M = got.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids_got), -1)
+            for i, row in zip(ids_got.tolist(), M):
+                cache[i] = row.astype(np.float32)
+        else:
+            R = got.column("residual").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids_got), -1)
+            bn = got.column("bnorm").to_numpy(zero_copy_only=False)
+            for i, row, b in zip(ids_got.tolist(), R, bn.tolist()):
+                cache[i] = (row.astype(np.float64), float(b))
+        missing = set(need) - set(ids_got.tolist())
+        if missing:
+            raise StoreError(
+                f"the model has no {what[:-1] if what == 'factors' else 'offset'} row for {side} {min(missing)} "
+                f"(and {len(missing) - 1} more) that the data version rates; the ratings do not belong to this model version"
+            )
+
+    # -- RowSource ----------------------------------------------------------------
+    def rows(self, side: str, ids: np.ndarray) -> RowData:
+        ids = np.asarray(ids, np.int64)
+        self.fetch_ratings({side: ids})
+        order = [i for i in ids.tolist() if self._rows[side][i][0].size]
+        src = [self._rows[side][i][0] for i in order]
+        rat = [self._rows[side][i][1] for i in order]
+        counts = [a.size for a in src]
+        return RowData(
+            ids=np.asarray(order, np.int64),
+            indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            src=np.concatenate(src).astype(np.int64) if order else np.zeros(0, np.int64),
+            ratings=np.concatenate(rat).astype(np.float32) if order else np.zeros(0, np.float32),
+        )
+
+    def has_ratings(self, side: str, ids: np.ndarray) -> np.ndarray:
+        """Whether each of ``ids`` keeps at least one remaining rating (fetches what is not cached)."""
+        ids = np.asarray(ids, np.int64)
+        self.fetch_ratings({side: ids})
+        return np.array([self._rows[side][i][0].size > 0 for i in ids.tolist()], bool)
+
+    def base_factors(self, side: str, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        self._fetch_values(side, "factors", ids)
+        return np.stack([self._factors[side][i] for i in ids.tolist()]) if ids.size else np.zeros((0, self.rank), np.float32)
+
+    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        self._fetch_values(side, "offsets", ids)
+        if not ids.size:
+            return np.zeros((0, self.rank)), np.zeros(0)
+        return (np.stack([self._offsets[side][i][0] for i in ids.tolist()]),
+                np.array([self._offsets[side][i][1] for i in ids.tolist()]))
+
+    def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
+        """Rows (not in ``skip``) with ``|delta_gram x| > tol |b|``: one pass over the factor and offsets tables."""
+        from spark_unlearn.als.incremental import gram_moved
+
+        self.jobs += 1
+        moved = gram_moved(self.factor_tables[side], self.offset_tables[side], delta_gram)
+        bad = moved.filter(F.col("moved") > F.lit(tol) * F.col("bnorm"))
+        if len(skip):
+            bad = bad.join(F.broadcast(ids_frame(self.spark, np.asarray(skip).tolist())), "id", "left_anti")
+        return np.asarray([r[0] for r in bad.select("id").collect()], np.int64)

@@ -1,0 +1,196 @@
+"""Audit a deletion request against a model store: was it applied, where, how exactly, with what effect.
+
+This is what ``jobs/audit.py`` runs.  For a deletion batch it answers:
+
+* whether the current model reflects it (the request is in the current
+  version's lineage) and in which version it was applied, or that it was
+  applied in a version that is no longer current (rolled back), or never;
+* the certificate recorded when it was applied, and the ledger entry;
+* whether the data still holds it: the current data version must contain
+  none of the batch's pairs, rows of its erased users or of its withdrawn
+  items, and the current model no factor row of an erased user;
+* per user (up to ``max_users``), the mean rank percentile of the deleted
+  items in that user's list in the version before and the version after
+  (an erased user has no row after: ``null``, ``"erased": true``).
+
+Checks are joins and counts in Spark; only per-user summaries are collected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_unlearn.errors import StoreError
+from spark_unlearn.store.ledger import BatchIdentity, batch_identity, find_applied, read_ledger
+from spark_unlearn.store.model_store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def run_audit(
+    spark: SparkSession, store_path: str, batch: DataFrame, *, batch_id: str | None = None, max_users: int = 50,
+    verify_files: bool = True,
+) -> dict[str, Any]:
+    """Audit ``batch`` (``DELETIONS_SCHEMA``) against the store at ``store_path``; returns a JSON-ready report.
+
+    Parameters
+    ----------
+    batch_id
+        Look the request up by this id as well as by content.
+    max_users
+        At most this many users get a per-user rank line (the first by id).
+    verify_files
+        Recompute the SHA-256 of every file of the versions involved.
+    """
+    store = ModelStore(store_path)
+    if store.current() is None:
+        raise StoreError(f"model store {store_path} has no current version: nothing to audit")
+    identity = batch_identity(batch, batch_id)
+    entries = read_ledger(store.root)
+    current = store.current()
+    report: dict[str, Any] = {"batch": identity.to_dict(), "current_version": current}
+    applied = find_applied(store, identity)
+    entry = _ledger_entry_for(entries, identity)
+    if applied is None:
+        report["applied"] = False
+        if entry is not None:
+            report["status"] = "rolled_back"
+            report["note"] = (
+                f"applied in {entry['version_after']} on {entry.get('applied_at')}, but the current version {current} "
+                "does not descend from it: the current model does NOT reflect this request; re-submit it"
+            )
+            report["ledger_entry"] = entry
+        else:
+            report["status"] = "not_applied"
+            report["note"] = "no version of this store applied a batch with this content"
+        report["still_present"] = _still_present(spark, store, batch)
+        return report
+
+    version = applied["version"]
+    manifest = store.read_manifest(version)
+    parent = manifest.get("parent")
+    if verify_files:
+        for v in (version, parent, current):
+            if v:
+                store.verify(v)
+    report.update(
+        {
+            "applied": True,
+            "status": "applied",
+            "version": version,
+            "version_before": parent,
+            "applied_at": applied.get("applied_at"),
+            "method": applied.get("method"),
+            "certificate": manifest.get("certificate"),
+            "ledger_entry": entry,
+            "files_verified": bool(verify_files),
+        }
+    )
+    report["still_present"] = _still_present(spark, store, batch)
+    report["users"] = _per_user_ranks(spark, store, batch, parent, version, max_users) if parent else []
+    report["proof_holds"] = bool(
+        (manifest.get("certificate") or {}).get("holds") and not any(report["still_present"].values())
+    )
+    return report
+
+
+def _ledger_entry_for(entries: list[dict[str, Any]], identity: BatchIdentity) -> dict[str, Any] | None:
+    found = [e for e in entries if e.get("content_hash") == identity.content_hash]
+    return found[-1] if found else None
+
+
+def _still_present(spark: SparkSession, store: ModelStore, batch: DataFrame) -> dict[str, int]:
+    """What of the batch the *current* version still holds (all zeros when forgotten)."""
+    cur = store.load(spark, verify=False)
+    out = {"pairs_in_data": 0, "erased_user_rows_in_data": 0, "withdrawn_item_rows_in_data": 0,
+           "erased_user_factor_rows": 0, "withdrawn_item_factor_rows": 0}
+    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item")
+    users = batch.filter(F.col("kind") == "user").select("user")
+    items = batch.filter(F.col("kind") == "item").select("item")
+    for data in (cur.ratings, cur.holdout):
+        if data is None:
+            continue
+        out["pairs_in_data"] += data.join(pairs, ["user", "item"], "left_semi").count()
+        out["erased_user_rows_in_data"] += data.join(users, ["user"], "left_semi").count()
+        out["withdrawn_item_rows_in_data"] += data.join(items, ["item"], "left_semi").count()
+    out["erased_user_factor_rows"] = cur.model.user_factors.join(users.withColumnRenamed("user", "id"), ["id"], "left_semi").count()
+    out["withdrawn_item_factor_rows"] = cur.model.item_factors.join(items.withColumnRenamed("item", "id"), ["id"], "left_semi").count()
+    return out
+
+
+def _per_user_ranks(spark: SparkSession, store: ModelStore, batch: DataFrame, before_v: str, after_v: str,
+                    max_users: int) -> list[dict[str, Any]]:
+    """Mean rank percentile of each user's deleted items, in the version before and the version after."""
+    from spark_unlearn.eval.forgetting import rank_percentile
+
+    before = store.load(spark, before_v, verify=False)
+    after = store.load(spark, after_v, verify=False)
+    if before.ratings is None:
+        return []
+    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item")
+    erased = batch.filter(F.col("kind") == "user").select("user")
+    # What was deleted per user: the requested pairs that were in the data, and every pair of an erased user.
+    deleted = (
+        before.ratings.join(pairs, ["user", "item"], "left_semi")
+        .unionByName(before.ratings.join(erased, ["user"], "left_semi"))
+        .select("user", "item")
+        .distinct()
+    )
+    chosen = deleted.select("user").distinct().orderBy("user").limit(max_users)
+    deleted = deleted.join(chosen, ["user"], "left_semi").cache()
+    b = rank_percentile(before.model.user_factors, before.model.item_factors, deleted, "before")
+    a = rank_percentile(after.model.user_factors, after.model.item_factors, deleted, "after")
+    erased_ids = {r[0] for r in erased.join(chosen, ["user"], "left_semi").collect()}
+    rows = (
+        b.join(a, ["user", "item"])
+        .groupBy("user")
+        .agg(
+            F.count("*").alias("deleted_items"),
+            F.avg(F.when(~F.isnan("before"), F.col("before"))).alias("before"),
+            F.avg(F.when(~F.isnan("after"), F.col("after"))).alias("after"),
+        )
+        .orderBy("user")
+        .collect()
+    )
+    deleted.unpersist()
+    out = []
+    for r in rows:
+        erased_user = r["user"] in erased_ids
+        out.append(
+            {
+                "user": r["user"],
+                "deleted_items": r["deleted_items"],
+                "erased": erased_user,
+                "rank_percentile_before": None if r["before"] is None else round(float(r["before"]), 4),
+                "rank_percentile_after": None if erased_user or r["after"] is None else round(float(r["after"]), 4),
+            }
+        )
+    return out
+
+
+def audit_lines(report: dict[str, Any]) -> list[str]:
+    """A few lines a person reads first."""
+    b = report["batch"]
+    lines = [f"batch {b['batch_id']} ({b['n_requests']} requests, content sha256 {b['content_hash'][:16]}...): {report['status']}"]
+    if report.get("applied"):
+        cert = report.get("certificate") or {}
+        lines.append(
+            f"applied in {report['version']} (from {report['version_before']}) at {report['applied_at']} by {report['method']}; "
+            f"current version {report['current_version']}"
+        )
+        lines.append(
+            f"certificate {cert.get('max_relative_residual', float('nan')):.3g} (tolerance {cert.get('tolerance', float('nan')):.3g}): "
+            f"{'holds' if cert.get('holds') else 'DOES NOT HOLD'}"
+        )
+    else:
+        lines.append(report.get("note", ""))
+    present = report.get("still_present") or {}
+    lines.append("still present in the current version: " + (", ".join(f"{k}={v}" for k, v in present.items() if v) or "nothing"))
+    for u in report.get("users", [])[:10]:
+        after = "erased (no factor row)" if u["erased"] else u["rank_percentile_after"]
+        lines.append(f"  user {u['user']}: {u['deleted_items']} deleted items, rank percentile {u['rank_percentile_before']} -> {after}")
+    return lines

@@ -1,0 +1,57 @@
+"""Run a spark-submit job's ``main(argv)`` in this process, on the test session, and restore what it changed."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_job(spark, name: str, argv: list[str]) -> tuple[int, str, str]:
+    """``jobs/<name>.py`` main(argv) -> (exit code, stdout, stderr).
+
+    The job's get_session() returns the test session; its runtime SQL
+    settings and the ``spark_unlearn`` logger are put back afterwards so
+    later tests see the session and logging as the fixture made them.
+    """
+    import sys
+
+    jobs_dir = str(REPO / "jobs")
+    if jobs_dir not in sys.path:
+        sys.path.insert(0, jobs_dir)
+    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lib = logging.getLogger("spark_unlearn")
+    saved_log = (lib.level, list(lib.handlers), lib.propagate)
+    saved_conf = spark.conf.get("spark.sql.shuffle.partitions")
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for h in lib.handlers:
+                if getattr(h, "_spark_unlearn", False):
+                    h.setStream(err)
+            code = module.main(argv)
+    finally:
+        lib.setLevel(saved_log[0])
+        lib.handlers[:] = saved_log[1]
+        lib.propagate = saved_log[2]
+        spark.conf.set("spark.sql.shuffle.partitions", saved_conf)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tree_digest(root: str) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``root`` (to prove a store was left untouched)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
