@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"])
-    p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"])
+    p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"],
+                   help="mllib_retrain retrain paper_full frontier (targeted engine for small batches) frontier_layout")
     p.add_argument("--tol", type=float)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
                 solved = params.iterations * rows_total
             else:
                 out = unlearn_als(train, original.model, offsets, batch, mode="paper" if method == "paper_full" else "frontier",
-                                  tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps)
+                                  tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
+                                  engine="layout" if method == "frontier_layout" else "auto")
                 model = out.model
                 model.user_factors.cache().count()
                 solved = out.report["rows_solved"]

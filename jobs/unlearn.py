@@ -2,7 +2,7 @@
 
     spark-submit jobs/unlearn.py --model STORE_DIR --delete PATH [--ratings PATH] [--tol T]
         [--mode frontier|full|paper] [--report PATH] [--strict] [--output-store DIR] [--config conf/local.toml]
-        [--batch-id ID]
+        [--batch-id ID] [--engine auto|targeted|layout]
 
 ``--model`` is a model store written by jobs/train.py (the current version is
 unlearned and a new version published beside it, with the remaining ratings)
@@ -41,6 +41,8 @@ def parse_args(argv):
     p.add_argument("--output-store", help="store for the new version (default: the --model store)")
     p.add_argument("--tol", type=float, help="certificate tolerance (default: relative to the model's training residual)")
     p.add_argument("--mode", choices=["frontier", "full", "paper"])
+    p.add_argument("--engine", choices=["auto", "targeted", "layout"],
+                   help="frontier mode: targeted scans with an incremental certificate, or the block layout with a full one")
     p.add_argument("--strict", action="store_true", default=None, help="deletion requests absent from the data are errors")
     p.add_argument("--batch-id", help="id of this deletion request for the ledger (default: hash of its content)")
     p.add_argument("--report", help="also write the report (JSON) to this path")
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
 
     def work():
         cfg = load_config(args.config)
-        cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict)
+        cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict, engine=args.engine)
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         u = cfg["unlearn"]
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
             full_iterations=u["full_iterations"],
             k=cfg["eval"]["k"],
             batch_id=args.batch_id,
+            engine=u["engine"],
             expected_params=stated_objective(args.config),
         )
 

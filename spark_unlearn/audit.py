@@ -91,7 +91,13 @@ def run_audit(
         }
     )
     report["still_present"] = _still_present(spark, store, batch)
-    report["users"] = _per_user_ranks(spark, store, batch, parent, version, max_users) if parent else []
+    try:
+        report["users"] = _per_user_ranks(spark, store, batch, parent, version, max_users) if parent else []
+    except StoreError as exc:
+        if "purged" not in str(exc):
+            raise
+        report["users"] = []
+        report["users_note"] = f"ranks before/after unavailable: {exc}"
     report["proof_holds"] = bool(
         (manifest.get("certificate") or {}).get("holds") and not any(report["still_present"].values())
     )

@@ -46,6 +46,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "store": {"path": (str, "out/model_store")},
     "unlearn": {
         "mode": (str, "frontier"),
+        "engine": (str, "auto"),  # auto | targeted | layout (frontier mode)
         "tol": (float, None),  # None = relative to the model's own training residual
         "tol_factor": (float, 1.0),
         "strict": (bool, False),

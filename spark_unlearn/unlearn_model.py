@@ -143,7 +143,8 @@ def run_unlearning(
     if state is not None:
         state.unpersist()
     check_model_matches(model.params, expected_params, model_path)
-    forgotten = store.forgotten(spark) if parent is not None and os.path.abspath(store.root) == os.path.abspath(model_path) else None
+    # Read only if some request matches nothing (the lineage may hold hundreds of versions).
+    forgotten = (lambda: store.forgotten(spark)) if parent is not None and os.path.abspath(store.root) == os.path.abspath(model_path) else None
     training_residual = manifest.get("training_residual") or residual_summary(offsets)
     result = unlearn_als(
         data, model, offsets, batch, mode=mode, tol=tol, tol_factor=tol_factor, training_residual=training_residual,
@@ -155,6 +156,7 @@ def run_unlearning(
     new_holdout = None
     if holdout is not None:
         new_holdout = remove_batch(holdout, batch)
+    t_measure = time.perf_counter()
     if measure:
         report["forgetting"] = forgetting_report(model, result.model, result.deleted)
         if holdout is not None:
@@ -167,6 +169,8 @@ def run_unlearning(
     if train_s:
         report["training_seconds"] = train_s
         report["speedup_vs_training"] = round(train_s / max(report["seconds"]["solve"] + report["seconds"]["certificate"], 1e-9), 2)
+    report["seconds"]["measure"] = round(time.perf_counter() - t_measure, 3)
+    t_publish = time.perf_counter()
     version = store.publish(
         result.model,
         offsets=result.offsets,
@@ -183,6 +187,7 @@ def run_unlearning(
         forgotten=applied_requests(batch, result.deleted),
         request=request_record(identity, method=f"unlearn-als/{report['mode']}"),
     )
+    report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
     result.release()
     if report.get("remaining_ratings") is None:
         report["remaining_ratings"] = store.read_manifest(version)["counts"].get("n_ratings")

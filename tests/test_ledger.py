@@ -112,3 +112,26 @@ def test_abandoned_staging_is_removed_but_live_staging_is_kept(store):
     with exclusive_lock(os.path.join(staging, "live.lock")):
         ms.reconcile()
         assert sorted(os.listdir(staging)) == ["live", "live.lock"]
+
+
+def test_purge_deletes_old_data_but_keeps_the_ledger_working(spark, store):
+    import os
+
+    from job_helpers import run_job
+
+    ms = ModelStore(store)
+    first = ms.current()
+    r1 = run_unlearning(spark, model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", tol=5e-2,
+                        measure=False)
+    code, out, err = run_job(spark, "purge", ["--model", store])
+    assert code == 0 and json.loads(out)["purged"] == [first], err
+    assert sorted(os.listdir(ms.version_path(first))) == ["manifest.json"]  # v1 forgot nothing: no forgotten/ either
+    with pytest.raises(StoreError, match="was purged"):
+        ms.load(spark, first)
+    ms.verify(first)  # what is left is still checksummed
+    # Exactly-once and already-forgotten still work across the purged history.
+    again = run_unlearning(spark, model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", measure=False)
+    assert again["status"] == "already_applied" and again["version"] == r1["version"]
+    assert ms.reconcile() == [] and [e["batch_id"] for e in ms.ledger()] == ["P-1"]
+    code, _, err = run_job(spark, "purge", ["--model", store, "--keep", "0"])
+    assert code == 2 and "keep >= 1" in err

@@ -371,6 +371,27 @@ EOF
         tail -n 40 "$WORK/driver.log" >&2
         die "tasks finished on $executors distinct executor(s); expected at least 2"
     fi
+    # 3. The unlearning job runs on the cluster too: erase one user, a new version and a ledger entry appear.
+    printf 'user\n1\n' >"$WORK/delete.csv"
+    rc=0
+    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit jobs/unlearn.py --model "$store" \
+        --delete "$WORK/delete.csv" --batch-id smoke-erase-1 \
+        >"$WORK/unlearn.out" 2>"$WORK/unlearn.log" </dev/null &
+    SUBMIT_PID=$!
+    wait "$SUBMIT_PID" || rc=$?
+    SUBMIT_PID=""
+    if ((rc != 0)); then
+        echo "----- tail of $WORK/unlearn.log" >&2
+        tail -n 60 "$WORK/unlearn.log" >&2
+        die "spark-submit jobs/unlearn.py exited with $rc"
+    fi
+    local unlearned
+    unlearned="$(tr -d '[:space:]' <"$store/CURRENT")"
+    [[ "$unlearned" != "$version" ]] || die "jobs/unlearn.py succeeded but CURRENT still names $version"
+    grep -q '"batch_id":"smoke-erase-1"' "$store/ledger.jsonl" || die "no ledger entry for the smoke batch"
+    say "unlearn job finished in $((SECONDS - t0))s: $version -> $unlearned, ledger entry written"
+    version="$unlearned"
+
     say "OK: version $version published and loadable; $N_WORKERS workers launched executors;" \
         "tasks ran on $executors executors; total $((SECONDS - t0))s"
     # spark-submit merges the Python driver's stderr (logs) into its stdout:

@@ -129,9 +129,13 @@ class TargetedPlan:
     not_found: dict[str, list]
 
 
-def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = False, forgotten: DataFrame | None = None,
+def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = False, forgotten=None,
                   examples: int = 5) -> TargetedPlan:
-    """Resolve a small batch with two scans of the ratings (see the module docstring)."""
+    """Resolve a small batch with two scans of the ratings (see the module docstring).
+
+    ``forgotten``: earlier requests (DataFrame), or a zero-argument callable
+    returning them, called only if some request matches nothing.
+    """
     rows = batch.select("user", "item", "kind").collect()
     pairs = {(r[0], r[1]) for r in rows if r[2] == "interaction"}
     erased = {r[0] for r in rows if r[2] == "user"}
@@ -166,7 +170,9 @@ def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = Fa
     missing_users = erased - set(u.tolist())
     missing_items = withdrawn - set(i.tolist())
     already = {"interactions": 0, "users": set(), "items": set(), "examples": [], "keys": set()}
-    if forgotten is not None and (missing_pairs or missing_users or missing_items):
+    if callable(forgotten) and (missing_pairs or missing_users or missing_items):
+        forgotten = forgotten()
+    if forgotten is not None and not callable(forgotten) and (missing_pairs or missing_users or missing_items):
         from spark_unlearn.als.unlearn import _already_forgotten
 
         mp = spark.createDataFrame(missing_pairs, "user int, item int")

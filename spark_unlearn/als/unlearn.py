@@ -97,7 +97,8 @@ def plan_deletion(
     ``kind`` is ``interaction`` (forget the pair), ``user`` (erase the user)
     or ``item`` (withdraw the item).  Requests that match nothing are
     reported in ``not_found``: those that an earlier batch already removed
-    (``forgotten``: ``user``, ``item``, ``kind`` of earlier requests) as
+    (``forgotten``: ``user``, ``item``, ``kind`` of earlier requests, or a
+    zero-argument callable returning them, called only when needed) as
     *already forgotten*, the rest as unknown.  With ``strict`` unknown
     requests raise :class:`~spark_unlearn.errors.UnknownIdError`.
     """
@@ -118,7 +119,9 @@ def plan_deletion(
     known_items = {r[0] for r in ratings.join(items, ["item"], "left_semi").select("item").distinct().collect()}
     missing_users, missing_items = erased_users - known_users, withdrawn_items - known_items
     already = {"interactions": 0, "users": set(), "items": set(), "examples": []}
-    if forgotten is not None and (missing_users or missing_items or not missing_pairs.isEmpty()):
+    if callable(forgotten) and (missing_users or missing_items or not missing_pairs.isEmpty()):
+        forgotten = forgotten()
+    if forgotten is not None and not callable(forgotten) and (missing_users or missing_items or not missing_pairs.isEmpty()):
         already = _already_forgotten(missing_pairs, missing_users, missing_items, forgotten, examples)
     unknown_pairs = missing_pairs
     if already["interactions"]:

@@ -284,6 +284,11 @@ class ModelStore:
         name = self._resolve(version)
         path = self.version_path(name)
         manifest = self._read_manifest_at(name, path)
+        if manifest.get("purged"):
+            raise StoreError(
+                f"version {name} of {self._root} was purged on {manifest['purged'].get('at')} (its data was deleted so that "
+                "erased data does not survive in the history); only its manifest and forgotten ids remain"
+            )
         if verify:
             _verify_files(name, path, manifest)
         try:
@@ -561,10 +566,55 @@ class ModelStore:
         log.info("published %s to %s (%d users, %d items)", name, self._root, counts["n_users"], counts["n_items"])
         return name
 
+    def purge(self, keep: int = 1) -> dict[str, list[str]]:
+        """Delete the data of old versions, so that erased data does not survive in the store's history.
+
+        Keeps the ``keep`` newest versions of the current lineage whole
+        (``CURRENT`` included, ``keep >= 1``).  Older lineage versions lose
+        every table (factors, offsets, ratings, holdout, metadata) but keep
+        ``manifest.json`` (marked ``purged``) and ``forgotten/`` (ids only), so
+        the ledger, idempotency checks and audits still work.  Versions
+        outside the lineage (left by a job killed after writing them, or
+        rolled back) are removed entirely.  Runs under the store lock.
+
+        Returns ``{"purged": [...], "removed": [...]}``.
+        """
+        if keep < 1:
+            raise ConfigError(f"keep={keep}: at least the current version must be kept (keep >= 1)")
+        out: dict[str, list[str]] = {"purged": [], "removed": []}
+        if self.current() is None:
+            return out
+        with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
+            chain = [v for v, _ in _ledger.lineage(self)]
+            for name in self.versions():
+                path = os.path.join(self._versions_dir, name)
+                if name not in chain:
+                    shutil.rmtree(path)
+                    out["removed"].append(name)
+                    continue
+                if name in chain[:keep]:
+                    continue
+                manifest = self._read_manifest_at(name, path)
+                if manifest.get("purged"):
+                    continue
+                for entry in sorted(os.listdir(path)):
+                    if entry in (MANIFEST_FILE, FORGOTTEN_DIR):
+                        continue
+                    full = os.path.join(path, entry)
+                    shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+                manifest["files"] = {k: v for k, v in manifest.get("files", {}).items() if k.startswith(FORGOTTEN_DIR + "/")}
+                manifest["purged"] = {"at": datetime.now(timezone.utc).isoformat(), "kept": [FORGOTTEN_DIR, MANIFEST_FILE]}
+                atomic_write_text(os.path.join(path, MANIFEST_FILE), json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+                out["purged"].append(name)
+        log.info("purge of %s: data of %d version(s) deleted, %d version(s) outside the lineage removed",
+                 self._root, len(out["purged"]), len(out["removed"]))
+        return out
+
     def set_current(self, version: str) -> None:
         """Point ``CURRENT`` at an existing, complete ``version`` (e.g. to roll back)."""
         path = self.version_path(version)
-        self._read_manifest_at(version, path)
+        if self._read_manifest_at(version, path).get("purged"):
+            raise StoreError(f"version {version} was purged (its data is gone); it cannot become current")
         with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
             atomic_write_text(os.path.join(self._root, CURRENT_FILE), version + "\n")
         log.info("CURRENT of %s set to %s", self._root, version)

@@ -1,0 +1,44 @@
+"""Entry point: delete the data of old model versions, so erased data does not survive in the history.
+
+    python jobs/purge.py --model STORE_DIR [--keep N]      (or spark-submit jobs/purge.py ...)
+
+Keeps the N newest versions of the current lineage (default 1: the current
+one) whole.  Older versions keep only their manifest and the ids their
+deletion batch removed (the ledger, exactly-once checks and audits keep
+working); versions outside the lineage are removed.  No Spark needed.
+Prints what was purged (JSON).  Exit code 2 on a bad store or argument.
+"""
+
+import argparse
+import logging
+import sys
+
+import _bootstrap  # noqa: F401
+
+from spark_unlearn.cli import print_report, run_job
+from spark_unlearn.logs import configure_logging
+from spark_unlearn.store.model_store import ModelStore
+
+log = logging.getLogger("spark_unlearn.jobs.purge")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model store")
+    p.add_argument("--keep", type=int, default=1, help="newest versions of the current lineage kept whole (>= 1)")
+    args = p.parse_args(argv)
+    configure_logging("INFO")
+
+    def work():
+        store = ModelStore(args.model)
+        store.reconcile()
+        return {"store": store.root, "current": store.current(), **store.purge(keep=args.keep)}
+
+    code, report = run_job(log, None, work)
+    if report is not None:
+        print_report(report)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
