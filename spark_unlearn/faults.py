@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 ENV = "SPARK_UNLEARN_FAILPOINT"
 
 POINTS = (
+    "during_solve",  # after the first frontier round, nothing written yet
     "after_solve",  # unlearning computed, nothing written yet
     "after_factors_written",  # new factor tables in staging
     "after_ratings_written",  # remaining ratings (the new data version) in staging

@@ -35,6 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
+from spark_unlearn.faults import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ def frontier_unlearn(
         for s in SIDES:
             if frontier[s]:
                 rows_solved += _solve_side(source, sides[s], sides[other(s)], sorted(frontier[s]), spec, grams)
+        failpoint("during_solve")
         if max_rows is not None and rows_solved > max_rows:
             break
         frontier = {s: _next_frontier(source, sides[s], sides[other(s)], spec, grams, tol) for s in SIDES}

@@ -46,7 +46,7 @@ from spark_unlearn.als.frontier import frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.table_source import TableRowSource, ids_frame, pair_keys
-from spark_unlearn.errors import UnknownIdError
+from spark_unlearn.errors import EmptyInputError, UnknownIdError
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     offs = {"user": offsets[0], "item": offsets[1]}
     source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64))
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
+    n_remaining = ratings.count() - plan.counts["deleted_ratings"]
+    if n_remaining <= 0:
+        raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
     timings["plan"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -401,6 +404,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     }
     report = {
         "engine": "targeted",
+        "remaining_ratings": n_remaining,
         "rounds": result.rounds,
         "frontier_sizes": result.frontier_sizes,
         "rows_solved": result.rows_solved,

@@ -541,7 +541,6 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
         "erased_users": sorted(out.plan.erased_users)[:20],
         "withdrawn_items": sorted(out.plan.withdrawn_items)[:20],
         "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
-        "remaining_ratings": None,  # filled in by the publisher's count (no extra pass here)
         **out.report,
     }
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}

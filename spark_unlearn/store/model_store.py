@@ -969,7 +969,7 @@ def _check_extra_manifest(manifest: dict | None) -> dict[str, Any]:
 
 def _verify_files(name: str, path: str, manifest: dict) -> None:
     expected = manifest.get("files")
-    if not isinstance(expected, dict) or not expected:
+    if not isinstance(expected, dict) or not (expected or manifest.get("purged")):
         raise StoreError(f"{os.path.join(path, MANIFEST_FILE)} has no 'files' checksums; cannot verify version {name}")
     actual = set(list_files(path)) - {MANIFEST_FILE}
     missing = sorted(set(expected) - actual)
