@@ -46,7 +46,7 @@ from spark_unlearn.als.frontier import frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.table_source import TableRowSource, ids_frame, pair_keys
-from spark_unlearn.errors import EmptyInputError, UnknownIdError
+from spark_unlearn.errors import EmptyInputError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ def gram_of(factors: DataFrame) -> np.ndarray:
     return sum(m.reshape(k, k) for m in mats)
 
 
+def _matrix(batch, column: str) -> np.ndarray:
+    """A list column of an Arrow record batch as an ``(n, k)`` float64 matrix."""
+    n = batch.num_rows
+    return batch.column(column).flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
+
+
 def _with_offsets(factors: DataFrame, offsets: DataFrame) -> DataFrame:
     return factors.select("id", "features").join(offsets.select("id", "residual", "bnorm"), "id")
 
@@ -92,11 +98,9 @@ def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -
         import pyarrow as pa
 
         for batch in batches:
-            n = batch.num_rows
-            if n == 0:
+            if batch.num_rows == 0:
                 continue
-            X = batch.column("features").flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
-            moved = np.linalg.norm(X @ dg.T, axis=1)
+            moved = np.linalg.norm(_matrix(batch, "features") @ dg.T, axis=1)
             yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(moved), batch.column("bnorm")], names=["id", "moved", "bnorm"])
 
     return _with_offsets(factors, offsets).mapInArrow(part, "id int, moved double, bnorm double")
@@ -136,6 +140,9 @@ def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = Fa
     ``forgotten``: earlier requests (DataFrame), or a zero-argument callable
     returning them, called only if some request matches nothing.
     """
+    # Imported here: spark_unlearn.als.unlearn imports this module.
+    from spark_unlearn.als.unlearn import _already_forgotten, plan_counts, unknown_requests
+
     rows = batch.select("user", "item", "kind").collect()
     pairs = {(r[0], r[1]) for r in rows if r[2] == "interaction"}
     erased = {r[0] for r in rows if r[2] == "user"}
@@ -173,25 +180,13 @@ def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = Fa
     if callable(forgotten) and (missing_pairs or missing_users or missing_items):
         forgotten = forgotten()
     if forgotten is not None and not callable(forgotten) and (missing_pairs or missing_users or missing_items):
-        from spark_unlearn.als.unlearn import _already_forgotten
 
         mp = spark.createDataFrame(missing_pairs, "user int, item int")
         found = _already_forgotten(mp, missing_users, missing_items, forgotten, examples)
         already = {**found, "keys": {(r_[0], r_[1]) for r_ in found["pairs"].collect()}}
     unknown_pairs = [p for p in missing_pairs if p not in already["keys"]]
     unknown_users, unknown_items = missing_users - already["users"], missing_items - already["items"]
-    not_found = {
-        "interactions": unknown_pairs[:examples],
-        "users": sorted(unknown_users)[:examples],
-        "items": sorted(unknown_items)[:examples],
-        "already_forgotten": already["examples"],
-    }
-    if strict and (unknown_pairs or unknown_users or unknown_items):
-        raise UnknownIdError(
-            f"deletion batch names data that is not in the ratings: {len(unknown_pairs)} interaction(s) "
-            f"(e.g. {not_found['interactions']}), users {not_found['users']}, items {not_found['items']}; "
-            "drop them from the batch or run without --strict to have them reported only"
-        )
+    not_found = unknown_requests(len(unknown_pairs), unknown_pairs, unknown_users, unknown_items, already, strict, examples)
 
     erased_known, withdrawn_known = erased - missing_users, withdrawn - missing_items
     candidates = {"user": set(du.tolist()) - erased_known, "item": set(di.tolist()) - withdrawn_known}
@@ -203,22 +198,9 @@ def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = Fa
         keep = source.has_ratings(s, ids) if ids.size else np.zeros(0, bool)
         direct[s] = set(ids[keep].tolist())
         removed[s] |= set(ids[~keep].tolist())
-    counts = {
-        "requested_interactions": len(pairs),
-        "requested_users": len(erased),
-        "requested_items": len(withdrawn),
-        "deleted_ratings": int(is_deleted.sum()),
-        "not_found_interactions": len(unknown_pairs),
-        "not_found_users": len(unknown_users),
-        "not_found_items": len(unknown_items),
-        "already_forgotten_interactions": already["interactions"],
-        "already_forgotten_users": len(already["users"]),
-        "already_forgotten_items": len(already["items"]),
-        "direct_users": len(direct["user"]),
-        "direct_items": len(direct["item"]),
-        "removed_users": len(removed["user"]),
-        "removed_items": len(removed["item"]),
-    }
+    counts = plan_counts(len(pairs), len(erased), len(withdrawn), int(is_deleted.sum()), len(unknown_pairs), unknown_users,
+                         unknown_items, already, direct)
+    counts.update(removed_users=len(removed["user"]), removed_items=len(removed["item"]))
     log.info("deletion plan (targeted): %s", counts)
     return TargetedPlan(du, di, dr, direct, removed, erased_known, withdrawn_known, counts, not_found)
 
@@ -291,11 +273,9 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
             import pyarrow as pa
 
             for batch in batches:
-                n = batch.num_rows
-                if n == 0:
+                if batch.num_rows == 0:
                     continue
-                X = batch.column("features").flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
-                E = batch.column("residual").flatten().to_numpy(zero_copy_only=False).reshape(n, -1) + X @ dg.T
+                E = _matrix(batch, "residual") + _matrix(batch, "features") @ dg.T
                 k = E.shape[1]
                 arr = pa.FixedSizeListArray.from_arrays(pa.array(E.reshape(-1)), k).cast(pa.list_(pa.float64()))
                 yield pa.RecordBatch.from_arrays([batch.column("id"), arr, batch.column("bnorm")], names=["id", "residual", "bnorm"])

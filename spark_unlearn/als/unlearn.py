@@ -128,18 +128,10 @@ def plan_deletion(
         unknown_pairs = missing_pairs.join(already["pairs"], ["user", "item"], "left_anti")
     n_unknown_pairs = unknown_pairs.count()
     unknown_users, unknown_items = missing_users - already["users"], missing_items - already["items"]
-    not_found = {
-        "interactions": [tuple(r) for r in unknown_pairs.limit(examples).collect()],
-        "users": sorted(unknown_users)[:examples],
-        "items": sorted(unknown_items)[:examples],
-        "already_forgotten": already["examples"],
-    }
-    if strict and (n_unknown_pairs or unknown_users or unknown_items):
-        raise UnknownIdError(
-            f"deletion batch names data that is not in the ratings: {n_unknown_pairs} interaction(s) "
-            f"(e.g. {not_found['interactions']}), users {not_found['users']}, items {not_found['items']}; "
-            "drop them from the batch or run without --strict to have them reported only"
-        )
+    not_found = unknown_requests(
+        n_unknown_pairs, [tuple(r) for r in unknown_pairs.limit(examples).collect()], unknown_users, unknown_items,
+        already, strict, examples,
+    )
 
     touched = deleted.select("user", "item").distinct()
     remaining_users = remaining.join(touched.select("user").distinct(), ["user"], "left_semi").select("user").distinct()
@@ -149,10 +141,42 @@ def plan_deletion(
         "item": {r[0] for r in remaining_items.collect()},
     }
     n_deleted = deleted.count()
-    counts = {
-        "requested_interactions": pairs.count(),
-        "requested_users": len(erased_users),
-        "requested_items": len(withdrawn_items),
+    counts = plan_counts(pairs.count(), len(erased_users), len(withdrawn_items), n_deleted, n_unknown_pairs,
+                         unknown_users, unknown_items, already, direct)
+    missing_pairs.unpersist()
+    log.info("deletion plan: %s", counts)
+    return DeletionPlan(remaining, deleted, direct, erased_users & known_users, withdrawn_items & known_items, counts, not_found)
+
+
+def unknown_requests(n_pairs: int, pair_examples: list, users: set[int], items: set[int], already: dict[str, Any],
+                     strict: bool, examples: int) -> dict[str, list]:
+    """The report's ``not_found`` for requests that match nothing; with ``strict`` raise :class:`UnknownIdError`.
+
+    ``users``/``items``/``n_pairs`` are the requests neither in the data nor
+    already forgotten; ``already`` is :func:`_already_forgotten`'s result.
+    """
+    not_found = {
+        "interactions": pair_examples[:examples],
+        "users": sorted(users)[:examples],
+        "items": sorted(items)[:examples],
+        "already_forgotten": already["examples"],
+    }
+    if strict and (n_pairs or users or items):
+        raise UnknownIdError(
+            f"deletion batch names data that is not in the ratings: {n_pairs} interaction(s) "
+            f"(e.g. {not_found['interactions']}), users {not_found['users']}, items {not_found['items']}; "
+            "drop them from the batch or run without --strict to have them reported only"
+        )
+    return not_found
+
+
+def plan_counts(n_pairs: int, n_users: int, n_items: int, n_deleted: int, n_unknown_pairs: int, unknown_users: set[int],
+                unknown_items: set[int], already: dict[str, Any], direct: dict[str, set[int]]) -> dict[str, int]:
+    """The ``deletion`` counts of a report (same keys for both engines)."""
+    return {
+        "requested_interactions": n_pairs,
+        "requested_users": n_users,
+        "requested_items": n_items,
         "deleted_ratings": n_deleted,
         "not_found_interactions": n_unknown_pairs,
         "not_found_users": len(unknown_users),
@@ -163,9 +187,6 @@ def plan_deletion(
         "direct_users": len(direct["user"]),
         "direct_items": len(direct["item"]),
     }
-    missing_pairs.unpersist()
-    log.info("deletion plan: %s", counts)
-    return DeletionPlan(remaining, deleted, direct, erased_users & known_users, withdrawn_items & known_items, counts, not_found)
 
 
 def _already_forgotten(missing_pairs: DataFrame, missing_users: set[int], missing_items: set[int], forgotten: DataFrame,
