@@ -27,14 +27,35 @@ FACTORS_SCHEMA = StructType(
     ]
 )
 
-# Per-row training residual e_r = A_r x_r - b_r (DESIGN §2) and |b_r|, kept in double.
+# Per-row offsets of Unlearn-ALS (DESIGN §2), kept in double:
+#   residual  the row's target t_r: its training residual e_r = A_r x_r - b_r, or 0 once its own data changed;
+#   bnorm     |b_r| (a lower bound of it after incremental unlearning);
+#   drift     d_r = A_r x_r - b_r - t_r on the version's data, the part of the residual the target does not
+#             explain (0 after training).  Kept apart from the target so that sub-tolerance drift is never
+#             absorbed into it: the version's certificate is max_r |d_r| / bnorm_r.
 OFFSETS_SCHEMA = StructType(
     [
         StructField("id", IntegerType(), False),
         StructField("residual", ArrayType(DoubleType(), False), False),
         StructField("bnorm", DoubleType(), False),
+        StructField("drift", ArrayType(DoubleType(), False), False),
     ]
 )
+
+
+
+def with_drift(offsets):
+    """``offsets`` with a ``drift`` column: zeros when absent (tables written before drift was kept apart).
+
+    Such tables stored the whole current residual as the target, which is
+    what a zero drift means.
+    """
+    from pyspark.sql import functions as F
+
+    if "drift" in offsets.columns:
+        return offsets
+    return offsets.withColumn("drift", F.transform("residual", lambda x: F.lit(0.0)))
+
 
 # Internal transport: an id and one double array (residual and |b| side by side).
 WIDE_DOUBLES_SCHEMA = StructType(

@@ -150,6 +150,8 @@ def run_unlearning(
         data, model, offsets, batch, mode=mode, tol=tol, tol_factor=tol_factor, training_residual=training_residual,
         strict=strict, max_rounds=max_rounds, full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations,
         forgotten=forgotten, engine=engine, grams=manifest.get("grams"),
+        # A Spark-trained model's offsets were just computed: no drift.
+        drift_bound={"user": 0.0, "item": 0.0} if state is not None else manifest.get("drift_max"),
     )
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
@@ -182,6 +184,7 @@ def run_unlearning(
             "training_residual": training_residual,
             "training": manifest.get("training"),
             **({"grams": result.grams} if result.grams else {}),
+            "drift_max": result.report["drift_max"],
         },
         parent=parent,
         forgotten=applied_requests(batch, result.deleted),

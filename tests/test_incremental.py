@@ -16,7 +16,22 @@ def batch(spark, rows):
 
 
 def _offsets_dict(df):
-    return {int(r["id"]): (np.asarray(r["residual"]), float(r["bnorm"])) for r in df.collect()}
+    """{id: (target, |b|, drift)} of a small offsets table (tests only)."""
+    return {int(r["id"]): (np.asarray(r["residual"]), float(r["bnorm"]), np.asarray(r["drift"])) for r in df.collect()}
+
+
+def _check_offsets(got: dict, true: dict, targets: dict):
+    """Stored target + drift equals the recomputed residual A'x - b'; the target is the one the row is owed."""
+    assert got.keys() == true.keys()  # removed rows are gone, no others
+    worst = 0.0
+    for r, (res_true, b_true, _) in true.items():
+        t_got, b_got, d_got = got[r]
+        assert np.linalg.norm(t_got + d_got - res_true) <= 1e-6 * max(b_true, 1.0), r
+        assert np.allclose(t_got, targets[r], rtol=0, atol=1e-12), r
+        # |b'| is stored as a lower bound, exact for rows whose b did not move.
+        assert b_got <= b_true * (1 + 1e-9) + 1e-12 and b_got >= 0.5 * b_true, r
+        worst = max(worst, np.linalg.norm(res_true - targets[r]) / b_true)
+    return worst
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["explicit", "implicit"])
@@ -43,17 +58,57 @@ def test_targeted_offsets_and_certificate_match_a_recomputation(spark, trained):
     state = ALSState.build(remaining, 2)
     true_u, true_i = (_offsets_dict(df) for df in offsets_for(state, out.model))
     got_u, got_i = _offsets_dict(out.offsets[0]), _offsets_dict(out.offsets[1])
-    assert got_u.keys() == true_u.keys() and got_i.keys() == true_i.keys()  # removed rows are gone, no others
     assert 7 not in got_u and 50 not in got_i
-    for got, true in ((got_u, true_u), (got_i, true_i)):
-        for r, (res_true, b_true) in true.items():
-            res_got, b_got = got[r]
-            # The next version's offsets are the rows' current residuals A'x - b'.
-            assert np.linalg.norm(res_got - res_true) <= 1e-6 * max(b_true, 1.0), r
-            # |b'| is stored as a lower bound, exact for rows whose b did not move.
-            assert b_got <= b_true * (1 + 1e-9) + 1e-12 and b_got >= 0.5 * b_true, r
+    train = [_offsets_dict(df) for df in offsets]
+    changed = [set(rep_rows) for rep_rows in _changed_rows(ratings, rows)]
+    worst = 0.0
+    for side, (got, true) in enumerate(((got_u, true_u), (got_i, true_i))):
+        targets = {r: 0.0 * train[side][r][0] if r in changed[side] else train[side][r][0] for r in true}
+        worst = max(worst, _check_offsets(got, true, targets))
+    cert = rep["certificate"]
+    assert cert["holds"] and worst <= cert["max_relative_residual"] + 1e-9 <= 5e-2 + 1e-9
 
-    assert rep["certificate"]["holds"] and rep["certificate"]["max_relative_residual"] <= 5e-2
+
+def _changed_rows(ratings, rows):
+    """Users and items any of whose ratings a batch deletes (driver-side, tiny data)."""
+    users, items = set(), set()
+    pairs = {(u, i) for u, i, k in rows if k == "interaction"}
+    erased = {u for u, _, k in rows if k == "user"}
+    withdrawn = {i for _, i, k in rows if k == "item"}
+    for r in ratings.select("user", "item").collect():
+        if (r[0], r[1]) in pairs or r[0] in erased or r[1] in withdrawn:
+            users.add(r[0])
+            items.add(r[1])
+    return users, items
+
+
+def test_sequential_requests_never_absorb_drift(spark, trained):
+    """Drift left below tol by one request is still owed by the next: the certificate holds against the first targets."""
+    ratings, model, offsets = trained
+    train = [_offsets_dict(df) for df in offsets]
+    tol = 8e-2  # loose, so that many rows keep sub-tolerance drift between requests
+    data, cur_model, cur_offsets, changed = ratings, model, offsets, (set(), set())
+    left_drift = 0.0
+    for user in (3, 5, 8, 12):
+        rows = [(user, None, "user")]
+        c = _changed_rows(data, rows)
+        changed = (changed[0] | c[0], changed[1] | c[1])
+        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), tol=tol, engine="targeted", full_fallback_fraction=1.0)
+        assert out.report["certificate"]["holds"]
+        data = remove_batch(data, batch(spark, rows)).cache()
+        cur_model, cur_offsets = out.model, tuple(df.cache() for df in out.offsets)
+        left_drift = max(left_drift, *(np.linalg.norm(v[2]) / v[1] for df in cur_offsets for v in _offsets_dict(df).values()))
+    assert left_drift > 0.25 * tol  # the sequence really leaves drift behind (else the test proves nothing)
+
+    true = [_offsets_dict(df) for df in offsets_for(ALSState.build(data, 2), cur_model)]
+    worst = 0.0
+    for side in (0, 1):
+        got = _offsets_dict(cur_offsets[side])
+        targets = {r: 0.0 * train[side][r][0] if r in changed[side] else train[side][r][0] for r in true[side]}
+        worst = max(worst, _check_offsets(got, true[side], targets))
+    # Every row, against the target it was owed from the start: within tol, and within the reported certificate.
+    assert worst <= tol
+    assert worst <= out.report["certificate"]["max_relative_residual"] + 1e-9
 
 
 def test_targeted_and_layout_engines_agree(spark, trained):

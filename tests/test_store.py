@@ -51,7 +51,7 @@ def _model(spark, params=PARAMS):
 
 def _offset_row(i, residual):
     # built from the schema's field names so extra columns (e.g. bnorm) are covered too
-    values = {"id": i, "residual": residual}
+    values = {"id": i, "residual": residual, "drift": [0.125 * x for x in residual]}
     return tuple(values.get(f.name, 0.25 * i) for f in OFFSETS_SCHEMA.fields)
 
 

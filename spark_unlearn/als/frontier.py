@@ -10,7 +10,9 @@ An untouched model satisfies this for every row whose data did not change,
 so only the rows whose own data changed (the *direct* rows) start off it.
 
 The solver keeps, for every row it has touched, the drift
-``d_r = A'_r x_r - b'_r - t_r`` caused by its neighbours' factor changes,
+``d_r = A'_r x_r - b'_r - t_r``.  It starts from the drift the version
+stored for the row (what earlier unlearning left below the tolerance: it is
+never folded into ``t_r``, so it cannot pile up over many requests) and is
 updated edge by edge: when neighbour ``f`` moves from ``y`` to ``y'``,
 
     d_s += w_sf (y' y'^T - y y^T) x_s - c_sf (y' - y)
@@ -65,11 +67,11 @@ class RowSource(Protocol):
     def base_factors(self, side: str, ids: np.ndarray) -> np.ndarray:
         """Factors before unlearning, float32 ``(n, k)``."""
 
-    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Training residuals ``e`` ``(n, k)`` and training ``|b|`` ``(n,)``."""
+    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stored targets ``t`` ``(n, k)``, ``|b|`` ``(n,)`` and drift ``d`` ``(n, k)`` of the version."""
 
     def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
-        """Rows (not in ``skip``) with ``|delta_gram x_s| > tol |b_s|`` using base factors and training ``|b|``."""
+        """Rows (not in ``skip``) with ``|d_s + delta_gram x_s| > tol |b_s|`` (stored drift, base factors, stored ``|b|``)."""
 
 
 def edge_drift(x: np.ndarray, y_old: np.ndarray, y_new: np.ndarray, ratings: np.ndarray, spec: SolveSpec) -> np.ndarray:
@@ -112,7 +114,8 @@ class FrontierResult:
     solved_ids: dict[str, set[int]] = field(default_factory=dict)
     # Per side, for every row touched (solved or drifted): the residual drift
     # d = A'x - b' - t it was left with (edges, float32 rounding at its solve;
-    # the Gram term is separate), the change of b since |b| was last known,
+    # the Gram term is separate; for rows not in solved_ids, add the drift the
+    # version stored), the change of b since |b| was last known,
     # that |b|, and (implicit) the Gram snapshot it is relative to.
     drift: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     bdrift: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
@@ -238,7 +241,7 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: list[int], spec: S
     Y = _current(source, nb, nbr_ids)
     G = grams[nb.name][-1] if spec.implicit else None
     A, b = normal_equations(rd.indptr, src_local, rd.ratings, Y, spec, gram=G)
-    e, _ = source.offsets(me.name, rd.ids)
+    e, _, _ = source.offsets(me.name, rd.ids)
     t = np.array([np.zeros(e.shape[1]) if i in me.direct else e[j] for j, i in enumerate(rd.ids.tolist())])
     X_exact = np.linalg.solve(A, (b + t)[:, :, None])[:, :, 0]
     X_new = X_exact.astype(np.float32)
@@ -283,11 +286,11 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
     nxt: set[int] = set()
     touched = np.array(sorted(set(me.drift)), dtype=np.int64)
     if touched.size:
-        _, train_bnorm = source.offsets(me.name, touched)
+        _, train_bnorm, stored = source.offsets(me.name, touched)
         G_now = grams[nb.name][-1] if spec.implicit else None
         X = _current(source, me, touched) if spec.implicit else None
         for j, i in enumerate(touched.tolist()):
-            d = me.drift[i]
+            d = me.drift[i] if i in me.solved else me.drift[i] + stored[j]
             if spec.implicit:
                 then = grams[nb.name][me.solved_gram.get(i, 0)]
                 d = d + (G_now - then) @ X[j].astype(np.float64)

@@ -12,18 +12,22 @@ reaches, not to the data:
 2. **Frontier** (:func:`~spark_unlearn.als.frontier.frontier_unlearn`) over a
    :class:`~spark_unlearn.als.table_source.TableRowSource`: each round reads
    only the rows it has not seen (one scan per table).
-3. **Certificate and new offsets, incrementally and exactly.**  The frontier
-   keeps, for every row it touched, the exact change of its residual
-   ``A'x - b' - t`` (edge by edge, including the float32 rounding of each
-   solve) and of ``b``.  Untouched rows: in explicit mode nothing in their
-   equation changed, so their residual equals their stored offset exactly
-   (certificate term 0); in implicit mode their residual moves by
-   ``ΔG x``, evaluated for every row in one Spark pass over the factor and
-   offsets tables (not the ratings).  ``|b'|`` of a touched row is bounded
-   below by ``|b| - |Δb|``, so the certificate of touched rows is an upper
-   bound, of untouched rows exact.  The next version's offsets are the
-   current residuals: stored offsets patched at the touched rows (plus
-   ``ΔG x`` in implicit mode).
+3. **Certificate and new offsets, incrementally and exactly.**  Each row
+   stores a target ``t`` (its training residual, or 0 once its own data
+   changed) and a drift ``d = A x - b - t`` apart, so drift left below the
+   tolerance by one request is still seen by the next and cannot pile up.
+   The frontier keeps, for every row it touched, the exact change of its
+   drift (edge by edge, including the float32 rounding of each solve) and
+   of ``b``.  Untouched rows: in explicit mode nothing in their equation
+   changed, so their certificate term is their stored ``|d|/|b|``, bounded
+   by the version's own certificate (rows above ``tol``, possible only when
+   ``tol`` is lowered, are found by one pass over the offsets tables and
+   re-solved); in implicit mode their drift moves by ``ΔG x``, evaluated
+   for every row in one Spark pass over the factor and offsets tables (not
+   the ratings).  ``|b'|`` of a touched row is bounded below by
+   ``|b| - |Δb|``, so the certificate of touched rows is an upper bound.
+   The next version's offsets are the stored ones patched at the touched
+   rows (and ``d += ΔG x`` in implicit mode).
 4. The new factor tables are the stored ones patched at the solved rows and
    without the removed rows (broadcast joins, no shuffle of the ratings).
 
@@ -47,6 +51,7 @@ from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.table_source import TableRowSource, ids_frame, pair_keys
 from spark_unlearn.errors import EmptyInputError
+from spark_unlearn.schema import with_drift
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +92,19 @@ def _matrix(batch, column: str) -> np.ndarray:
 
 
 def _with_offsets(factors: DataFrame, offsets: DataFrame) -> DataFrame:
-    return factors.select("id", "features").join(offsets.select("id", "residual", "bnorm"), "id")
+    return factors.select("id", "features").join(with_drift(offsets).select("id", "residual", "bnorm", "drift"), "id")
+
+
+def _norm(column: str):
+    return F.sqrt(F.aggregate(column, F.lit(0.0), lambda acc, x: acc + x.cast("double") * x.cast("double")))
 
 
 def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -> DataFrame:
-    """``id``, ``moved = |delta_gram x|``, ``bnorm`` for every row (one pass over the factor and offsets tables)."""
+    """``id``, ``moved = |d + delta_gram x|``, ``bnorm`` for every row (one pass over the factor and offsets tables).
+
+    ``d`` is the row's stored drift: the residual it will have once the other
+    side's Gram has moved by ``delta_gram``, if the row is not re-solved.
+    """
     dg = np.asarray(delta_gram, dtype=np.float64)
 
     def part(batches):
@@ -100,17 +113,42 @@ def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            moved = np.linalg.norm(_matrix(batch, "features") @ dg.T, axis=1)
+            moved = np.linalg.norm(_matrix(batch, "drift") + _matrix(batch, "features") @ dg.T, axis=1)
             yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(moved), batch.column("bnorm")], names=["id", "moved", "bnorm"])
 
     return _with_offsets(factors, offsets).mapInArrow(part, "id int, moved double, bnorm double")
 
 
-def ratio_bound(factors: DataFrame, offsets: DataFrame) -> float:
-    """``max_s |x_s| / |b_s|`` over a side: bounds every Gram-only drift by ``|ΔG|_2`` times it."""
-    norm = F.sqrt(F.aggregate("features", F.lit(0.0), lambda acc, x: acc + x.cast("double") * x.cast("double")))
-    row = _with_offsets(factors, offsets).agg(F.max(norm / F.greatest(F.col("bnorm"), F.lit(1e-300)))).first()
-    return float(row[0] or 0.0)
+def ratio_bound(factors: DataFrame, offsets: DataFrame) -> tuple[float, float]:
+    """``(max_s |x_s|/|b_s|, max_s |d_s|/|b_s|)`` over a side: ``|d + ΔG x| <= (second + |ΔG|_2 first) |b|``."""
+    bn = F.greatest(F.col("bnorm"), F.lit(1e-300))
+    row = _with_offsets(factors, offsets).agg(F.max(_norm("features") / bn), F.max(_norm("drift") / bn)).first()
+    return float(row[0] or 0.0), float(row[1] or 0.0)
+
+
+def drift_pass(spark, offsets: dict[str, DataFrame], tol: float) -> tuple[dict[str, float], dict[str, set[int]]]:
+    """One pass over both offsets tables: rows whose stored drift exceeds ``tol`` and the largest drift of the rest.
+
+    Returns ``(bound, seeds)``: per side, ``max |d|/|b|`` over the rows with
+    ``|d| <= tol |b|`` and the ids of the others (non-empty only when ``tol``
+    is below the tolerance the version was certified at).  The seeds are
+    re-solved; every other row keeps ``|d|/|b| <= bound``.
+    """
+    ratio = _norm("drift") / F.greatest(F.col("bnorm"), F.lit(1e-300))
+    both = None
+    for s in SIDES:
+        part = with_drift(offsets[s]).select(F.lit(s).alias("side"), "id", ratio.alias("ratio"))
+        both = part if both is None else both.unionByName(part)
+    rows = both.groupBy("side").agg(
+        F.max(F.when(F.col("ratio") <= F.lit(tol), F.col("ratio"))).alias("bound"),
+        F.collect_list(F.when(F.col("ratio") > F.lit(tol), F.col("id"))).alias("seeds"),
+    ).collect()
+    bound = {s: 0.0 for s in SIDES}
+    seeds: dict[str, set[int]] = {s: set() for s in SIDES}
+    for r in rows:
+        bound[r["side"]] = float(r["bound"] or 0.0)
+        seeds[r["side"]] = set(int(i) for i in r["seeds"])
+    return bound, seeds
 
 
 # ---------------------------------------------------------------------------
@@ -214,19 +252,22 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
                  spec: SolveSpec) -> dict[str, dict[str, Any]]:
     """Per side, the new offsets and certificate terms of every row the frontier touched.
 
-    Returns ``{side: {"ids", "residual", "bnorm", "relative"}}`` where
-    ``residual`` is the row's new ``A'x - b'`` (its next offset), ``bnorm`` a
-    lower bound of ``|b'|`` and ``relative`` ``|A'x - b' - t| / bnorm``.
+    Returns ``{side: {"ids", "target", "drift", "bnorm", "relative"}}``:
+    the row's target ``t`` (0 if its own data changed, else the stored one),
+    its drift ``A'x - b' - t``, a lower bound of ``|b'|`` and
+    ``relative = |drift| / bnorm``.
     """
     out = {}
     for s in SIDES:
         ids = np.array(sorted(set(result.drift[s]) - removed[s]), np.int64)
         if ids.size == 0:
-            out[s] = {"ids": ids, "residual": np.zeros((0, source.rank)), "bnorm": np.zeros(0), "relative": np.zeros(0)}
+            empty = np.zeros((0, source.rank))
+            out[s] = {"ids": ids, "target": empty, "drift": empty, "bnorm": np.zeros(0), "relative": np.zeros(0)}
             continue
-        e, train_bnorm = source.offsets(s, ids)
+        e, train_bnorm, stored = source.offsets(s, ids)
         t = np.where(np.isin(ids, list(direct[s]))[:, None], 0.0, e)
-        d = np.stack([result.drift[s][i] for i in ids.tolist()])
+        solved = result.solved_ids[s]
+        d = np.stack([result.drift[s][i] if i in solved else result.drift[s][i] + stored[j] for j, i in enumerate(ids.tolist())])
         if spec.implicit:
             X = np.stack([result.updates[s].get(i) if i in result.updates[s] else source.base_factors(s, np.array([i]))[0]
                           for i in ids.tolist()]).astype(np.float64)
@@ -234,7 +275,7 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
             d = d + np.einsum("nkl,nl->nk", np.stack([G_final - result.gram_snapshot[s][i] for i in ids.tolist()]), X)
         scale = np.array([lower_bnorm(result.bnorm[s].get(i, float(train_bnorm[j])), result.bdrift[s].get(i))
                           for j, i in enumerate(ids.tolist())])
-        out[s] = {"ids": ids, "residual": t + d, "bnorm": scale, "relative": np.linalg.norm(d, axis=1) / scale}
+        out[s] = {"ids": ids, "target": t, "drift": d, "bnorm": scale, "relative": np.linalg.norm(d, axis=1) / scale}
     return out
 
 
@@ -262,8 +303,11 @@ def patched_factors(spark, factors: DataFrame, updates: dict[int, np.ndarray], r
 
 def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict[str, Any], removed: set[int],
                     delta_gram: np.ndarray | None) -> DataFrame:
-    """Next offsets: touched rows replaced, removed rows dropped, and (implicit) ``e += ΔG x`` for the rest."""
-    out = offsets.select("id", "residual", "bnorm")
+    """Next offsets: touched rows replaced, removed rows dropped, and (implicit) ``d += ΔG x`` for the rest.
+
+    Targets of untouched rows never change: what moved goes to their drift.
+    """
+    out = with_drift(offsets).select("id", "residual", "bnorm", "drift")
     if removed:
         out = out.join(F.broadcast(ids_frame(spark, sorted(removed))), "id", "left_anti")
     if delta_gram is not None and np.abs(delta_gram).max() > 0:
@@ -275,17 +319,21 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                E = _matrix(batch, "residual") + _matrix(batch, "features") @ dg.T
-                k = E.shape[1]
-                arr = pa.FixedSizeListArray.from_arrays(pa.array(E.reshape(-1)), k).cast(pa.list_(pa.float64()))
-                yield pa.RecordBatch.from_arrays([batch.column("id"), arr, batch.column("bnorm")], names=["id", "residual", "bnorm"])
+                D = _matrix(batch, "drift") + _matrix(batch, "features") @ dg.T
+                k = D.shape[1]
+                arr = pa.FixedSizeListArray.from_arrays(pa.array(D.reshape(-1)), k).cast(pa.list_(pa.float64()))
+                yield pa.RecordBatch.from_arrays([batch.column("id"), batch.column("residual"), batch.column("bnorm"), arr],
+                                                 names=["id", "residual", "bnorm", "drift"])
 
-        out = out.join(factors.select("id", "features"), "id").mapInArrow(part, "id int, residual array<double>, bnorm double")
+        out = out.join(factors.select("id", "features"), "id").mapInArrow(
+            part, "id int, residual array<double>, bnorm double, drift array<double>")
     if touched["ids"].size:
-        upd = _patch_frame(spark, touched["ids"], {"new_residual": touched["residual"], "new_bnorm": touched["bnorm"]},
-                           "id int, new_residual array<double>, new_bnorm double")
+        upd = _patch_frame(spark, touched["ids"], {"new_residual": touched["target"], "new_bnorm": touched["bnorm"],
+                                                   "new_drift": touched["drift"]},
+                           "id int, new_residual array<double>, new_bnorm double, new_drift array<double>")
         out = out.join(F.broadcast(upd), "id", "left").select(
-            "id", F.coalesce("new_residual", "residual").alias("residual"), F.coalesce("new_bnorm", "bnorm").alias("bnorm")
+            "id", F.coalesce("new_residual", "residual").alias("residual"), F.coalesce("new_bnorm", "bnorm").alias("bnorm"),
+            F.coalesce("new_drift", "drift").alias("drift"),
         )
     return out
 
@@ -308,13 +356,17 @@ class TargetedResult:
 
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
                      spec: SolveSpec, tol: float, max_rounds: int, max_rows: int, strict: bool = False,
-                     forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None) -> TargetedResult:
+                     forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
+                     drift_bound: dict[str, float] | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``grams``: per side, the Gram of the version's factor tables if known
     (stored in the manifest); computed (one pass per side) otherwise, in
-    implicit mode only.  ``converged=False`` means the frontier outgrew
-    ``max_rows``: the caller falls back to the layout engine.
+    implicit mode only.  ``drift_bound``: per side, an upper bound of the
+    version's stored ``|d|/|b|`` (its certificate); when unknown or above
+    ``tol``, one pass over the offsets tables finds it and the rows to
+    re-solve.  ``converged=False`` means the frontier outgrew ``max_rows``:
+    the caller falls back to the layout engine.
     """
     spark = ratings.sparkSession
     t0 = time.perf_counter()
@@ -326,6 +378,12 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     n_remaining = ratings.count() - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
         raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
+    seeds: dict[str, set[int]] = {s: set() for s in SIDES}
+    if drift_bound is None or any(float(drift_bound.get(s, np.inf)) > tol for s in SIDES):
+        # Unknown, or certified at a looser tolerance: rows whose stored drift is above tol are re-solved.
+        drift_bound, seeds = drift_pass(spark, offs, tol)
+        seeds = {s: v - plan.removed[s] for s, v in seeds.items()}
+        log.info("stored drift: bound %s, %d rows above tol to re-solve", drift_bound, sum(map(len, seeds.values())))
     timings["plan"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -342,7 +400,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
             gram_now[s] = gram_train[s] - X.T @ X
         wrapped = BoundedGramSource(source, {s: ratio_bound(factors[s], offs[s]) for s in SIDES})
     result = frontier_unlearn(wrapped, plan.direct, spec, tol, gram_train=gram_train, gram_now=gram_now,
-                              max_rounds=max_rounds, max_rows=max_rows)
+                              max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds)
     timings["solve"] = time.perf_counter() - t
     if not result.converged:
         return TargetedResult(model, offsets, None, plan, {"seconds": timings}, False, None)
@@ -353,7 +411,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     new_factors = {s: patched_factors(spark, factors[s], result.updates[s], plan.removed[s]) for s in SIDES}
     delta = {s: (result.grams_final[other(s)] - gram_train[other(s)]) if spec.implicit else None for s in SIDES}
     new_offsets = {s: patched_offsets(spark, offs[s], factors[s], touched[s], plan.removed[s], delta[s]) for s in SIDES}
-    untouched = {}
+    # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
+    untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
     if spec.implicit:
         # Every untouched row moved by ΔG x: exact, over all rows (factor and offsets tables only).
         for s in SIDES:
@@ -363,7 +422,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                 moved = moved.join(F.broadcast(ids_frame(spark, skip.tolist())), "id", "left_anti")
             row = moved.agg(F.max(F.col("moved") / F.greatest("bnorm", F.lit(1e-300)))).first()
             untouched[s] = float(row[0] or 0.0)
-            per_side[s] = max(per_side[s], untouched[s])
+    for s in SIDES:
+        per_side[s] = max(per_side[s], untouched[s])
     timings["certificate"] = time.perf_counter() - t
     deleted = spark.createDataFrame(
         _deleted_pandas(plan), "user int, item int, rating float"
@@ -378,9 +438,11 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "holds": bool(max(per_side.values()) <= tol),
         "method": "incremental",
         "touched_rows": {s: int(touched[s]["ids"].size) for s in SIDES},
-        "untouched_rows_max": untouched or "0 exactly (explicit feedback: nothing in an untouched row's equation changed)",
-        "definition": "max over rows r of |A'_r x_r - b'_r - t_r| / |b'_r|, t_r = 0 for rows whose data changed, else the "
-        "stored residual e_r; touched rows from exact drift bookkeeping with |b'| bounded below, untouched rows exact",
+        "untouched_rows_max": untouched,
+        "untouched_rows": "exact: |d + ΔG x| / |b| over every row (implicit)" if spec.implicit else
+        "bounded by the version's stored drift |d| / |b| (explicit: nothing in an untouched row's equation changed)",
+        "definition": "max over rows r of |A'_r x_r - b'_r - t_r| / |b'_r|, t_r = 0 for rows whose data ever changed, else "
+        "the training residual e_r; touched rows from exact drift bookkeeping with |b'| bounded below",
     }
     report = {
         "engine": "targeted",
@@ -390,6 +452,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "rows_solved": result.rows_solved,
         "spark_jobs": source.jobs,
         "certificate": cert,
+        "drift_max": dict(per_side),
         "seconds": timings,
         "converged": True,
     }

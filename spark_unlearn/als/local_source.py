@@ -15,12 +15,14 @@ from spark_unlearn.als.kernels import SolveSpec, gram, residuals, solve_rows
 class LocalSource:
     """Ratings as COO arrays plus dict-of-vector factors and offsets per side."""
 
-    def __init__(self, users, items, ratings, factors: dict[str, dict[int, np.ndarray]], offsets: dict[str, dict[int, np.ndarray]], bnorm: dict[str, dict[int, float]]):
+    def __init__(self, users, items, ratings, factors: dict[str, dict[int, np.ndarray]], offsets: dict[str, dict[int, np.ndarray]],
+                 bnorm: dict[str, dict[int, float]], drift: dict[str, dict[int, np.ndarray]] | None = None):
         self.cols = {"user": np.asarray(users, np.int64), "item": np.asarray(items, np.int64)}
         self.ratings = np.asarray(ratings, np.float32)
         self.factors = factors
         self.offs = offsets
         self.bnorms = bnorm
+        self.drifts = drift or {"user": {}, "item": {}}
 
     def rows(self, side, ids):
         mine, theirs = self.cols[side], self.cols[other(side)]
@@ -40,9 +42,13 @@ class LocalSource:
     def base_factors(self, side, ids):
         return np.stack([self.factors[side][int(i)] for i in ids]).astype(np.float32)
 
+    def _drift(self, side, i, like):
+        return np.asarray(self.drifts[side].get(int(i), np.zeros_like(like)), np.float64)
+
     def offsets(self, side, ids):
         e = np.stack([self.offs[side][int(i)] for i in ids]) if len(ids) else np.zeros((0, 1))
-        return e, np.array([self.bnorms[side][int(i)] for i in ids])
+        d = np.stack([self._drift(side, i, self.offs[side][int(i)]) for i in ids]) if len(ids) else np.zeros((0, 1))
+        return e, np.array([self.bnorms[side][int(i)] for i in ids]), d
 
     def gram_violators(self, side, delta_gram, tol, skip):
         skip = set(np.asarray(skip).tolist())
@@ -50,7 +56,8 @@ class LocalSource:
         for i, x in self.factors[side].items():
             if i in skip or i not in self.bnorms[side]:
                 continue
-            if np.linalg.norm(delta_gram @ x.astype(np.float64)) > tol * self.bnorms[side][i]:
+            moved = self._drift(side, i, self.offs[side][i]) + delta_gram @ x.astype(np.float64)
+            if np.linalg.norm(moved) > tol * self.bnorms[side][i]:
                 out.append(i)
         return np.asarray(out, np.int64)
 

@@ -19,6 +19,7 @@ from spark_unlearn.als.blocks import SideBlock, align_pieces, dataframe_to_facto
 from spark_unlearn.als.frontier import RowData
 from spark_unlearn.als.train import ALSState
 from spark_unlearn.errors import StoreError
+from spark_unlearn.schema import with_drift
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class SparkRowSource:
             ).persist(StorageLevel.MEMORY_AND_DISK)
             from pyspark.sql import functions as F
 
-            packed = offsets[side].select("id", F.concat("residual", F.array("bnorm")).alias("values"))
+            packed = with_drift(offsets[side]).select("id", F.concat("residual", F.array("bnorm"), "drift").alias("values"))
             self.offs[side] = align_pieces(
                 static, dataframe_to_factor_pieces(packed, P, "values", np.float64), P, self._require_all(side, "offset")
             ).persist(StorageLevel.MEMORY_AND_DISK)
@@ -135,17 +136,17 @@ class SparkRowSource:
         got = self._values(self.factors[side], side, ids)
         return np.stack([got[int(i)] for i in ids]).astype(np.float32) if len(ids) else np.zeros((0, self.rank), np.float32)
 
-    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         got = self._values(self.offs[side], side, ids)
-        M = np.stack([got[int(i)] for i in ids]) if len(ids) else np.zeros((0, self.rank + 1))
-        return M[:, : self.rank], M[:, self.rank]
+        M = np.stack([got[int(i)] for i in ids]) if len(ids) else np.zeros((0, 2 * self.rank + 1))
+        return M[:, : self.rank], M[:, self.rank], M[:, self.rank + 1:]
 
     def gram(self, side: str) -> np.ndarray:
         """Gram of the base factors of the rows present in the remaining data."""
         return self.state.gram(self.factors[side])
 
     def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
-        """Rows whose residual moves by more than ``tol |b|`` through a Gram change (one pass over factors)."""
+        """Rows whose drift plus Gram change ``|d + ΔG x|`` exceeds ``tol |b|`` (one pass over factors)."""
         skip_set = np.unique(np.asarray(skip, dtype=np.int64))
         dg = np.asarray(delta_gram, dtype=np.float64)
         rank = self.rank
@@ -155,7 +156,7 @@ class SparkRowSource:
             if fac is None or off is None:
                 return
             ids, X = fac
-            moved = np.linalg.norm(X.astype(np.float64) @ dg.T, axis=1)
+            moved = np.linalg.norm(off[1][:, rank + 1:] + X.astype(np.float64) @ dg.T, axis=1)
             bad = moved > tol * np.maximum(off[1][:, rank], 1e-300)
             bad &= ~np.isin(ids, skip_set)
             yield from ids[bad].tolist()
@@ -163,25 +164,30 @@ class SparkRowSource:
         self.jobs += 1
         return np.asarray(self.factors[side].union(self.offs[side]).mapPartitions(check).collect(), np.int64)
 
-    def ratio_bound(self, side: str) -> float:
-        """``max_s |x_s| / |b_s|`` over the side (bounds every Gram-only drift)."""
+    def ratio_bound(self, side: str) -> tuple[float, float]:
+        """``(max_s |x_s|/|b_s|, max_s |d_s|/|b_s|)`` over the side: bound every untouched row's ``|d + ΔG x|/|b|``."""
         rank = self.rank
 
         def ratio(it):
             fac, off = _factors_and_offsets(it)
             if fac is None or off is None or fac[0].size == 0:
                 return
-            r = np.linalg.norm(fac[1].astype(np.float64), axis=1) / np.maximum(off[1][:, rank], 1e-300)
-            yield float(r.max())
+            bn = np.maximum(off[1][:, rank], 1e-300)
+            yield (float((np.linalg.norm(fac[1].astype(np.float64), axis=1) / bn).max()),
+                   float((np.linalg.norm(off[1][:, rank + 1:], axis=1) / bn).max()))
 
         vals = self.factors[side].union(self.offs[side]).mapPartitions(ratio).collect()
-        return max(vals) if vals else 0.0
+        return (max(v[0] for v in vals), max(v[1] for v in vals)) if vals else (0.0, 0.0)
 
 
 class BoundedGramSource:
-    """Wraps a source so Gram checks first try the cheap bound ``|ΔG|_2 max|x|/|b| <= tol`` (no Spark job)."""
+    """Wraps a source so Gram checks first try a cheap bound (no Spark job).
 
-    def __init__(self, inner: SparkRowSource, ratio: dict[str, float]):
+    ``ratio[side] = (max |x|/|b|, max |d|/|b|)`` over the side's stored rows;
+    then every untouched row has ``|d + ΔG x| / |b| <= max|d|/|b| + |ΔG|_2 max|x|/|b|``.
+    """
+
+    def __init__(self, inner: SparkRowSource, ratio: dict[str, tuple[float, float]]):
         self.inner = inner
         self.ratio = ratio
 
@@ -189,6 +195,7 @@ class BoundedGramSource:
         return getattr(self.inner, name)
 
     def gram_violators(self, side, delta_gram, tol, skip):
-        if np.linalg.norm(delta_gram, 2) * self.ratio[side] <= tol:
+        x_ratio, d_ratio = self.ratio[side]
+        if d_ratio + np.linalg.norm(delta_gram, 2) * x_ratio <= tol:
             return np.zeros(0, np.int64)
         return self.inner.gram_violators(side, delta_gram, tol, skip)

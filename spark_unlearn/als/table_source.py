@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from spark_unlearn.als.frontier import RowData
 from spark_unlearn.errors import StoreError
+from spark_unlearn.schema import with_drift
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class TableRowSource:
         The version's ratings (``user``, ``item``, ``rating``), before the deletion.
     factors, offsets
         Per side, the factor table (``id``, ``features``) and offsets table
-        (``id``, ``residual``, ``bnorm``).
+        (``id``, ``residual``, ``bnorm``, ``drift``; a missing drift reads as zero).
     rank
         Factor rank.
     deleted_keys
@@ -60,13 +61,13 @@ class TableRowSource:
         self.spark = ratings.sparkSession
         self.ratings = ratings.select("user", "item", "rating")
         self.factor_tables = factors
-        self.offset_tables = offsets
+        self.offset_tables = {s: with_drift(df) for s, df in offsets.items()}
         self.rank = rank
         self.deleted = np.unique(np.asarray(deleted_keys, np.int64))
         self.jobs = 0
         self._rows: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {"user": {}, "item": {}}
         self._factors: dict[str, dict[int, np.ndarray]] = {"user": {}, "item": {}}
-        self._offsets: dict[str, dict[int, tuple[np.ndarray, float]]] = {"user": {}, "item": {}}
+        self._offsets: dict[str, dict[int, tuple[np.ndarray, float, np.ndarray]]] = {"user": {}, "item": {}}
 
     # -- filling the caches ----------------------------------------------------
     def add_ratings(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, complete: dict[str, np.ndarray]) -> None:
@@ -120,9 +121,10 @@ class TableRowSource:
                 cache[i] = row.astype(np.float32)
         else:
             R = got.column("residual").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids_got), -1)
+            D = got.column("drift").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids_got), -1)
             bn = got.column("bnorm").to_numpy(zero_copy_only=False)
-            for i, row, b in zip(ids_got.tolist(), R, bn.tolist()):
-                cache[i] = (row.astype(np.float64), float(b))
+            for i, row, b, d in zip(ids_got.tolist(), R, bn.tolist(), D):
+                cache[i] = (row.astype(np.float64), float(b), d.astype(np.float64))
         missing = set(need) - set(ids_got.tolist())
         if missing:
             raise StoreError(
@@ -156,16 +158,16 @@ class TableRowSource:
         self._fetch_values(side, "factors", ids)
         return np.stack([self._factors[side][i] for i in ids.tolist()]) if ids.size else np.zeros((0, self.rank), np.float32)
 
-    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids = np.asarray(ids, np.int64)
         self._fetch_values(side, "offsets", ids)
         if not ids.size:
-            return np.zeros((0, self.rank)), np.zeros(0)
-        return (np.stack([self._offsets[side][i][0] for i in ids.tolist()]),
-                np.array([self._offsets[side][i][1] for i in ids.tolist()]))
+            return np.zeros((0, self.rank)), np.zeros(0), np.zeros((0, self.rank))
+        got = [self._offsets[side][i] for i in ids.tolist()]
+        return np.stack([g[0] for g in got]), np.array([g[1] for g in got]), np.stack([g[2] for g in got])
 
     def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
-        """Rows (not in ``skip``) with ``|delta_gram x| > tol |b|``: one pass over the factor and offsets tables."""
+        """Rows (not in ``skip``) with ``|d + delta_gram x| > tol |b|``: one pass over the factor and offsets tables."""
         from spark_unlearn.als.incremental import gram_moved
 
         self.jobs += 1

@@ -254,14 +254,22 @@ def offsets_for(state: ALSState, model: FactorModel) -> tuple[DataFrame, DataFra
     return _offsets_of_blocks(state, users.cache(), items.cache(), model.params)
 
 
-def offsets_frame(spark: SparkSession, blocks: RDD, rank: int) -> DataFrame:
-    """Offsets table (``id``, ``residual``, ``bnorm``) from blocks ``(block, (ids, [R | bnorm]))``."""
+def offsets_frame(spark: SparkSession, blocks: RDD, rank: int, with_drift: bool = False) -> DataFrame:
+    """Offsets table (``id``, ``residual``, ``bnorm``, ``drift``) from blocks.
+
+    Blocks are ``(block, (ids, [T | bnorm]))`` (drift zero: a freshly trained
+    model's residual is its target) or, with ``with_drift``,
+    ``(block, (ids, [T | bnorm | D]))``.
+    """
     from pyspark.sql import functions as F
 
     from spark_unlearn.schema import WIDE_DOUBLES_SCHEMA
 
-    wide = rows_to_dataframe(spark, blocks, rank + 1, WIDE_DOUBLES_SCHEMA, np.float64)
-    return wide.select("id", F.slice("values", 1, rank).alias("residual"), F.element_at("values", rank + 1).alias("bnorm"))
+    width = 2 * rank + 1 if with_drift else rank + 1
+    wide = rows_to_dataframe(spark, blocks, width, WIDE_DOUBLES_SCHEMA, np.float64)
+    target = F.slice("values", 1, rank)
+    drift = F.slice("values", rank + 2, rank) if with_drift else F.transform(target, lambda x: F.lit(0.0))
+    return wide.select("id", target.alias("residual"), F.element_at("values", rank + 1).alias("bnorm"), drift.alias("drift"))
 
 
 def _materialise(state: ALSState, rdd: RDD, checkpoint: bool, want_gram: bool) -> tuple[RDD, np.ndarray | None]:

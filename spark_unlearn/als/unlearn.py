@@ -276,7 +276,7 @@ class Certificate:
     max_relative_residual: float
     per_side: dict[str, float]
     violators: dict[str, list[int]]
-    residual_blocks: dict[str, RDD]  # (block, (ids, [R | bnorm])) per side: the next version's offsets
+    residual_blocks: dict[str, RDD]  # (block, (ids, [T | bnorm | R - T])) per side: the next version's offsets
 
     def to_dict(self, tol: float) -> dict[str, Any]:
         return {
@@ -290,9 +290,15 @@ class Certificate:
 
 
 def certify(
-    state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = 10_000
+    state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = 10_000,
+    absorb: bool = False,
 ) -> Certificate:
-    """Exact residuals of every row on the remaining data, against the targets (one pass per side)."""
+    """Exact residuals of every row on the remaining data, against the targets (one pass per side).
+
+    The next version's offsets keep each row's target ``T`` and its drift
+    ``R - T`` apart; with ``absorb`` (the paper's plain sweeps, which have no
+    targets) the residual ``R`` itself becomes the target, as after training.
+    """
     rank = params.rank
     per_side, violators, blocks = {}, {}, {}
     for side, mine, theirs in (("user", users, items), ("item", items, users)):
@@ -311,7 +317,8 @@ def certify(
             ids, R, bnorm = got
             T = tgt[1] if tgt is not None else np.zeros_like(R)
             rel = np.linalg.norm(R - T, axis=1) / np.maximum(bnorm, 1e-300)
-            yield block, (ids, np.hstack([R, bnorm[:, None]]), rel)
+            stored = np.hstack([R, bnorm[:, None], np.zeros_like(R)]) if absorb else np.hstack([T, bnorm[:, None], R - T])
+            yield block, (ids, stored, rel)
 
         merged = res.union(targets[side]).mapPartitions(combine, preservesPartitioning=True)
         merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
@@ -383,6 +390,7 @@ def unlearn_als(
     forgotten: DataFrame | None = None,
     engine: str = "auto",
     grams: dict[str, Any] | None = None,
+    drift_bound: dict[str, float] | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -394,7 +402,9 @@ def unlearn_als(
         The trained factors and hyperparameters.
     offsets
         ``(user_offsets, item_offsets)`` with columns ``id``, ``residual``,
-        ``bnorm``: each row's training residual ``A x - b`` and ``|b|``.
+        ``bnorm``, ``drift`` (:data:`~spark_unlearn.schema.OFFSETS_SCHEMA`):
+        each row's target (training residual ``A x - b``, or 0 once its data
+        changed), ``|b|`` and drift ``A x - b - target``.
     batch
         Deletion requests (``user``, ``item``, ``kind``), see
         :func:`spark_unlearn.data.deletions.read_deletions`.
@@ -418,6 +428,10 @@ def unlearn_als(
     grams
         Per side, the Gram ``F^T F`` of the model's factor tables, if known
         (saves a pass per side in implicit mode).
+    drift_bound
+        Per side, an upper bound of the stored ``|d|/|b|`` (the version's
+        ``drift_max``; 0 after training), if known (saves a pass over the
+        offsets in the targeted engine).
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown unlearning engine {engine!r}; use one of {list(ENGINES)}")
@@ -441,7 +455,7 @@ def unlearn_als(
         n_requests = batch.count()
         if engine == "targeted" or n_requests <= TARGETED_MAX_REQUESTS:
             out = _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict,
-                                    max_rounds, full_fallback_fraction, forgotten, grams, t0)
+                                    max_rounds, full_fallback_fraction, forgotten, grams, t0, drift_bound)
             if out is not None:
                 return out
             log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
@@ -471,7 +485,8 @@ def unlearn_als(
         if params.implicit:
             grams_train = {s: gram_of(model.user_factors if s == "user" else model.item_factors) for s in ("user", "item")}
             grams_now = {s: source.gram(s) for s in ("user", "item")}
-        bounded = BoundedGramSource(source, {s: source.ratio_bound(s) for s in ("user", "item")} if params.implicit else {"user": 0.0, "item": 0.0})
+        bounded = BoundedGramSource(source, {s: source.ratio_bound(s) for s in ("user", "item")} if params.implicit
+                                    else {"user": (0.0, 0.0), "item": (0.0, 0.0)})
         budget = int(full_fallback_fraction * total_rows)
         result = frontier_unlearn(
             bounded, plan.direct, spec, tol, gram_train=grams_train, gram_now=grams_now, max_rounds=max_rounds, max_rows=budget
@@ -511,7 +526,8 @@ def unlearn_als(
 
     t = time.perf_counter()
     if cert is None:
-        cert = certify(state, users, items, _side_targets(source, plan, params.rank, zero_all=used_mode == "paper"), params, tol)
+        paper = used_mode == "paper"
+        cert = certify(state, users, items, _side_targets(source, plan, params.rank, zero_all=paper), params, tol, absorb=paper)
     timings["certificate"] = time.perf_counter() - t
 
     new_model = FactorModel(
@@ -519,7 +535,7 @@ def unlearn_als(
         item_factors=factors_to_dataframe(state.spark, items, params.rank),
         params=params,
     )
-    new_offsets = tuple(offsets_frame(state.spark, cert.residual_blocks[s], params.rank) for s in ("user", "item"))
+    new_offsets = tuple(offsets_frame(state.spark, cert.residual_blocks[s], params.rank, with_drift=True) for s in ("user", "item"))
     report = {
         "mode": used_mode,
         "requested_mode": mode,
@@ -534,6 +550,7 @@ def unlearn_als(
         "rows_solved": int(rows_solved),
         "remaining_ratings": n_remaining,
         "certificate": cert.to_dict(tol),
+        "drift_max": {"user": 0.0, "item": 0.0} if used_mode == "paper" else dict(cert.per_side),
         "seconds": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
         **frontier_info,
     }
@@ -541,13 +558,14 @@ def unlearn_als(
 
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict, max_rounds,
-                      full_fallback_fraction, forgotten, grams, t0) -> UnlearnResult | None:
+                      full_fallback_fraction, forgotten, grams, t0, drift_bound=None) -> UnlearnResult | None:
     """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget."""
     from spark_unlearn.als.incremental import unlearn_targeted
 
     total_rows = model.user_factors.count() + model.item_factors.count()
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
-                           max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams)
+                           max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams,
+                           drift_bound=drift_bound)
     if not out.converged:
         return None
     remaining = remove_batch(ratings, batch)

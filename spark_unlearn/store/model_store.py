@@ -68,7 +68,7 @@ from spark_unlearn.errors import (
     SchemaError,
     StoreError,
 )
-from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER
+from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
 from spark_unlearn.store import ledger as _ledger
 from spark_unlearn.store.fsutil import (
@@ -108,8 +108,12 @@ CONVENTIONS: dict[str, str] = {
     "regularisation": "reg * n_ratings",
     "factor_dtype": "float32",
     "id_dtype": "int32",
-    "offsets": "per-row training residual e_r = A_r x_r - b_r, float64",
+    "offsets": "per-row target t_r (training residual e_r = A_r x_r - b_r, or 0 once the row's data changed), "
+    "|b_r| and drift d_r = A_r x_r - b_r - t_r, float64",
 }
+
+# Earlier wordings of CONVENTIONS["offsets"] whose tables still load (their drift is zero).
+_LEGACY_OFFSETS = frozenset({"per-row training residual e_r = A_r x_r - b_r, float64"})
 
 # Spark ALSModel's own params, exactly as ALS().fit(df).save(path) records them (Spark 4.3).
 _SPARK_MODEL_PARAMS: dict[str, Any] = {
@@ -296,6 +300,9 @@ class ModelStore:
         except (KeyError, TypeError, ConfigError) as exc:
             raise StoreError(f"{os.path.join(path, MANIFEST_FILE)} has invalid 'params': {exc}") from exc
         conventions = manifest.get("conventions")
+        if isinstance(conventions, dict) and conventions.get("offsets") in _LEGACY_OFFSETS:
+            # Written before the drift was kept apart: readable, the drift loads as zero (see with_drift).
+            conventions = {**conventions, "offsets": CONVENTIONS["offsets"]}
         if conventions != CONVENTIONS:
             differ = sorted(k for k in set(CONVENTIONS) | set(conventions or {}) if (conventions or {}).get(k) != CONVENTIONS.get(k))
             raise StoreError(
@@ -318,8 +325,8 @@ class ModelStore:
         if contents.get("offsets"):
             # Read as written: the columns are those of OFFSETS_SCHEMA at publish time.
             offsets = (
-                spark.read.parquet(_uri(os.path.join(path, USER_OFFSETS))),
-                spark.read.parquet(_uri(os.path.join(path, ITEM_OFFSETS))),
+                with_drift(spark.read.parquet(_uri(os.path.join(path, USER_OFFSETS)))),
+                with_drift(spark.read.parquet(_uri(os.path.join(path, ITEM_OFFSETS)))),
             )
         ratings = None
         if contents.get("ratings"):
@@ -453,8 +460,8 @@ class ModelStore:
             if not (isinstance(offsets, tuple) and len(offsets) == 2):
                 raise SchemaError("offsets must be a tuple (user_offsets, item_offsets) of DataFrames")
             offs = (
-                _canon_to_schema(offsets[0], OFFSETS_SCHEMA, "user offsets"),
-                _canon_to_schema(offsets[1], OFFSETS_SCHEMA, "item offsets"),
+                _canon_to_schema(with_drift(offsets[0]), OFFSETS_SCHEMA, "user offsets"),
+                _canon_to_schema(with_drift(offsets[1]), OFFSETS_SCHEMA, "item offsets"),
             )
         rats = _canon_to_schema(ratings, RATINGS_SCHEMA, "ratings") if ratings is not None else None
         hold = _canon_to_schema(holdout, RATINGS_SCHEMA, "holdout") if holdout is not None else None
