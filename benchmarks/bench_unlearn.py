@@ -104,6 +104,9 @@ def main(argv=None) -> int:
     tr = residual_summary(offsets)
     log.info("original model trained in %.1fs; training residual %s", t_train, tr)
 
+    # What a store's manifest records for a trained version (drift 0, table sizes), known before any request.
+    known = {"n_ratings": train.count(), "n_users": original.model.user_factors.count(),
+             "n_items": original.model.item_factors.count()}
     results = {"command": " ".join(sys.argv), "data": source, "params": params.to_dict(), "train_seconds": t_train,
                "training_residual": tr, "entries": []}
     for size in args.sizes:
@@ -138,7 +141,8 @@ def main(argv=None) -> int:
             else:
                 out = unlearn_als(train, original.model, offsets, batch, mode="paper" if method == "paper_full" else "frontier",
                                   tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
-                                  engine="layout" if method == "frontier_layout" else "auto")
+                                  engine="layout" if method == "frontier_layout" else "auto", counts=known,
+                                  drift_bound={"user": 0.0, "item": 0.0})
                 model = out.model
                 model.user_factors.cache().count()
                 solved = out.report["rows_solved"]

@@ -65,6 +65,18 @@ def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame |
     return loaded.model, loaded.offsets, data, loaded.holdout, loaded.manifest, loaded.version, None
 
 
+def _version_counts(manifest: dict) -> dict | None:
+    """Rows of the version's tables as its manifest records them (``None`` for a Spark model dir).
+
+    ``n_ratings`` is recorded only for a version that stores its ratings, and
+    ratings given beside such a version were checked against its data
+    fingerprint (:func:`load_source_model`), so the count is theirs too.
+    """
+    counts = manifest.get("counts") or {}
+    out = {k: counts[k] for k in ("n_users", "n_items", "n_ratings") if isinstance(counts.get(k), int)}
+    return out or None
+
+
 def run_unlearning(
     spark: SparkSession,
     *,
@@ -152,6 +164,7 @@ def run_unlearning(
         forgotten=forgotten, engine=engine, grams=manifest.get("grams"),
         # A Spark-trained model's offsets were just computed: no drift.
         drift_bound={"user": 0.0, "item": 0.0} if state is not None else manifest.get("drift_max"),
+        counts=_version_counts(manifest),
     )
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}

@@ -195,6 +195,9 @@ def frontier_unlearn(
             break
         rounds += 1
         sizes.append({s: len(frontier[s]) for s in SIDES})
+        prefetch = getattr(source, "prefetch", None)
+        if prefetch is not None:  # a source whose reads are Spark jobs batches the round's reads
+            prefetch(frontier)
         log.info("frontier round %d: %d users, %d items", rounds, len(frontier["user"]), len(frontier["item"]))
         for s in SIDES:
             if frontier[s]:

@@ -49,7 +49,7 @@ from pyspark.sql import functions as F
 from spark_unlearn.als.frontier import frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
-from spark_unlearn.als.table_source import TableRowSource, ids_frame, pair_keys
+from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
 
@@ -171,35 +171,32 @@ class TargetedPlan:
     not_found: dict[str, list]
 
 
-def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = False, forgotten=None,
+def plan_targeted(source: TableRowSource, batch, *, strict: bool = False, forgotten=None,
                   examples: int = 5) -> TargetedPlan:
-    """Resolve a small batch with two scans of the ratings (see the module docstring).
+    """Resolve a small batch with one or two scans of the ratings (see the module docstring).
 
-    ``forgotten``: earlier requests (DataFrame), or a zero-argument callable
-    returning them, called only if some request matches nothing.
+    ``batch``: the requests (``user``, ``item``, ``kind``) as a DataFrame or
+    as already collected rows.  ``forgotten``: earlier requests (DataFrame),
+    or a zero-argument callable returning them, called only if some request
+    matches nothing.
     """
     # Imported here: spark_unlearn.als.unlearn imports this module.
     from spark_unlearn.als.unlearn import _already_forgotten, plan_counts, unknown_requests
 
-    rows = batch.select("user", "item", "kind").collect()
+    rows = batch.select("user", "item", "kind").collect() if isinstance(batch, DataFrame) else list(batch)
     pairs = {(r[0], r[1]) for r in rows if r[2] == "interaction"}
     erased = {r[0] for r in rows if r[2] == "user"}
     withdrawn = {r[1] for r in rows if r[2] == "item"}
     pair_users = {u for u, _ in pairs}
+    # The items of deleted pairs are direct rows: scanning their ratings now saves a scan later.
+    item_rows = withdrawn | {i for _, i in pairs}
 
     spark = source.spark
-    parts = []
-    if pair_users | erased:
-        parts.append(source.ratings.join(F.broadcast(ids_frame(spark, sorted(pair_users | erased), "user")), "user", "left_semi"))
-    if withdrawn:
-        parts.append(source.ratings.join(F.broadcast(ids_frame(spark, sorted(withdrawn), "item")), "item", "left_semi"))
-    if parts:
-        scan = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
-        got = scan.toArrow()
+    if pair_users | erased | item_rows:
+        got = select_rows(source.ratings, sorted(pair_users | erased), sorted(item_rows)).toArrow()
         source.jobs += 1
-        u = got.column("user").to_numpy(zero_copy_only=False).astype(np.int64)
-        i = got.column("item").to_numpy(zero_copy_only=False).astype(np.int64)
-        r = got.column("rating").to_numpy(zero_copy_only=False).astype(np.float32)
+        u, i, r = unique_ratings(got.column("user").to_numpy(zero_copy_only=False), got.column("item").to_numpy(zero_copy_only=False),
+                                 got.column("rating").to_numpy(zero_copy_only=False))
     else:
         u = i = np.zeros(0, np.int64)
         r = np.zeros(0, np.float32)
@@ -208,7 +205,7 @@ def plan_targeted(source: TableRowSource, batch: DataFrame, *, strict: bool = Fa
     is_deleted = np.isin(keys, wanted_pairs) | np.isin(u, list(erased)) | np.isin(i, list(withdrawn))
     du, di, dr = u[is_deleted], i[is_deleted], r[is_deleted]
     source.deleted = np.unique(pair_keys(du, di))
-    source.add_ratings(u, i, r, {"user": np.array(sorted(pair_users | erased), np.int64), "item": np.array(sorted(withdrawn), np.int64)})
+    source.add_ratings(u, i, r, {"user": np.array(sorted(pair_users | erased), np.int64), "item": np.array(sorted(item_rows), np.int64)})
 
     found_pairs = set(zip(du.tolist(), di.tolist()))
     missing_pairs = sorted(pairs - found_pairs)
@@ -279,25 +276,44 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
     return out
 
 
-def _patch_frame(spark, ids: np.ndarray, columns: dict[str, np.ndarray], schema: str) -> DataFrame:
-    import pandas as pd
+def _arrow_column(values: np.ndarray, sql_type: str):
+    import pyarrow as pa
 
-    data = {"id": ids.astype(np.int32)}
-    for name, values in columns.items():
-        data[name] = list(values) if values.ndim == 2 else values
-    return spark.createDataFrame(pd.DataFrame(data), schema)
+    if values.ndim == 2:
+        elem = pa.float32() if "float" in sql_type else pa.float64()
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1).astype(elem.to_pandas_dtype()), elem)
+        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1]).cast(pa.list_(elem))
+    return pa.array(np.asarray(values, np.float64), pa.float64())
+
+
+def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple[np.ndarray, str]]) -> DataFrame:
+    """``df`` with ``columns`` (name -> (values per id, SQL type)) replaced at the rows ``ids``; no shuffle.
+
+    ``values`` is ``(n,)`` or ``(n, k)`` in the order of ``ids``; other rows
+    and columns are unchanged.  The new values become a small table built
+    from Arrow (no Python worker) and broadcast into a left join.
+    """
+    import pyarrow as pa
+
+    ids = np.asarray(ids, np.int64)
+    if ids.size == 0:
+        return df
+    table = pa.table({"id": pa.array(ids.astype(np.int32)),
+                      **{f"new_{name}": _arrow_column(v, t) for name, (v, t) in columns.items()}})
+    schema = ", ".join(["id int"] + [f"new_{name} {t}" for name, (_, t) in columns.items()])
+    upd = df.sparkSession.createDataFrame(table, schema)
+    return df.join(F.broadcast(upd), "id", "left").select(
+        *[F.coalesce(f"new_{c}", c).alias(c) if c in columns else F.col(c) for c in df.columns])
 
 
 def patched_factors(spark, factors: DataFrame, updates: dict[int, np.ndarray], removed: set[int]) -> DataFrame:
     """``factors`` without ``removed`` rows and with ``updates`` (id -> float32 vector) applied."""
     out = factors.select("id", "features")
     if removed:
-        out = out.join(F.broadcast(ids_frame(spark, sorted(removed))), "id", "left_anti")
+        out = select_ids(out, "id", sorted(removed), keep=False)
     if updates:
         ids = np.array(sorted(updates), np.int64)
-        upd = _patch_frame(spark, ids, {"new": np.stack([updates[i] for i in ids.tolist()]).astype(np.float32)},
-                           "id int, new array<float>")
-        out = out.join(F.broadcast(upd), "id", "left").select("id", F.coalesce("new", "features").alias("features"))
+        out = patched(out, ids, {"features": (np.stack([updates[i] for i in ids.tolist()]).astype(np.float32), "array<float>")})
     return out
 
 
@@ -309,7 +325,7 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
     """
     out = with_drift(offsets).select("id", "residual", "bnorm", "drift")
     if removed:
-        out = out.join(F.broadcast(ids_frame(spark, sorted(removed))), "id", "left_anti")
+        out = select_ids(out, "id", sorted(removed), keep=False)
     if delta_gram is not None and np.abs(delta_gram).max() > 0:
         dg = np.asarray(delta_gram, np.float64)
 
@@ -328,13 +344,8 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
         out = out.join(factors.select("id", "features"), "id").mapInArrow(
             part, "id int, residual array<double>, bnorm double, drift array<double>")
     if touched["ids"].size:
-        upd = _patch_frame(spark, touched["ids"], {"new_residual": touched["target"], "new_bnorm": touched["bnorm"],
-                                                   "new_drift": touched["drift"]},
-                           "id int, new_residual array<double>, new_bnorm double, new_drift array<double>")
-        out = out.join(F.broadcast(upd), "id", "left").select(
-            "id", F.coalesce("new_residual", "residual").alias("residual"), F.coalesce("new_bnorm", "bnorm").alias("bnorm"),
-            F.coalesce("new_drift", "drift").alias("drift"),
-        )
+        out = patched(out, touched["ids"], {"residual": (touched["target"], "array<double>"), "bnorm": (touched["bnorm"], "double"),
+                                            "drift": (touched["drift"], "array<double>")})
     return out
 
 
@@ -357,7 +368,7 @@ class TargetedResult:
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
                      spec: SolveSpec, tol: float, max_rounds: int, max_rows: int, strict: bool = False,
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
-                     drift_bound: dict[str, float] | None = None) -> TargetedResult:
+                     drift_bound: dict[str, float] | None = None, n_ratings: int | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``grams``: per side, the Gram of the version's factor tables if known
@@ -375,7 +386,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     offs = {"user": offsets[0], "item": offsets[1]}
     source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64))
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
-    n_remaining = ratings.count() - plan.counts["deleted_ratings"]
+    n_remaining = (ratings.count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
         raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
     seeds: dict[str, set[int]] = {s: set() for s in SIDES}
@@ -419,15 +430,13 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
             skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
             moved = gram_moved(factors[s], offs[s], delta[s])
             if skip.size:
-                moved = moved.join(F.broadcast(ids_frame(spark, skip.tolist())), "id", "left_anti")
+                moved = select_ids(moved, "id", skip.tolist(), keep=False)
             row = moved.agg(F.max(F.col("moved") / F.greatest("bnorm", F.lit(1e-300)))).first()
             untouched[s] = float(row[0] or 0.0)
     for s in SIDES:
         per_side[s] = max(per_side[s], untouched[s])
     timings["certificate"] = time.perf_counter() - t
-    deleted = spark.createDataFrame(
-        _deleted_pandas(plan), "user int, item int, rating float"
-    )
+    deleted = spark.createDataFrame(_deleted_table(plan), "user int, item int, rating float")
     grams_out = None
     if spec.implicit:
         grams_out = {s: result.grams_final[s].tolist() for s in SIDES}
@@ -460,11 +469,11 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out)
 
 
-def _deleted_pandas(plan: TargetedPlan):
-    import pandas as pd
+def _deleted_table(plan: TargetedPlan):
+    import pyarrow as pa
 
-    return pd.DataFrame({
-        "user": plan.deleted_users.astype(np.int32),
-        "item": plan.deleted_items.astype(np.int32),
-        "rating": plan.deleted_ratings.astype(np.float32),
+    return pa.table({
+        "user": pa.array(plan.deleted_users.astype(np.int32)),
+        "item": pa.array(plan.deleted_items.astype(np.int32)),
+        "rating": pa.array(plan.deleted_ratings.astype(np.float32)),
     })

@@ -35,9 +35,61 @@ def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     return (np.asarray(users, np.int64) << 32) | (np.asarray(items, np.int64) & 0xFFFFFFFF)
 
 
+def unique_ratings(users, items, ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scanned ratings with each (user, item) pair once, as int64/int64/float32.
+
+    A scan that unions a user-side and an item-side selection returns a
+    rating once per side that selected it; deduplicating here (pairs are
+    unique in a data version) saves Spark a shuffle.
+    """
+    u, i = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    _, first = np.unique(pair_keys(u, i), return_index=True)
+    return u[first], i[first], np.asarray(ratings, np.float32)[first]
+
+
+def _rows_of(column) -> np.ndarray:
+    """An Arrow list column without nulls as an ``(n, k)`` matrix."""
+    n = len(column)
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0)
+    return flat.reshape(n, -1) if n else np.zeros((0, 0))
+
+
 def ids_frame(spark, ids, name: str = "id") -> DataFrame:
     """A one-column int DataFrame of ``ids`` (to broadcast into a semi-join)."""
     return spark.createDataFrame([(int(i),) for i in ids], f"{name} int")
+
+
+# Up to this many ids a selection is an ``IN`` filter: no extra job to build and broadcast an id table, and
+# Parquet can skip row groups.  Beyond it, a broadcast semi-join.
+ISIN_MAX = 20_000
+
+
+def id_condition(column: str, ids) -> "F.Column":
+    """``column IN ids`` (ids are few: see :data:`ISIN_MAX`)."""
+    return F.col(column).isin([int(i) for i in ids])
+
+
+def select_ids(df: DataFrame, column: str, ids, keep: bool = True) -> DataFrame:
+    """Rows of ``df`` whose ``column`` is (``keep``) or is not among ``ids``, without a shuffle."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return df.limit(0) if keep else df
+    if len(ids) <= ISIN_MAX:
+        cond = id_condition(column, ids)
+        return df.filter(cond if keep else ~cond)
+    return df.join(F.broadcast(ids_frame(df.sparkSession, ids, column)), column, "left_semi" if keep else "left_anti")
+
+
+def select_rows(ratings: DataFrame, users, items) -> DataFrame:
+    """Ratings of any of ``users`` or any of ``items``: one scan, each rating once."""
+    users, items = [int(i) for i in users], [int(i) for i in items]
+    if len(users) <= ISIN_MAX and len(items) <= ISIN_MAX:
+        conds = ([id_condition("user", users)] if users else []) + ([id_condition("item", items)] if items else [])
+        if not conds:
+            return ratings.limit(0)
+        return ratings.filter(conds[0] if len(conds) == 1 else conds[0] | conds[1])
+    parts = ([select_ids(ratings, "user", users)] if users else []) + ([select_ids(ratings, "item", items)] if items else [])
+    return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])  # duplicates: see unique_ratings
 
 
 class TableRowSource:
@@ -93,18 +145,65 @@ class TableRowSource:
         need = {s: v for s, v in need.items() if v.size}
         if not need:
             return
-        parts = [self.ratings.join(F.broadcast(ids_frame(self.spark, ids, s)), s, "left_semi") for s, ids in need.items()]
-        scan = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1]).distinct()
-        rows = scan.toArrow() if hasattr(scan, "toArrow") else None
+        rows = select_rows(self.ratings, need.get("user", []), need.get("item", [])).toArrow()
         self.jobs += 1
-        if rows is not None:
-            u = rows.column("user").to_numpy(zero_copy_only=False)
-            i = rows.column("item").to_numpy(zero_copy_only=False)
-            r = rows.column("rating").to_numpy(zero_copy_only=False)
-        else:  # pragma: no cover - pyspark without toArrow
-            pdf = scan.toPandas()
-            u, i, r = pdf["user"].to_numpy(), pdf["item"].to_numpy(), pdf["rating"].to_numpy()
+        u, i, r = unique_ratings(rows.column("user").to_numpy(zero_copy_only=False), rows.column("item").to_numpy(zero_copy_only=False),
+                                 rows.column("rating").to_numpy(zero_copy_only=False))
         self.add_ratings(u, i, r, need)
+
+    def prefetch(self, frontier: dict[str, set[int]]) -> None:
+        """Everything a frontier round reads, in at most two scans (one of the ratings, one of factors and offsets).
+
+        The round solves ``frontier`` and moves their neighbours: it reads the
+        rows' ratings, the factors of rows and neighbours and the offsets of
+        both (the neighbours' drift is checked after the round).
+        """
+        wanted = {s: np.asarray(sorted(v), np.int64) for s, v in frontier.items() if v}
+        if not wanted:
+            return
+        self.fetch_ratings(wanted)
+        need: dict[str, set[int]] = {s: set(v.tolist()) for s, v in wanted.items()}
+        for s, ids in wanted.items():
+            other_side = "item" if s == "user" else "user"
+            nbrs = need.setdefault(other_side, set())
+            for i in ids.tolist():
+                nbrs.update(self._rows[s][i][0].tolist())
+        self.fetch_values(need)
+
+    def fetch_values(self, wanted: dict[str, set[int]]) -> None:
+        """One scan of the factor and offsets tables (joined on ``id``) for the rows of ``wanted`` not cached yet."""
+        need = {s: sorted(i for i in ids if i not in self._factors[s] or i not in self._offsets[s]) for s, ids in wanted.items()}
+        need = {s: v for s, v in need.items() if v}
+        if not need:
+            return
+        # A union, not a join: each table is read with its own broadcast semi-join and nothing is shuffled.
+        parts = []
+        for s, ids in need.items():
+            parts.append(select_ids(self.factor_tables[s], "id", ids).select(F.lit(s).alias("side"), "id", "features"))
+            parts.append(select_ids(self.offset_tables[s], "id", ids)
+                         .select(F.lit(s).alias("side"), "id", "residual", "bnorm", "drift"))
+        scan = parts[0]
+        for part in parts[1:]:
+            scan = scan.unionByName(part, allowMissingColumns=True)
+        got = scan.toArrow()
+        self.jobs += 1
+        side = got.column("side").to_numpy(zero_copy_only=False)
+        ids_got = got.column("id").to_numpy(zero_copy_only=False)
+        is_factor = got.column("features").is_valid().to_numpy(zero_copy_only=False)
+        for s in need:
+            sel = np.flatnonzero((side == s) & is_factor)
+            X = _rows_of(got.column("features").take(sel))
+            for j, i in zip(range(sel.size), ids_got[sel].tolist()):
+                self._factors[s][i] = X[j].astype(np.float32)
+            sel = np.flatnonzero((side == s) & ~is_factor)
+            R, D = _rows_of(got.column("residual").take(sel)), _rows_of(got.column("drift").take(sel))
+            bn = got.column("bnorm").take(sel).to_numpy(zero_copy_only=False)
+            for j, i in zip(range(sel.size), ids_got[sel].tolist()):
+                self._offsets[s][i] = (R[j].astype(np.float64), float(bn[j]), D[j].astype(np.float64))
+        # Rows without a factor or an offsets row: the per-table fetches name what is missing.
+        for s, ids in need.items():
+            self._fetch_values(s, "factors", np.asarray(ids, np.int64))
+            self._fetch_values(s, "offsets", np.asarray(ids, np.int64))
 
     def _fetch_values(self, side: str, what: str, ids: np.ndarray) -> None:
         cache = self._factors[side] if what == "factors" else self._offsets[side]
@@ -112,7 +211,7 @@ class TableRowSource:
         if not need:
             return
         table = self.factor_tables[side] if what == "factors" else self.offset_tables[side]
-        got = table.join(F.broadcast(ids_frame(self.spark, need)), "id", "left_semi").toArrow()
+        got = select_ids(table, "id", need).toArrow()
         self.jobs += 1
         ids_got = got.column("id").to_numpy(zero_copy_only=False)
         if what == "factors":
@@ -174,5 +273,5 @@ class TableRowSource:
         moved = gram_moved(self.factor_tables[side], self.offset_tables[side], delta_gram)
         bad = moved.filter(F.col("moved") > F.lit(tol) * F.col("bnorm"))
         if len(skip):
-            bad = bad.join(F.broadcast(ids_frame(self.spark, np.asarray(skip).tolist())), "id", "left_anti")
+            bad = select_ids(bad, "id", np.asarray(skip).tolist(), keep=False)
         return np.asarray([r[0] for r in bad.select("id").collect()], np.int64)

@@ -391,6 +391,7 @@ def unlearn_als(
     engine: str = "auto",
     grams: dict[str, Any] | None = None,
     drift_bound: dict[str, float] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -432,6 +433,9 @@ def unlearn_als(
         Per side, an upper bound of the stored ``|d|/|b|`` (the version's
         ``drift_max``; 0 after training), if known (saves a pass over the
         offsets in the targeted engine).
+    counts
+        ``n_ratings``, ``n_users``, ``n_items`` of ``ratings`` and the model
+        if known (a version's manifest holds them; saves three counting jobs).
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown unlearning engine {engine!r}; use one of {list(ENGINES)}")
@@ -452,10 +456,12 @@ def unlearn_als(
     log.info("unlearning (%s mode) with tolerance %.3g (%s)", mode, tol, tol_source)
 
     if mode == "frontier" and engine != "layout":
-        n_requests = batch.count()
-        if engine == "targeted" or n_requests <= TARGETED_MAX_REQUESTS:
-            out = _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict,
-                                    max_rounds, full_fallback_fraction, forgotten, grams, t0, drift_bound)
+        # One job: a small batch is collected anyway, a large one is not (it goes to the layout engine).
+        rows = batch.select("user", "item", "kind").limit(TARGETED_MAX_REQUESTS + 1).collect() if engine == "auto" else None
+        if engine == "targeted" or len(rows) <= TARGETED_MAX_REQUESTS:
+            out = _unlearn_targeted(ratings, model, offsets, rows if rows is not None else batch, spec, tol, tol_source,
+                                    training_residual, strict, max_rounds, full_fallback_fraction, forgotten, grams, t0,
+                                    drift_bound, counts, batch)
             if out is not None:
                 return out
             log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
@@ -558,17 +564,25 @@ def unlearn_als(
 
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict, max_rounds,
-                      full_fallback_fraction, forgotten, grams, t0, drift_bound=None) -> UnlearnResult | None:
-    """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget."""
+                      full_fallback_fraction, forgotten, grams, t0, drift_bound=None, counts=None,
+                      batch_frame=None) -> UnlearnResult | None:
+    """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget.
+
+    ``batch``: the requests as collected rows (or a DataFrame); ``batch_frame`` the DataFrame.
+    """
     from spark_unlearn.als.incremental import unlearn_targeted
 
-    total_rows = model.user_factors.count() + model.item_factors.count()
+    counts = counts or {}
+    if counts.get("n_users") is not None and counts.get("n_items") is not None:
+        total_rows = int(counts["n_users"]) + int(counts["n_items"])
+    else:
+        total_rows = model.user_factors.count() + model.item_factors.count()
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
                            max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams,
-                           drift_bound=drift_bound)
+                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"))
     if not out.converged:
         return None
-    remaining = remove_batch(ratings, batch)
+    remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
     report = {
         "mode": "frontier",
         "requested_mode": "frontier",
