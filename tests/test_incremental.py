@@ -125,3 +125,29 @@ def test_targeted_and_layout_engines_agree(spark, trained):
     # The layout engine's certificate is recomputed from the ratings: the targeted one must not be below it.
     assert a.report["certificate"]["max_relative_residual"] >= b.report["certificate"]["max_relative_residual"] - 1e-6
     b.release()
+
+
+def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp_path):
+    """Training stores F^T F per side (implicit); the targeted engine then starts from them instead of two passes."""
+    from spark_unlearn.als.incremental import gram_of
+    from spark_unlearn.store.model_store import ModelStore
+    from spark_unlearn.train_model import run_training
+    from spark_unlearn.unlearn_model import run_unlearning
+    from als_helpers import sample_movielens_path
+
+    store_dir = str(tmp_path / "store")
+    params = ALSParams(rank=3, reg=0.1, alpha=2.0, implicit=True, iterations=2, seed=2, num_blocks=2)
+    run_training(spark, ratings_path=sample_movielens_path(), store_path=store_dir, params=params)
+    store = ModelStore(store_dir)
+    manifest = store.read_manifest(store.current())
+    loaded = store.load(spark)
+    for side, table in (("user", loaded.model.user_factors), ("item", loaded.model.item_factors)):
+        want = gram_of(table)
+        assert np.allclose(np.asarray(manifest["grams"][side]), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    assert manifest["drift_max"] == {"user": 0.0, "item": 0.0}
+    pair = loaded.ratings.orderBy("user", "item").first()
+    report = run_unlearning(spark, model_path=store_dir, batch=batch(spark, [(pair[0], pair[1], "interaction")]), tol=5e-2,
+                            measure=False)
+    assert report["engine"] == "targeted" and report["certificate"]["holds"]
+    after = store.read_manifest(report["version"])
+    assert after["drift_max"] == report["certificate"]["per_side"]
