@@ -29,7 +29,9 @@ def test_resolving_spark_users_from_spark_items_gives_spark_users(spark, sample,
     from pyspark.ml.recommendation import ALS
 
     params = ALSParams(rank=10, reg=0.1, alpha=1.0, implicit=implicit)
-    model = ALS(rank=10, regParam=0.1, alpha=1.0, implicitPrefs=implicit, maxIter=8, seed=3).fit(sample)
+    # MLlib's last half-iteration solves the users from the final items, so the parity holds after any number
+    # of iterations; 3 leave the factors well away from the random start.
+    model = ALS(rank=10, regParam=0.1, alpha=1.0, implicitPrefs=implicit, maxIter=3, seed=3).fit(sample)
     items = sample_state.initial_factors("item", 10, 0, warm=model.itemFactors)
     ours = blocks_dict(sample_state.solve("user", items, params))
     theirs = factors_dict(model.userFactors)
@@ -68,13 +70,14 @@ def test_train_matches_numpy_oracle(spark, sample, sample_state, implicit):
         assert diff < 1e-4, diff
 
 
-def test_block_count_does_not_change_the_model(spark, sample):
+def test_block_count_does_not_change_the_model(spark, sample, sample_state):
     params = ALSParams(rank=5, iterations=3, seed=1)
-    a = train_als(sample, ALSParams(**{**params.to_dict(), "num_blocks": 2}))
+    a = train_als(sample, params, state=sample_state)  # 3 blocks
     b = train_als(sample, ALSParams(**{**params.to_dict(), "num_blocks": 5}))
+    assert (a.state.num_blocks, b.state.num_blocks) == (3, 5)
     A, B = factors_dict(a.model.user_factors), factors_dict(b.model.user_factors)
+    assert A.keys() == B.keys()
     assert max(np.abs(A[i] - B[i]).max() for i in A) < 1e-5
-    a.state.unpersist()
     b.state.unpersist()
 
 
@@ -88,7 +91,7 @@ def test_warm_start_with_zero_iterations_returns_the_given_factors(spark, sample
 
 
 def test_long_run_with_checkpoints_lowers_the_objective(spark, sample, sample_state):
-    """8 iterations with lineage cut every 3: runs, and ALS never increases its objective."""
+    """5 iterations with lineage cut every 2: runs, and ALS never increases its objective."""
     pdf = sample.toPandas()
 
     def objective(result, params):
@@ -98,8 +101,8 @@ def test_long_run_with_checkpoints_lowers_the_objective(spark, sample, sample_st
         reg = sum(n_u[u] * U[u] @ U[u] for u in U) + sum(n_i[i] * V[i] @ V[i] for i in V)
         return err + params.reg * reg
 
-    short = ALSParams(rank=4, iterations=2, seed=5, checkpoint_interval=3)
-    long = ALSParams(rank=4, iterations=8, seed=5, checkpoint_interval=3)
+    short = ALSParams(rank=4, iterations=2, seed=5, checkpoint_interval=2)
+    long = ALSParams(rank=4, iterations=5, seed=5, checkpoint_interval=2)
     assert objective(train_als(sample, long, state=sample_state), long) < objective(
         train_als(sample, short, state=sample_state), short
     )
