@@ -289,16 +289,22 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
     nxt: set[int] = set()
     touched = np.array(sorted(set(me.drift)), dtype=np.int64)
     if touched.size:
+        ids = touched.tolist()
         _, train_bnorm, stored = source.offsets(me.name, touched)
-        G_now = grams[nb.name][-1] if spec.implicit else None
-        X = _current(source, me, touched) if spec.implicit else None
-        for j, i in enumerate(touched.tolist()):
-            d = me.drift[i] if i in me.solved else me.drift[i] + stored[j]
-            if spec.implicit:
-                then = grams[nb.name][me.solved_gram.get(i, 0)]
-                d = d + (G_now - then) @ X[j].astype(np.float64)
-            if np.linalg.norm(d) > tol * lower_bnorm(me.bnorm.get(i, float(train_bnorm[j])), me.bdrift.get(i)):
-                nxt.add(i)
+        D = np.stack([np.broadcast_to(np.asarray(me.drift[i], np.float64), stored.shape[1:]) for i in ids])
+        unsolved = np.array([i not in me.solved for i in ids])
+        D[unsolved] += stored[unsolved]
+        if spec.implicit:
+            X = _current(source, me, touched).astype(np.float64)
+            G_now = grams[nb.name][-1]
+            snap = np.array([me.solved_gram.get(i, 0) for i in ids])
+            for g in np.unique(snap).tolist():
+                sel = snap == g
+                D[sel] += X[sel] @ (G_now - grams[nb.name][g]).T
+        bnorm = np.array([me.bnorm.get(i, float(train_bnorm[j])) for j, i in enumerate(ids)])
+        bdrift = np.array([float(np.linalg.norm(me.bdrift[i])) if i in me.bdrift else 0.0 for i in ids])
+        low = np.maximum(bnorm - bdrift, 1e-300)  # lower_bnorm, vectorised
+        nxt = set(touched[np.linalg.norm(D, axis=1) > tol * low].tolist())
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]
         if np.abs(delta_gram).max() > 0:

@@ -55,8 +55,10 @@ def _rows_of(column) -> np.ndarray:
 
 
 def ids_frame(spark, ids, name: str = "id") -> DataFrame:
-    """A one-column int DataFrame of ``ids`` (to broadcast into a semi-join)."""
-    return spark.createDataFrame([(int(i),) for i in ids], f"{name} int")
+    """A one-column int DataFrame of ``ids`` (to broadcast into a semi-join), built from Arrow: no Python worker."""
+    import pyarrow as pa
+
+    return spark.createDataFrame(pa.table({name: pa.array(np.asarray(list(ids), np.int32))}), f"{name} int")
 
 
 # Up to this many ids a selection is an ``IN`` filter: no extra job to build and broadcast an id table, and
