@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol-factor", type=float, default=1.0,
+                   help="tolerance = this x the model's 90th-percentile training residual (run_unlearning's tol_factor)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--store", help="store directory (default: a temporary one, removed at the end)")
     p.add_argument("--out", required=True)
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
     for n, user in enumerate(chosen, 1):
         batch = spark.createDataFrame([(user, None, "user")], "user int, item int, kind string")
         t = time.perf_counter()
-        rep = run_unlearning(spark, model_path=root, batch=batch, measure=False, batch_id=f"seq-{n:04d}")
+        rep = run_unlearning(spark, model_path=root, batch=batch, measure=False, batch_id=f"seq-{n:04d}",
+                             tol_factor=args.tol_factor)
         wall = time.perf_counter() - t
         jrss, heap = jvm_memory(spark) if n % 10 == 0 or n == 1 else (None, None)
         step = {
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
     one = os.path.join(snapshot, "s")
     batch = spark.createDataFrame([(u, None, "user") for u in chosen], "user int, item int, kind string")
     t = time.perf_counter()
-    rep = run_unlearning(spark, model_path=one, batch=batch, measure=False)
+    rep = run_unlearning(spark, model_path=one, batch=batch, measure=False, tol_factor=args.tol_factor)
     out["one_batch"] = {"wall_s": time.perf_counter() - t, "rows_solved": rep["rows_solved"], "mode": rep["mode"],
                         "certificate": rep["certificate"]["max_relative_residual"]}
     one_v = ModelStore(one).load(spark)
