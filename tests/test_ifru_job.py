@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from job_helpers import run_job, subprocess_env
 from spark_unlearn.errors import ConfigError, OutputPathError, StoreError
 from spark_unlearn.ifru import persist
 from spark_unlearn.ifru.config import IFRUConfig
@@ -146,8 +147,13 @@ def test_config_validation():
     assert IFRUConfig.from_dict(IFRUConfig(model_type="lightgcn").to_dict()).model_layers == 1
 
 
-def test_job_end_to_end(tmp_path):
-    """jobs/ifru.py as a subprocess: train + unlearn, then a failing run leaves the model untouched."""
+def test_job_end_to_end(spark, tmp_path):
+    """jobs/ifru.py: train + unlearn, a second deletion on the saved model, and a failing run that leaves it untouched.
+
+    The two successful runs call the job's ``main(argv)`` in this process, on the test session (a cold JVM per
+    run made this test take minutes); the failing run is a real subprocess, so the script itself (bootstrap, its
+    own Spark session, exit code, message on stderr) is still run as spark-submit would.
+    """
     csv = tmp_path / "ratings.csv"
     df = ratings_frame()
     df.to_csv(csv, index=False)
@@ -159,13 +165,11 @@ def test_job_end_to_end(tmp_path):
         "[spark]\n\"spark.sql.shuffle.partitions\" = \"2\"\n\"spark.ui.enabled\" = \"false\"\n"
     )
     model_dir = tmp_path / "model"
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, os.path.join(REPO, "jobs", "ifru.py"), "--ratings", str(csv), "--model", str(model_dir),
-           "--delete", str(dele), "--model-type", "lightgcn", "--config", str(conf), "--master", "local[2]",
-           "--ratings-out", str(tmp_path / "remaining")]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
+    argv = ["--ratings", str(csv), "--model", str(model_dir), "--delete", str(dele), "--model-type", "lightgcn",
+            "--config", str(conf), "--master", "local[2]"]
+    code, stdout, stderr = run_job(spark, "ifru", argv + ["--ratings-out", str(tmp_path / "remaining")])
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout)
     assert report["trained"] and report["model_type"] == "lightgcn"
     assert report["deletions"]["requested"] == 4
     n_train = report["deletions"]["in_training"]
@@ -179,23 +183,25 @@ def test_job_end_to_end(tmp_path):
     # a second deletion on the saved model: loaded, checked against the ratings, earlier removals kept out
     dele2 = tmp_path / "delete2.csv"
     df.iloc[[0, 60, 61, 62, 90]][["user", "item"]].to_csv(dele2, index=False)
-    cmd2 = cmd[:-2]
-    cmd2[cmd2.index(str(dele))] = str(dele2)
-    out = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report2 = json.loads(out.stdout)
+    argv2 = list(argv)
+    argv2[argv2.index(str(dele))] = str(dele2)
+    code, stdout, stderr = run_job(spark, "ifru", argv2)
+    assert code == 0, stderr[-3000:]
+    report2 = json.loads(stdout)
     assert not report2["trained"]
     n_train2 = report2["deletions"]["in_training"]
     model = persist.load_model(str(model_dir))
     assert model.removed_u.numel() == n_train + n_train2
     pairs = set(zip(model.removed_u.tolist(), model.removed_i.tolist()))
     assert len(pairs) == n_train + n_train2  # the pair deleted twice (row 0) is not unlearned twice
-    # a run that fails (a clashing setting) must leave the saved model as it was
+    # a run that fails (a clashing setting) must leave the saved model as it was: the script as a subprocess
     files = {p: open(os.path.join(root, p), "rb").read() for root, _, fs in os.walk(model_dir) for p in fs}
     bad = tmp_path / "bad.toml"
     bad.write_text("[ifru]\ndim = 7\n")
-    out2 = subprocess.run(cmd[:-2] + ["--config", str(bad)], capture_output=True, text=True, env=env, timeout=300)
-    assert out2.returncode != 0
-    assert "dim" in out2.stderr
+    env = subprocess_env(PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.join(REPO, "jobs", "ifru.py"), *argv, "--config", str(bad)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stderr[-3000:])
+    assert "ConfigError" in out.stderr and "dim" in out.stderr
     files2 = {p: open(os.path.join(root, p), "rb").read() for root, _, fs in os.walk(model_dir) for p in fs}
     assert files2 == files
