@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from job_helpers import FAST_JVM_OPTS, subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "standalone_cluster.sh"
 # One to three minutes on an idle 2-core machine; much more when the machine is loaded.
@@ -61,13 +63,16 @@ def _run(args, env, timeout):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cluster script uses Linux process tools")
 def test_standalone_cluster_smoke(tmp_path):
     work = tmp_path / "cluster"
-    env = dict(os.environ)
-    env.update(
+    env = subprocess_env(
         PYTHON=sys.executable,  # driver and executors: this interpreter (has numpy, pyspark, ...)
         SPARK_UNLEARN_CLUSTER_DIR=str(work),
         SMOKE_TIMEOUT_SECONDS=str(TIMEOUT_S - 120),  # the script's own limit fires first, with logs
         CLUSTER_WAIT_SECONDS="90",
+        SMOKE_TRAIN_ARGS="--iterations 3",  # the cluster path is what is tested, not convergence (default 10)
     )
+    # Master and Workers (spark-class) take theirs from SPARK_DAEMON_JAVA_OPTS; the driver and the executors
+    # from SPARK_SUBMIT_OPTS (set by subprocess_env).
+    env.setdefault("SPARK_DAEMON_JAVA_OPTS", FAST_JVM_OPTS)
     # A driver started by pytest's Spark fixture must not leak into the job.
     for var in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_HOME", "PYSPARK_SUBMIT_ARGS"):
         env.pop(var, None)

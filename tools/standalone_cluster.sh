@@ -21,6 +21,7 @@
 #   WORKER_MEMORY            memory of each worker (default 2g)
 #   EXECUTOR_MEMORY          spark.executor.memory for submit/smoke (default 1g)
 #   SMOKE_TIMEOUT_SECONDS    time limit of the smoke job's spark-submit (default 480)
+#   SMOKE_TRAIN_ARGS         extra arguments for the smoke's jobs/train.py, e.g. "--iterations 3" (default none)
 #   SMOKE_KEEP               set to keep smoke's own temp work dir after a success
 
 set -euo pipefail
@@ -321,8 +322,10 @@ cmd_smoke() {
     # once (the trap stops the job and the cluster) instead of after the job.
     # timeout(1) puts the job in its own process group and signals all of it.
     local rc=0 limit="${SMOKE_TIMEOUT_SECONDS:-480}"
+    local -a train_args=()
+    read -r -a train_args <<<"${SMOKE_TRAIN_ARGS:-}"
     timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit jobs/train.py --model "$store" \
-        >"$WORK/driver.out" 2>"$WORK/driver.log" </dev/null &
+        ${train_args[@]+"${train_args[@]}"} >"$WORK/driver.out" 2>"$WORK/driver.log" </dev/null &
     SUBMIT_PID=$!
     wait "$SUBMIT_PID" || rc=$?
     SUBMIT_PID=""
