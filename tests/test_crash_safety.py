@@ -3,15 +3,18 @@
 After every kill before CURRENT moves the previous version stays current,
 loadable, checksum-clean and consistent with the ledger; after a kill once it
 moved the new version is complete and only the ledger entry is missing;
-rerunning the batch then completes it exactly once.
+rerunning the batch then completes it exactly once.  The kills run in two
+chains, each on its own copy of the trained store, side by side.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -22,6 +25,11 @@ from spark_unlearn.store.model_store import ModelStore
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.slow
+
+# The fail points, split between the two chains of runs.  "after_solve" is covered by "during_solve" (nothing
+# written either way); one kill fewer keeps the test short.
+BEFORE_SWITCH = ("during_solve", "after_factors_written", "after_ratings_written")
+AROUND_SWITCH = ("after_version_renamed", "after_current_switched")
 
 
 def _run(store, delete, cfg, batch_id, point=None):
@@ -43,44 +51,75 @@ def _consistent(ms: ModelStore, current: str, applied: list[str]):
         assert ms.read_manifest(entry["version_after"])["request"]["batch_id"] == entry["batch_id"]
 
 
-def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, store_copy, tmp_path):
-    assert POINTS[-1] == "after_current_switched"
-    store = store_copy  # the session's trained store (one version), copied
-    ms = ModelStore(store)
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[logging]\nlevel = "INFO"\n[spark]\n"spark.ui.enabled" = "false"\n"spark.sql.shuffle.partitions" = "4"\n')
-    first = tmp_path / "first.csv"
-    first.write_text("user,item\n3,\n1,10\n")
+def _kill(store, delete, cfg, point):
+    proc = _run(store, delete, cfg, "REQ-A", point)
+    assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-3000:])
+    assert f"fail point {point} reached" in proc.stderr
+    return proc
 
-    # Killed before CURRENT moves: every time, the previous version stays current and nothing is in the ledger.
-    # "after_solve" is covered by "during_solve" (nothing written either way); one kill fewer keeps the test short.
-    for point in [p for p in POINTS[:-1] if p != "after_solve"]:
-        proc = _run(store, str(first), str(cfg), "REQ-A", point)
-        assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-3000:])
-        assert f"fail point {point} reached" in proc.stderr
+
+def _kills_before_the_switch_then_rerun(store, delete, cfg):
+    """Killed before anything is published, three times: v000001 stays current; the rerun applies the batch."""
+    ms = ModelStore(store)
+    for point in BEFORE_SWITCH:
+        _kill(store, delete, cfg, point)
         _consistent(ms, "v000001", [])
+    proc = _run(store, delete, cfg, "REQ-A")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '"status": "applied"' in proc.stdout
+    applied = ms.current()
+    assert applied != "v000001"
+    _consistent(ms, applied, ["REQ-A"])
+    assert "recovered" not in ms.ledger()[0]
+    return applied
+
+
+def _kills_around_the_switch_then_rerun(store, delete, cfg):
+    """Killed after the rename (an orphan version), then after CURRENT moved: the rerun only repairs the ledger."""
+    ms = ModelStore(store)
+    _kill(store, delete, cfg, AROUND_SWITCH[0])
+    _consistent(ms, "v000001", [])
     # The kill after the rename left a complete version that never became current.
     orphans = [v for v in ms.versions() if v != "v000001"]
     assert len(orphans) == 1 and "request" in ms.read_manifest(orphans[0])
-
-    # The next run, on the store with all that debris, does the work but dies after CURRENT moved and before
-    # its ledger entry (the last fail point): the new version is current and complete, the ledger lags.
-    proc = _run(store, str(first), str(cfg), "REQ-A", "after_current_switched")
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
-    assert "fail point after_current_switched reached" in proc.stderr
+    # The next run does the work but dies after CURRENT moved and before its ledger entry (the last fail point):
+    # the new version is current and complete, the ledger lags.
+    _kill(store, delete, cfg, AROUND_SWITCH[1])
     applied = ms.current()
     assert applied not in ("v000001", orphans[0])
     assert ms.read_manifest(applied)["request"]["batch_id"] == "REQ-A"
     ms.verify(applied)
     assert ms.ledger() == []
-
-    # Rerunning the batch completes it exactly once: nothing recomputed, the ledger repaired, debris removed.
-    proc = _run(store, str(first), str(cfg), "REQ-A")
+    # Rerunning the batch completes it exactly once: nothing recomputed, the ledger repaired.
+    proc = _run(store, delete, cfg, "REQ-A")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"status": "already_applied"' in proc.stdout
     _consistent(ms, applied, ["REQ-A"])
     assert ms.ledger()[0].get("recovered") is True
-    assert not [n for n in os.listdir(os.path.join(store, ".staging")) if not n.endswith(".lock")]  # debris removed
-    loaded = ms.load(spark)
-    assert loaded.ratings.filter("user = 3").count() == 0
-    assert loaded.model.user_factors.filter("id = 3").count() == 0
+    return applied
+
+
+def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_store, tmp_path):
+    """Each fail point in turn on one of two copies of the session's trained store; the two copies run at once.
+
+    The jobs spend much of their time waiting (JVM start, Python workers), so two chains of runs side by side
+    take little longer than one.
+    """
+    assert POINTS[-1] == AROUND_SWITCH[-1] == "after_current_switched"
+    assert set(BEFORE_SWITCH + AROUND_SWITCH) == set(POINTS) - {"after_solve"}  # a new fail point needs a kill here
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[logging]\nlevel = "INFO"\n[spark]\n"spark.ui.enabled" = "false"\n"spark.sql.shuffle.partitions" = "4"\n')
+    first = tmp_path / "first.csv"
+    first.write_text("user,item\n3,\n1,10\n")
+    chains = (_kills_before_the_switch_then_rerun, _kills_around_the_switch_then_rerun)
+    stores = [str(shutil.copytree(trained_store, tmp_path / f"store{k}")) for k in range(len(chains))]
+    with ThreadPoolExecutor(len(chains)) as pool:
+        futures = [pool.submit(chain, store, str(first), str(cfg)) for chain, store in zip(chains, stores)]
+        results = [f.result() for f in futures]
+
+    for store, applied in zip(stores, results):
+        assert not [n for n in os.listdir(os.path.join(store, ".staging")) if not n.endswith(".lock")]  # debris gone
+        loaded = ModelStore(store).load(spark)
+        assert loaded.version == applied
+        assert loaded.ratings.filter("user = 3").count() == 0
+        assert loaded.model.user_factors.filter("id = 3").count() == 0
