@@ -11,6 +11,32 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIELENS_SMALL = Path(os.environ.get("SPARK_UNLEARN_SHARED", REPO.parent / "shared")) / "data" / "ml-latest-small"
 
 
+SMOKE_TEST = "test_standalone_cluster_smoke"
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected
+def pytest_collection_modifyitems(config, items):
+    """The standalone-cluster smoke, if selected, starts now in the background and its test runs last.
+
+    It mostly waits for JVMs, so it overlaps the rest of the suite (``cluster_smoke.py``).
+    """
+    smoke = [item for item in items if item.name == SMOKE_TEST]
+    if not smoke or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item.name != SMOKE_TEST] + smoke
+    import cluster_smoke
+
+    if len(items) > 1 and cluster_smoke.skip_reason() is None:
+        cluster_smoke.start()
+
+
+def pytest_unconfigure(config):
+    import sys
+
+    if "cluster_smoke" in sys.modules:
+        sys.modules["cluster_smoke"].stop()  # a smoke still running (interrupted session): its trap stops the cluster
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession

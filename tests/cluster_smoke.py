@@ -1,0 +1,139 @@
+"""``tools/standalone_cluster.sh smoke`` as a background process of the test session.
+
+The smoke spends most of its minutes waiting for JVMs (Master, Workers,
+driver, executors), so ``tests/conftest.py`` starts it as soon as the
+collection shows that ``tests/test_cluster.py::test_standalone_cluster_smoke``
+will run, puts that test last, and the test only collects the result: the
+smoke overlaps the rest of the suite instead of adding to it.  Run on its own,
+the test starts the smoke itself.  ``stop()`` (called when the session ends)
+stops a smoke that is still running; its EXIT trap stops the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from job_helpers import FAST_JVM_OPTS, subprocess_env
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "standalone_cluster.sh"
+# One to three minutes on an idle 2-core machine; much more when the machine is loaded (and the smoke shares
+# it with the rest of the suite): a guard against a hang, not a speed check.
+TIMEOUT_S = int(os.environ.get("SPARK_UNLEARN_CLUSTER_TIMEOUT", "900"))
+
+
+def skip_reason() -> str | None:
+    """Why the smoke cannot run here (``None``: it can)."""
+    if shutil.which("java") is None:
+        return "java not on PATH: Spark standalone needs Java 17"
+    if not sys.platform.startswith("linux"):
+        return "the cluster script uses Linux process tools"
+    return None
+
+
+def smoke_env(work: Path) -> dict[str, str]:
+    env = subprocess_env(
+        PYTHON=sys.executable,  # driver and executors: this interpreter (has numpy, pyspark, ...)
+        SPARK_UNLEARN_CLUSTER_DIR=str(work),
+        SMOKE_TIMEOUT_SECONDS=str(TIMEOUT_S - 120),  # the script's own limit fires first, with logs
+        CLUSTER_WAIT_SECONDS="90",
+        SMOKE_TRAIN_ARGS="--iterations 3",  # the cluster path is what is tested, not convergence (default 10)
+    )
+    # Master and Workers (spark-class) take theirs from SPARK_DAEMON_JAVA_OPTS; the driver and the executors
+    # from SPARK_SUBMIT_OPTS (set by subprocess_env).
+    env.setdefault("SPARK_DAEMON_JAVA_OPTS", FAST_JVM_OPTS)
+    # A driver started by pytest's Spark fixture must not leak into the job.
+    for var in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_HOME", "PYSPARK_SUBMIT_ARGS"):
+        env.pop(var, None)
+    return env
+
+
+class Smoke:
+    """One running ``standalone_cluster.sh smoke`` with its work dir."""
+
+    def __init__(self, work: Path, owned_dir: Path | None = None):
+        self.work = work
+        self.owned_dir = owned_dir  # a temp dir of its own, removed after a success
+        self.started = time.monotonic()
+        # To a file, not a pipe: nobody reads while the rest of the suite runs.
+        self.log = work.parent / "smoke.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                ["bash", str(SCRIPT), "smoke"],
+                cwd=REPO,
+                env=smoke_env(work),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self._result: tuple[int, str] | None = None
+
+    def _output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def result(self) -> tuple[int, str]:
+        """(exit code, output), waiting at most until ``TIMEOUT_S`` after the start.
+
+        On time-out the script is TERMed (its trap stops the job and the cluster), then KILLed, and
+        ``TimeoutError`` carries the output.
+        """
+        if self._result is None:
+            left = max(1.0, TIMEOUT_S - (time.monotonic() - self.started))
+            try:
+                self.proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                self._terminate()
+                out = self._output()
+                raise TimeoutError(f"standalone_cluster.sh smoke timed out after {TIMEOUT_S}s:\n{out[-6000:]}")
+            self._result = (self.proc.returncode, self._output())
+        return self._result
+
+    def _terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self._terminate()
+
+    def remove_work_dir(self) -> None:
+        if self.owned_dir is not None:
+            shutil.rmtree(self.owned_dir, ignore_errors=True)
+
+
+_current: Smoke | None = None
+
+
+def start(work: Path | None = None) -> Smoke:
+    """Start the smoke in ``work`` (default: a fresh temp dir of its own)."""
+    global _current
+    stop()
+    owned = None
+    if work is None:
+        owned = Path(tempfile.mkdtemp(prefix="spark_unlearn_smoke_"))
+        work = owned / "cluster"
+    _current = Smoke(work, owned)
+    return _current
+
+
+def current() -> Smoke | None:
+    return _current
+
+
+def stop() -> None:
+    """Stop a smoke that is still running (end of the session, or a new start)."""
+    global _current
+    if _current is not None:
+        _current.stop()
+        _current = None
