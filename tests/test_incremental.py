@@ -151,3 +151,17 @@ def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp
     assert report["engine"] == "targeted" and report["certificate"]["holds"]
     after = store.read_manifest(report["version"])
     assert after["drift_max"] == report["certificate"]["per_side"]
+
+
+def test_id_selection_gives_the_same_rows_as_a_filter_and_as_a_join(spark, monkeypatch):
+    from spark_unlearn.als import table_source
+
+    df = spark.range(0, 50).selectExpr("cast(id as int) as id", "cast(id * 2 as int) as v")
+    ids = [3, 7, 7, 48, 99]
+    as_filter = sorted(r[0] for r in table_source.select_ids(df, "id", ids).collect())
+    dropped = sorted(r[0] for r in table_source.select_ids(df, "id", ids, keep=False).collect())
+    monkeypatch.setattr(table_source, "ISIN_MAX", 2)
+    as_join = sorted(r[0] for r in table_source.select_ids(df, "id", ids).collect())
+    dropped_join = sorted(r[0] for r in table_source.select_ids(df, "id", ids, keep=False).collect())
+    assert as_filter == as_join == [3, 7, 48]
+    assert dropped == dropped_join == sorted(set(range(50)) - {3, 7, 48})

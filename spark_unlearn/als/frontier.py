@@ -37,6 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
+from spark_unlearn.als.row_table import RowTable
 from spark_unlearn.faults import failpoint
 
 log = logging.getLogger(__name__)
@@ -102,41 +103,71 @@ def edge_drift_reference(x, y_old, y_new, ratings, spec: SolveSpec):
 
 @dataclass
 class FrontierResult:
-    """Outcome of :func:`frontier_unlearn` (compute only: nothing is stored)."""
+    """Outcome of :func:`frontier_unlearn` (compute only: nothing is stored).
 
-    updates: dict[str, dict[int, np.ndarray]]  # side -> id -> new float32 factor
+    ``rows[side]`` is a :class:`~spark_unlearn.als.row_table.RowTable` of every
+    row the run touched, with columns (see :class:`_Side`):
+
+    * ``x`` / ``has_x``: the new float32 factor, for rows the run changed;
+    * ``touched``: the row's equation moved (solved, or a neighbour moved);
+    * ``drift``: ``d = A'x - b' - t`` it was left with (edges and the float32
+      rounding at its solve; the Gram term is separate; for rows not
+      ``solved``, add the drift the version stored);
+    * ``bdrift``: the change of ``b`` since ``bnorm`` was known; ``bnorm``:
+      ``|b|`` at the row's solve (NaN: not solved, use the stored one);
+    * ``solved``; ``snap``: index into ``gram_history[other side]`` of the
+      Gram its drift is relative to (implicit).
+    """
+
+    rows: dict[str, RowTable]
     rows_solved: int
     rounds: int
     frontier_sizes: list[dict[str, int]]
     tol: float
     converged: bool
     seconds: float
-    solved_ids: dict[str, set[int]] = field(default_factory=dict)
-    # Per side, for every row touched (solved or drifted): the residual drift
-    # d = A'x - b' - t it was left with (edges, float32 rounding at its solve;
-    # the Gram term is separate; for rows not in solved_ids, add the drift the
-    # version stored), the change of b since |b| was last known,
-    # that |b|, and (implicit) the Gram snapshot it is relative to.
-    drift: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
-    bdrift: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
-    bnorm: dict[str, dict[int, float]] = field(default_factory=dict)
-    gram_snapshot: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
-    grams_final: dict[str, np.ndarray] = field(default_factory=dict)
+    gram_history: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def grams_final(self) -> dict[str, np.ndarray]:
+        return {s: h[-1] for s, h in self.gram_history.items()}
+
+    def changed(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, factors)`` of the rows whose factor changed (sorted by id)."""
+        t = self.rows[side]
+        sel = t["has_x"]
+        return t.ids[sel], t["x"][sel]
+
+    @property
+    def updates(self) -> dict[str, dict[int, np.ndarray]]:
+        """Per side, id -> new factor of the changed rows (a dict view of :meth:`changed`)."""
+        out = {}
+        for s in self.rows:
+            ids, X = self.changed(s)
+            out[s] = dict(zip(ids.tolist(), X))
+        return out
+
+    @property
+    def solved_ids(self) -> dict[str, set[int]]:
+        return {s: set(t.ids[t["solved"]].tolist()) for s, t in self.rows.items()}
 
 
 class _Side:
-    """Driver-side bookkeeping of one side during a frontier run."""
+    """Driver-side bookkeeping of one side during a frontier run: one sorted-array row table."""
 
-    def __init__(self, name: str, direct: set[int]):
+    def __init__(self, name: str, direct):
         self.name = name
-        self.direct = set(direct)
-        self.current: dict[int, np.ndarray] = {}  # id -> current float32 factor (touched rows only)
-        self.drift: dict[int, np.ndarray] = {}  # id -> accumulated drift d (float64)
-        self.bdrift: dict[int, np.ndarray] = {}  # id -> change of b since bnorm was known (float64)
-        self.bnorm: dict[int, float] = {}
-        self.solved_gram: dict[int, int] = {}  # id -> index of the other side's Gram snapshot at solve
-        self.solved: set[int] = set()
+        self.direct = np.unique(np.asarray(list(direct), np.int64))
+        self.table: RowTable | None = None
 
+    def rows(self, k: int) -> RowTable:
+        if self.table is None:
+            self.table = RowTable({
+                "x": (np.float32, k, 0.0), "has_x": (bool, None, False), "touched": (bool, None, False),
+                "drift": (np.float64, k, 0.0), "bdrift": (np.float64, k, 0.0), "bnorm": (np.float64, None, np.nan),
+                "solved": (bool, None, False), "snap": (np.int64, None, 0),
+            })
+        return self.table
 
 def frontier_unlearn(
     source: RowSource,
@@ -180,17 +211,21 @@ def frontier_unlearn(
     t0 = time.perf_counter()
     sides = {s: _Side(s, direct.get(s, set())) for s in SIDES}
     for s, upd in (start or {}).items():
-        sides[s].current.update(upd)
+        if upd:
+            ids = np.array(sorted(upd), np.int64)
+            X = np.stack([upd[i] for i in ids.tolist()]).astype(np.float32)
+            sides[s].rows(X.shape[1]).put(ids, x=X, has_x=True)
     grams: dict[str, list[np.ndarray]] = {}
     if spec.implicit:
         assert gram_train is not None and gram_now is not None, "implicit mode needs the Grams"
         for s in SIDES:
             grams[s] = [np.asarray(gram_train[s], dtype=np.float64), np.asarray(gram_now[s], dtype=np.float64).copy()]
-    frontier = {s: set(direct.get(s, set())) | set((seed_frontier or {}).get(s, set())) for s in SIDES}
+    frontier = {s: np.union1d(np.asarray(sorted(direct.get(s, ())), np.int64),
+                              np.asarray(sorted((seed_frontier or {}).get(s, ())), np.int64)) for s in SIDES}
     rows_solved, rounds, sizes = 0, 0, []
     converged = False
     while rounds < max_rounds:
-        if not any(frontier.values()):
+        if not any(v.size for v in frontier.values()):
             converged = True
             break
         rounds += 1
@@ -200,52 +235,55 @@ def frontier_unlearn(
             prefetch(frontier)
         log.info("frontier round %d: %d users, %d items", rounds, len(frontier["user"]), len(frontier["item"]))
         for s in SIDES:
-            if frontier[s]:
-                rows_solved += _solve_side(source, sides[s], sides[other(s)], sorted(frontier[s]), spec, grams)
+            if frontier[s].size:
+                rows_solved += _solve_side(source, sides[s], sides[other(s)], frontier[s], spec, grams)
         failpoint("during_solve")
         if max_rows is not None and rows_solved > max_rows:
             break
         frontier = {s: _next_frontier(source, sides[s], sides[other(s)], spec, grams, tol) for s in SIDES}
-    updates = {s: dict(sides[s].current) for s in SIDES}
-    snapshots = {}
-    if spec.implicit:
-        snapshots = {s: {i: grams[other(s)][sides[s].solved_gram.get(i, 0)] for i in sides[s].drift} for s in SIDES}
+    k = next((sd.table["x"].shape[1] for sd in sides.values() if sd.table is not None), 0)
     return FrontierResult(
-        updates=updates,
+        rows={s: sides[s].rows(k) for s in SIDES},
         rows_solved=rows_solved,
         rounds=rounds,
         frontier_sizes=sizes,
         tol=tol,
         converged=converged,
         seconds=time.perf_counter() - t0,
-        solved_ids={s: set(sides[s].solved) for s in SIDES},
-        drift={s: dict(sides[s].drift) for s in SIDES},
-        bdrift={s: dict(sides[s].bdrift) for s in SIDES},
-        bnorm={s: dict(sides[s].bnorm) for s in SIDES},
-        gram_snapshot=snapshots,
-        grams_final={s: grams[s][-1] for s in SIDES} if spec.implicit else {},
+        gram_history=grams if spec.implicit else {},
     )
 
 
 def _current(source: RowSource, side: _Side, ids: np.ndarray) -> np.ndarray:
-    """Current factors of ``ids``: touched rows from the driver, the rest from the source."""
+    """Current factors of ``ids``: changed rows from the driver, the rest from the source."""
     ids = np.asarray(ids, dtype=np.int64)
-    missing = np.array([i for i in ids.tolist() if i not in side.current], dtype=np.int64)
-    base = source.base_factors(side.name, missing) if missing.size else None
-    lookup = dict(zip(missing.tolist(), base)) if base is not None else {}
-    return np.stack([side.current[i] if i in side.current else lookup[i] for i in ids.tolist()]) if ids.size else np.zeros((0, 0), np.float32)
+    if ids.size == 0:
+        return np.zeros((0, side.table["x"].shape[1] if side.table is not None else 0), np.float32)
+    if side.table is None:
+        return source.base_factors(side.name, ids)
+    pos = side.table.positions(ids)
+    have = pos >= 0
+    have[have] = side.table["has_x"][pos[have]]
+    if have.all():
+        return side.table["x"][pos]
+    base = source.base_factors(side.name, ids[~have])
+    out = np.empty((ids.size, base.shape[1]), np.float32)
+    out[~have] = base
+    out[have] = side.table["x"][pos[have]]
+    return out
 
 
-def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: list[int], spec: SolveSpec, grams) -> int:
+def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: SolveSpec, grams) -> int:
     rd = source.rows(me.name, np.asarray(ids, dtype=np.int64))
     if rd.ids.size == 0:
         return 0
     nbr_ids, src_local = np.unique(rd.src, return_inverse=True)
     Y = _current(source, nb, nbr_ids)
+    k = Y.shape[1]
     G = grams[nb.name][-1] if spec.implicit else None
     A, b = normal_equations(rd.indptr, src_local, rd.ratings, Y, spec, gram=G)
     e, _, _ = source.offsets(me.name, rd.ids)
-    t = np.array([np.zeros(e.shape[1]) if i in me.direct else e[j] for j, i in enumerate(rd.ids.tolist())])
+    t = np.where(np.isin(rd.ids, me.direct)[:, None], 0.0, e)
     X_exact = np.linalg.solve(A, (b + t)[:, :, None])[:, :, 0]
     X_new = X_exact.astype(np.float32)
     # Factors are stored as float32: the rounding leaves A (x32 - x) of residual, kept as the row's drift.
@@ -255,58 +293,66 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: list[int], spec: S
     # Edge drift on the neighbours: d_s += w (y'y'^T - yy^T) x_s - c (y' - y).
     row_of_edge = np.repeat(np.arange(rd.ids.size), np.diff(rd.indptr))
     delta = edge_drift(Y[src_local], X_old[row_of_edge], X_new[row_of_edge], rd.ratings, spec)
-    acc = np.zeros((nbr_ids.size, Y.shape[1]))
+    acc = np.zeros((nbr_ids.size, k))
     np.add.at(acc, src_local, delta)
     _, wb, _ = _weights(rd.ratings, spec)
     acc_b = np.zeros_like(acc)
     np.add.at(acc_b, src_local, wb[:, None] * (X_new[row_of_edge].astype(np.float64) - X_old[row_of_edge]))
-    for j, s_id in enumerate(nbr_ids.tolist()):
-        nb.drift[s_id] = nb.drift.get(s_id, 0.0) + acc[j]
-        nb.bdrift[s_id] = nb.bdrift.get(s_id, 0.0) + acc_b[j]
+    nt = nb.rows(k)
+    pos = nt.ensure(nbr_ids)
+    nt["drift"][pos] += acc
+    nt["bdrift"][pos] += acc_b
+    nt["touched"][pos] = True
 
     if spec.implicit:
         G_me = grams[me.name][-1] + X_new.astype(np.float64).T @ X_new - X_old.astype(np.float64).T @ X_old
         grams[me.name].append(G_me)
-    for j, i in enumerate(rd.ids.tolist()):
-        me.current[i] = X_new[j]
-        me.drift[i] = rounding[j]
-        me.bdrift[i] = np.zeros(X_new.shape[1])
-        me.bnorm[i] = float(np.linalg.norm(b[j]))
-        me.solved.add(i)
-        if spec.implicit:
-            me.solved_gram[i] = len(grams[nb.name]) - 1
+    mt = me.rows(k)
+    mt.put(rd.ids, x=X_new, has_x=True, touched=True, drift=rounding, bdrift=0.0, bnorm=np.linalg.norm(b, axis=1),
+           solved=True, **({"snap": len(grams[nb.name]) - 1} if spec.implicit else {}))
     return int(rd.ids.size)
 
 
-def lower_bnorm(bnorm: float, bdrift: np.ndarray | None) -> float:
-    """A lower bound of ``|b'|`` from a known ``|b|`` and the change ``b' - b`` (triangle inequality), floored > 0."""
-    low = bnorm - (float(np.linalg.norm(bdrift)) if bdrift is not None else 0.0)
-    return max(low, 1e-300)
+def lower_bnorm(bnorm, bdrift_norm) -> np.ndarray:
+    """Lower bounds of ``|b'|`` from known ``|b|`` and ``|b' - b|`` (triangle inequality), floored > 0 (vectorised)."""
+    return np.maximum(np.asarray(bnorm, np.float64) - np.asarray(bdrift_norm, np.float64), 1e-300)
 
 
-def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, grams, tol: float) -> set[int]:
+def current_drift(me_rows: RowTable, sel: np.ndarray, stored_drift: np.ndarray, X: np.ndarray | None,
+                  gram_history: list[np.ndarray] | None) -> np.ndarray:
+    """Drift ``d`` of the rows at positions ``sel``: bookkept edges, stored drift if unsolved, Gram term (implicit).
+
+    ``X``: the rows' current factors (implicit only); ``gram_history``: the
+    other side's Gram snapshots, the last one current.
+    """
+    D = me_rows["drift"][sel].copy()
+    unsolved = ~me_rows["solved"][sel]
+    D[unsolved] += stored_drift[unsolved]
+    if gram_history is not None:
+        G_now = gram_history[-1]
+        snap = me_rows["snap"][sel]
+        for g in np.unique(snap).tolist():
+            rows = snap == g
+            D[rows] += X[rows].astype(np.float64) @ (G_now - gram_history[g]).T
+    return D
+
+
+def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, grams, tol: float) -> np.ndarray:
     """Rows of ``me`` whose drift (edges + Gram) exceeds ``tol |b|``."""
-    nxt: set[int] = set()
-    touched = np.array(sorted(set(me.drift)), dtype=np.int64)
+    nxt = np.zeros(0, np.int64)
+    touched = np.zeros(0, np.int64)
+    if me.table is not None:
+        sel = np.flatnonzero(me.table["touched"])
+        touched = me.table.ids[sel]
     if touched.size:
-        ids = touched.tolist()
         _, train_bnorm, stored = source.offsets(me.name, touched)
-        D = np.stack([np.broadcast_to(np.asarray(me.drift[i], np.float64), stored.shape[1:]) for i in ids])
-        unsolved = np.array([i not in me.solved for i in ids])
-        D[unsolved] += stored[unsolved]
-        if spec.implicit:
-            X = _current(source, me, touched).astype(np.float64)
-            G_now = grams[nb.name][-1]
-            snap = np.array([me.solved_gram.get(i, 0) for i in ids])
-            for g in np.unique(snap).tolist():
-                sel = snap == g
-                D[sel] += X[sel] @ (G_now - grams[nb.name][g]).T
-        bnorm = np.array([me.bnorm.get(i, float(train_bnorm[j])) for j, i in enumerate(ids)])
-        bdrift = np.array([float(np.linalg.norm(me.bdrift[i])) if i in me.bdrift else 0.0 for i in ids])
-        low = np.maximum(bnorm - bdrift, 1e-300)  # lower_bnorm, vectorised
-        nxt = set(touched[np.linalg.norm(D, axis=1) > tol * low].tolist())
+        X = _current(source, me, touched) if spec.implicit else None
+        D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
+        bnorm = np.where(np.isnan(me.table["bnorm"][sel]), train_bnorm, me.table["bnorm"][sel])
+        low = lower_bnorm(bnorm, np.linalg.norm(me.table["bdrift"][sel], axis=1))
+        nxt = touched[np.linalg.norm(D, axis=1) > tol * low]
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]
         if np.abs(delta_gram).max() > 0:
-            nxt |= set(source.gram_violators(me.name, delta_gram, tol, touched).tolist())
+            nxt = np.union1d(nxt, source.gram_violators(me.name, delta_gram, tol, touched))
     return nxt

@@ -46,7 +46,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_unlearn.als.frontier import frontier_unlearn, lower_bnorm, other
+from spark_unlearn.als.frontier import current_drift, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
@@ -256,22 +256,22 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
     """
     out = {}
     for s in SIDES:
-        ids = np.array(sorted(set(result.drift[s]) - removed[s]), np.int64)
+        table = result.rows[s]
+        gone = np.asarray(sorted(removed[s]), np.int64)
+        sel = np.flatnonzero(table["touched"] & ~np.isin(table.ids, gone))
+        ids = table.ids[sel]
         if ids.size == 0:
             empty = np.zeros((0, source.rank))
             out[s] = {"ids": ids, "target": empty, "drift": empty, "bnorm": np.zeros(0), "relative": np.zeros(0)}
             continue
         e, train_bnorm, stored = source.offsets(s, ids)
-        t = np.where(np.isin(ids, list(direct[s]))[:, None], 0.0, e)
-        solved = result.solved_ids[s]
-        d = np.stack([result.drift[s][i] if i in solved else result.drift[s][i] + stored[j] for j, i in enumerate(ids.tolist())])
+        t = np.where(np.isin(ids, np.asarray(sorted(direct[s]), np.int64))[:, None], 0.0, e)
+        X = None
         if spec.implicit:
-            X = np.stack([result.updates[s].get(i) if i in result.updates[s] else source.base_factors(s, np.array([i]))[0]
-                          for i in ids.tolist()]).astype(np.float64)
-            G_final = result.grams_final[other(s)]
-            d = d + np.einsum("nkl,nl->nk", np.stack([G_final - result.gram_snapshot[s][i] for i in ids.tolist()]), X)
-        scale = np.array([lower_bnorm(result.bnorm[s].get(i, float(train_bnorm[j])), result.bdrift[s].get(i))
-                          for j, i in enumerate(ids.tolist())])
+            X = np.where(table["has_x"][sel][:, None], table["x"][sel], source.base_factors(s, ids))
+        d = current_drift(table, sel, stored, X, result.gram_history[other(s)] if spec.implicit else None)
+        known = table["bnorm"][sel]
+        scale = lower_bnorm(np.where(np.isnan(known), train_bnorm, known), np.linalg.norm(table["bdrift"][sel], axis=1))
         out[s] = {"ids": ids, "target": t, "drift": d, "bnorm": scale, "relative": np.linalg.norm(d, axis=1) / scale}
     return out
 
@@ -306,14 +306,13 @@ def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple[np.ndarray,
         *[F.coalesce(f"new_{c}", c).alias(c) if c in columns else F.col(c) for c in df.columns])
 
 
-def patched_factors(spark, factors: DataFrame, updates: dict[int, np.ndarray], removed: set[int]) -> DataFrame:
-    """``factors`` without ``removed`` rows and with ``updates`` (id -> float32 vector) applied."""
+def patched_factors(spark, factors: DataFrame, ids: np.ndarray, X: np.ndarray, removed: set[int]) -> DataFrame:
+    """``factors`` without ``removed`` rows and with rows ``ids`` set to ``X`` (float32, in the order of ``ids``)."""
     out = factors.select("id", "features")
     if removed:
         out = select_ids(out, "id", sorted(removed), keep=False)
-    if updates:
-        ids = np.array(sorted(updates), np.int64)
-        out = patched(out, ids, {"features": (np.stack([updates[i] for i in ids.tolist()]).astype(np.float32), "array<float>")})
+    if len(ids):
+        out = patched(out, np.asarray(ids, np.int64), {"features": (np.asarray(X, np.float32), "array<float>")})
     return out
 
 
@@ -419,7 +418,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     t = time.perf_counter()
     touched = touched_rows(result, source, plan.direct, plan.removed, spec)
     per_side = {s: float(touched[s]["relative"].max()) if touched[s]["relative"].size else 0.0 for s in SIDES}
-    new_factors = {s: patched_factors(spark, factors[s], result.updates[s], plan.removed[s]) for s in SIDES}
+    new_factors = {s: patched_factors(spark, factors[s], *result.changed(s), plan.removed[s]) for s in SIDES}
     delta = {s: (result.grams_final[other(s)] - gram_train[other(s)]) if spec.implicit else None for s in SIDES}
     new_offsets = {s: patched_offsets(spark, offs[s], factors[s], touched[s], plan.removed[s], delta[s]) for s in SIDES}
     # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 from pyspark import RDD, StorageLevel
 
-from spark_unlearn.als.blocks import SideBlock, align_pieces, dataframe_to_factor_pieces
+from spark_unlearn.als.blocks import align_pieces, dataframe_to_factor_pieces
 from spark_unlearn.als.frontier import RowData
 from spark_unlearn.als.train import ALSState
 from spark_unlearn.errors import StoreError

@@ -239,7 +239,7 @@ def offsets_for(state: ALSState, model: FactorModel) -> tuple[DataFrame, DataFra
     """
     from spark_unlearn.errors import StoreError
 
-    P, rank = state.num_blocks, model.params.rank
+    P = state.num_blocks
 
     def require(side):
         def fill(ids, missing, M):

@@ -299,7 +299,6 @@ def certify(
     ``R - T`` apart; with ``absorb`` (the paper's plain sweeps, which have no
     targets) the residual ``R`` itself becomes the target, as after training.
     """
-    rank = params.rank
     per_side, violators, blocks = {}, {}, {}
     for side, mine, theirs in (("user", users, items), ("item", items, users)):
         res = state.residuals(side, mine, theirs, params)
