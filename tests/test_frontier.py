@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_unlearn.als.frontier import edge_drift, edge_drift_reference, frontier_unlearn
+from spark_unlearn.als.frontier import (edge_drift, edge_drift_reference, frontier_unlearn, neighbour_drift,
+                                        neighbour_drift_reference)
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.local_source import LocalSource, certificate, offset_sweeps, offsets_of
 from spark_unlearn.als.train import init_factors
@@ -111,3 +112,21 @@ def test_edge_drift_matches_reference(implicit):
     ratings = rng.integers(-2, 6, m).astype(np.float32)
     spec = SolveSpec(0.1, implicit, 0.7)
     np.testing.assert_allclose(edge_drift(x, yo, yn, ratings, spec), edge_drift_reference(x, yo, yn, ratings, spec), atol=1e-12)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_neighbour_drift_matches_the_per_edge_reference(implicit):
+    rng = np.random.default_rng(6)
+    n_rows, n_nbrs, k = 5, 30, 4
+    counts = rng.integers(0, 12, n_rows)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    src = rng.integers(0, n_nbrs, indptr[-1])  # repeated neighbours: their terms add up
+    ratings = rng.integers(-2, 6, indptr[-1]).astype(np.float32)
+    Y = rng.normal(size=(n_nbrs, k)).astype(np.float32)
+    X_old, X_new = (rng.normal(size=(n_rows, k)).astype(np.float32) for _ in range(2))
+    spec = SolveSpec(0.1, implicit, 0.7)
+    got = neighbour_drift(indptr, src, ratings, Y, X_old, X_new, spec, chunk=7)
+    want = neighbour_drift_reference(indptr, src, ratings, Y, X_old, X_new, spec)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-10)
+    assert np.abs(want[0]).max() > 0.1

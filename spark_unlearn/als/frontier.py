@@ -101,6 +101,55 @@ def edge_drift_reference(x, y_old, y_new, ratings, spec: SolveSpec):
     return out
 
 
+def neighbour_drift(indptr: np.ndarray, src: np.ndarray, ratings: np.ndarray, Y: np.ndarray, X_old: np.ndarray,
+                    X_new: np.ndarray, spec: SolveSpec, chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """Drift of every neighbour when the rows of a CSR move from ``X_old`` to ``X_new``.
+
+    Row ``j`` has edges ``indptr[j]:indptr[j+1]`` to neighbours ``src``
+    (indices into ``Y``, the neighbours' factors ``(n, k)``).  Returns
+    ``(dd, db)``, both ``(n, k)`` float64: per neighbour ``s`` the sum over its
+    edges of :func:`edge_drift` (``d_s += w (y'y'^T - yy^T) x_s - c (y' - y)``)
+    and of the change of its ``b`` (``c (y' - y)``).
+
+    Each edge's term is ``(w y'.x_s - c) y' - (w y.x_s - c) y``: two dot
+    products per edge (in chunks, bounded memory) and then sparse products
+    with the few moved rows, with no ``(edges, k)`` array beyond a chunk.
+    """
+    from scipy.sparse import csr_matrix
+
+    n, k = Y.shape
+    m = int(src.size)
+    row = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    wA, wb, _ = _weights(ratings, spec)
+    Y64, Xo, Xn = Y.astype(np.float64), X_old.astype(np.float64), X_new.astype(np.float64)
+    dot_new, dot_old = np.empty(m), np.empty(m)
+    for a in range(0, m, chunk):
+        part = slice(a, a + chunk)
+        ys = Y64[src[part]]
+        dot_new[part] = np.einsum("mk,mk->m", ys, Xn[row[part]])
+        dot_old[part] = np.einsum("mk,mk->m", ys, Xo[row[part]])
+    shape = (n, Xn.shape[0])
+
+    def spread(coef, X):
+        return csr_matrix((coef, (src, row)), shape=shape) @ X if m else np.zeros((n, k))
+
+    dd = spread(wA * dot_new - wb, Xn) - spread(wA * dot_old - wb, Xo)
+    db = spread(wb, Xn - Xo)
+    return np.asarray(dd), np.asarray(db)
+
+
+def neighbour_drift_reference(indptr, src, ratings, Y, X_old, X_new, spec: SolveSpec):
+    """Slow twin of :func:`neighbour_drift`: per-edge :func:`edge_drift_reference`, summed with ``np.add.at``."""
+    row = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    dd = np.zeros((Y.shape[0], Y.shape[1]))
+    db = np.zeros_like(dd)
+    np.add.at(dd, src, edge_drift_reference(Y[src].astype(np.float64), X_old[row].astype(np.float64),
+                                            X_new[row].astype(np.float64), ratings, spec))
+    _, wb, _ = _weights(ratings, spec)
+    np.add.at(db, src, wb[:, None] * (X_new[row].astype(np.float64) - X_old[row]))
+    return dd, db
+
+
 @dataclass
 class FrontierResult:
     """Outcome of :func:`frontier_unlearn` (compute only: nothing is stored).
@@ -254,6 +303,18 @@ def frontier_unlearn(
     )
 
 
+def targets_of(source: RowSource, side: str, ids: np.ndarray) -> np.ndarray:
+    """Stored targets of ``ids`` (a source may read them apart from the rest of the offsets)."""
+    read = getattr(source, "targets", None)
+    return read(side, ids) if read is not None else source.offsets(side, ids)[0]
+
+
+def drift_state_of(source: RowSource, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored ``|b|`` and drift of ``ids``, without their targets where the source can."""
+    read = getattr(source, "drift_state", None)
+    return read(side, ids) if read is not None else source.offsets(side, ids)[1:]
+
+
 def _current(source: RowSource, side: _Side, ids: np.ndarray) -> np.ndarray:
     """Current factors of ``ids``: changed rows from the driver, the rest from the source."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -282,7 +343,7 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
     k = Y.shape[1]
     G = grams[nb.name][-1] if spec.implicit else None
     A, b = normal_equations(rd.indptr, src_local, rd.ratings, Y, spec, gram=G)
-    e, _, _ = source.offsets(me.name, rd.ids)
+    e = targets_of(source, me.name, rd.ids)
     t = np.where(np.isin(rd.ids, me.direct)[:, None], 0.0, e)
     X_exact = np.linalg.solve(A, (b + t)[:, :, None])[:, :, 0]
     X_new = X_exact.astype(np.float32)
@@ -291,13 +352,7 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
     X_old = _current(source, me, rd.ids)
 
     # Edge drift on the neighbours: d_s += w (y'y'^T - yy^T) x_s - c (y' - y).
-    row_of_edge = np.repeat(np.arange(rd.ids.size), np.diff(rd.indptr))
-    delta = edge_drift(Y[src_local], X_old[row_of_edge], X_new[row_of_edge], rd.ratings, spec)
-    acc = np.zeros((nbr_ids.size, k))
-    np.add.at(acc, src_local, delta)
-    _, wb, _ = _weights(rd.ratings, spec)
-    acc_b = np.zeros_like(acc)
-    np.add.at(acc_b, src_local, wb[:, None] * (X_new[row_of_edge].astype(np.float64) - X_old[row_of_edge]))
+    acc, acc_b = neighbour_drift(rd.indptr, src_local, rd.ratings, Y, X_old, X_new, spec)
     nt = nb.rows(k)
     pos = nt.ensure(nbr_ids)
     nt["drift"][pos] += acc
@@ -345,7 +400,7 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
         sel = np.flatnonzero(me.table["touched"])
         touched = me.table.ids[sel]
     if touched.size:
-        _, train_bnorm, stored = source.offsets(me.name, touched)
+        train_bnorm, stored = drift_state_of(source, me.name, touched)
         X = _current(source, me, touched) if spec.implicit else None
         D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
         bnorm = np.where(np.isnan(me.table["bnorm"][sel]), train_bnorm, me.table["bnorm"][sel])

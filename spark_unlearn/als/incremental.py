@@ -249,10 +249,11 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
                  spec: SolveSpec) -> dict[str, dict[str, Any]]:
     """Per side, the new offsets and certificate terms of every row the frontier touched.
 
-    Returns ``{side: {"ids", "target", "drift", "bnorm", "relative"}}``:
-    the row's target ``t`` (0 if its own data changed, else the stored one),
-    its drift ``A'x - b' - t``, a lower bound of ``|b'|`` and
-    ``relative = |drift| / bnorm``.
+    Returns ``{side: {"ids", "solved", "target", "drift", "bnorm", "relative"}}``:
+    whether the row was solved, its target ``t`` (solved rows only: 0 if its
+    own data changed, else the stored one; a row that only drifted keeps its
+    stored target, which is not read), its drift ``A'x - b' - t``, a lower
+    bound of ``|b'|`` and ``relative = |drift| / bnorm``.
     """
     out = {}
     for s in SIDES:
@@ -262,36 +263,45 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
         ids = table.ids[sel]
         if ids.size == 0:
             empty = np.zeros((0, source.rank))
-            out[s] = {"ids": ids, "target": empty, "drift": empty, "bnorm": np.zeros(0), "relative": np.zeros(0)}
+            out[s] = {"ids": ids, "solved": np.zeros(0, bool), "target": empty, "drift": empty, "bnorm": np.zeros(0),
+                      "relative": np.zeros(0)}
             continue
-        e, train_bnorm, stored = source.offsets(s, ids)
-        t = np.where(np.isin(ids, np.asarray(sorted(direct[s]), np.int64))[:, None], 0.0, e)
+        train_bnorm, stored = source.drift_state(s, ids)
+        solved = table["solved"][sel]
+        t = np.zeros((ids.size, stored.shape[1]))
+        keep = solved & ~np.isin(ids, np.asarray(sorted(direct[s]), np.int64))
+        t[keep] = source.targets(s, ids[keep])
         X = None
         if spec.implicit:
             X = np.where(table["has_x"][sel][:, None], table["x"][sel], source.base_factors(s, ids))
         d = current_drift(table, sel, stored, X, result.gram_history[other(s)] if spec.implicit else None)
         known = table["bnorm"][sel]
         scale = lower_bnorm(np.where(np.isnan(known), train_bnorm, known), np.linalg.norm(table["bdrift"][sel], axis=1))
-        out[s] = {"ids": ids, "target": t, "drift": d, "bnorm": scale, "relative": np.linalg.norm(d, axis=1) / scale}
+        out[s] = {"ids": ids, "solved": solved, "target": t, "drift": d, "bnorm": scale,
+                  "relative": np.linalg.norm(d, axis=1) / scale}
     return out
 
 
-def _arrow_column(values: np.ndarray, sql_type: str):
+def _arrow_column(values: np.ndarray, sql_type: str, valid: np.ndarray | None = None):
+    """An Arrow column of ``values`` (``(n,)`` or ``(n, k)``); rows where ``valid`` is False are null."""
     import pyarrow as pa
 
+    mask = None if valid is None else pa.array(~np.asarray(valid, bool))
     if values.ndim == 2:
         elem = pa.float32() if "float" in sql_type else pa.float64()
         flat = pa.array(np.ascontiguousarray(values).reshape(-1).astype(elem.to_pandas_dtype()), elem)
-        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1]).cast(pa.list_(elem))
-    return pa.array(np.asarray(values, np.float64), pa.float64())
+        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=mask).cast(pa.list_(elem))
+    return pa.array(np.asarray(values, np.float64), pa.float64(), mask=mask)
 
 
-def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple[np.ndarray, str]]) -> DataFrame:
-    """``df`` with ``columns`` (name -> (values per id, SQL type)) replaced at the rows ``ids``; no shuffle.
+def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple]) -> DataFrame:
+    """``df`` with ``columns`` replaced at the rows ``ids``; no shuffle.
 
-    ``values`` is ``(n,)`` or ``(n, k)`` in the order of ``ids``; other rows
-    and columns are unchanged.  The new values become a small table built
-    from Arrow (no Python worker) and broadcast into a left join.
+    ``columns``: name -> ``(values, SQL type)`` or ``(values, SQL type,
+    valid)``; ``values`` is ``(n,)`` or ``(n, k)`` in the order of ``ids``
+    and rows where ``valid`` is False keep their old value.  Other rows and
+    columns are unchanged.  The new values become a small table built from
+    Arrow (no Python worker) and broadcast into a left join.
     """
     import pyarrow as pa
 
@@ -299,8 +309,8 @@ def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple[np.ndarray,
     if ids.size == 0:
         return df
     table = pa.table({"id": pa.array(ids.astype(np.int32)),
-                      **{f"new_{name}": _arrow_column(v, t) for name, (v, t) in columns.items()}})
-    schema = ", ".join(["id int"] + [f"new_{name} {t}" for name, (_, t) in columns.items()])
+                      **{f"new_{name}": _arrow_column(*spec) for name, spec in columns.items()}})
+    schema = ", ".join(["id int"] + [f"new_{name} {spec[1]}" for name, spec in columns.items()])
     upd = df.sparkSession.createDataFrame(table, schema)
     return df.join(F.broadcast(upd), "id", "left").select(
         *[F.coalesce(f"new_{c}", c).alias(c) if c in columns else F.col(c) for c in df.columns])
@@ -343,8 +353,9 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
         out = out.join(factors.select("id", "features"), "id").mapInArrow(
             part, "id int, residual array<double>, bnorm double, drift array<double>")
     if touched["ids"].size:
-        out = patched(out, touched["ids"], {"residual": (touched["target"], "array<double>"), "bnorm": (touched["bnorm"], "double"),
-                                            "drift": (touched["drift"], "array<double>")})
+        # Rows that only drifted keep their target (not read: see touched_rows).
+        out = patched(out, touched["ids"], {"residual": (touched["target"], "array<double>", touched["solved"]),
+                                            "bnorm": (touched["bnorm"], "double"), "drift": (touched["drift"], "array<double>")})
     return out
 
 

@@ -1,10 +1,12 @@
 """A :class:`~spark_unlearn.als.frontier.RowSource` that reads a model version's tables directly.
 
 No block layout is built: each request is one filtered scan of the stored
-table (ratings, a factor table, an offsets table) with the wanted ids as a
-broadcast semi-join, and only the matching rows reach the driver.  A row
-already fetched is served from the driver's cache, so a frontier round costs
-at most one scan per table for the rows it has not seen yet.
+table (ratings, a factor table, an offsets table) with the wanted ids as an
+``IN`` filter (few ids) or a broadcast semi-join, and only the matching rows
+reach the driver.  A row already fetched is served from the driver's cache
+(sorted arrays, :mod:`~spark_unlearn.als.row_table`), so a frontier round
+costs at most one scan of the ratings and one of the factor and offsets
+tables for the rows it has not seen yet.
 
 This is the engine for small deletion batches: the work is a few scans
 whatever the data size, with no shuffle of the ratings.  Large batches use
@@ -129,9 +131,12 @@ class TableRowSource:
         self.jobs = 0
         # Driver caches, one sorted-array table per side (see row_table: no Python object per row).
         self._rows = {s: RaggedTable() for s in ("user", "item")}
+        # Targets are read only for rows the frontier solves; a neighbour that only drifts needs its
+        # factor, |b| and stored drift (a third less to scan and ship for the tens of thousands of
+        # raters of a popular item).
         self._factors = {s: RowTable({"x": (np.float32, rank, 0.0)}) for s in ("user", "item")}
-        self._offsets = {s: RowTable({"t": (np.float64, rank, 0.0), "bnorm": (np.float64, None, 0.0),
-                                      "d": (np.float64, rank, 0.0)}) for s in ("user", "item")}
+        self._targets = {s: RowTable({"t": (np.float64, rank, 0.0)}) for s in ("user", "item")}
+        self._state = {s: RowTable({"bnorm": (np.float64, None, 0.0), "d": (np.float64, rank, 0.0)}) for s in ("user", "item")}
 
     # -- filling the caches ----------------------------------------------------
     def add_ratings(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, complete: dict[str, np.ndarray]) -> None:
@@ -166,8 +171,9 @@ class TableRowSource:
         """Everything a frontier round reads, in at most two scans (one of the ratings, one of factors and offsets).
 
         The round solves ``frontier`` and moves their neighbours: it reads the
-        rows' ratings, the factors of rows and neighbours and the offsets of
-        both (the neighbours' drift is checked after the round).
+        rows' ratings, factors and targets, and the factors, ``|b|`` and
+        stored drift of rows and neighbours (the neighbours' drift is checked
+        after the round).
         """
         wanted = {s: np.unique(np.asarray(list(v) if isinstance(v, (set, frozenset)) else v, np.int64))
                   for s, v in frontier.items() if len(v)}
@@ -178,68 +184,93 @@ class TableRowSource:
         for s, ids in wanted.items():
             other_side = "item" if s == "user" else "user"
             need.setdefault(other_side, []).append(self._rows[s].gather(ids)[1])
-        self.fetch_values({s: np.unique(np.concatenate(v)) for s, v in need.items()})
+        self.fetch_values({s: np.unique(np.concatenate(v)) for s, v in need.items()}, targets=wanted)
 
-    def fetch_values(self, wanted: dict[str, Any]) -> None:
-        """One scan of the factor and offsets tables (a union, no join) for the rows of ``wanted`` not cached yet."""
-        need = {}
-        for s, ids in wanted.items():
-            ids = np.unique(np.asarray(list(ids) if isinstance(ids, (set, frozenset)) else ids, np.int64))
-            need[s] = ids[~(self._factors[s].contains(ids) & self._offsets[s].contains(ids))]
-        need = {s: v for s, v in need.items() if v.size}
-        if not need:
+    def fetch_values(self, wanted: dict[str, Any], targets: dict[str, Any] | None = None) -> None:
+        """One scan of the factor and offsets tables (a union, no join) for what is not cached yet.
+
+        ``wanted``: per side, rows whose factor, ``|b|`` and drift are read;
+        ``targets``: rows whose target is read as well.
+        """
+        def arr(ids):
+            return np.unique(np.asarray(list(ids) if isinstance(ids, (set, frozenset)) else ids, np.int64))
+
+        parts = []
+        asked = {}
+        for s in set(wanted) | set(targets or {}):
+            ids = arr(wanted.get(s, []))
+            with_t = arr((targets or {}).get(s, []))
+            need_f = np.union1d(ids, with_t)
+            need_f = need_f[~self._factors[s].contains(need_f)]
+            need_t = with_t[~self._targets[s].contains(with_t)]
+            need_d = np.setdiff1d(ids[~self._state[s].contains(ids)], need_t)
+            asked[s] = (need_f, need_t, need_d)
+            if need_f.size:
+                parts.append(select_ids(self.factor_tables[s], "id", need_f).select(F.lit(s).alias("side"), "id", "features"))
+            if need_t.size:
+                parts.append(select_ids(self.offset_tables[s], "id", need_t)
+                             .select(F.lit(s).alias("side"), "id", "residual", "bnorm", "drift"))
+            if need_d.size:
+                parts.append(select_ids(self.offset_tables[s], "id", need_d).select(F.lit(s).alias("side"), "id", "bnorm", "drift"))
+        if not parts:
             return
         # A union, not a join: each table is read with its own filter and nothing is shuffled.
-        parts = []
-        for s, ids in need.items():
-            parts.append(select_ids(self.factor_tables[s], "id", ids).select(F.lit(s).alias("side"), "id", "features"))
-            parts.append(select_ids(self.offset_tables[s], "id", ids)
-                         .select(F.lit(s).alias("side"), "id", "residual", "bnorm", "drift"))
         scan = parts[0]
         for part in parts[1:]:
             scan = scan.unionByName(part, allowMissingColumns=True)
         got = scan.toArrow()
         self.jobs += 1
+        names = got.schema.names
         side = got.column("side").to_numpy(zero_copy_only=False)
         ids_got = got.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
-        is_factor = got.column("features").is_valid().to_numpy(zero_copy_only=False)
-        for s in need:
-            sel = np.flatnonzero((side == s) & is_factor)
-            self._put_factors(s, ids_got[sel], got.column("features").take(sel))
-            sel = np.flatnonzero((side == s) & ~is_factor)
-            self._put_offsets(s, ids_got[sel], got.column("residual").take(sel), got.column("bnorm").take(sel),
-                              got.column("drift").take(sel))
+        valid = {c: got.column(c).is_valid().to_numpy(zero_copy_only=False) if c in names else np.zeros(len(ids_got), bool)
+                 for c in ("features", "residual", "bnorm")}
+        for s in asked:
+            sel = np.flatnonzero((side == s) & valid["features"])
+            self._put(s, "factors", ids_got[sel], got, sel)
+            sel = np.flatnonzero((side == s) & valid["bnorm"])
+            self._put(s, "state", ids_got[sel], got, sel)
+            sel = np.flatnonzero((side == s) & valid["residual"])
+            self._put(s, "targets", ids_got[sel], got, sel)
         # Rows without a factor or an offsets row: the per-table fetches name what is missing.
-        for s, ids in need.items():
-            self._fetch_values(s, "factors", ids)
-            self._fetch_values(s, "offsets", ids)
+        for s, (need_f, need_t, need_d) in asked.items():
+            self._fetch_values(s, "factors", need_f)
+            self._fetch_values(s, "targets", need_t)
+            self._fetch_values(s, "state", need_d)
 
-    def _put_factors(self, side: str, ids: np.ndarray, features) -> None:
-        if ids.size:
-            self._factors[side].put(ids, x=_rows_of(features).astype(np.float32))
+    def _put(self, side: str, what: str, ids: np.ndarray, table, sel=None) -> None:
+        """Cache ``what`` for ``ids`` from the Arrow ``table`` (rows ``sel``, default all)."""
+        if not ids.size:
+            return
 
-    def _put_offsets(self, side: str, ids: np.ndarray, residual, bnorm, drift) -> None:
-        if ids.size:
-            self._offsets[side].put(ids, t=_rows_of(residual), bnorm=bnorm.to_numpy(zero_copy_only=False), d=_rows_of(drift))
+        def col(name):
+            c = table.column(name)
+            return c.take(sel) if sel is not None else c
+
+        if what == "factors":
+            self._factors[side].put(ids, x=_rows_of(col("features")).astype(np.float32))
+        elif what == "targets":
+            self._targets[side].put(ids, t=_rows_of(col("residual")))
+        if what in ("targets", "state"):
+            self._state[side].put(ids, bnorm=col("bnorm").to_numpy(zero_copy_only=False), d=_rows_of(col("drift")))
 
     def _fetch_values(self, side: str, what: str, ids: np.ndarray) -> None:
-        cache = self._factors[side] if what == "factors" else self._offsets[side]
+        cache = {"factors": self._factors, "targets": self._targets, "state": self._state}[what][side]
         ids = np.unique(np.asarray(ids, np.int64))
         need = ids[~cache.contains(ids)]
         if not need.size:
             return
-        table = self.factor_tables[side] if what == "factors" else self.offset_tables[side]
-        got = select_ids(table, "id", need).toArrow()
-        self.jobs += 1
-        ids_got = got.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
         if what == "factors":
-            self._put_factors(side, ids_got, got.column("features"))
+            got = select_ids(self.factor_tables[side], "id", need).select("id", "features").toArrow()
         else:
-            self._put_offsets(side, ids_got, got.column("residual"), got.column("bnorm"), got.column("drift"))
+            cols = ["id", "residual", "bnorm", "drift"] if what == "targets" else ["id", "bnorm", "drift"]
+            got = select_ids(self.offset_tables[side], "id", need).select(*cols).toArrow()
+        self.jobs += 1
+        self._put(side, what, got.column("id").to_numpy(zero_copy_only=False).astype(np.int64), got)
         missing = need[~cache.contains(need)]
         if missing.size:
             raise StoreError(
-                f"the model has no {what[:-1] if what == 'factors' else 'offset'} row for {side} {int(missing[0])} "
+                f"the model has no {'factor' if what == 'factors' else 'offset'} row for {side} {int(missing[0])} "
                 f"(and {missing.size - 1} more) that the data version rates; the ratings do not belong to this model version"
             )
 
@@ -262,14 +293,24 @@ class TableRowSource:
         self._fetch_values(side, "factors", ids)
         return self._factors[side].take("x", ids) if ids.size else np.zeros((0, self.rank), np.float32)
 
-    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def targets(self, side: str, ids: np.ndarray) -> np.ndarray:
+        """Stored targets ``t`` ``(n, k)`` of ``ids``."""
         ids = np.asarray(ids, np.int64)
-        self._fetch_values(side, "offsets", ids)
+        self._fetch_values(side, "targets", ids)
+        return self._targets[side].take("t", ids) if ids.size else np.zeros((0, self.rank))
+
+    def drift_state(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored ``|b|`` ``(n,)`` and drift ``d`` ``(n, k)`` of ``ids`` (no targets read)."""
+        ids = np.asarray(ids, np.int64)
+        self._fetch_values(side, "state", ids)
         if not ids.size:
-            return np.zeros((0, self.rank)), np.zeros(0), np.zeros((0, self.rank))
-        pos = self._offsets[side].positions(ids)
-        table = self._offsets[side]
-        return table["t"][pos], table["bnorm"][pos], table["d"][pos]
+            return np.zeros(0), np.zeros((0, self.rank))
+        pos = self._state[side].positions(ids)
+        return self._state[side]["bnorm"][pos], self._state[side]["d"][pos]
+
+    def offsets(self, side: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = self.targets(side, ids)
+        return (t, *self.drift_state(side, ids))
 
     def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
         """Rows (not in ``skip``) with ``|d + delta_gram x| > tol |b|``: one pass over the factor and offsets tables."""
