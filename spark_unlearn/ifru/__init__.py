@@ -5,7 +5,7 @@ and updates the model in PyTorch.  Modules:
 
 * :mod:`~spark_unlearn.ifru.data` - binarise, k-core, split, dense ids (Spark) -> tensors
 * :mod:`~spark_unlearn.ifru.models` - MF / LightGCN as pure functions of the embeddings
-* :mod:`~spark_unlearn.ifru.train` - Adam on the BCE + L2 objective
+* :mod:`~spark_unlearn.ifru.train` - Adam on the BCE (or fixed-triple BPR) + L2 objective
 * :mod:`~spark_unlearn.ifru.influence` - exact HVPs (torch.func), CG, the update
 * :mod:`~spark_unlearn.ifru.pruning` - importance scores, kept nodes, k-hop subgraph (Spark + torch references)
 * :mod:`~spark_unlearn.ifru.problem` - subgraph -> reduced problem on the driver

@@ -21,9 +21,16 @@ class IFRUConfig:
         (train/val/test), ``split_seed``.
     Model and training
         ``model_type`` (``mf`` | ``lightgcn``), ``layers`` (LightGCN only),
-        ``dim``, ``loss`` (``bce`` | ``bpr``; the unlearning update supports
-        ``bce``), ``reg`` (L2 weight ``reg/2 ||E0||^2`` in the objective),
-        ``lr``, ``epochs``, ``batch_size`` (0 = full batch), ``seed``.
+        ``dim``, ``loss`` (``bce``: pointwise, every labelled training pair is
+        a term; ``bpr``: the fixed triples ``(u, i, j)`` of the positive
+        training pairs, ``bpr_negatives`` negatives per positive drawn once with
+        ``seed`` from the items that are not a positive training item of ``u``,
+        kept with the model; unlearning ``(u, i)`` removes exactly the triples
+        whose positive is ``(u, i)``; see
+        :func:`spark_unlearn.ifru.models.bpr_negatives`), ``bpr_negatives``,
+        ``reg`` (L2 weight ``reg/2 ||E0||^2`` in the objective), ``lr``,
+        ``epochs``, ``batch_size`` (0 = full batch), ``seed`` (initialisation,
+        mini-batch order and BPR negatives).
     Unlearning
         ``damping`` (added to the Hessian), ``cg_tol`` (relative residual),
         ``cg_max_iter``, ``precondition`` (block-Jacobi), ``influence_dtype``,
@@ -46,6 +53,7 @@ class IFRUConfig:
     layers: int = 1
     dim: int = 64
     loss: str = "bce"
+    bpr_negatives: int = 1
     reg: float = 1e-4
     lr: float = 0.01
     epochs: int = 200
@@ -95,6 +103,7 @@ class IFRUConfig:
         integer("dim", 1)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        integer("bpr_negatives", 1)
         num("reg", 0.0)
         num("lr", 0.0, strict=True)
         integer("epochs", 0)

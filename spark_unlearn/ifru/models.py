@@ -11,8 +11,9 @@ Conventions
   training interactions only (no self-loops), and scores with the mean of the
   layer embeddings ``H = (E_0 + ... + E_K) / (K + 1)``.
 * The training loss is pointwise BCE with logits on ``<h_u, h_i>`` (or BPR on
-  ``<h_u, h_i> - <h_u, h_j>`` for fixed sampled negatives ``j``), averaged over
-  the ``n`` training terms, plus ``reg / 2 * ||E0||^2``.
+  ``<h_u, h_i> - <h_u, h_j>`` for fixed sampled negatives ``j``, see
+  :func:`bpr_negatives`), averaged over the ``n`` training terms, plus
+  ``reg / 2 * ||E0||^2``.
 
 Everything here is a pure function of tensors (no modules, no state), so the
 same code serves training, ``torch.func`` Hessian-vector products and the
@@ -162,3 +163,86 @@ class Terms:
             None if self.label is None else self.label[mask],
             None if self.j is None else self.j[mask],
         )
+
+
+# --------------------------------------------------------------------------- BPR triples
+
+
+def bpr_negatives(
+    pos_u: torch.Tensor, pos_i: torch.Tensor, n_items: int, negatives: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed BPR triples of a set of positive pairs: ``negatives`` seeded negatives per positive.
+
+    Parameters
+    ----------
+    pos_u, pos_i
+        Dense user and item ids of the positive training pairs (any order;
+        duplicates count once).
+    n_items
+        Number of items.
+    negatives
+        Negatives drawn per positive pair (``m``).
+    seed
+        Seed of a private generator (the global RNG is neither used nor changed).
+
+    Returns
+    -------
+    (pos_u, pos_i, neg_j)
+        The distinct positives sorted by ``(u, i)`` and ``neg_j`` (``n_pos`` x
+        ``m``, dense item ids): the triples are ``(u_r, i_r, neg_j[r, k])``.
+
+    Notes
+    -----
+    The BPR objective is the *fixed* sum over these triples: they are drawn
+    once, at training time, and kept with the model, so that the objective the
+    influence function differentiates is a fixed sum of terms (a per-epoch
+    resampled BPR has no fixed objective).  Every negative of user ``u`` is
+    drawn uniformly, with replacement, from the items that are **not** a
+    positive training item of ``u`` (items ``u`` rated below the threshold, or
+    never rated, are eligible).  The draw depends only on the set of positives
+    and ``seed`` (the positives are sorted first), not on the input order.
+
+    Removing an interaction ``(u, i)`` removes every triple whose positive is
+    ``(u, i)`` and nothing else: the remaining triples keep their negatives.
+    Because negatives exclude all of ``u``'s positives at training time, a
+    removed positive never is (and never becomes) a negative of ``u`` in the
+    remaining objective, which is what the retrain reference minimises.  We
+    do not resample negatives for the remaining data: a deleted interaction
+    turned into a negative would teach the model "``u`` dislikes ``i``" from
+    the deletion itself, and the remaining objective would no longer be the
+    training sum minus the removed terms (the influence function's premise).
+
+    Sampling is exact without rejection: with ``p_0 < p_1 < ...`` the sorted
+    positives of ``u`` and ``q_r = p_r - r``, the ``k``-th non-positive item
+    (``k`` uniform in ``[0, n_items - deg u)``) is ``k + #{r : q_r <= k}``.
+    """
+    if negatives < 1:
+        raise ValueError(f"negatives must be >= 1, got {negatives}")
+    key = torch.unique(pos_u.long() * n_items + pos_i.long())  # sorted, distinct
+    u, i = key // n_items, key % n_items
+    n_pos = int(key.numel())
+    if n_pos == 0:
+        return u, i, torch.zeros((0, negatives), dtype=torch.long)
+    users, counts = torch.unique_consecutive(u, return_counts=True)
+    free = n_items - counts
+    if bool((free <= 0).any()):
+        bad = users[free <= 0].tolist()[:5]
+        raise ValueError(f"users {bad} have every item as a positive: no BPR negative can be drawn")
+    start = torch.cumsum(counts, 0) - counts
+    seg = torch.repeat_interleave(torch.arange(users.numel()), counts)
+    rank = torch.arange(n_pos) - start[seg]
+    stride = n_items + 1
+    q = seg * stride + (i - rank)  # sorted: segments ascending, q_r non-decreasing within a segment
+    gen = torch.Generator().manual_seed(int(seed))
+    draw = torch.rand((n_pos, negatives), generator=gen, dtype=torch.float64)
+    k = (draw * free[seg].unsqueeze(1).double()).long().clamp(max=(free[seg] - 1).unsqueeze(1))
+    below = torch.searchsorted(q, seg.unsqueeze(1) * stride + k, right=True) - start[seg].unsqueeze(1)
+    return u, i, k + below
+
+
+def bpr_terms(pos_u: torch.Tensor, pos_i: torch.Tensor, neg_j: torch.Tensor, n_users: int) -> "Terms":
+    """BPR triples on global node ids, row-major: term ``r * m + k`` is ``(u_r, i_r, neg_j[r, k])``."""
+    m = int(neg_j.shape[1]) if neg_j.dim() == 2 else 1
+    u = pos_u.long().repeat_interleave(m)
+    i = pos_i.long().repeat_interleave(m) + n_users
+    return Terms(u, i, None, neg_j.reshape(-1).long() + n_users)

@@ -37,6 +37,7 @@ CURRENT = "CURRENT"
 WEIGHTS = "weights.pt"
 META = "meta.json"
 _TENSORS = ("e0", "user_ids", "item_ids", "pos_u", "pos_i", "removed_u", "removed_i")
+_OPTIONAL = ("neg_j",)  # BPR models only
 
 
 def _sha256(path: str) -> str:
@@ -94,6 +95,8 @@ def save_model(model: IFRUModel, model_dir: str, keep_previous: int = 1) -> str:
             "removed_u": model.removed_u.long().contiguous(),
             "removed_i": model.removed_i.long().contiguous(),
         }
+        if model.neg_j is not None:
+            tensors["neg_j"] = model.neg_j.long().contiguous()
         wpath = os.path.join(tmp, WEIGHTS)
         with open(wpath, "wb") as f:
             torch.save(tensors, f)
@@ -167,8 +170,8 @@ def load_model(model_dir: str) -> IFRUModel:
         tensors = torch.load(wpath, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a store problem
         raise StoreError(f"cannot load {wpath} with weights_only=True: {exc}") from exc
-    if not isinstance(tensors, dict) or set(tensors) != set(_TENSORS):
-        raise StoreError(f"{wpath} must hold exactly the tensors {list(_TENSORS)}")
+    if not isinstance(tensors, dict) or not set(_TENSORS) <= set(tensors) <= set(_TENSORS + _OPTIONAL):
+        raise StoreError(f"{wpath} must hold exactly the tensors {list(_TENSORS)} (and {list(_OPTIONAL)} for BPR)")
     for k, v in tensors.items():
         if not isinstance(v, torch.Tensor) or list(v.shape) != meta["shapes"].get(k):
             raise StoreError(f"{wpath}: tensor {k!r} has an unexpected type or shape")
@@ -177,6 +180,13 @@ def load_model(model_dir: str) -> IFRUModel:
     n_nodes = meta["n_users"] + meta["n_items"]
     if e0.dim() != 2 or e0.shape != (n_nodes, config.dim) or not torch.isfinite(e0).all():
         raise StoreError(f"{wpath}: embeddings must be finite and {n_nodes} x {config.dim}")
+    neg_j = tensors.get("neg_j")
+    if (config.loss == "bpr") != (neg_j is not None):
+        raise StoreError(f"{wpath}: a model trained with loss={config.loss!r} must "
+                         f"{'hold' if config.loss == 'bpr' else 'not hold'} BPR negatives 'neg_j'")
+    if neg_j is not None and (neg_j.dim() != 2 or neg_j.shape[0] != tensors["pos_u"].shape[0]
+                              or int(meta["n_terms"]) != neg_j.numel()):
+        raise StoreError(f"{wpath}: 'neg_j' must have one row per positive pair and n_terms entries")
     return IFRUModel(
         config=config,
         e0=e0,
@@ -189,4 +199,5 @@ def load_model(model_dir: str) -> IFRUModel:
         n_terms=int(meta["n_terms"]),
         fingerprint=str(meta.get("fingerprint", "")),
         history=list(meta.get("history", [])),
+        neg_j=neg_j,
     )

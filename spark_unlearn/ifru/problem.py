@@ -43,12 +43,17 @@ def assemble_problem(
 
     ``graph_g`` / ``graph_gp`` are the model's full propagation graphs (``None``
     for MF); ``h0`` is evaluated on them once, on the whole table, and then
-    only the local rows are kept.
+    only the local rows are kept.  ``loss="bpr"`` needs a subgraph of triples
+    (``sub.term_j``, from :func:`~spark_unlearn.ifru.pruning.subgraph_triples_torch`).
     """
+    if (loss == "bpr") != (sub.term_j is not None):
+        raise ValueError(f"loss={loss!r} needs a subgraph of {'triples (term_j)' if loss == 'bpr' else 'labelled pairs'}")
     num_nodes = n_users + n_items
     e0 = e0.to(dtype)
     kept_global = torch.arange(num_nodes) if sub.kept is None else sub.kept.long()
     pieces = [kept_global, sub.term_u, sub.term_i, sub.edges_g[0], sub.edges_g[1], sub.edges_gp[0], sub.edges_gp[1]]
+    if sub.term_j is not None:
+        pieces.append(sub.term_j)
     local_nodes = torch.unique(torch.cat([p.long() for p in pieces]))
 
     def loc(x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +71,10 @@ def assemble_problem(
         return Graph(nl, loc(src), loc(dst), w.to(dtype))
 
     tu, ti = loc(sub.term_u), loc(sub.term_i)
-    label = sub.term_label.to(dtype)
-    all_terms = Terms(tu, ti, label)
+    if sub.term_j is None:
+        all_terms = Terms(tu, ti, sub.term_label.to(dtype))
+    else:
+        all_terms = Terms(tu, ti, None, loc(sub.term_j))
     removed = sub.term_removed.bool()
     spill = sub.term_changed.bool() & ~removed
     if not layers:
@@ -88,5 +95,5 @@ def assemble_problem(
         layers=int(layers),
         loss=loss,
         remaining_terms=all_terms.select(~removed),
-        n_removed=int(sub.removed_u.numel()),
+        n_removed=sub.removed_terms,
     )

@@ -45,6 +45,10 @@ class Subgraph:
     """The part of the training data an IFRU update needs, on global node ids.
 
     ``kept`` is ``None`` when nothing is pruned (every node is a variable).
+    ``removed_u`` / ``removed_i`` / ``removed_label`` are the removed training
+    pairs.  For BPR (:func:`subgraph_triples_torch`) the terms are triples:
+    ``term_j`` holds their negatives and ``n_removed_terms`` the number of
+    removed triples; both are ``None`` for BCE (one term per pair).
     """
 
     kept: torch.Tensor | None
@@ -58,10 +62,17 @@ class Subgraph:
     removed_u: torch.Tensor
     removed_i: torch.Tensor
     removed_label: torch.Tensor
+    term_j: torch.Tensor | None = None
+    n_removed_terms: int | None = None
 
     @property
     def num_terms(self) -> int:
         return int(self.term_u.numel())
+
+    @property
+    def removed_terms(self) -> int:
+        """``|D_u|`` over the whole training set: the removed pairs (BCE), or their triples (BPR)."""
+        return int(self.removed_u.numel()) if self.n_removed_terms is None else int(self.n_removed_terms)
 
 
 # =========================================================================== torch references
@@ -111,6 +122,36 @@ def _normalised_edges(pu: torch.Tensor, pi: torch.Tensor, n: int) -> tuple[torch
     return torch.cat([pi, pu]), torch.cat([pu, pi]), torch.cat([w, w])
 
 
+def _selection_torch(
+    pos_a: torch.Tensor, pos_b: torch.Tensor, rem_pos: torch.Tensor, n: int, layers: int, kept: torch.Tensor | None
+):
+    """What :func:`subgraph_torch` and :func:`subgraph_triples_torch` share, from the positive edges (global ids).
+
+    Returns the edges of ``G`` and ``G'`` with their selection masks, the nodes
+    whose representation changes from ``G`` to ``G'`` and the nodes within
+    ``layers`` hops of ``kept`` (``None``: every node).
+    """
+    src, dst, w = _normalised_edges(pos_a, pos_b, n)
+    src_p, dst_p, w_p = _normalised_edges(pos_a[~rem_pos], pos_b[~rem_pos], n)
+    seeds = torch.cat([pos_a[rem_pos], pos_b[rem_pos]])
+    changed_nodes = reach_torch(seeds, src, dst, n, layers)[-1] if layers else torch.zeros(n, dtype=torch.bool)
+    if kept is None:
+        reach_all = torch.ones(n, dtype=torch.bool)
+        e_sel = torch.ones_like(src, dtype=torch.bool)
+        e_sel_p = torch.ones_like(src_p, dtype=torch.bool)
+    else:
+        reach = reach_torch(kept, src, dst, n, layers)
+        reach_all = reach[-1]
+        e_sel = reach[-2][src] if layers else torch.zeros_like(src, dtype=torch.bool)
+        e_sel_p = reach[-2][src_p] if layers else torch.zeros_like(src_p, dtype=torch.bool)
+    if layers == 0:
+        e_sel = torch.zeros_like(src, dtype=torch.bool)
+        e_sel_p = torch.zeros_like(src_p, dtype=torch.bool)
+    edges_g = (src[e_sel], dst[e_sel], w[e_sel])
+    edges_gp = (src_p[e_sel_p], dst_p[e_sel_p], w_p[e_sel_p])
+    return edges_g, edges_gp, changed_nodes, reach_all
+
+
 def subgraph_torch(
     u: torch.Tensor,
     i: torch.Tensor,
@@ -126,41 +167,80 @@ def subgraph_torch(
     a = u.long()
     b = i.long() + n_users
     pos = label > 0
-    src, dst, w = _normalised_edges(a[pos], b[pos], n)
-    keep_gp = pos & ~removed
-    src_p, dst_p, w_p = _normalised_edges(a[keep_gp], b[keep_gp], n)
-    rem_pos = pos & removed
-    changed_nodes = reach_torch(torch.cat([a[rem_pos], b[rem_pos]]), src, dst, n, layers)[-1] if layers else torch.zeros(n, dtype=torch.bool)
-    term_changed = changed_nodes[a] | changed_nodes[b]
-    if kept is None:
-        sel = torch.ones_like(a, dtype=torch.bool)
-        e_sel = torch.ones_like(src, dtype=torch.bool)
-        e_sel_p = torch.ones_like(src_p, dtype=torch.bool)
-    else:
-        reach = reach_torch(kept, src, dst, n, layers)
-        sel = reach[-1][a] | reach[-1][b]
-        if layers:
-            e_sel = reach[-2][src]
-            e_sel_p = reach[-2][src_p]
-        else:
-            e_sel = torch.zeros_like(src, dtype=torch.bool)
-            e_sel_p = torch.zeros_like(src_p, dtype=torch.bool)
-    if layers == 0:
-        e_sel = torch.zeros_like(src, dtype=torch.bool)
-        e_sel_p = torch.zeros_like(src_p, dtype=torch.bool)
+    edges_g, edges_gp, changed_nodes, reach = _selection_torch(a[pos], b[pos], removed[pos], n, layers, kept)
+    sel = reach[a] | reach[b]
+    changed = changed_nodes[a] | changed_nodes[b]
+    return _selected(kept, sel, a, b, label.float(), removed, changed, edges_g, edges_gp, a[removed], b[removed],
+                     label[removed].float())
+
+
+def _selected(kept, sel, tu, ti, label, t_removed, changed, edges_g, edges_gp, removed_u, removed_i, removed_label,
+              tj=None, n_removed_terms=None) -> Subgraph:
+    """The :class:`Subgraph` of the terms flagged in ``sel`` (``changed`` is cleared on removed terms)."""
     return Subgraph(
         kept=None if kept is None else torch.sort(kept.long()).values,
-        term_u=a[sel],
-        term_i=b[sel],
-        term_label=label[sel].float(),
-        term_removed=removed[sel],
-        term_changed=term_changed[sel] & ~removed[sel],
-        edges_g=(src[e_sel], dst[e_sel], w[e_sel]),
-        edges_gp=(src_p[e_sel_p], dst_p[e_sel_p], w_p[e_sel_p]),
-        removed_u=a[removed],
-        removed_i=b[removed],
-        removed_label=label[removed].float(),
+        term_u=tu[sel],
+        term_i=ti[sel],
+        term_label=label[sel],
+        term_removed=t_removed[sel],
+        term_changed=changed[sel] & ~t_removed[sel],
+        edges_g=edges_g,
+        edges_gp=edges_gp,
+        removed_u=removed_u,
+        removed_i=removed_i,
+        removed_label=removed_label,
+        term_j=None if tj is None else tj[sel],
+        n_removed_terms=n_removed_terms,
     )
+
+
+def subgraph_triples_torch(
+    pos_u: torch.Tensor,
+    pos_i: torch.Tensor,
+    neg_j: torch.Tensor,
+    removed: torch.Tensor,
+    n_users: int,
+    n_items: int,
+    layers: int,
+    kept: torch.Tensor | None,
+) -> Subgraph:
+    """Influenced subgraph of a BPR objective (fixed triples), on the driver.
+
+    Parameters
+    ----------
+    pos_u, pos_i, neg_j
+        The model's positive training pairs (dense ids) and their negatives
+        (``len(pos_u)`` x ``m``), as in :class:`~spark_unlearn.ifru.state.IFRUModel`.
+    removed
+        Boolean per positive pair: unlearn it.
+    n_users, n_items, layers, kept
+        As in :func:`subgraph_torch`.
+
+    Returns
+    -------
+    Subgraph
+        Terms are the triples (``term_j`` set, ``term_label`` all ones): a
+        triple is removed iff its positive pair is removed (all ``m`` triples
+        of that pair), selected iff one of ``u``, ``i``, ``j`` lies within
+        ``layers`` hops of ``kept`` on ``G``, and changed (``D_c``) iff it
+        remains and one of them lies within ``layers`` hops of an endpoint of
+        a removed positive edge.  ``G`` / ``G'`` are built from the positive
+        pairs as for BCE.  ``removed_u`` / ``removed_i`` list the removed
+        *pairs*; ``n_removed_terms`` counts the removed triples.
+    """
+    n = n_users + n_items
+    a = pos_u.long()
+    b = pos_i.long() + n_users
+    removed = removed.bool()
+    m = int(neg_j.shape[1])
+    edges_g, edges_gp, changed_nodes, reach = _selection_torch(a, b, removed, n, layers, kept)
+    tu, ti = a.repeat_interleave(m), b.repeat_interleave(m)
+    tj = neg_j.reshape(-1).long() + n_users
+    t_removed = removed.repeat_interleave(m)
+    changed = changed_nodes[tu] | changed_nodes[ti] | changed_nodes[tj]
+    sel = reach[tu] | reach[ti] | reach[tj]
+    return _selected(kept, sel, tu, ti, torch.ones(tu.numel()), t_removed, changed, edges_g, edges_gp, a[removed], b[removed],
+                     torch.ones(int(removed.sum())), tj=tj, n_removed_terms=int(removed.sum()) * m)
 
 
 # =========================================================================== Spark

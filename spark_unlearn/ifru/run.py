@@ -128,9 +128,15 @@ def _unlearn_requests(spark, model: IFRUModel, prepared, deletions, cfg: IFRUCon
         "in_val_or_test": deletions.join(heldout, ["user", "item"], "left_semi").count(),
         "unknown": deletions.join(known, ["user", "item"], "left_anti").count(),
     }
+    if cfg.loss == "bpr":  # only positive pairs are BPR terms (their triples); a disliked pair has none
+        counts["in_training_positive"] = train.where("removed AND label > 0").count()
     report["deletions"] = counts
     if counts["in_training"] == 0:
         log.warning("none of the %d requested pairs is a (remaining) training pair; the model is unchanged", counts["requested"])
+        return model
+    if counts.get("in_training_positive") == 0:
+        log.warning("none of the %d requested pairs is a positive training pair, so no BPR triple is removed; "
+                    "the model is unchanged", counts["requested"])
         return model
     plan = compute_unlearning(train.select("u", "i", "label", "removed"), model, cfg)
     report["unlearning"] = plan.report()

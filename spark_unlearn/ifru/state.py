@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from spark_unlearn.ifru.config import IFRUConfig
-from spark_unlearn.ifru.models import Graph, build_graph, layer_mean, term_logits
+from spark_unlearn.ifru.models import Graph, Terms, bpr_terms, build_graph, layer_mean, term_logits
 
 
 @dataclass
@@ -36,6 +36,13 @@ class IFRUModel:
         Fingerprint of the prepared training split the model was trained on.
     history
         One record per unlearning run (counts, not data).
+    neg_j
+        ``loss="bpr"`` only: the fixed negatives (``len(pos_u)`` x ``m``, dense
+        item ids) drawn at training time; row ``r`` belongs to the positive
+        ``(pos_u[r], pos_i[r])`` and the objective is the sum over the triples
+        :func:`~spark_unlearn.ifru.models.bpr_terms` builds from them
+        (``n_terms`` = their number).  Unlearning a positive drops its row.
+        ``None`` for BCE.
     """
 
     config: IFRUConfig
@@ -49,6 +56,7 @@ class IFRUModel:
     n_terms: int
     fingerprint: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    neg_j: torch.Tensor | None = None
 
     @property
     def n_users(self) -> int:
@@ -67,6 +75,12 @@ class IFRUModel:
         if not self.layers:
             return None
         return build_graph(self.pos_u, self.pos_i, self.n_users, self.n_items, dtype)
+
+    def bpr_terms(self) -> Terms:
+        """The BPR triples of the current objective on global node ids (``loss="bpr"`` models only)."""
+        if self.neg_j is None:
+            raise ValueError("this model has no BPR negatives (it was trained with loss='bce')")
+        return bpr_terms(self.pos_u, self.pos_i, self.neg_j, self.n_users)
 
     def representations(self) -> torch.Tensor:
         """Final node representations ``h`` (users then items) on the model's current graph."""

@@ -20,11 +20,18 @@ import torch
 from spark_unlearn.errors import ConfigError, EmptyInputError
 from spark_unlearn.ifru.config import IFRUConfig
 from spark_unlearn.ifru.influence import InfluenceUpdate, apply_update, compute_update
-from spark_unlearn.ifru.models import build_graph, init_embeddings
+from spark_unlearn.ifru.models import Terms, bpr_negatives, bpr_terms, build_graph, init_embeddings
 from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
-from spark_unlearn.ifru.pruning import Subgraph, kept_nodes_spark, node_scores_spark, subgraph_spark
+from spark_unlearn.ifru.pruning import (
+    Subgraph,
+    kept_from_scores,
+    kept_nodes_spark,
+    node_scores_spark,
+    node_scores_torch,
+    subgraph_spark,
+    subgraph_triples_torch,
+)
 from spark_unlearn.ifru.state import IFRUModel
-from spark_unlearn.ifru.models import Terms
 from spark_unlearn.ifru.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -49,12 +56,33 @@ def fit_tensors(
     ``monitor`` / ``patience``: early stopping, see :func:`spark_unlearn.ifru.train.train`.
     """
     if cfg.loss != "bce":
-        raise ConfigError(f"training from labelled pairs needs loss='bce'; got {cfg.loss!r}")
-    terms = Terms(u.long(), i.long() + n_users, label.float())
-    graph = None
-    if cfg.model_layers:
-        pos = label > 0
-        graph = build_graph(u[pos], i[pos], n_users, n_items)
+        raise ConfigError(f"training from labelled pairs needs loss='bce'; got {cfg.loss!r} "
+                          "(for 'bpr' draw the fixed triples with models.bpr_negatives and use fit_triples)")
+    pos = label > 0
+    return _fit(cfg, n_users, n_items, Terms(u.long(), i.long() + n_users, label.float()), u[pos], i[pos], e0, epochs,
+                monitor, patience)
+
+
+def fit_triples(
+    cfg: IFRUConfig, n_users: int, n_items: int, pos_u: torch.Tensor, pos_i: torch.Tensor, neg_j: torch.Tensor,
+    e0: torch.Tensor | None = None, epochs: int | None = None, monitor=None, patience: int = 10,
+) -> TrainResult:
+    """Train with ``loss='bpr'`` on fixed triples (dense ids; see :func:`~spark_unlearn.ifru.models.bpr_negatives`).
+
+    ``neg_j`` (``len(pos_u)`` x ``m``) holds the negatives of each positive
+    pair; the objective is the mean over the ``len(pos_u) * m`` triples plus
+    the L2 term, and the LightGCN graph is built from the positive pairs.  A
+    leave-out retrain passes the remaining rows with the *same* negatives.
+    """
+    if cfg.loss != "bpr":
+        raise ConfigError(f"training from BPR triples needs loss='bpr'; got {cfg.loss!r}")
+    if neg_j.dim() != 2 or neg_j.shape[0] != pos_u.numel():
+        raise ValueError(f"neg_j must have one row per positive pair; got shape {tuple(neg_j.shape)} for {pos_u.numel()} pairs")
+    return _fit(cfg, n_users, n_items, bpr_terms(pos_u, pos_i, neg_j, n_users), pos_u, pos_i, e0, epochs, monitor, patience)
+
+
+def _fit(cfg, n_users, n_items, terms: Terms, pos_u, pos_i, e0, epochs, monitor, patience) -> TrainResult:
+    graph = build_graph(pos_u, pos_i, n_users, n_items) if cfg.model_layers else None
     start = init_embeddings(n_users + n_items, cfg.dim, cfg.seed) if e0 is None else e0
     return train(
         start,
@@ -79,19 +107,32 @@ def train_model(prepared, cfg: IFRUConfig, *, fingerprint: str = "") -> tuple[IF
     t = sorted_terms(prepared.train)
     if t["u"].numel() == 0:
         raise EmptyInputError("the training split is empty; nothing to train on")
-    res = fit_tensors(cfg, prepared.n_users, prepared.n_items, t["u"], t["i"], t["label"])
     pos = t["label"] > 0
+    pos_u, pos_i, neg_j = t["u"][pos].long(), t["i"][pos].long(), None
+    if cfg.loss == "bpr":
+        if pos_u.numel() == 0:
+            raise EmptyInputError("the training split has no positive pair; BPR has nothing to train on")
+        try:
+            pos_u, pos_i, neg_j = bpr_negatives(pos_u, pos_i, prepared.n_items, cfg.bpr_negatives, cfg.seed)
+        except ValueError as exc:
+            raise ConfigError(f"cannot draw BPR negatives: {exc}; raise kcore or use loss='bce'") from exc
+        res = fit_triples(cfg, prepared.n_users, prepared.n_items, pos_u, pos_i, neg_j)
+        n_terms = int(neg_j.numel())
+    else:
+        res = fit_tensors(cfg, prepared.n_users, prepared.n_items, t["u"], t["i"], t["label"])
+        n_terms = int(t["u"].numel())
     model = IFRUModel(
         config=cfg,
         e0=res.e0.float(),
         user_ids=np.asarray(prepared.user_ids, dtype=np.int64),
         item_ids=np.asarray(prepared.item_ids, dtype=np.int64),
-        pos_u=t["u"][pos].long(),
-        pos_i=t["i"][pos].long(),
+        pos_u=pos_u,
+        pos_i=pos_i,
         removed_u=torch.zeros(0, dtype=torch.long),
         removed_i=torch.zeros(0, dtype=torch.long),
-        n_terms=int(t["u"].numel()),
+        n_terms=n_terms,
         fingerprint=fingerprint,
+        neg_j=neg_j,
     )
     log.info("trained %s: %d users, %d items, %d terms, objective %.5f, |grad| %.2e, %.1f s",
              cfg.model_type, model.n_users, model.n_items, model.n_terms, res.final_loss, res.grad_norm, res.wall_s)
@@ -113,11 +154,17 @@ class UnlearningPlan:
     kept_nodes: int
     prune_threshold: float | None
     timings: dict[str, float] = field(default_factory=dict)
+    removed_terms: int = -1  # objective terms removed (|D_u|): the pairs (BCE) or their triples (BPR)
+
+    def __post_init__(self) -> None:
+        if self.removed_terms < 0:
+            self.removed_terms = int(self.removed_u.numel())
 
     def report(self) -> dict[str, Any]:
         u = self.update
         return {
-            "removed_terms": int(self.removed_u.numel()),
+            "removed_terms": self.removed_terms,
+            "removed_pairs": int(self.removed_u.numel()),
             "removed_positive_edges": self.removed_positive,
             "kept_nodes": self.kept_nodes,
             "prune_threshold": self.prune_threshold,
@@ -134,6 +181,34 @@ class UnlearningPlan:
             "update_norm": float(torch.linalg.vector_norm(u.delta)),
             "timings_s": {**self.timings, **{f"driver_{k}": v for k, v in u.timings.items()}},
         }
+
+
+def select_subgraph_bpr(model: IFRUModel, removed_u: torch.Tensor, removed_i: torch.Tensor, cfg: IFRUConfig
+                        ) -> tuple[Subgraph, float | None]:
+    """Driver: kept nodes and the influenced subgraph of a BPR model's fixed triples, removing pairs (dense ids).
+
+    The triples live with the model on the driver (``len(pos) * m`` integers),
+    so they are selected in torch (:func:`~spark_unlearn.ifru.pruning.subgraph_triples_torch`).
+    Only positive pairs are terms: a requested pair that is not a remaining
+    positive of the model has no triple and is ignored.  Pruning scores are
+    computed on the interaction graph of the positive pairs.
+    """
+    if model.neg_j is None:
+        raise ConfigError("the model was trained with loss='bce' and holds no BPR triples; unlearn it with loss='bce'")
+    n_users, n_items = model.n_users, model.n_items
+    key = model.pos_u.long() * n_items + model.pos_i.long()
+    removed = torch.isin(key, removed_u.long() * n_items + removed_i.long())
+    kept = thr = None
+    if cfg.prune_quantile is not None:
+        scores = node_scores_torch(model.pos_u, model.pos_i, removed, n_users, n_items, cfg.prune_hops)
+        has = torch.bincount(torch.cat([model.pos_u.long(), model.pos_i.long() + n_users]), minlength=n_users + n_items) > 0
+        kept = kept_from_scores(scores, has, cfg.prune_quantile)
+        vals = scores[has].double().numpy()
+        thr = float(np.quantile(vals, cfg.prune_quantile)) if vals.size else 0.0
+    sub = subgraph_triples_torch(model.pos_u, model.pos_i, model.neg_j, removed, n_users, n_items, model.layers, kept)
+    log.info("BPR: %d of %d requested pairs are positive training pairs (%d triples removed)",
+             int(removed.sum()), int(removed_u.numel()), sub.removed_terms)
+    return sub, thr
 
 
 def select_subgraph(train_terms, model: IFRUModel, cfg: IFRUConfig) -> tuple[Subgraph, float | None]:
@@ -163,7 +238,8 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
     else:
         g = gp = None
     problem = assemble_problem(
-        sub, model.e0, g, gp, n_users=n_users, n_items=n_items, layers=model.layers, reg=cfg.reg, n=model.n_terms, dtype=dtype
+        sub, model.e0, g, gp, n_users=n_users, n_items=n_items, layers=model.layers, reg=cfg.reg, n=model.n_terms,
+        loss=cfg.loss, dtype=dtype,
     )
     t1 = time.perf_counter()
     update = compute_update(
@@ -183,16 +259,31 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
         kept_nodes=kept_nodes,
         prune_threshold=prune_threshold,
         timings={"assemble_s": t1 - t0, "update_s": time.perf_counter() - t1},
+        removed_terms=sub.removed_terms,
     )
 
 
 def compute_unlearning(train_terms, model: IFRUModel, cfg: IFRUConfig | None = None) -> UnlearningPlan:
-    """Spark subgraph + driver update for the training terms flagged ``removed`` in ``train_terms``."""
+    """Spark subgraph + driver update for the training pairs flagged ``removed`` in ``train_terms``.
+
+    ``loss="bce"``: every flagged pair is a removed term and Spark selects the
+    subgraph.  ``loss="bpr"``: only the flagged pairs are collected; the
+    removed terms are every triple whose positive is a flagged pair, and the
+    subgraph is selected on the driver from the model's fixed triples
+    (:func:`select_subgraph_bpr`).
+    """
     cfg = cfg or model.config
-    if cfg.loss != "bce":
-        raise ConfigError("the IFRU update is implemented for loss='bce' only")
+    if cfg.loss != model.config.loss:
+        raise ConfigError(f"the model was trained with loss={model.config.loss!r}; it cannot be unlearned with "
+                          f"loss={cfg.loss!r} (the update differentiates the training objective)")
     t0 = time.perf_counter()
-    sub, thr = select_subgraph(train_terms, model, cfg)
+    if cfg.loss == "bpr":
+        from spark_unlearn.ifru.data import to_tensors
+
+        req = to_tensors(train_terms.where("removed"), ["u", "i"])
+        sub, thr = select_subgraph_bpr(model, req["u"].long(), req["i"].long(), cfg)
+    else:
+        sub, thr = select_subgraph(train_terms, model, cfg)
     t1 = time.perf_counter()
     plan = plan_from_subgraph(model, sub, cfg, thr)
     plan.timings["spark_subgraph_s"] = t1 - t0
@@ -200,10 +291,15 @@ def compute_unlearning(train_terms, model: IFRUModel, cfg: IFRUConfig | None = N
 
 
 def apply_unlearning(model: IFRUModel, plan: UnlearningPlan) -> IFRUModel:
-    """A new model: updated embedding rows, graph ``G'`` (removed pairs dropped), ``n`` reduced."""
+    """A new model: updated embedding rows, graph ``G'`` (removed pairs dropped), ``n`` reduced.
+
+    For BPR the removed positives' rows of ``neg_j`` (all their triples) are dropped too.
+    """
     n_items = model.n_items
     key = model.pos_u * n_items + model.pos_i
     gone = torch.isin(key, plan.removed_u * n_items + plan.removed_i)
+    if model.neg_j is not None and plan.removed_terms != int(model.neg_j[gone].numel()):
+        raise ValueError("the plan's removed triples do not match the model's (was it computed for another model?)")
     return IFRUModel(
         config=model.config,
         e0=apply_update(model.e0, plan.update).float(),
@@ -213,7 +309,8 @@ def apply_unlearning(model: IFRUModel, plan: UnlearningPlan) -> IFRUModel:
         pos_i=model.pos_i[~gone],
         removed_u=torch.cat([model.removed_u, plan.removed_u]),
         removed_i=torch.cat([model.removed_i, plan.removed_i]),
-        n_terms=model.n_terms - int(plan.removed_u.numel()),
+        n_terms=model.n_terms - plan.removed_terms,
         fingerprint=model.fingerprint,
         history=model.history + [plan.report()],
+        neg_j=None if model.neg_j is None else model.neg_j[~gone],
     )
