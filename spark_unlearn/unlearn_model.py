@@ -186,11 +186,22 @@ def run_unlearning(
         report["speedup_vs_training"] = round(train_s / max(report["seconds"]["solve"] + report["seconds"]["certificate"], 1e-9), 2)
     report["seconds"]["measure"] = round(time.perf_counter() - t_measure, 3)
     t_publish = time.perf_counter()
+    out_ratings, out_holdout = result.remaining, new_holdout
+    if parent is not None:
+        # The data versions derive from the parent's files: only part files holding a deleted row are rewritten.
+        from spark_unlearn.store.derived import DerivedTable
+
+        parent_dir = ModelStore(model_path).version_path(parent)
+        contents = manifest.get("contents") or {}
+        if contents.get("ratings"):
+            out_ratings = DerivedTable(os.path.join(parent_dir, "ratings"), batch)
+        if contents.get("holdout") and new_holdout is not None:
+            out_holdout = DerivedTable(os.path.join(parent_dir, "holdout"), batch)
     version = store.publish(
         result.model,
         offsets=result.offsets,
-        ratings=result.remaining,
-        holdout=new_holdout,
+        ratings=out_ratings,
+        holdout=out_holdout,
         manifest={
             "unlearning": {k_: v for k_, v in report.items() if k_ not in ("certificate",)},
             "certificate": report["certificate"],
@@ -205,8 +216,11 @@ def run_unlearning(
     )
     report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
     result.release()
+    published = store.read_manifest(version)
     if report.get("remaining_ratings") is None:
-        report["remaining_ratings"] = store.read_manifest(version)["counts"].get("n_ratings")
+        report["remaining_ratings"] = published["counts"].get("n_ratings")
+    if published.get("copy_on_write"):
+        report["copy_on_write"] = published["copy_on_write"]
     report["version"] = version
     report["path"] = store.version_path(version)
     report["seconds"]["end_to_end"] = round(time.perf_counter() - t0, 3)

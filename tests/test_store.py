@@ -410,3 +410,38 @@ def test_fingerprint_order_and_partitioning_invariant(spark):
     assert fingerprint_ratings(_ratings(spark, [])) != fp
     with pytest.raises(SchemaError, match="rating"):
         fingerprint_ratings(base.drop("rating"))
+
+
+def test_a_derived_data_version_links_untouched_files_and_rewrites_the_rest(spark, tmp_path):
+    from spark_unlearn.als.unlearn import remove_batch
+    from spark_unlearn.store.derived import DerivedTable
+
+    store = ModelStore(str(tmp_path / "store"))
+    rows = [(u, i, float(1 + (u + i) % 5)) for u in range(8) for i in range(10, 16)]
+    ratings = _ratings(spark, rows).repartition(6, "user")  # several part files, most without a named row
+    v1 = store.publish(_model(spark), ratings=ratings)
+    parent = os.path.join(store.version_path(v1), "ratings")
+    parts = sorted(n for n in os.listdir(parent) if n.startswith("part-"))
+    batch = spark.createDataFrame([(3, None, "user"), (5, 12, "interaction"), (99, None, "user")],
+                                  "user int, item int, kind string")
+    v2 = store.publish(_model(spark), ratings=DerivedTable(parent, batch), parent=v1)
+
+    child = os.path.join(store.version_path(v2), "ratings")
+    got = sorted(tuple(r) for r in spark.read.parquet(child).collect())
+    assert spark.read.parquet(child).columns == ["user", "item", "rating"]
+    want = sorted(tuple(r) for r in remove_batch(_ratings(spark, rows), batch).select("user", "item", "rating").collect())
+    assert got == want and len(got) == len(rows) - 6 - 1
+    cow = store.read_manifest(v2)["copy_on_write"]["ratings"]
+    named = spark.read.parquet(parent).filter("user = 3 or (user = 5 and item = 12)")
+    hit = {r[0] for r in named.select(F.input_file_name()).distinct().collect()}
+    assert cow["rewritten"] == len(hit) >= 1 and cow["linked"] == len(parts) - len(hit) >= 1
+    inodes = {os.stat(os.path.join(parent, p)).st_ino for p in parts}
+    linked = [n for n in os.listdir(child) if n.startswith("part-") and os.stat(os.path.join(child, n)).st_ino in inodes]
+    assert len(linked) == cow["linked"]
+    assert store.read_manifest(v2)["counts"]["n_ratings"] == len(want)
+    assert store.read_manifest(v2)["data_fingerprint"] == fingerprint_ratings(spark.createDataFrame(want, RATINGS_SCHEMA))
+    store.verify(v2)
+    # The parent can go: the child's links keep the bytes.
+    store.purge(keep=1)
+    store.verify(v2)
+    assert sorted(tuple(r) for r in spark.read.parquet(child).collect()) == want

@@ -71,6 +71,7 @@ from spark_unlearn.errors import (
 from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
 from spark_unlearn.store import ledger as _ledger
+from spark_unlearn.store.derived import DerivedTable, write_derived
 from spark_unlearn.store.fsutil import (
     atomic_write_text,
     exclusive_lock,
@@ -423,7 +424,11 @@ class ModelStore:
             Optional ``(user_offsets, item_offsets)`` with ``OFFSETS_SCHEMA``
             (all of its columns are stored, cast to its types).
         ratings
-            Optional data version the model was trained on (``RATINGS_SCHEMA``).
+            Optional data version the model was trained on (``RATINGS_SCHEMA``),
+            or a :class:`~spark_unlearn.store.derived.DerivedTable` (a parent
+            version's ratings minus a deletion batch: part files without a
+            deleted row are hard-linked, only the others are rewritten; the
+            manifest's ``copy_on_write`` counts them).  The same for ``holdout``.
             Its fingerprint is recorded as ``data_fingerprint`` unless
             ``manifest`` already gives one.
         holdout
@@ -463,8 +468,10 @@ class ModelStore:
                 _canon_to_schema(with_drift(offsets[0]), OFFSETS_SCHEMA, "user offsets"),
                 _canon_to_schema(with_drift(offsets[1]), OFFSETS_SCHEMA, "item offsets"),
             )
-        rats = _canon_to_schema(ratings, RATINGS_SCHEMA, "ratings") if ratings is not None else None
-        hold = _canon_to_schema(holdout, RATINGS_SCHEMA, "holdout") if holdout is not None else None
+        rats, hold = (
+            t if t is None or isinstance(t, DerivedTable) else _canon_to_schema(t, RATINGS_SCHEMA, what)
+            for t, what in ((ratings, "ratings"), (holdout, "holdout"))
+        )
         gone = forgotten.select(USER, ITEM, "kind") if forgotten is not None else None
         spark = model.user_factors.sparkSession
 
@@ -496,15 +503,16 @@ class ModelStore:
                 _write_parquet(offs[0], os.path.join(staging, USER_OFFSETS))
                 _write_parquet(offs[1], os.path.join(staging, ITEM_OFFSETS))
             fingerprint = extra.pop("data_fingerprint", None)
+            linked: dict[str, dict[str, int]] = {}
             if rats is not None:
-                _write_parquet(rats, os.path.join(staging, RATINGS_DIR))
+                linked.update(_write_table(spark, rats, staging, RATINGS_DIR))
                 written_fp, counts["n_ratings"] = _fingerprint_and_count(
                     spark.read.parquet(_uri(os.path.join(staging, RATINGS_DIR)))
                 )
                 if fingerprint is None:
                     fingerprint = written_fp
             if hold is not None:
-                _write_parquet(hold, os.path.join(staging, HOLDOUT_DIR))
+                linked.update(_write_table(spark, hold, staging, HOLDOUT_DIR))
             if gone is not None:
                 _write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
             failpoint("after_ratings_written")
@@ -528,6 +536,8 @@ class ModelStore:
                 },
                 "spark_version": spark.version,
             }
+            if linked:
+                body["copy_on_write"] = linked
             body.update(extra)
             if request is not None:
                 body[_ledger.REQUEST_KEY] = request
@@ -879,6 +889,14 @@ def _local_path(path: str) -> str:
 def _uri(path: str) -> str:
     # Explicit file:// so a cluster whose default filesystem is HDFS still uses the local/NFS path.
     return "file://" + os.path.abspath(path)
+
+
+def _write_table(spark: SparkSession, table, staging: str, rel: str) -> dict[str, dict[str, int]]:
+    """Write a data table: a DataFrame in full, or a :class:`DerivedTable` copy-on-write (returns its file counts)."""
+    if isinstance(table, DerivedTable):
+        return {rel: write_derived(spark, table, os.path.join(staging, rel))}
+    _write_parquet(table, os.path.join(staging, rel))
+    return {}
 
 
 def _write_parquet(df: DataFrame, path: str) -> None:
