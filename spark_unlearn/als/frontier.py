@@ -75,23 +75,12 @@ class RowSource(Protocol):
         """Rows (not in ``skip``) with ``|d_s + delta_gram x_s| > tol |b_s|`` (stored drift, base factors, stored ``|b|``)."""
 
 
-def edge_drift(x: np.ndarray, y_old: np.ndarray, y_new: np.ndarray, ratings: np.ndarray, spec: SolveSpec) -> np.ndarray:
-    """Per-edge change of a row's residual when one neighbour moves (see module docstring).
-
-    All arrays are per edge: ``x``, ``y_old``, ``y_new`` are ``(m, k)``,
-    ``ratings`` ``(m,)``.  Returns ``(m, k)`` float64.
-    """
-    wA, wb, _ = _weights(ratings, spec)
-    x = x.astype(np.float64)
-    yo, yn = y_old.astype(np.float64), y_new.astype(np.float64)
-    return (
-        wA[:, None] * (yn * np.einsum("mk,mk->m", yn, x)[:, None] - yo * np.einsum("mk,mk->m", yo, x)[:, None])
-        - wb[:, None] * (yn - yo)
-    )
-
-
 def edge_drift_reference(x, y_old, y_new, ratings, spec: SolveSpec):
-    """Slow twin of :func:`edge_drift`: the difference of two explicit normal-equation residuals."""
+    """Per-edge change of a row's residual when one neighbour moves, as the difference of two explicit
+    normal-equation residuals (slow, obviously right; the reference :func:`neighbour_drift` is tested against).
+
+    All arrays are per edge: ``x``, ``y_old``, ``y_new`` are ``(m, k)``, ``ratings`` ``(m,)``.
+    """
     out = np.zeros((len(ratings), x.shape[1]))
     for m in range(len(ratings)):
         wA, wb, _ = _weights(np.array([ratings[m]]), spec)
@@ -108,7 +97,7 @@ def neighbour_drift(indptr: np.ndarray, src: np.ndarray, ratings: np.ndarray, Y:
     Row ``j`` has edges ``indptr[j]:indptr[j+1]`` to neighbours ``src``
     (indices into ``Y``, the neighbours' factors ``(n, k)``).  Returns
     ``(dd, db)``, both ``(n, k)`` float64: per neighbour ``s`` the sum over its
-    edges of :func:`edge_drift` (``d_s += w (y'y'^T - yy^T) x_s - c (y' - y)``)
+    edges of :func:`edge_drift_reference` (``d_s += w (y'y'^T - yy^T) x_s - c (y' - y)``)
     and of the change of its ``b`` (``c (y' - y)``).
 
     Each edge's term is ``(w y'.x_s - c) y' - (w y.x_s - c) y``: two dot

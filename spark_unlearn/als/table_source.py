@@ -20,7 +20,6 @@ them on the driver.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -167,7 +166,7 @@ class TableRowSource:
                                  rows.column("rating").to_numpy(zero_copy_only=False))
         self.add_ratings(u, i, r, need)
 
-    def prefetch(self, frontier: dict[str, Any]) -> None:
+    def prefetch(self, frontier: dict[str, np.ndarray]) -> None:
         """Everything a frontier round reads, in at most two scans (one of the ratings, one of factors and offsets).
 
         The round solves ``frontier`` and moves their neighbours: it reads the
@@ -175,8 +174,7 @@ class TableRowSource:
         stored drift of rows and neighbours (the neighbours' drift is checked
         after the round).
         """
-        wanted = {s: np.unique(np.asarray(list(v) if isinstance(v, (set, frozenset)) else v, np.int64))
-                  for s, v in frontier.items() if len(v)}
+        wanted = {s: np.unique(np.asarray(v, np.int64)) for s, v in frontier.items() if len(v)}
         if not wanted:
             return
         self.fetch_ratings(wanted)
@@ -186,14 +184,14 @@ class TableRowSource:
             need.setdefault(other_side, []).append(self._rows[s].gather(ids)[1])
         self.fetch_values({s: np.unique(np.concatenate(v)) for s, v in need.items()}, targets=wanted)
 
-    def fetch_values(self, wanted: dict[str, Any], targets: dict[str, Any] | None = None) -> None:
+    def fetch_values(self, wanted: dict[str, np.ndarray], targets: dict[str, np.ndarray] | None = None) -> None:
         """One scan of the factor and offsets tables (a union, no join) for what is not cached yet.
 
         ``wanted``: per side, rows whose factor, ``|b|`` and drift are read;
         ``targets``: rows whose target is read as well.
         """
         def arr(ids):
-            return np.unique(np.asarray(list(ids) if isinstance(ids, (set, frozenset)) else ids, np.int64))
+            return np.unique(np.asarray(ids, np.int64))
 
         parts = []
         asked = {}

@@ -101,12 +101,6 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str) -> dic
             if name.startswith("part-") or (name.startswith(".part-") and name.endswith(".crc")):
                 os.rename(os.path.join(tmp, name), os.path.join(out_dir, name))
         shutil.rmtree(tmp)
-    if not parts:  # an empty parent: write an empty table with its schema
-        spark.read.parquet(parent).limit(0).write.mode("error").parquet(f"file://{os.path.join(out_dir, '_empty')}")
-        for name in os.listdir(os.path.join(out_dir, "_empty")):
-            if name.startswith("part-") or name.startswith(".part-"):
-                os.rename(os.path.join(out_dir, "_empty", name), os.path.join(out_dir, name))
-        shutil.rmtree(os.path.join(out_dir, "_empty"))
     open(os.path.join(out_dir, "_SUCCESS"), "w").close()
     log.info("data version from %s: %d part files linked, %d rewritten without the batch's rows", parent, linked, len(rewritten))
     return {"linked": linked, "rewritten": len(rewritten)}
