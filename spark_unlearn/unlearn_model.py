@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als
 from spark_unlearn.errors import ConfigError, StoreError
 from spark_unlearn.faults import failpoint
-from spark_unlearn.store.model_store import ModelStore, fingerprint_ratings, load_spark_als_model
+from spark_unlearn.store.model_store import HOLDOUT_DIR, RATINGS_DIR, ModelStore, fingerprint_ratings, load_spark_als_model
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,9 @@ def run_unlearning(
         parent_dir = ModelStore(model_path).version_path(parent)
         contents = manifest.get("contents") or {}
         if contents.get("ratings"):
-            out_ratings = DerivedTable(os.path.join(parent_dir, "ratings"), batch)
+            out_ratings = DerivedTable(os.path.join(parent_dir, RATINGS_DIR), batch)
         if contents.get("holdout") and new_holdout is not None:
-            out_holdout = DerivedTable(os.path.join(parent_dir, "holdout"), batch)
+            out_holdout = DerivedTable(os.path.join(parent_dir, HOLDOUT_DIR), batch)
     version = store.publish(
         result.model,
         offsets=result.offsets,

@@ -304,23 +304,27 @@ def drift_state_of(source: RowSource, side: str, ids: np.ndarray) -> tuple[np.nd
     return read(side, ids) if read is not None else source.offsets(side, ids)[1:]
 
 
-def _current(source: RowSource, side: _Side, ids: np.ndarray) -> np.ndarray:
-    """Current factors of ``ids``: changed rows from the driver, the rest from the source."""
+def current_factors(source: RowSource, side: str, table: RowTable | None, ids: np.ndarray) -> np.ndarray:
+    """Current factors of ``ids``: rows the run changed from ``table``, the rest from the source."""
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0:
-        return np.zeros((0, side.table["x"].shape[1] if side.table is not None else 0), np.float32)
-    if side.table is None:
-        return source.base_factors(side.name, ids)
-    pos = side.table.positions(ids)
+        return np.zeros((0, table["x"].shape[1] if table is not None else 0), np.float32)
+    if table is None:
+        return source.base_factors(side, ids)
+    pos = table.positions(ids)
     have = pos >= 0
-    have[have] = side.table["has_x"][pos[have]]
+    have[have] = table["has_x"][pos[have]]
     if have.all():
-        return side.table["x"][pos]
-    base = source.base_factors(side.name, ids[~have])
+        return table["x"][pos]
+    base = source.base_factors(side, ids[~have])
     out = np.empty((ids.size, base.shape[1]), np.float32)
     out[~have] = base
-    out[have] = side.table["x"][pos[have]]
+    out[have] = table["x"][pos[have]]
     return out
+
+
+def _current(source: RowSource, side: _Side, ids: np.ndarray) -> np.ndarray:
+    return current_factors(source, side.name, side.table, ids)
 
 
 def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: SolveSpec, grams) -> int:
@@ -357,9 +361,16 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
     return int(rd.ids.size)
 
 
-def lower_bnorm(bnorm, bdrift_norm) -> np.ndarray:
-    """Lower bounds of ``|b'|`` from known ``|b|`` and ``|b' - b|`` (triangle inequality), floored > 0 (vectorised)."""
-    return np.maximum(np.asarray(bnorm, np.float64) - np.asarray(bdrift_norm, np.float64), 1e-300)
+def lower_bnorm(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> np.ndarray:
+    """Lower bounds of ``|b'|`` for the rows at positions ``sel``, floored > 0.
+
+    ``|b|`` is the one known at the row's solve, else ``stored_bnorm`` (the
+    version's); ``|b'| >= |b| - |b' - b|`` (triangle inequality) with the
+    bookkept change ``bdrift``.
+    """
+    known = me_rows["bnorm"][sel]
+    bnorm = np.where(np.isnan(known), np.asarray(stored_bnorm, np.float64), known)
+    return np.maximum(bnorm - np.linalg.norm(me_rows["bdrift"][sel], axis=1), 1e-300)
 
 
 def current_drift(me_rows: RowTable, sel: np.ndarray, stored_drift: np.ndarray, X: np.ndarray | None,
@@ -392,9 +403,7 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
         train_bnorm, stored = drift_state_of(source, me.name, touched)
         X = _current(source, me, touched) if spec.implicit else None
         D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
-        bnorm = np.where(np.isnan(me.table["bnorm"][sel]), train_bnorm, me.table["bnorm"][sel])
-        low = lower_bnorm(bnorm, np.linalg.norm(me.table["bdrift"][sel], axis=1))
-        nxt = touched[np.linalg.norm(D, axis=1) > tol * low]
+        nxt = touched[np.linalg.norm(D, axis=1) > tol * lower_bnorm(me.table, sel, train_bnorm)]
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]
         if np.abs(delta_gram).max() > 0:

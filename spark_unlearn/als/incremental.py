@@ -46,7 +46,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_unlearn.als.frontier import current_drift, frontier_unlearn, lower_bnorm, other
+from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
@@ -271,12 +271,9 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
         t = np.zeros((ids.size, stored.shape[1]))
         keep = solved & ~np.isin(ids, np.asarray(sorted(direct[s]), np.int64))
         t[keep] = source.targets(s, ids[keep])
-        X = None
-        if spec.implicit:
-            X = np.where(table["has_x"][sel][:, None], table["x"][sel], source.base_factors(s, ids))
+        X = current_factors(source, s, table, ids) if spec.implicit else None
         d = current_drift(table, sel, stored, X, result.gram_history[other(s)] if spec.implicit else None)
-        known = table["bnorm"][sel]
-        scale = lower_bnorm(np.where(np.isnan(known), train_bnorm, known), np.linalg.norm(table["bdrift"][sel], axis=1))
+        scale = lower_bnorm(table, sel, train_bnorm)
         out[s] = {"ids": ids, "solved": solved, "target": t, "drift": d, "bnorm": scale,
                   "relative": np.linalg.norm(d, axis=1) / scale}
     return out

@@ -203,13 +203,9 @@ class TableRowSource:
             need_t = with_t[~self._targets[s].contains(with_t)]
             need_d = np.setdiff1d(ids[~self._state[s].contains(ids)], need_t)
             asked[s] = (need_f, need_t, need_d)
-            if need_f.size:
-                parts.append(select_ids(self.factor_tables[s], "id", need_f).select(F.lit(s).alias("side"), "id", "features"))
-            if need_t.size:
-                parts.append(select_ids(self.offset_tables[s], "id", need_t)
-                             .select(F.lit(s).alias("side"), "id", "residual", "bnorm", "drift"))
-            if need_d.size:
-                parts.append(select_ids(self.offset_tables[s], "id", need_d).select(F.lit(s).alias("side"), "id", "bnorm", "drift"))
+            for what, need in (("factors", need_f), ("targets", need_t), ("state", need_d)):
+                if need.size:
+                    parts.append(self._scan(s, what, need).select(F.lit(s).alias("side"), "*"))
         if not parts:
             return
         # A union, not a join: each table is read with its own filter and nothing is shuffled.
@@ -252,17 +248,21 @@ class TableRowSource:
         if what in ("targets", "state"):
             self._state[side].put(ids, bnorm=col("bnorm").to_numpy(zero_copy_only=False), d=_rows_of(col("drift")))
 
+    # What each driver cache holds, and the columns of the stored table it is read from.
+    _COLUMNS = {"factors": ("id", "features"), "targets": ("id", "residual", "bnorm", "drift"), "state": ("id", "bnorm", "drift")}
+
+    def _scan(self, side: str, what: str, ids: np.ndarray) -> DataFrame:
+        """The stored rows ``ids`` of the table behind the ``what`` cache, with the columns it needs."""
+        table = self.factor_tables[side] if what == "factors" else self.offset_tables[side]
+        return select_ids(table, "id", ids).select(*self._COLUMNS[what])
+
     def _fetch_values(self, side: str, what: str, ids: np.ndarray) -> None:
         cache = {"factors": self._factors, "targets": self._targets, "state": self._state}[what][side]
         ids = np.unique(np.asarray(ids, np.int64))
         need = ids[~cache.contains(ids)]
         if not need.size:
             return
-        if what == "factors":
-            got = select_ids(self.factor_tables[side], "id", need).select("id", "features").toArrow()
-        else:
-            cols = ["id", "residual", "bnorm", "drift"] if what == "targets" else ["id", "bnorm", "drift"]
-            got = select_ids(self.offset_tables[side], "id", need).select(*cols).toArrow()
+        got = self._scan(side, what, need).toArrow()
         self.jobs += 1
         self._put(side, what, got.column("id").to_numpy(zero_copy_only=False).astype(np.int64), got)
         missing = need[~cache.contains(need)]

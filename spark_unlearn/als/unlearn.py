@@ -77,11 +77,17 @@ class DeletionPlan:
     not_found: dict[str, list]  # examples of requested pairs/users/items absent from the data
 
 
-def remove_batch(ratings: DataFrame, batch: DataFrame) -> DataFrame:
-    """``ratings`` without every row the batch names: its pairs, its erased users, its withdrawn items."""
+def batch_requests(batch: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The batch's distinct interaction pairs (``user``, ``item``), erased users (``user``) and withdrawn items (``item``)."""
     pairs = batch.filter(F.col("kind") == "interaction").select("user", "item").distinct()
     users = batch.filter(F.col("kind") == "user").select("user").distinct()
     items = batch.filter(F.col("kind") == "item").select("item").distinct()
+    return pairs, users, items
+
+
+def remove_batch(ratings: DataFrame, batch: DataFrame) -> DataFrame:
+    """``ratings`` without every row the batch names: its pairs, its erased users, its withdrawn items."""
+    pairs, users, items = batch_requests(batch)
     return (
         ratings.join(pairs, ["user", "item"], "left_anti")
         .join(users, ["user"], "left_anti")
@@ -102,9 +108,7 @@ def plan_deletion(
     *already forgotten*, the rest as unknown.  With ``strict`` unknown
     requests raise :class:`~spark_unlearn.errors.UnknownIdError`.
     """
-    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item").distinct()
-    users = batch.filter(F.col("kind") == "user").select("user").distinct()
-    items = batch.filter(F.col("kind") == "item").select("item").distinct()
+    pairs, users, items = batch_requests(batch)
 
     erased_users = {r[0] for r in users.collect()}
     withdrawn_items = {r[0] for r in items.collect()}

@@ -50,10 +50,10 @@ def _local(uri: str) -> str:
 
 def touched_files(spark: SparkSession, parent_dir: str, batch: DataFrame) -> set[str]:
     """Local paths of the part files of ``parent_dir`` that hold a row ``batch`` names (one scan)."""
+    from spark_unlearn.als.unlearn import batch_requests
+
     table = spark.read.parquet(parent_dir).withColumn(_FILE, F.input_file_name())
-    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item").distinct()
-    users = batch.filter(F.col("kind") == "user").select("user").distinct()
-    items = batch.filter(F.col("kind") == "item").select("item").distinct()
+    pairs, users, items = batch_requests(batch)
     hit = (
         table.join(pairs, ["user", "item"], "left_semi").select(_FILE)
         .unionByName(table.join(users, ["user"], "left_semi").select(_FILE))
