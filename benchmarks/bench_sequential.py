@@ -75,6 +75,8 @@ def main(argv=None) -> int:
                    help="tolerance = this x the model's 90th-percentile training residual (run_unlearning's tol_factor)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--store", help="store directory (default: a temporary one, removed at the end)")
+    p.add_argument("--steps", type=int,
+                   help="stop after this many of the --users erasures (same users, same order) and skip the comparisons")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     configure_logging("WARNING")
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     chosen = random.Random(args.seed).sample(users, args.users)
     out = {"command": " ".join(sys.argv), "params": params.to_dict(), "train_seconds": train_s, "users": chosen, "steps": []}
 
-    for n, user in enumerate(chosen, 1):
+    for n, user in enumerate(chosen[: args.steps or len(chosen)], 1):
         batch = spark.createDataFrame([(user, None, "user")], "user int, item int, kind string")
         t = time.perf_counter()
         rep = run_unlearning(spark, model_path=root, batch=batch, measure=False, batch_id=f"seq-{n:04d}",
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
             "n": n, "user": user, "version": rep["version"], "wall_s": round(wall, 3),
             "unlearning_s": rep["seconds"].get("total"), "rows_solved": rep["rows_solved"],
             "certificate": rep["certificate"]["max_relative_residual"], "tolerance": rep["tolerance"],
-            "holds": rep["certificate"]["holds"], "deleted_ratings": rep["deletion"]["deleted_ratings"],
+            "holds": rep["certificate"]["holds"], "mode": rep["mode"], "repair": rep.get("repair"),
+            "deleted_ratings": rep["deletion"]["deleted_ratings"],
             "driver_rss_mib": round(rss_mib(), 1), "jvm_rss_mib": jrss, "jvm_heap_mib": heap,
         }
         out["steps"].append(step)
@@ -114,6 +117,10 @@ def main(argv=None) -> int:
             with open(args.out, "w") as fh:
                 json.dump(out, fh, indent=2)
 
+    if args.steps:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=2)
+        return
     final = store.load(spark)
     out["final_rmse"] = test_rmse(final.model, final.holdout)
     out["ledger_entries"] = len(store.ledger())

@@ -107,6 +107,13 @@ def main(argv=None) -> int:
     # What a store's manifest records for a trained version (drift 0, table sizes), known before any request.
     known = {"n_ratings": train.count(), "n_users": original.model.user_factors.count(),
              "n_items": original.model.item_factors.count()}
+    grams = x_ratio = None
+    if implicit:  # recorded at training by jobs/train.py (spark_unlearn.train_model)
+        from spark_unlearn.als.incremental import ratio_bound
+
+        grams = {s: original.state.gram(b) for s, b in (("user", original.user_blocks), ("item", original.item_blocks))}
+        x_ratio = {s: ratio_bound(f, o)[0] for s, f, o in (("user", original.model.user_factors, offsets[0]),
+                                                            ("item", original.model.item_factors, offsets[1]))}
     results = {"command": " ".join(sys.argv), "data": source, "params": params.to_dict(), "train_seconds": t_train,
                "training_residual": tr, "entries": []}
     for size in args.sizes:
@@ -142,7 +149,7 @@ def main(argv=None) -> int:
                 out = unlearn_als(train, original.model, offsets, batch, mode="paper" if method == "paper_full" else "frontier",
                                   tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
                                   engine="layout" if method == "frontier_layout" else "auto", counts=known,
-                                  drift_bound={"user": 0.0, "item": 0.0})
+                                  drift_bound={"user": 0.0, "item": 0.0}, grams=grams, x_ratio=x_ratio)
                 model = out.model
                 model.user_factors.cache().count()
                 solved = out.report["rows_solved"]

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
             k=cfg["eval"]["k"],
             batch_id=args.batch_id,
             engine=u["engine"],
+            measure=u["measure"],
             expected_params=stated_objective(args.config),
         )
 

@@ -53,6 +53,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_rounds": (int, 50),
         "full_fallback_fraction": (float, 0.5),
         "full_iterations": (int, 10),
+        "measure": (bool, True),  # false: no before/after metrics or forgetting ranks in the report
     },
     # [ifru] is validated by spark_unlearn.ifru.config.IFRUConfig (one source of truth for its keys).
     "ifru": {},

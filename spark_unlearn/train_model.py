@@ -80,6 +80,11 @@ def run_training(
     if params.implicit:
         # Implicit unlearning needs F^T F of each side; two small reductions now save two passes per later request.
         grams = {"grams": {s: result.state.gram(b).tolist() for s, b in (("user", result.user_blocks), ("item", result.item_blocks))}}
+        # And max |x|/|b| per side, which bounds how far a Gram change moves any row (incremental.ratio_bound).
+        from spark_unlearn.als.incremental import ratio_bound
+
+        grams["x_ratio"] = {s: ratio_bound(f, o)[0] for s, f, o in (("user", result.model.user_factors, offsets[0]),
+                                                                     ("item", result.model.item_factors, offsets[1]))}
 
     version = store.publish(
         result.model,

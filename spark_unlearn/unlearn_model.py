@@ -165,6 +165,7 @@ def run_unlearning(
         # A Spark-trained model's offsets were just computed: no drift.
         drift_bound={"user": 0.0, "item": 0.0} if state is not None else manifest.get("drift_max"),
         counts=_version_counts(manifest),
+        x_ratio=None if state is not None else manifest.get("x_ratio"),
     )
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
@@ -209,6 +210,8 @@ def run_unlearning(
             "training": manifest.get("training"),
             **({"grams": result.grams} if result.grams else {}),
             "drift_max": result.report["drift_max"],
+            # Implicit, targeted engine only: the bound max |x|/|b| the next request starts from.
+            **({"x_ratio": result.report["x_ratio"]} if result.report.get("x_ratio") else {}),
         },
         parent=parent,
         forgotten=applied_requests(batch, result.deleted),

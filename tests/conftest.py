@@ -18,12 +18,18 @@ SMOKE_TEST = "test_standalone_cluster_smoke"
 def pytest_collection_modifyitems(config, items):
     """The standalone-cluster smoke, if selected, starts now in the background and its test runs last.
 
-    It mostly waits for JVMs, so it overlaps the rest of the suite (``cluster_smoke.py``).
+    It mostly waits for JVMs, so it overlaps the rest of the suite (``cluster_smoke.py``).  Under
+    pytest-xdist (``-n 2``) every worker collects, so none starts it in the background: the test goes
+    first instead, and the worker that gets it runs the smoke while the other works through the suite.
     """
     smoke = [item for item in items if item.name == SMOKE_TEST]
     if not smoke or config.option.collectonly:
         return
-    items[:] = [item for item in items if item.name != SMOKE_TEST] + smoke
+    rest = [item for item in items if item.name != SMOKE_TEST]
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = smoke + rest
+        return
+    items[:] = rest + smoke
     import cluster_smoke
 
     if len(items) > 1 and cluster_smoke.skip_reason() is None:

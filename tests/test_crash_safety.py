@@ -108,7 +108,7 @@ def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_st
     assert POINTS[-1] == AROUND_SWITCH[-1] == "after_current_switched"
     assert set(BEFORE_SWITCH + AROUND_SWITCH) == set(POINTS) - {"after_solve"}  # a new fail point needs a kill here
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[logging]\nlevel = "INFO"\n[spark]\n"spark.ui.enabled" = "false"\n"spark.sql.shuffle.partitions" = "4"\n')
+    cfg.write_text('[logging]\nlevel = "INFO"\n[unlearn]\nmeasure = false\n[spark]\n"spark.ui.enabled" = "false"\n"spark.sql.shuffle.partitions" = "4"\n')
     first = tmp_path / "first.csv"
     first.write_text("user,item\n3,\n1,10\n")
     chains = (_kills_before_the_switch_then_rerun, _kills_around_the_switch_then_rerun)

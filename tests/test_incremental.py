@@ -111,6 +111,34 @@ def test_sequential_requests_never_absorb_drift(spark, trained):
     assert worst <= out.report["certificate"]["max_relative_residual"] + 1e-9
 
 
+
+def test_full_sweeps_stopped_above_tol_are_finished_by_the_frontier(spark, trained):
+    """One full sweep leaves rows off their targets; the frontier repair re-solves them and the offsets stay exact."""
+    ratings, model, offsets = trained
+    rows = [(3, None, "user"), (9, None, "user")]
+    # One sweep leaves 0.018 (explicit) / 0.024 (implicit); tighter tolerances make the repair outgrow its budget
+    # on these 128 densely coupled rows (the frontier is meant for sparse data).
+    tol = 2e-2 if model.params.implicit else 1e-2
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), mode="full", full_iterations=1, tol=tol,
+                      full_fallback_fraction=1.0)
+    rep = out.report
+    assert rep["mode"] == "full" and rep["sweeps"] == 1
+    assert rep["repair"]["certificates"][0] > tol  # the sweep alone stopped above tol (else the test proves nothing)
+    assert rep["certificate"]["holds"] and rep["certificate"]["max_relative_residual"] <= tol
+    assert 0 < rep["repair"]["rows_solved"] < rep["rows_total"]  # fewer solves than one more sweep
+
+    # Oracle: every row's stored target + drift is its residual recomputed from the remaining ratings.
+    remaining = remove_batch(ratings, batch(spark, rows))
+    true = [_offsets_dict(df) for df in offsets_for(ALSState.build(remaining, 2), out.model)]
+    train = [_offsets_dict(df) for df in offsets]
+    changed = _changed_rows(ratings, rows)
+    worst = 0.0
+    for side in (0, 1):
+        targets = {r: 0.0 * train[side][r][0] if r in changed[side] else train[side][r][0] for r in true[side]}
+        worst = max(worst, _check_offsets(_offsets_dict(out.offsets[side]), true[side], targets))
+    assert worst <= tol
+    out.release()
+
 def test_targeted_and_layout_engines_agree(spark, trained):
     ratings, model, offsets = trained
     rows = [(11, None, "user")] + [(r[0], r[1], "interaction") for r in ratings.filter("user = 4").limit(1).collect()]
@@ -129,7 +157,7 @@ def test_targeted_and_layout_engines_agree(spark, trained):
 
 def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp_path):
     """Training stores F^T F per side (implicit); the targeted engine then starts from them instead of two passes."""
-    from spark_unlearn.als.incremental import gram_of
+    from spark_unlearn.als.incremental import gram_of, ratio_bound
     from spark_unlearn.store.model_store import ModelStore
     from spark_unlearn.train_model import run_training
     from spark_unlearn.unlearn_model import run_unlearning
@@ -151,6 +179,14 @@ def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp
     assert report["engine"] == "targeted" and report["certificate"]["holds"]
     after = store.read_manifest(report["version"])
     assert after["drift_max"] == report["certificate"]["per_side"]
+    # max |x|/|b| per side: exact at training, an upper bound carried by each request (it decides the Gram checks).
+    new = store.load(spark)
+    offsets = (loaded.offsets[0], loaded.offsets[1]), (new.offsets[0], new.offsets[1])
+    for k, side in enumerate(("user", "item")):
+        trained_ratio = ratio_bound((loaded.model.user_factors, loaded.model.item_factors)[k], offsets[0][k])[0]
+        assert manifest["x_ratio"][side] == pytest.approx(trained_ratio, rel=1e-12)
+        exact = ratio_bound((new.model.user_factors, new.model.item_factors)[k], offsets[1][k])[0]
+        assert exact - 1e-12 <= after["x_ratio"][side] <= 1.5 * exact
 
 
 def test_id_selection_gives_the_same_rows_as_a_filter_and_as_a_join(spark, monkeypatch):

@@ -100,7 +100,8 @@ def _norm(column: str):
 
 
 def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -> DataFrame:
-    """``id``, ``moved = |d + delta_gram x|``, ``bnorm`` for every row (one pass over the factor and offsets tables).
+    """``id``, ``moved = |d + delta_gram x|``, ``bnorm`` and ``xnorm = |x|`` for every row (one pass over the
+    factor and offsets tables).
 
     ``d`` is the row's stored drift: the residual it will have once the other
     side's Gram has moved by ``delta_gram``, if the row is not re-solved.
@@ -113,14 +114,21 @@ def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            moved = np.linalg.norm(_matrix(batch, "drift") + _matrix(batch, "features") @ dg.T, axis=1)
-            yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(moved), batch.column("bnorm")], names=["id", "moved", "bnorm"])
+            X = _matrix(batch, "features")
+            moved = np.linalg.norm(_matrix(batch, "drift") + X @ dg.T, axis=1)
+            yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(moved), batch.column("bnorm"),
+                                              pa.array(np.linalg.norm(X, axis=1))], names=["id", "moved", "bnorm", "xnorm"])
 
-    return _with_offsets(factors, offsets).mapInArrow(part, "id int, moved double, bnorm double")
+    return _with_offsets(factors, offsets).mapInArrow(part, "id int, moved double, bnorm double, xnorm double")
 
 
 def ratio_bound(factors: DataFrame, offsets: DataFrame) -> tuple[float, float]:
-    """``(max_s |x_s|/|b_s|, max_s |d_s|/|b_s|)`` over a side: ``|d + ΔG x| <= (second + |ΔG|_2 first) |b|``."""
+    """``(max_s |x_s|/|b_s|, max_s |d_s|/|b_s|)`` over a side: ``|d + ΔG x| <= (second + |ΔG|_2 first) |b|``.
+
+    One join of the factor and offsets tables.  A version records the first
+    (``x_ratio`` in its manifest, implicit models) and the second
+    (``drift_max``), so a request normally skips this pass.
+    """
     bn = F.greatest(F.col("bnorm"), F.lit(1e-300))
     row = _with_offsets(factors, offsets).agg(F.max(_norm("features") / bn), F.max(_norm("drift") / bn)).first()
     return float(row[0] or 0.0), float(row[1] or 0.0)
@@ -375,7 +383,8 @@ class TargetedResult:
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
                      spec: SolveSpec, tol: float, max_rounds: int, max_rows: int, strict: bool = False,
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
-                     drift_bound: dict[str, float] | None = None, n_ratings: int | None = None) -> TargetedResult:
+                     drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
+                     x_ratio: dict[str, float] | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``grams``: per side, the Gram of the version's factor tables if known
@@ -383,8 +392,16 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     implicit mode only.  ``drift_bound``: per side, an upper bound of the
     version's stored ``|d|/|b|`` (its certificate); when unknown or above
     ``tol``, one pass over the offsets tables finds it and the rows to
-    re-solve.  ``converged=False`` means the frontier outgrew ``max_rows``:
+    re-solve.  ``x_ratio``: per side, an upper bound of ``max |x|/|b|``
+    (implicit; the version's manifest), computed by a join per side when
+    unknown.  ``converged=False`` means the frontier outgrew ``max_rows``:
     the caller falls back to the layout engine.
+
+    Implicit certificate of the rows the frontier did not touch: every one
+    drifts by ``ΔG x``, so ``|d + ΔG x| / |b| <= drift_bound + |ΔG|_2 x_ratio``.
+    When that bound is within ``tol`` it is the certificate's term for those
+    rows (no pass); otherwise one pass computes every row's exact value.  The
+    report gives the new version's ``x_ratio``.
     """
     spark = ratings.sparkSession
     t0 = time.perf_counter()
@@ -416,7 +433,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
             gone = np.array(sorted(plan.removed[s]), np.int64)
             X = source.base_factors(s, gone).astype(np.float64) if gone.size else np.zeros((0, model.params.rank))
             gram_now[s] = gram_train[s] - X.T @ X
-        wrapped = BoundedGramSource(source, {s: ratio_bound(factors[s], offs[s]) for s in SIDES})
+        if x_ratio is None or any(s not in x_ratio for s in SIDES):
+            x_ratio = {s: ratio_bound(factors[s], offs[s])[0] for s in SIDES}
+        wrapped = BoundedGramSource(source, {s: (float(x_ratio[s]), float(drift_bound.get(s, 0.0))) for s in SIDES})
     result = frontier_unlearn(wrapped, plan.direct, spec, tol, gram_train=gram_train, gram_now=gram_now,
                               max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds)
     timings["solve"] = time.perf_counter() - t
@@ -431,15 +450,28 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     new_offsets = {s: patched_offsets(spark, offs[s], factors[s], touched[s], plan.removed[s], delta[s]) for s in SIDES}
     # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
+    untouched_how = {s: "stored" for s in SIDES}
+    new_x_ratio = None
     if spec.implicit:
-        # Every untouched row moved by ΔG x: exact, over all rows (factor and offsets tables only).
+        new_x_ratio = {}
         for s in SIDES:
-            skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
-            moved = gram_moved(factors[s], offs[s], delta[s])
-            if skip.size:
-                moved = select_ids(moved, "id", skip.tolist(), keep=False)
-            row = moved.agg(F.max(F.col("moved") / F.greatest("bnorm", F.lit(1e-300)))).first()
-            untouched[s] = float(row[0] or 0.0)
+            # Every untouched row moved by ΔG x: bounded without a pass when the bound is within tol ...
+            bound = untouched[s] + float(np.linalg.norm(delta[s], 2)) * float(x_ratio[s])
+            x_untouched = float(x_ratio[s])
+            if bound <= tol:
+                untouched[s], untouched_how[s] = bound, "bound"
+            else:
+                # ... else exact, over all rows (factor and offsets tables only).
+                skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
+                moved = gram_moved(factors[s], offs[s], delta[s])
+                if skip.size:
+                    moved = select_ids(moved, "id", skip.tolist(), keep=False)
+                bn = F.greatest("bnorm", F.lit(1e-300))
+                row = moved.agg(F.max(F.col("moved") / bn), F.max(F.col("xnorm") / bn)).first()
+                untouched[s], untouched_how[s] = float(row[0] or 0.0), "exact"
+                x_untouched = float(row[1] or 0.0)
+            # The new version's max |x|/|b|: untouched rows as they were, touched rows at their new x over the |b'| bound.
+            new_x_ratio[s] = max(x_untouched, _max_x_ratio(source, s, result.rows[s], touched[s]))
     for s in SIDES:
         per_side[s] = max(per_side[s], untouched[s])
     timings["certificate"] = time.perf_counter() - t
@@ -455,8 +487,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "method": "incremental",
         "touched_rows": {s: int(touched[s]["ids"].size) for s in SIDES},
         "untouched_rows_max": untouched,
-        "untouched_rows": "exact: |d + ΔG x| / |b| over every row (implicit)" if spec.implicit else
-        "bounded by the version's stored drift |d| / |b| (explicit: nothing in an untouched row's equation changed)",
+        "untouched_rows": {s: UNTOUCHED_CERTIFICATE[untouched_how[s]] for s in SIDES},
         "definition": "max over rows r of |A'_r x_r - b'_r - t_r| / |b'_r|, t_r = 0 for rows whose data ever changed, else "
         "the training residual e_r; touched rows from exact drift bookkeeping with |b'| bounded below",
     }
@@ -469,11 +500,27 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "spark_jobs": source.jobs,
         "certificate": cert,
         "drift_max": dict(per_side),
+        **({"x_ratio": new_x_ratio} if new_x_ratio is not None else {}),
         "seconds": timings,
         "converged": True,
     }
     new_model = FactorModel(user_factors=new_factors["user"], item_factors=new_factors["item"], params=model.params)
     return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out)
+
+
+UNTOUCHED_CERTIFICATE = {
+    "exact": "exact: |d + ΔG x| / |b| over every untouched row (implicit; one pass)",
+    "bound": "bounded: stored max |d|/|b| + |ΔG|_2 max |x|/|b| (implicit; no pass, the bound is within tol)",
+    "stored": "bounded by the version's stored drift |d| / |b| (explicit: nothing in an untouched row's equation changed)",
+}
+
+
+def _max_x_ratio(source: TableRowSource, side: str, table, touched: dict[str, Any]) -> float:
+    """``max |x|/|b'|`` over the touched rows (new factors, lower bound of ``|b'|``); 0 if none."""
+    if touched["ids"].size == 0:
+        return 0.0
+    X = current_factors(source, side, table, touched["ids"]).astype(np.float64)
+    return float((np.linalg.norm(X, axis=1) / touched["bnorm"]).max())
 
 
 def _deleted_table(plan: TargetedPlan):

@@ -395,6 +395,7 @@ def unlearn_als(
     grams: dict[str, Any] | None = None,
     drift_bound: dict[str, float] | None = None,
     counts: dict[str, int] | None = None,
+    x_ratio: dict[str, float] | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -439,6 +440,11 @@ def unlearn_als(
     counts
         ``n_ratings``, ``n_users``, ``n_items`` of ``ratings`` and the model
         if known (a version's manifest holds them; saves three counting jobs).
+    x_ratio
+        Implicit mode: per side, an upper bound of ``max |x|/|b|`` over the
+        rows (the version's manifest), if known (saves a join per side in the
+        targeted engine, and usually the certificate's pass over every row:
+        :func:`~spark_unlearn.als.incremental.unlearn_targeted`).
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown unlearning engine {engine!r}; use one of {list(ENGINES)}")
@@ -464,7 +470,7 @@ def unlearn_als(
         if engine == "targeted" or len(rows) <= TARGETED_MAX_REQUESTS:
             out = _unlearn_targeted(ratings, model, offsets, rows if rows is not None else batch, spec, tol, tol_source,
                                     training_residual, strict, max_rounds, full_fallback_fraction, forgotten, grams, t0,
-                                    drift_bound, counts, batch)
+                                    drift_bound, counts, batch, x_ratio)
             if out is not None:
                 return out
             log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
@@ -531,6 +537,12 @@ def unlearn_als(
         users, items, sweeps, cert = _full_sweeps(state, source, plan, params, tol, full_iterations, paper=used_mode == "paper")
         rows_solved += sweeps * total_rows
         frontier_info["sweeps"] = sweeps
+        if used_mode == "full" and cert.max_relative_residual > tol:
+            users, items, cert, repair = _repair_after_sweeps(
+                state, params, spec, tol, users, items, cert, _side_targets(source, plan, params.rank), max_rounds,
+                int(full_fallback_fraction * total_rows))
+            rows_solved += repair["rows_solved"]
+            frontier_info["repair"] = repair
     timings["solve"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -568,7 +580,7 @@ def unlearn_als(
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict, max_rounds,
                       full_fallback_fraction, forgotten, grams, t0, drift_bound=None, counts=None,
-                      batch_frame=None) -> UnlearnResult | None:
+                      batch_frame=None, x_ratio=None) -> UnlearnResult | None:
     """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget.
 
     ``batch``: the requests as collected rows (or a DataFrame); ``batch_frame`` the DataFrame.
@@ -582,7 +594,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
         total_rows = model.user_factors.count() + model.item_factors.count()
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
                            max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams,
-                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"))
+                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=x_ratio)
     if not out.converged:
         return None
     remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
@@ -605,6 +617,40 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
 
 def _side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int, zero_all: bool = False) -> dict[str, RDD]:
     return {s: _targets(source.offs[s], plan.direct[s], rank, zero_all) for s in ("user", "item")}
+
+
+def _repair_after_sweeps(state, params, spec, tol, users, items, cert, targets, max_rounds, max_rows, attempts=3):
+    """Full sweeps stopped above ``tol``: re-solve the certificate's violators, and the rows they reach, with the frontier.
+
+    The swept factors become the frontier's base and the certificate's
+    ``R - T`` its stored drift, so the bookkeeping starts exactly where the
+    sweeps stopped and only the rows off their targets are solved (another
+    sweep would solve every row and may still stop above ``tol``).  Returns
+    ``(users, items, certificate, info)``; the certificate is recomputed over
+    all rows after each attempt.
+    """
+    info: dict[str, Any] = {"rows_solved": 0, "rounds": 0, "certificates": [cert.max_relative_residual]}
+    for _ in range(attempts):
+        if cert.max_relative_residual <= tol or not any(cert.violators.values()):
+            break
+        log.info("full sweeps stopped at certificate %.3g > tol %.3g: re-solving %d violating rows with the frontier",
+                 cert.max_relative_residual, tol, sum(len(v) for v in cert.violators.values()))
+        src = SparkRowSource.from_blocks(state, {"user": users, "item": items}, cert.residual_blocks, params.rank)
+        grams = {s: src.gram(s) for s in ("user", "item")} if spec.implicit else None
+        bounded = BoundedGramSource(src, {s: src.ratio_bound(s) if spec.implicit else (0.0, 0.0) for s in ("user", "item")})
+        result = frontier_unlearn(bounded, {}, spec, tol, gram_train=grams, gram_now=grams, max_rounds=max_rounds,
+                                  max_rows=max_rows, seed_frontier={s: set(v) for s, v in cert.violators.items()})
+        info["rows_solved"] += result.rows_solved
+        info["rounds"] += result.rounds
+        if not result.converged:
+            # A repair that would re-solve most rows is no repair: keep the swept factors and report the certificate.
+            log.warning("the repair frontier outgrew its budget (%d solves); keeping the swept factors", result.rows_solved)
+            break
+        users = _apply_updates(users, result.updates["user"]).persist(StorageLevel.MEMORY_AND_DISK)
+        items = _apply_updates(items, result.updates["item"]).persist(StorageLevel.MEMORY_AND_DISK)
+        cert = certify(state, users, items, targets, params, tol)
+        info["certificates"].append(cert.max_relative_residual)
+    return users, items, cert, info
 
 
 def _full_sweeps(state, source, plan, params, tol, iterations, paper):

@@ -135,18 +135,15 @@ def _selection_torch(
     src_p, dst_p, w_p = _normalised_edges(pos_a[~rem_pos], pos_b[~rem_pos], n)
     seeds = torch.cat([pos_a[rem_pos], pos_b[rem_pos]])
     changed_nodes = reach_torch(seeds, src, dst, n, layers)[-1] if layers else torch.zeros(n, dtype=torch.bool)
-    if kept is None:
-        reach_all = torch.ones(n, dtype=torch.bool)
-        e_sel = torch.ones_like(src, dtype=torch.bool)
-        e_sel_p = torch.ones_like(src_p, dtype=torch.bool)
-    else:
-        reach = reach_torch(kept, src, dst, n, layers)
-        reach_all = reach[-1]
-        e_sel = reach[-2][src] if layers else torch.zeros_like(src, dtype=torch.bool)
-        e_sel_p = reach[-2][src_p] if layers else torch.zeros_like(src_p, dtype=torch.bool)
+    reach = None if kept is None else reach_torch(kept, src, dst, n, layers)
+    reach_all = torch.ones(n, dtype=torch.bool) if reach is None else reach[-1]
+    # No layers: predictions use no edge.  Otherwise the edges out of nodes within layers-1 hops of kept.
     if layers == 0:
-        e_sel = torch.zeros_like(src, dtype=torch.bool)
-        e_sel_p = torch.zeros_like(src_p, dtype=torch.bool)
+        e_sel, e_sel_p = torch.zeros_like(src, dtype=torch.bool), torch.zeros_like(src_p, dtype=torch.bool)
+    elif reach is None:
+        e_sel, e_sel_p = torch.ones_like(src, dtype=torch.bool), torch.ones_like(src_p, dtype=torch.bool)
+    else:
+        e_sel, e_sel_p = reach[-2][src], reach[-2][src_p]
     edges_g = (src[e_sel], dst[e_sel], w[e_sel])
     edges_gp = (src_p[e_sel_p], dst_p[e_sel_p], w_p[e_sel_p])
     return edges_g, edges_gp, changed_nodes, reach_all
