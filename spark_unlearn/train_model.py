@@ -76,15 +76,17 @@ def run_training(
     log.info("training residual |Ax-b|/|b|: %s", {k_: f"{v:.3g}" for k_, v in training_residual.items()})
     metrics = evaluate_model(result.model, train, test, params.implicit, k)
     log.info("test metrics: %s", metrics)
-    grams = {}
+    implicit_state = {}
     if params.implicit:
-        # Implicit unlearning needs F^T F of each side; two small reductions now save two passes per later request.
-        grams = {"grams": {s: result.state.gram(b).tolist() for s, b in (("user", result.user_blocks), ("item", result.item_blocks))}}
-        # And max |x|/|b| per side, which bounds how far a Gram change moves any row (incremental.ratio_bound).
         from spark_unlearn.als.incremental import ratio_bound
 
-        grams["x_ratio"] = {s: ratio_bound(f, o)[0] for s, f, o in (("user", result.model.user_factors, offsets[0]),
-                                                                     ("item", result.model.item_factors, offsets[1]))}
+        # Implicit unlearning needs F^T F of each side (two small reductions now save two passes per later request)
+        # and max |x|/|b| per side, which bounds how far a Gram change moves any row.
+        implicit_state = {
+            "grams": {s: result.state.gram(b).tolist() for s, b in (("user", result.user_blocks), ("item", result.item_blocks))},
+            "x_ratio": {s: ratio_bound(f, o)[0] for s, f, o in (("user", result.model.user_factors, offsets[0]),
+                                                                ("item", result.model.item_factors, offsets[1]))},
+        }
 
     version = store.publish(
         result.model,
@@ -94,7 +96,7 @@ def run_training(
         manifest={
             # Offsets are computed right after training: every row's residual is its target.
             "drift_max": {"user": 0.0, "item": 0.0},
-            **grams,
+            **implicit_state,
             "training": {
                 "source": ratings_path,
                 "format": data_format,

@@ -218,7 +218,6 @@ def frontier_unlearn(
     max_rounds: int = 50,
     max_rows: int | None = None,
     seed_frontier: dict[str, set[int]] | None = None,
-    start: dict[str, dict[int, np.ndarray]] | None = None,
 ) -> FrontierResult:
     """Re-solve the direct rows and every row their change reaches beyond ``tol``.
 
@@ -242,17 +241,12 @@ def frontier_unlearn(
     max_rows
         Give up once this many row solves were made (the caller then falls
         back to full sweeps).
-    seed_frontier, start
-        Continue a previous run: extra rows to solve first, and factors
-        already changed (id -> vector) to start from.
+    seed_frontier
+        Extra rows to solve in the first round (e.g. a certificate's
+        violators, or rows whose stored drift is above ``tol``).
     """
     t0 = time.perf_counter()
     sides = {s: _Side(s, direct.get(s, set())) for s in SIDES}
-    for s, upd in (start or {}).items():
-        if upd:
-            ids = np.array(sorted(upd), np.int64)
-            X = np.stack([upd[i] for i in ids.tolist()]).astype(np.float32)
-            sides[s].rows(X.shape[1]).put(ids, x=X, has_x=True)
     grams: dict[str, list[np.ndarray]] = {}
     if spec.implicit:
         assert gram_train is not None and gram_now is not None, "implicit mode needs the Grams"

@@ -257,11 +257,12 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
                  spec: SolveSpec) -> dict[str, dict[str, Any]]:
     """Per side, the new offsets and certificate terms of every row the frontier touched.
 
-    Returns ``{side: {"ids", "solved", "target", "drift", "bnorm", "relative"}}``:
+    Returns ``{side: {"ids", "solved", "target", "drift", "bnorm", "relative", "x_relative"}}``:
     whether the row was solved, its target ``t`` (solved rows only: 0 if its
     own data changed, else the stored one; a row that only drifted keeps its
     stored target, which is not read), its drift ``A'x - b' - t``, a lower
-    bound of ``|b'|`` and ``relative = |drift| / bnorm``.
+    bound of ``|b'|``, ``relative = |drift| / bnorm`` and (implicit; else
+    ``None``) ``x_relative = |x| / bnorm`` with the row's new factor.
     """
     out = {}
     for s in SIDES:
@@ -272,7 +273,7 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
         if ids.size == 0:
             empty = np.zeros((0, source.rank))
             out[s] = {"ids": ids, "solved": np.zeros(0, bool), "target": empty, "drift": empty, "bnorm": np.zeros(0),
-                      "relative": np.zeros(0)}
+                      "relative": np.zeros(0), "x_relative": np.zeros(0) if spec.implicit else None}
             continue
         train_bnorm, stored = source.drift_state(s, ids)
         solved = table["solved"][sel]
@@ -283,7 +284,8 @@ def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], re
         d = current_drift(table, sel, stored, X, result.gram_history[other(s)] if spec.implicit else None)
         scale = lower_bnorm(table, sel, train_bnorm)
         out[s] = {"ids": ids, "solved": solved, "target": t, "drift": d, "bnorm": scale,
-                  "relative": np.linalg.norm(d, axis=1) / scale}
+                  "relative": np.linalg.norm(d, axis=1) / scale,
+                  "x_relative": np.linalg.norm(X.astype(np.float64), axis=1) / scale if X is not None else None}
     return out
 
 
@@ -471,7 +473,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                 untouched[s], untouched_how[s] = float(row[0] or 0.0), "exact"
                 x_untouched = float(row[1] or 0.0)
             # The new version's max |x|/|b|: untouched rows as they were, touched rows at their new x over the |b'| bound.
-            new_x_ratio[s] = max(x_untouched, _max_x_ratio(source, s, result.rows[s], touched[s]))
+            new_x_ratio[s] = max(x_untouched, float(touched[s]["x_relative"].max(initial=0.0)))
     for s in SIDES:
         per_side[s] = max(per_side[s], untouched[s])
     timings["certificate"] = time.perf_counter() - t
@@ -513,14 +515,6 @@ UNTOUCHED_CERTIFICATE = {
     "bound": "bounded: stored max |d|/|b| + |ΔG|_2 max |x|/|b| (implicit; no pass, the bound is within tol)",
     "stored": "bounded by the version's stored drift |d| / |b| (explicit: nothing in an untouched row's equation changed)",
 }
-
-
-def _max_x_ratio(source: TableRowSource, side: str, table, touched: dict[str, Any]) -> float:
-    """``max |x|/|b'|`` over the touched rows (new factors, lower bound of ``|b'|``); 0 if none."""
-    if touched["ids"].size == 0:
-        return 0.0
-    X = current_factors(source, side, table, touched["ids"]).astype(np.float64)
-    return float((np.linalg.norm(X, axis=1) / touched["bnorm"]).max())
 
 
 def _deleted_table(plan: TargetedPlan):

@@ -507,26 +507,22 @@ def unlearn_als(
             bounded, plan.direct, spec, tol, gram_train=grams_train, gram_now=grams_now, max_rounds=max_rounds, max_rows=budget
         )
         rows_solved, rounds, sizes = result.rows_solved, result.rounds, list(result.frontier_sizes)
-        for attempt in range(3):
-            if not result.converged:
-                break
+        converged = result.converged
+        if converged:
             users = _apply_updates(source.factors["user"], result.updates["user"]).persist(StorageLevel.MEMORY_AND_DISK)
             items = _apply_updates(source.factors["item"], result.updates["item"]).persist(StorageLevel.MEMORY_AND_DISK)
-            cert = certify(state, users, items, _side_targets(source, plan, params.rank), params, tol)
-            if cert.max_relative_residual <= tol or not any(cert.violators.values()):
-                break
-            log.info("certificate %.3g > tol %.3g: %d more rows to re-solve", cert.max_relative_residual, tol,
-                     sum(len(v) for v in cert.violators.values()))
-            result = frontier_unlearn(
-                bounded, plan.direct, spec, tol, gram_train=grams_train, gram_now=grams_now, max_rounds=max_rounds,
-                max_rows=budget - rows_solved, seed_frontier={s: set(v) for s, v in cert.violators.items()},
-                start=result.updates,
-            )
-            rows_solved += result.rows_solved
-            rounds += result.rounds
-            sizes += result.frontier_sizes
-        frontier_info = {"rounds": rounds, "frontier_sizes": sizes, "spark_jobs": source.jobs, "converged": result.converged}
-        if not result.converged:
+            targets = _side_targets(source, plan, params.rank)
+            cert = certify(state, users, items, targets, params, tol)
+            # The certificate divides by the exact |b'|, the frontier's drift test by the training |b|: rows it flags
+            # are re-solved from the applied factors.
+            users, items, cert, repair = _repair(state, params, spec, tol, users, items, cert, targets, max_rounds,
+                                                 budget - rows_solved)
+            rows_solved += repair["rows_solved"]
+            rounds += repair["rounds"]
+            sizes += repair["frontier_sizes"]
+            converged = repair["converged"]
+        frontier_info = {"rounds": rounds, "frontier_sizes": sizes, "spark_jobs": source.jobs, "converged": converged}
+        if not converged:
             log.warning("frontier would exceed %.0f%% of rows (%d solves); falling back to full sweeps",
                         100 * full_fallback_fraction, rows_solved)
             used_mode = "full"
@@ -538,9 +534,10 @@ def unlearn_als(
         rows_solved += sweeps * total_rows
         frontier_info["sweeps"] = sweeps
         if used_mode == "full" and cert.max_relative_residual > tol:
-            users, items, cert, repair = _repair_after_sweeps(
-                state, params, spec, tol, users, items, cert, _side_targets(source, plan, params.rank), max_rounds,
-                int(full_fallback_fraction * total_rows))
+            # Sweeps that stopped above tol are finished by the frontier (if that outgrows its budget, they stay).
+            users, items, cert, repair = _repair(state, params, spec, tol, users, items, cert,
+                                                 _side_targets(source, plan, params.rank), max_rounds,
+                                                 int(full_fallback_fraction * total_rows))
             rows_solved += repair["rows_solved"]
             frontier_info["repair"] = repair
     timings["solve"] = time.perf_counter() - t
@@ -619,21 +616,25 @@ def _side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int, zero_al
     return {s: _targets(source.offs[s], plan.direct[s], rank, zero_all) for s in ("user", "item")}
 
 
-def _repair_after_sweeps(state, params, spec, tol, users, items, cert, targets, max_rounds, max_rows, attempts=3):
-    """Full sweeps stopped above ``tol``: re-solve the certificate's violators, and the rows they reach, with the frontier.
+def _repair(state, params, spec, tol, users, items, cert, targets, max_rounds, max_rows, attempts=3):
+    """A certificate above ``tol``: re-solve its violators, and the rows they reach, with the frontier.
 
-    The swept factors become the frontier's base and the certificate's
-    ``R - T`` its stored drift, so the bookkeeping starts exactly where the
-    sweeps stopped and only the rows off their targets are solved (another
-    sweep would solve every row and may still stop above ``tol``).  Returns
-    ``(users, items, certificate, info)``; the certificate is recomputed over
-    all rows after each attempt.
+    ``users``/``items`` (block RDDs) become the frontier's base and the
+    certificate's ``R - T`` its stored drift, so the bookkeeping starts
+    exactly where the factors are and only rows off their targets are
+    solved: after the frontier (whose drift test used the training ``|b|``)
+    or after full sweeps (another sweep would solve every row and may still
+    stop above ``tol``).  Returns ``(users, items, certificate, info)``; the
+    certificate is recomputed over all rows after each attempt.
+    ``info["converged"]`` is False if a repair outgrew ``max_rows`` (the
+    factors are then those it started from).
     """
-    info: dict[str, Any] = {"rows_solved": 0, "rounds": 0, "certificates": [cert.max_relative_residual]}
+    info: dict[str, Any] = {"rows_solved": 0, "rounds": 0, "frontier_sizes": [], "converged": True,
+                            "certificates": [cert.max_relative_residual]}
     for _ in range(attempts):
         if cert.max_relative_residual <= tol or not any(cert.violators.values()):
             break
-        log.info("full sweeps stopped at certificate %.3g > tol %.3g: re-solving %d violating rows with the frontier",
+        log.info("certificate %.3g > tol %.3g: re-solving %d violating rows with the frontier",
                  cert.max_relative_residual, tol, sum(len(v) for v in cert.violators.values()))
         src = SparkRowSource.from_blocks(state, {"user": users, "item": items}, cert.residual_blocks, params.rank)
         grams = {s: src.gram(s) for s in ("user", "item")} if spec.implicit else None
@@ -642,9 +643,12 @@ def _repair_after_sweeps(state, params, spec, tol, users, items, cert, targets, 
                                   max_rows=max_rows, seed_frontier={s: set(v) for s, v in cert.violators.items()})
         info["rows_solved"] += result.rows_solved
         info["rounds"] += result.rounds
+        info["frontier_sizes"] += result.frontier_sizes
         if not result.converged:
-            # A repair that would re-solve most rows is no repair: keep the swept factors and report the certificate.
-            log.warning("the repair frontier outgrew its budget (%d solves); keeping the swept factors", result.rows_solved)
+            # A repair that would re-solve most rows is no repair: keep the factors and report the certificate.
+            log.warning("the repair frontier outgrew its budget (%d solves); keeping the factors it started from",
+                        result.rows_solved)
+            info["converged"] = False
             break
         users = _apply_updates(users, result.updates["user"]).persist(StorageLevel.MEMORY_AND_DISK)
         items = _apply_updates(items, result.updates["item"]).persist(StorageLevel.MEMORY_AND_DISK)
