@@ -44,6 +44,7 @@ from spark_unlearn.data.split import train_test_split  # noqa: E402
 from spark_unlearn.eval.forgetting import mean_rank_percentile  # noqa: E402
 from spark_unlearn.eval.metrics import ranking_metrics, rmse  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
+from spark_unlearn.train_model import implicit_manifest_state  # noqa: E402
 
 log = logging.getLogger("spark_unlearn.bench.unlearn")
 
@@ -107,13 +108,9 @@ def main(argv=None) -> int:
     # What a store's manifest records for a trained version (drift 0, table sizes), known before any request.
     known = {"n_ratings": train.count(), "n_users": original.model.user_factors.count(),
              "n_items": original.model.item_factors.count()}
-    grams = x_ratio = None
-    if implicit:  # recorded at training by jobs/train.py (spark_unlearn.train_model)
-        from spark_unlearn.als.incremental import ratio_bound
-
-        grams = {s: original.state.gram(b) for s, b in (("user", original.user_blocks), ("item", original.item_blocks))}
-        x_ratio = {s: ratio_bound(f, o)[0] for s, f, o in (("user", original.model.user_factors, offsets[0]),
-                                                            ("item", original.model.item_factors, offsets[1]))}
+    # Implicit: the Grams and max |x|/|b| that jobs/train.py records in the manifest.
+    recorded = implicit_manifest_state(original, offsets) if implicit else {}
+    grams, x_ratio = recorded.get("grams"), recorded.get("x_ratio")
     results = {"command": " ".join(sys.argv), "data": source, "params": params.to_dict(), "train_seconds": t_train,
                "training_residual": tr, "entries": []}
     for size in args.sizes:

@@ -32,6 +32,24 @@ def evaluate_model(model, train, test, implicit: bool, k: int) -> dict[str, floa
     return out
 
 
+def implicit_manifest_state(result, offsets) -> dict[str, dict[str, Any]]:
+    """What an implicit version's manifest records for later unlearning: ``grams`` and ``x_ratio`` per side.
+
+    ``grams[side] = F^T F`` (two small reductions now save two passes per
+    request) and ``x_ratio[side] = max |x|/|b|``, which bounds how far a Gram
+    change moves any row (:func:`spark_unlearn.als.incremental.ratio_bound`).
+    ``result``: a :class:`~spark_unlearn.als.train.TrainResult`; ``offsets``
+    its ``(user, item)`` offsets tables.
+    """
+    from spark_unlearn.als.incremental import ratio_bound
+
+    return {
+        "grams": {s: result.state.gram(b).tolist() for s, b in (("user", result.user_blocks), ("item", result.item_blocks))},
+        "x_ratio": {s: ratio_bound(f, o)[0] for s, f, o in (("user", result.model.user_factors, offsets[0]),
+                                                            ("item", result.model.item_factors, offsets[1]))},
+    }
+
+
 def run_training(
     spark: SparkSession,
     *,
@@ -76,17 +94,7 @@ def run_training(
     log.info("training residual |Ax-b|/|b|: %s", {k_: f"{v:.3g}" for k_, v in training_residual.items()})
     metrics = evaluate_model(result.model, train, test, params.implicit, k)
     log.info("test metrics: %s", metrics)
-    implicit_state = {}
-    if params.implicit:
-        from spark_unlearn.als.incremental import ratio_bound
-
-        # Implicit unlearning needs F^T F of each side (two small reductions now save two passes per later request)
-        # and max |x|/|b| per side, which bounds how far a Gram change moves any row.
-        implicit_state = {
-            "grams": {s: result.state.gram(b).tolist() for s, b in (("user", result.user_blocks), ("item", result.item_blocks))},
-            "x_ratio": {s: ratio_bound(f, o)[0] for s, f, o in (("user", result.model.user_factors, offsets[0]),
-                                                                ("item", result.model.item_factors, offsets[1]))},
-        }
+    implicit_state = implicit_manifest_state(result, offsets) if params.implicit else {}
 
     version = store.publish(
         result.model,

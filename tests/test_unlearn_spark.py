@@ -99,4 +99,3 @@ def test_spark_mllib_model_unlearns_and_loads_with_alsmodel(spark, tmp_path):
     loaded = ALSModel.load(report["path"])
     assert loaded.userFactors.filter("id = 5").count() == 0
     assert loaded.userFactors.count() == ratings.select("user").distinct().count() - 1
-
