@@ -45,6 +45,10 @@ def smoke_env(work: Path) -> dict[str, str]:
         SMOKE_TIMEOUT_SECONDS=str(TIMEOUT_S - 120),  # the script's own limit fires first, with logs
         CLUSTER_WAIT_SECONDS="90",
         SMOKE_TRAIN_ARGS="--iterations 3",  # the cluster path is what is tested, not convergence (default 10)
+        # The test loads the versions with its own session instead of a JVM of the script's own, and the
+        # unlearning job skips its before/after metrics (the train job already evaluates on the cluster).
+        SMOKE_LOAD_CHECK="0",
+        SMOKE_UNLEARN_ARGS=f"--config {work.parent / 'smoke_unlearn.toml'}",
     )
     # Master and Workers (spark-class) take theirs from SPARK_DAEMON_JAVA_OPTS; the driver and the executors
     # from SPARK_SUBMIT_OPTS (set by subprocess_env).
@@ -64,6 +68,8 @@ class Smoke:
         self.started = time.monotonic()
         # To a file, not a pipe: nobody reads while the rest of the suite runs.
         self.log = work.parent / "smoke.log"
+        work.parent.mkdir(parents=True, exist_ok=True)
+        (work.parent / "smoke_unlearn.toml").write_text("[unlearn]\nmeasure = false\n")
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 ["bash", str(SCRIPT), "smoke"],

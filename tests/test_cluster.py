@@ -33,7 +33,7 @@ def _state(pid: str) -> str:
 
 
 @pytest.mark.skipif(cluster_smoke.skip_reason() is not None, reason=str(cluster_smoke.skip_reason()))
-def test_standalone_cluster_smoke(tmp_path):
+def test_standalone_cluster_smoke(spark, tmp_path):
     smoke = cluster_smoke.current() or cluster_smoke.start(tmp_path / "cluster")  # usually started by conftest
     work = smoke.work
     try:
@@ -49,8 +49,17 @@ def test_standalone_cluster_smoke(tmp_path):
     for name, pid in started:
         assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), f"{name} (pid {pid}) still running"
     store = work / "model_store"
-    version = (store / "CURRENT").read_text().strip()
-    assert (store / "versions" / version / "metadata").is_dir()
+    # Spark's own ALSModel.load reads both versions (trained, then unlearned on the cluster); the erased user 1
+    # has a factor row only in the first.
+    from pyspark.ml.recommendation import ALSModel
+
+    versions = sorted(p.name for p in (store / "versions").iterdir())
+    assert len(versions) == 2 and (store / "CURRENT").read_text().strip() == versions[1], versions
+    trained, unlearned = (ALSModel.load(str(store / "versions" / v)) for v in versions)
+    assert trained.rank == unlearned.rank == 10
+    assert trained.userFactors.filter("id = 1").count() == 1
+    assert unlearned.userFactors.filter("id = 1").count() == 0
+    assert unlearned.userFactors.count() == trained.userFactors.count() - 1
     for i in (1, 2):
         assert "Asked to launch executor" in (work / f"worker-{i}.log").read_text()
     smoke.remove_work_dir()  # a started-in-the-background smoke's own temp dir (kept for its logs on failure)
