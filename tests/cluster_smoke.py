@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from job_helpers import FAST_JVM_OPTS, subprocess_env
+from jvm_cds import jvm_options
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "standalone_cluster.sh"
@@ -52,7 +53,7 @@ def smoke_env(work: Path) -> dict[str, str]:
     )
     # Master and Workers (spark-class) take theirs from SPARK_DAEMON_JAVA_OPTS; the driver and the executors
     # from SPARK_SUBMIT_OPTS (set by subprocess_env).
-    env.setdefault("SPARK_DAEMON_JAVA_OPTS", FAST_JVM_OPTS)
+    env.setdefault("SPARK_DAEMON_JAVA_OPTS", jvm_options(FAST_JVM_OPTS))
     # A driver started by pytest's Spark fixture must not leak into the job.
     for var in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_HOME", "PYSPARK_SUBMIT_ARGS"):
         env.pop(var, None)

@@ -36,9 +36,24 @@ def pytest_collection_modifyitems(config, items):
         cluster_smoke.start()
 
 
+def pytest_sessionstart(session):
+    """Find the suite's CDS archive of Spark's classes, or start making it (``jvm_cds.py``).
+
+    Under pytest-xdist this runs in the controller before the workers are spawned; they inherit its path.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
+        return
+    from job_helpers import FAST_JVM_OPTS
+    from jvm_cds import ensure_archive
+
+    ensure_archive(FAST_JVM_OPTS)
+
+
 def pytest_unconfigure(config):
     import sys
 
+    if "jvm_cds" in sys.modules:
+        sys.modules["jvm_cds"].stop_maker()
     if "cluster_smoke" in sys.modules:
         sys.modules["cluster_smoke"].stop()  # a smoke still running (interrupted session): its trap stops the cluster
 
@@ -48,13 +63,14 @@ def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
 
     from job_helpers import FAST_JVM_OPTS
+    from jvm_cds import jvm_options
 
     session = (
         SparkSession.builder.master("local[2]")
         .appName("spark_unlearn-tests")
         # C1 only and the serial collector: the suite runs thousands of tiny, freshly code-generated jobs, for
         # which C2 and parallel GC threads mostly take CPU from the job on a 2-core machine (~30% faster).
-        .config("spark.driver.extraJavaOptions", FAST_JVM_OPTS)
+        .config("spark.driver.extraJavaOptions", jvm_options(FAST_JVM_OPTS))
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "4")
@@ -106,3 +122,22 @@ def store_copy(trained_store, tmp_path) -> str:
     import shutil
 
     return str(shutil.copytree(trained_store, tmp_path / "store"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_cached_tables():
+    """Each module's cached DataFrames and persisted RDDs are dropped when it ends.
+
+    Tests cache what they reuse and rarely unpersist it; kept for the whole session, those blocks fill the
+    driver's old generation and every later test pays for full collections.
+    """
+    yield
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is not None:
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            session.catalog.clearCache()
+            for rdd in list(session.sparkContext._jsc.getPersistentRDDs().values()):
+                rdd.unpersist(False)

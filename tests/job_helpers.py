@@ -26,8 +26,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     ``spark.executor.extraJavaOptions`` system property in it gives a cluster's executors the same options.
     A ``SPARK_SUBMIT_OPTS`` already set is kept.
     """
+    from jvm_cds import jvm_options
+
+    opts = jvm_options(FAST_JVM_OPTS)
     env = dict(os.environ)
-    env.setdefault("SPARK_SUBMIT_OPTS", f"{FAST_JVM_OPTS} '-Dspark.executor.extraJavaOptions={FAST_JVM_OPTS}'")
+    env.setdefault("SPARK_SUBMIT_OPTS", f"{opts} '-Dspark.executor.extraJavaOptions={opts}'")
     env.update(extra)
     return env
 
