@@ -110,7 +110,7 @@ def main(argv=None) -> int:
              "n_items": original.model.item_factors.count()}
     # Implicit: the Grams and max |x|/|b| that jobs/train.py records in the manifest.
     recorded = implicit_manifest_state(original, offsets) if implicit else {}
-    grams, x_ratio = recorded.get("grams"), recorded.get("x_ratio")
+    grams, x_ratio, x_watch = recorded.get("grams"), recorded.get("x_ratio"), recorded.get("x_watch")
     results = {"command": " ".join(sys.argv), "data": source, "params": params.to_dict(), "train_seconds": t_train,
                "training_residual": tr, "entries": []}
     for size in args.sizes:
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
                 out = unlearn_als(train, original.model, offsets, batch, mode="paper" if method == "paper_full" else "frontier",
                                   tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
                                   engine="layout" if method == "frontier_layout" else "auto", counts=known,
-                                  drift_bound={"user": 0.0, "item": 0.0}, grams=grams, x_ratio=x_ratio)
+                                  drift_bound={"user": 0.0, "item": 0.0}, grams=grams, x_ratio=x_ratio, x_watch=x_watch)
                 model = out.model
                 model.user_factors.cache().count()
                 solved = out.report["rows_solved"]

@@ -33,20 +33,23 @@ def evaluate_model(model, train, test, implicit: bool, k: int) -> dict[str, floa
 
 
 def implicit_manifest_state(result, offsets) -> dict[str, dict[str, Any]]:
-    """What an implicit version's manifest records for later unlearning: ``grams`` and ``x_ratio`` per side.
+    """What an implicit version's manifest records for later unlearning: ``grams``, ``x_ratio``, ``x_watch`` per side.
 
     ``grams[side] = F^T F`` (two small reductions now save two passes per
-    request) and ``x_ratio[side] = max |x|/|b|``, which bounds how far a Gram
-    change moves any row (:func:`spark_unlearn.als.incremental.ratio_bound`).
+    request), ``x_ratio[side] = max |x|/|b|``, which bounds how far a Gram
+    change moves any row, and ``x_watch[side]``, the rows with the largest
+    ratio and a bound for the others (:mod:`spark_unlearn.als.ratio_watch`).
     ``result``: a :class:`~spark_unlearn.als.train.TrainResult`; ``offsets``
     its ``(user, item)`` offsets tables.
     """
-    from spark_unlearn.als.incremental import ratio_bound
+    from spark_unlearn.als.ratio_watch import ratio_watch
 
+    watch = {s: ratio_watch(f, o) for s, f, o in (("user", result.model.user_factors, offsets[0]),
+                                                  ("item", result.model.item_factors, offsets[1]))}
     return {
         "grams": {s: result.state.gram(b).tolist() for s, b in (("user", result.user_blocks), ("item", result.item_blocks))},
-        "x_ratio": {s: ratio_bound(f, o)[0] for s, f, o in (("user", result.model.user_factors, offsets[0]),
-                                                            ("item", result.model.item_factors, offsets[1]))},
+        "x_ratio": {s: w.max for s, w in watch.items()},
+        "x_watch": {s: w.to_json() for s, w in watch.items()},
     }
 
 

@@ -166,6 +166,7 @@ def run_unlearning(
         drift_bound={"user": 0.0, "item": 0.0} if state is not None else manifest.get("drift_max"),
         counts=_version_counts(manifest),
         x_ratio=None if state is not None else manifest.get("x_ratio"),
+        x_watch=None if state is not None else manifest.get("x_watch"),
     )
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
@@ -212,6 +213,7 @@ def run_unlearning(
             "drift_max": result.report["drift_max"],
             # Implicit, targeted engine only: the bound max |x|/|b| the next request starts from.
             **({"x_ratio": result.report["x_ratio"]} if result.report.get("x_ratio") else {}),
+            **({"x_watch": result.x_watch} if result.x_watch else {}),
         },
         parent=parent,
         forgotten=applied_requests(batch, result.deleted),

@@ -44,12 +44,17 @@ def trained(request, spark):
     return ratings, res.model, offsets
 
 
-def test_targeted_offsets_and_certificate_match_a_recomputation(spark, trained):
+def test_targeted_offsets_and_certificate_match_a_recomputation(spark, trained, monkeypatch):
     ratings, model, offsets = trained
+    # Implicit: an empty watch leaves every row to one bound (max |x|/|b|), which fails here, so the certificate
+    # takes the pass over every row; the other implicit tests keep the default watch (it lists every row here).
+    monkeypatch.setattr("spark_unlearn.als.ratio_watch.WATCH_SIZE", 0)
     present = [(r[0], r[1]) for r in ratings.filter("user in (1, 2) and item < 40").orderBy("user", "item").limit(3).collect()]
     rows = [(7, None, "user"), (None, 50, "item"), (3, 99999, "interaction")] + [(u, i, "interaction") for u, i in present]
     out = unlearn_als(ratings, model, offsets, batch(spark, rows), tol=5e-2, engine="targeted", full_fallback_fraction=1.0)
     rep = out.report
+    if model.params.implicit:
+        assert any(how.startswith("exact") for how in rep["certificate"]["untouched_rows"].values())
     assert rep["engine"] == "targeted" and rep["certificate"]["method"] == "incremental"
     assert rep["deletion"]["not_found_interactions"] == 1
 
@@ -155,14 +160,23 @@ def test_targeted_and_layout_engines_agree(spark, trained):
     b.release()
 
 
-def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp_path):
+def _row_ratios(factors, offsets) -> dict[int, float]:
+    """|x|/|b| of every row of a (tiny) version side."""
+    rows = factors.join(offsets.select("id", "bnorm"), "id").collect()
+    return {int(r["id"]): float(np.linalg.norm(np.asarray(r["features"], np.float64)) / max(r["bnorm"], 1e-300))
+            for r in rows}
+
+
+def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp_path, monkeypatch):
     """Training stores F^T F per side (implicit); the targeted engine then starts from them instead of two passes."""
+    from spark_unlearn.als import ratio_watch
     from spark_unlearn.als.incremental import gram_of, ratio_bound
     from spark_unlearn.store.model_store import ModelStore
     from spark_unlearn.train_model import run_training
     from spark_unlearn.unlearn_model import run_unlearning
     from als_helpers import sample_movielens_path
 
+    monkeypatch.setattr(ratio_watch, "WATCH_SIZE", 5)  # the sample has 30 users: list a few, bound the rest
     store_dir = str(tmp_path / "store")
     params = ALSParams(rank=3, reg=0.1, alpha=2.0, implicit=True, iterations=2, seed=2, num_blocks=2)
     run_training(spark, ratings_path=sample_movielens_path(), store_path=store_dir, params=params)
@@ -187,6 +201,17 @@ def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp
         assert manifest["x_ratio"][side] == pytest.approx(trained_ratio, rel=1e-12)
         exact = ratio_bound((new.model.user_factors, new.model.item_factors)[k], offsets[1][k])[0]
         assert exact - 1e-12 <= after["x_ratio"][side] <= 1.5 * exact
+        # The watch: exact at training (the 5 largest ratios, rest = the 6th), a valid bound of every row after.
+        before = _row_ratios((loaded.model.user_factors, loaded.model.item_factors)[k], offsets[0][k])
+        w0 = manifest["x_watch"][side]
+        top = sorted(before.items(), key=lambda kv: (-kv[1], kv[0]))
+        assert w0["ids"] == [i for i, _ in top[:5]] and w0["ratios"] == pytest.approx([r for _, r in top[:5]], rel=1e-12)
+        assert w0["rest"] == pytest.approx(top[5][1], rel=1e-12)
+        w1 = after["x_watch"][side]
+        listed = dict(zip(w1["ids"], w1["ratios"]))
+        now = _row_ratios((new.model.user_factors, new.model.item_factors)[k], offsets[1][k])
+        assert len(listed) == 5 and set(listed) <= set(now)
+        assert all(r <= listed.get(i, w1["rest"]) + 1e-12 for i, r in now.items())
 
 
 def test_id_selection_gives_the_same_rows_as_a_filter_and_as_a_join(spark, monkeypatch):

@@ -49,6 +49,7 @@ from pyspark.sql import functions as F
 from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
+from spark_unlearn.als.ratio_watch import RatioWatch, gram_moved_rows, ratio_watch
 from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
@@ -380,13 +381,14 @@ class TargetedResult:
     report: dict[str, Any]
     converged: bool
     grams: dict[str, list] | None
+    x_watch: dict[str, dict] | None = None  # implicit: per side, the new version's RatioWatch (as JSON)
 
 
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
                      spec: SolveSpec, tol: float, max_rounds: int, max_rows: int, strict: bool = False,
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
                      drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
-                     x_ratio: dict[str, float] | None = None) -> TargetedResult:
+                     x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``grams``: per side, the Gram of the version's factor tables if known
@@ -396,14 +398,19 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     ``tol``, one pass over the offsets tables finds it and the rows to
     re-solve.  ``x_ratio``: per side, an upper bound of ``max |x|/|b|``
     (implicit; the version's manifest), computed by a join per side when
-    unknown.  ``converged=False`` means the frontier outgrew ``max_rows``:
-    the caller falls back to the layout engine.
+    unknown.  ``x_watch``: per side, the version's
+    :class:`~spark_unlearn.als.ratio_watch.RatioWatch` (as JSON; implicit),
+    which replaces ``x_ratio``; without either, it is computed (a join and
+    a top-k per side).  ``converged=False`` means the frontier outgrew
+    ``max_rows``: the caller falls back to the layout engine.
 
     Implicit certificate of the rows the frontier did not touch: every one
     drifts by ``ΔG x``, so ``|d + ΔG x| / |b| <= drift_bound + |ΔG|_2 x_ratio``.
     When that bound is within ``tol`` it is the certificate's term for those
-    rows (no pass); otherwise one pass computes every row's exact value.  The
-    report gives the new version's ``x_ratio``.
+    rows (no pass).  With a watch, the bound of the rows it does not list uses
+    its ``rest``, and the listed rows whose own bound fails are read and
+    evaluated exactly.  Otherwise one pass computes every row's exact value.
+    The report gives the new version's ``x_ratio``, the result its watch.
     """
     spark = ratings.sparkSession
     t0 = time.perf_counter()
@@ -424,7 +431,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     timings["plan"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    gram_train = gram_now = None
+    gram_train = gram_now = watch = None
     wrapped = source
     if spec.implicit:
         from spark_unlearn.als.spark_source import BoundedGramSource
@@ -435,9 +442,14 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
             gone = np.array(sorted(plan.removed[s]), np.int64)
             X = source.base_factors(s, gone).astype(np.float64) if gone.size else np.zeros((0, model.params.rank))
             gram_now[s] = gram_train[s] - X.T @ X
-        if x_ratio is None or any(s not in x_ratio for s in SIDES):
-            x_ratio = {s: ratio_bound(factors[s], offs[s])[0] for s in SIDES}
-        wrapped = BoundedGramSource(source, {s: (float(x_ratio[s]), float(drift_bound.get(s, 0.0))) for s in SIDES})
+        if x_watch is not None and all(s in x_watch for s in SIDES):
+            watch = {s: RatioWatch.from_json(x_watch[s]) for s in SIDES}
+        elif x_ratio is None or any(s not in x_ratio for s in SIDES):
+            watch = {s: ratio_watch(factors[s], offs[s]) for s in SIDES}
+        if watch is not None:
+            x_ratio = {s: watch[s].max for s in SIDES}
+        wrapped = BoundedGramSource(source, {s: (float(x_ratio[s]), float(drift_bound.get(s, 0.0))) for s in SIDES},
+                                    watch)
     result = frontier_unlearn(wrapped, plan.direct, spec, tol, gram_train=gram_train, gram_now=gram_now,
                               max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds)
     timings["solve"] = time.perf_counter() - t
@@ -453,18 +465,23 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
     untouched_how = {s: "stored" for s in SIDES}
-    new_x_ratio = None
+    new_x_ratio = new_watch = None
     if spec.implicit:
-        new_x_ratio = {}
+        new_x_ratio, new_watch = {}, {}
         for s in SIDES:
+            skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
             # Every untouched row moved by ΔG x: bounded without a pass when the bound is within tol ...
             bound = untouched[s] + float(np.linalg.norm(delta[s], 2)) * float(x_ratio[s])
             x_untouched = float(x_ratio[s])
+            listed = watched_term(source, s, watch[s], delta[s], skip, untouched[s], tol) if watch else None
             if bound <= tol:
                 untouched[s], untouched_how[s] = bound, "bound"
+            elif listed is not None and listed[0] <= tol:
+                # ... or by the watch: its rest bounded, its listed rows read and evaluated where their bound fails ...
+                untouched[s], untouched_how[s] = listed[0], "watch"
+                x_untouched = listed[1]
             else:
                 # ... else exact, over all rows (factor and offsets tables only).
-                skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
                 moved = gram_moved(factors[s], offs[s], delta[s])
                 if skip.size:
                     moved = select_ids(moved, "id", skip.tolist(), keep=False)
@@ -474,6 +491,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                 x_untouched = float(row[1] or 0.0)
             # The new version's max |x|/|b|: untouched rows as they were, touched rows at their new x over the |b'| bound.
             new_x_ratio[s] = max(x_untouched, float(touched[s]["x_relative"].max(initial=0.0)))
+            if watch is not None:
+                new_watch[s] = watch[s].updated(touched[s]["ids"], touched[s]["x_relative"], sorted(plan.removed[s])).to_json()
     for s in SIDES:
         per_side[s] = max(per_side[s], untouched[s])
     timings["certificate"] = time.perf_counter() - t
@@ -507,12 +526,39 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "converged": True,
     }
     new_model = FactorModel(user_factors=new_factors["user"], item_factors=new_factors["item"], params=model.params)
-    return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out)
+    return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out,
+                          new_watch or None)
+
+
+def watched_term(source, side: str, watch: RatioWatch, delta_gram: np.ndarray, skip: np.ndarray, drift_bound: float,
+                 tol: float) -> tuple[float, float]:
+    """``(certificate term, max |x|/|b|)`` of the rows a request did not touch, by their watch.
+
+    Rows the watch does not list: ``drift_bound + |ΔG|_2 rest``.  Listed rows
+    (not in ``skip``): the same bound with their own ratio where it is within
+    ``tol``, else their exact ``|d + ΔG x|/|b|`` (read: at most
+    :data:`~spark_unlearn.als.ratio_watch.WATCH_SIZE` rows).
+    """
+    norm = float(np.linalg.norm(delta_gram, 2))
+    open_ = ~np.isin(watch.ids, skip)
+    ratios = watch.ratios[open_]
+    term = drift_bound + norm * max(float(watch.rest), 0.0)
+    bounds = drift_bound + norm * ratios
+    read = bounds > tol
+    if (~read).any():
+        term = max(term, float(bounds[~read].max()))
+    ids = watch.ids[open_][read]
+    if ids.size:
+        bnorm, drift = source.drift_state(side, ids)
+        term = max(term, float(gram_moved_rows(source.base_factors(side, ids), drift, bnorm, delta_gram).max()))
+    return term, max(float(watch.rest), float(ratios.max(initial=0.0)))
 
 
 UNTOUCHED_CERTIFICATE = {
     "exact": "exact: |d + ΔG x| / |b| over every untouched row (implicit; one pass)",
     "bound": "bounded: stored max |d|/|b| + |ΔG|_2 max |x|/|b| (implicit; no pass, the bound is within tol)",
+    "watch": "bounded: stored max |d|/|b| + |ΔG|_2 x (x = |x|/|b| of the rows with the largest, exact where that "
+    "exceeds tol, and a bound of it for the others; implicit, no pass)",
     "stored": "bounded by the version's stored drift |d| / |b| (explicit: nothing in an untouched row's equation changed)",
 }
 

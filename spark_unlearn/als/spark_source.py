@@ -196,17 +196,42 @@ class BoundedGramSource:
 
     ``ratio[side] = (max |x|/|b|, max |d|/|b|)`` over the side's stored rows;
     then every untouched row has ``|d + ΔG x| / |b| <= max|d|/|b| + |ΔG|_2 max|x|/|b|``.
+    With a :class:`~spark_unlearn.als.ratio_watch.RatioWatch` per side
+    (``watch``) the rows it does not list are bounded with its ``rest``
+    instead, and the listed rows whose own bound fails are read and checked
+    exactly: a pass over the whole side only when the bound of the rest fails.
     """
 
-    def __init__(self, inner: SparkRowSource, ratio: dict[str, tuple[float, float]]):
+    def __init__(self, inner, ratio: dict[str, tuple[float, float]], watch: dict | None = None):
         self.inner = inner
         self.ratio = ratio
+        self.watch = watch or {}
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def gram_violators(self, side, delta_gram, tol, skip):
         x_ratio, d_ratio = self.ratio[side]
-        if d_ratio + np.linalg.norm(delta_gram, 2) * x_ratio <= tol:
+        norm = float(np.linalg.norm(delta_gram, 2))
+        watch = self.watch.get(side)
+        if d_ratio + norm * (watch.rest if watch is not None else x_ratio) > tol:
+            return self.inner.gram_violators(side, delta_gram, tol, skip)
+        if watch is None:
             return np.zeros(0, np.int64)
-        return self.inner.gram_violators(side, delta_gram, tol, skip)
+        return watched_violators(self.inner, side, watch, delta_gram, tol, skip, d_ratio)
+
+
+def watched_violators(source, side, watch, delta_gram, tol, skip, d_ratio) -> np.ndarray:
+    """Listed rows of ``watch`` (not in ``skip``) with ``|d + ΔG x| > tol |b|``, read and checked exactly.
+
+    Only rows whose own bound ``d_ratio + |ΔG|_2 ratio`` exceeds ``tol`` are read.
+    """
+    from spark_unlearn.als.ratio_watch import gram_moved_rows
+
+    norm = float(np.linalg.norm(delta_gram, 2))
+    pick = ~np.isin(watch.ids, np.asarray(skip, np.int64)) & (d_ratio + norm * watch.ratios > tol)
+    ids = watch.ids[pick]
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    bnorm, drift = source.drift_state(side, ids) if hasattr(source, "drift_state") else source.offsets(side, ids)[1:]
+    return ids[gram_moved_rows(source.base_factors(side, ids), drift, bnorm, delta_gram) > tol]

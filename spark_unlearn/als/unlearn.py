@@ -348,6 +348,7 @@ class UnlearnResult:
     report: dict[str, Any]
     state: ALSState | None
     grams: dict[str, list] | None = None  # per side, the Gram of the new factor tables, if known
+    x_watch: dict[str, dict] | None = None  # implicit, targeted engine: per side, the new version's RatioWatch (JSON)
 
     def release(self) -> None:
         if self.state is not None:
@@ -396,6 +397,7 @@ def unlearn_als(
     drift_bound: dict[str, float] | None = None,
     counts: dict[str, int] | None = None,
     x_ratio: dict[str, float] | None = None,
+    x_watch: dict[str, dict] | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -445,6 +447,10 @@ def unlearn_als(
         rows (the version's manifest), if known (saves a join per side in the
         targeted engine, and usually the certificate's pass over every row:
         :func:`~spark_unlearn.als.incremental.unlearn_targeted`).
+    x_watch
+        Implicit mode: per side, the version's
+        :class:`~spark_unlearn.als.ratio_watch.RatioWatch` as JSON (the
+        manifest's ``x_watch``), if known: a tighter form of ``x_ratio``.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown unlearning engine {engine!r}; use one of {list(ENGINES)}")
@@ -470,7 +476,7 @@ def unlearn_als(
         if engine == "targeted" or len(rows) <= TARGETED_MAX_REQUESTS:
             out = _unlearn_targeted(ratings, model, offsets, rows if rows is not None else batch, spec, tol, tol_source,
                                     training_residual, strict, max_rounds, full_fallback_fraction, forgotten, grams, t0,
-                                    drift_bound, counts, batch, x_ratio)
+                                    drift_bound, counts, batch, x_ratio, x_watch)
             if out is not None:
                 return out
             log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
@@ -577,7 +583,7 @@ def unlearn_als(
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict, max_rounds,
                       full_fallback_fraction, forgotten, grams, t0, drift_bound=None, counts=None,
-                      batch_frame=None, x_ratio=None) -> UnlearnResult | None:
+                      batch_frame=None, x_ratio=None, x_watch=None) -> UnlearnResult | None:
     """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget.
 
     ``batch``: the requests as collected rows (or a DataFrame); ``batch_frame`` the DataFrame.
@@ -591,7 +597,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
         total_rows = model.user_factors.count() + model.item_factors.count()
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
                            max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams,
-                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=x_ratio)
+                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=x_ratio, x_watch=x_watch)
     if not out.converged:
         return None
     remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
@@ -609,7 +615,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
         **out.report,
     }
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
-    return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams)
+    return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams, out.x_watch)
 
 
 def _side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int, zero_all: bool = False) -> dict[str, RDD]:

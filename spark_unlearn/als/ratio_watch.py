@@ -1,0 +1,101 @@
+"""The rows with the largest ``|x|/|b|`` of one side, and a bound for all the others (implicit feedback).
+
+In implicit mode a deletion moves the other side's Gram by ``ΔG``, and every
+row ``s`` that is not re-solved drifts by ``ΔG x_s``: its certificate term
+becomes ``|d_s + ΔG x_s| / |b_s| <= |d_s|/|b_s| + |ΔG|_2 |x_s|/|b_s|``.  With
+one number per side (``max |x|/|b|``) that bound is as loose as the single
+worst row, usually a row with very few ratings and a tiny ``|b|``, and a
+request that fails it pays a pass over every row of the side.
+
+A :class:`RatioWatch` lists the ``size`` rows with the largest ratio (their
+ids and ratios) and ``rest``, an upper bound of the ratio of every row not
+listed.  The rows not listed are then bounded by ``|ΔG|_2 rest``; the listed
+ones, few, are read and checked exactly.  The watch is exact at training and
+carried forward by each request (:meth:`RatioWatch.updated`): rows the
+request did not touch keep their ``x`` and ``b``, touched rows come with an
+upper bound of their new ratio, so the invariant
+
+    every listed row's ratio <= its listed value, every other row's <= rest
+
+holds in every version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+#: Rows listed per side: the manifest holds two lists of this length, and a request reads at most this many
+#: rows per side to check them exactly (one ``IN`` scan of the factor and offsets tables).
+WATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RatioWatch:
+    """``ids`` (int64) with ``ratios`` (float64, upper bounds of their ``|x|/|b|``, descending) and ``rest``."""
+
+    ids: np.ndarray
+    ratios: np.ndarray
+    rest: float
+
+    @property
+    def max(self) -> float:
+        """An upper bound of ``|x|/|b|`` over every row of the side."""
+        return max(float(self.rest), float(self.ratios.max(initial=0.0)))
+
+    @classmethod
+    def from_values(cls, ids, ratios, size: int | None = None, rest: float = 0.0) -> "RatioWatch":
+        """The ``size`` (default :data:`WATCH_SIZE`) largest of ``ratios``; the others raise ``rest`` (ties by id)."""
+        size = WATCH_SIZE if size is None else int(size)
+        ids, ratios = np.asarray(ids, np.int64), np.asarray(ratios, np.float64)
+        order = np.lexsort((ids, -ratios))
+        kept, dropped = order[:size], order[size:]
+        rest = max(float(rest), float(ratios[dropped].max(initial=0.0)))
+        return cls(ids[kept], ratios[kept], rest)
+
+    def updated(self, touched_ids, touched_ratios, removed_ids, size: int | None = None) -> "RatioWatch":
+        """The watch of the next version.
+
+        ``touched_ids``/``touched_ratios``: rows whose ``x`` or ``b`` may have
+        changed, with an upper bound of their new ratio; ``removed_ids``: rows
+        that left the model.  Listed rows not touched keep their value; rows
+        not listed and not touched stay below ``rest``.
+        """
+        touched_ids = np.asarray(touched_ids, np.int64)
+        gone = np.union1d(touched_ids, np.asarray(removed_ids, np.int64))
+        keep = ~np.isin(self.ids, gone)
+        ids = np.concatenate([self.ids[keep], touched_ids])
+        ratios = np.concatenate([self.ratios[keep], np.asarray(touched_ratios, np.float64)])
+        return RatioWatch.from_values(ids, ratios, size, self.rest)
+
+    def to_json(self) -> dict:
+        return {"ids": [int(i) for i in self.ids], "ratios": [float(r) for r in self.ratios], "rest": float(self.rest)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RatioWatch":
+        ids, ratios = np.asarray(d["ids"], np.int64), np.asarray(d["ratios"], np.float64)
+        if ids.shape != ratios.shape:
+            raise ValueError(f"a ratio watch needs as many ratios as ids, got {ids.size} and {ratios.size}")
+        return cls(ids, ratios, float(d["rest"]))
+
+
+def ratio_watch(factors: DataFrame, offsets: DataFrame, size: int | None = None) -> RatioWatch:
+    """The exact watch of a version's side: one join of its factor and offsets tables and a top-``size + 1``."""
+    from spark_unlearn.als.incremental import _norm  # incremental imports this module
+
+    size = WATCH_SIZE if size is None else int(size)
+    ratio = _norm("features") / F.greatest(F.col("bnorm"), F.lit(1e-300))
+    rows = (factors.select("id", "features").join(offsets.select("id", "bnorm"), "id")
+            .select("id", ratio.alias("ratio")).orderBy(F.desc("ratio"), "id").limit(size + 1).collect())
+    ids = np.array([r["id"] for r in rows], np.int64)
+    ratios = np.array([r["ratio"] for r in rows], np.float64)
+    return RatioWatch.from_values(ids, ratios, size)
+
+
+def gram_moved_rows(X: np.ndarray, drift: np.ndarray, bnorm: np.ndarray, delta_gram: np.ndarray) -> np.ndarray:
+    """``|d_s + ΔG x_s| / |b_s|`` per row: the certificate term of a row the request did not touch."""
+    moved = np.asarray(drift, np.float64) + np.asarray(X, np.float64) @ np.asarray(delta_gram, np.float64).T
+    return np.linalg.norm(moved, axis=1) / np.maximum(np.asarray(bnorm, np.float64), 1e-300)
