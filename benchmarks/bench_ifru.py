@@ -25,6 +25,21 @@ For each model (MF, LightGCN) the script trains the original model and compares:
 * ``ifru_cg_tol*``, ``ifru_newton*`` cheaper / more exact solves;
 * ``ifru_pruned_q*`` the influence update restricted to the important nodes.
 
+Loss (``--loss``): ``bce`` (default) is the paper's pointwise BCE, every labelled
+training pair a term.  ``bpr`` uses the package's BPR path (``IFRUConfig.loss =
+"bpr"``, docs/IFRU.md section 6): ``--bpr-negatives`` negatives per positive training pair
+(label 1 after the flips) drawn once with the model seed
+(``models.bpr_negatives``), the objective the fixed sum of those triples; every
+method trains on them (``unlearn.fit_triples``; the retrains keep the remaining
+positives' negatives, other seeds change only the initialisation) and IFRU
+unlearns through ``compute_unlearning``, which removes every triple of a removed
+positive.  Only positive pairs are BPR terms, so ``D_u`` is the flipped pairs that
+are training positives (disliked pairs flipped to liked) in ``random`` and every
+positive of the chosen users in ``concentrated``; a liked pair flipped to
+"disliked" has no triple (it only becomes an eligible negative) and there is
+nothing to unlearn for it.  The evaluation (test AUC on the rated test pairs,
+Recall@20) is the same for both losses.
+
 Metrics: test AUC, AUC on the test pairs touching a user or item of ``D_u``,
 Recall@20 (training and validation pairs excluded), wall and CPU seconds,
 HVPs and where IFRU's time goes, ``gap_closed = (auc - auc_original) /
@@ -39,6 +54,8 @@ Usage::
         --scenario random --out docs/bench/ifru_ml-latest-small.json
     python benchmarks/bench_ifru.py --ratings ../shared/data/ml-latest-small/ratings.csv \
         --scenario concentrated --out docs/bench/ifru_ml-latest-small_concentrated.json
+    python benchmarks/bench_ifru.py --ratings ../shared/data/ml-latest-small/ratings.csv \
+        --scenario random --loss bpr --out docs/bench/ifru_ml-latest-small_bpr.json
 """
 
 from __future__ import annotations
@@ -111,9 +128,16 @@ def rank_percentile(h, n_users, del_u, del_i, rem_u, rem_i):
 
 
 def removal_scenario(scenario, tr, nu, args):
-    """Boolean mask of the training terms to unlearn, and the labels the original model is trained on."""
+    """Boolean mask of the training pairs to unlearn, and the labels the original model is trained on.
+
+    With ``--loss bpr`` only positive pairs are terms (their triples), so a flipped pair is unlearned only if it is a
+    training positive; the package's BPR path would ignore the others (``unlearn.select_subgraph_bpr``).
+    """
     if scenario == "random":
-        return tr["noisy"].clone(), tr["label"]
+        removed = tr["noisy"].clone()
+        if args.loss == "bpr":
+            removed &= tr["label"] > 0
+        return removed, tr["label"]
     pos = tr["label"] > 0
     counts = torch.bincount(tr["u"][pos], minlength=nu)
     eligible = torch.nonzero(counts >= args.min_user_positives).reshape(-1)
@@ -127,9 +151,9 @@ def removal_scenario(scenario, tr, nu, args):
 def run_model(kind, args, spark, prepared, train_df, tensors):
     from spark_unlearn.ifru.config import IFRUConfig
     from spark_unlearn.ifru.evaluate import auc, recall_at_k
-    from spark_unlearn.ifru.models import build_graph, layer_mean
+    from spark_unlearn.ifru.models import bpr_negatives, build_graph, layer_mean
     from spark_unlearn.ifru.state import IFRUModel
-    from spark_unlearn.ifru.unlearn import apply_unlearning, compute_unlearning, fit_tensors
+    from spark_unlearn.ifru.unlearn import apply_unlearning, compute_unlearning, fit_tensors, fit_triples
 
     hp = dict(DEFAULTS[kind])
     for key in ("dim", "reg", "lr", "epochs"):
@@ -138,7 +162,7 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
     cfg = IFRUConfig(
         model_type=kind, layers=hp.get("layers", 1), dim=hp["dim"], reg=hp["reg"], lr=hp["lr"], epochs=hp["epochs"],
         damping=args.damping, cg_tol=args.cg_tol, cg_max_iter=args.cg_max_iter, influence_dtype=args.dtype,
-        hessian=args.hessian, precondition=args.precondition,
+        hessian=args.hessian, precondition=args.precondition, loss=args.loss, bpr_negatives=args.bpr_negatives,
     )
     nu, ni = prepared.n_users, prepared.n_items
     tr, te, va = tensors["train"], tensors["test"], tensors["val"]
@@ -172,22 +196,39 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
         log.info("%s %s: %s", kind, name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
                                            if not isinstance(v, dict)})
 
+    # labelled pairs: the LightGCN graphs (built from their positives) and, for BCE, the training terms
     full_terms = (tr["u"], tr["i"], tr["label"])
     kept_terms = (tr["u"][keep], tr["i"][keep], tr["label"][keep])
+    pos = tr["label"] > 0
+    if cfg.loss == "bpr":
+        # the package's fixed triples: negatives drawn once (seeded), kept by every retrain; removing a positive removes
+        # all its triples, so the remaining objective is the training sum minus D_u (docs/IFRU.md section 6)
+        if not bool(pos[removed].all()):
+            raise ValueError("with loss='bpr' only positive training pairs can be unlearned")
+        pos_u, pos_i, neg_j = bpr_negatives(tr["u"][pos], tr["i"][pos], ni, cfg.bpr_negatives, cfg.seed)
+        gone = torch.isin(pos_u * ni + pos_i, tr["u"][removed] * ni + tr["i"][removed])
+        fit = fit_triples
+        full_data, kept_data = (pos_u, pos_i, neg_j), (pos_u[~gone], pos_i[~gone], neg_j[~gone])
+        removed_terms = int(neg_j[gone].numel())
+        model_terms = {"pos_u": pos_u, "pos_i": pos_i, "n_terms": int(neg_j.numel()), "neg_j": neg_j}
+    else:
+        fit, full_data, kept_data = fit_tensors, full_terms, kept_terms
+        removed_terms = int(removed.sum())
+        model_terms = {"pos_u": tr["u"][pos], "pos_i": tr["i"][pos], "n_terms": int(tr["u"].numel())}
     with Clock() as c:
-        orig = fit_tensors(cfg, nu, ni, *full_terms)
+        orig = fit(cfg, nu, ni, *full_data)
     record("original", orig.e0, full_terms, c, {"epochs": cfg.epochs, "grad_norm": orig.grad_norm})
     with Clock() as c:
-        re = fit_tensors(cfg, nu, ni, *kept_terms)
+        re = fit(cfg, nu, ni, *kept_data)
     record("retrain", re.e0, kept_terms, c, {"epochs": cfg.epochs, "grad_norm": re.grad_norm, "gradient_steps": re.steps})
     # how reproducible is the reference? other initialisations, and a retrain warm-started from the original
     for s in args.retrain_seeds:
         with Clock() as c:
-            r = fit_tensors(cfg.replace(seed=s), nu, ni, *kept_terms)
+            r = fit(cfg.replace(seed=s), nu, ni, *kept_data)
         record(f"retrain_seed{s}", r.e0, kept_terms, c, {"grad_norm": r.grad_norm})
     if args.warm_epochs:
         with Clock() as c:
-            w = fit_tensors(cfg.replace(lr=args.warm_lr), nu, ni, *kept_terms, e0=orig.e0, epochs=args.warm_epochs)
+            w = fit(cfg.replace(lr=args.warm_lr), nu, ni, *kept_data, e0=orig.e0, epochs=args.warm_epochs)
         record("retrain_warm", w.e0, kept_terms, c, {"epochs": args.warm_epochs, "lr": args.warm_lr, "grad_norm": w.grad_norm})
     # the paper's retrain protocol: mini-batch Adam, early stopping on validation AUC
     if args.paper_epochs:
@@ -199,21 +240,19 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
 
         pcfg = cfg.replace(batch_size=args.paper_batch, lr=args.paper_lr)
         with Clock() as c:
-            pr = fit_tensors(pcfg, nu, ni, *kept_terms, epochs=args.paper_epochs, monitor=val_auc, patience=args.paper_patience)
+            pr = fit(pcfg, nu, ni, *kept_data, epochs=args.paper_epochs, monitor=val_auc, patience=args.paper_patience)
         record("retrain_minibatch", pr.e0, kept_terms, c, {
             "epochs": pr.epochs, "best_epoch": pr.best_epoch, "gradient_steps": pr.steps, "batch_size": args.paper_batch,
             "lr": args.paper_lr, "patience": args.paper_patience, "best_val_auc": max(pr.monitor_history),
         })
     ft_epochs = max(1, int(round(cfg.epochs * args.finetune_fraction)))
     with Clock() as c:
-        ft = fit_tensors(cfg, nu, ni, *kept_terms, e0=orig.e0, epochs=ft_epochs)
+        ft = fit(cfg, nu, ni, *kept_data, e0=orig.e0, epochs=ft_epochs)
     record("finetune", ft.e0, kept_terms, c, {"epochs": ft_epochs})
 
-    pos = tr["label"] > 0
     model = IFRUModel(
         config=cfg, e0=orig.e0, user_ids=prepared.user_ids, item_ids=prepared.item_ids,
-        pos_u=tr["u"][pos], pos_i=tr["i"][pos], removed_u=torch.zeros(0, dtype=torch.long),
-        removed_i=torch.zeros(0, dtype=torch.long), n_terms=int(tr["u"].numel()),
+        removed_u=torch.zeros(0, dtype=torch.long), removed_i=torch.zeros(0, dtype=torch.long), **model_terms,
     )
     runs = [("ifru", {}), ("ifru_paper_normaliser", {"normaliser": "training"})]
     runs += [(f"ifru_cg_tol{t:g}", {"cg_tol": t}) for t in args.extra_cg_tols]
@@ -274,16 +313,19 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
         "ifru_gap_closed": u["gap_closed"],
         "gap_measure_for_pruning": key,
         "affected_test_fraction": float(affected.double().mean()),
-        "removed_terms": int(removed.sum()),
+        "removed_terms": removed_terms,
     }
+    if cfg.loss == "bpr":
+        summary["removed_pairs"] = int(removed.sum())
     return {"config": cfg.to_dict(), "methods": results, "summary": summary}
 
 
-def warm_up_torch_func() -> None:
+def warm_up_torch_func(loss: str = "bce") -> None:
     """First use of torch.func in a process costs seconds of one-off initialisation; pay it outside the timings."""
     from spark_unlearn.ifru.influence import compute_update
+    from spark_unlearn.ifru.models import bpr_negatives
     from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
-    from spark_unlearn.ifru.pruning import subgraph_torch
+    from spark_unlearn.ifru.pruning import subgraph_torch, subgraph_triples_torch
 
     u, i = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 0])
     label, removed = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([True, False, False, False])
@@ -293,6 +335,15 @@ def warm_up_torch_func() -> None:
         prob = assemble_problem(sub, torch.randn(5, 2), g, gp, n_users=3, n_items=2, layers=layers, reg=0.1, n=4)
         for dt in (torch.float32, torch.float64):
             compute_update(prob, dtype=dt, damping=0.1)
+    if loss == "bpr":
+        pu, pi, nj = bpr_negatives(u[label > 0], i[label > 0], 2, 1, 0)
+        gone = (pu == 0) & (pi == 0)
+        for layers in (0, 1):
+            sub = subgraph_triples_torch(pu, pi, nj, gone, 3, 2, layers, None)
+            prob = assemble_problem(sub, torch.randn(5, 2), g, gp, n_users=3, n_items=2, layers=layers, reg=0.1,
+                                    n=int(nj.numel()), loss="bpr")
+            for dt in (torch.float32, torch.float64):
+                compute_update(prob, dtype=dt, damping=0.1)
 
 
 def main(argv=None) -> int:
@@ -306,6 +357,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reg", type=float)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--loss", default="bce", choices=("bce", "bpr"),
+                    help="training objective of every method: pointwise BCE (the paper's) or BPR on fixed seeded triples")
+    ap.add_argument("--bpr-negatives", type=int, default=1, help="--loss bpr: negatives drawn per positive training pair")
     ap.add_argument("--finetune-fraction", type=float, default=0.1, help="fine-tune epochs as a fraction of training epochs")
     ap.add_argument("--damping", type=float, default=1e-5)
     ap.add_argument("--cg-tol", type=float, default=1e-3)
@@ -375,16 +429,21 @@ def main(argv=None) -> int:
         "test": int(tensors["test"]["u"].numel()),
         "removed": int(tr["removed"].sum()),
         "removed_users": int(torch.unique(tr["u"][tr["removed"]]).numel()),
+        "flipped": int(tr["noisy"].sum()),
         "spark_prepare_s": prep_clock.wall,
     }
     log.info("data: %s", data)
     protocol = {"random": f"label=rating>=4, 5-core, 60/20/20 per user, {args.flip_fraction:.0%} train labels flipped = D_u",
                 "concentrated": f"label=rating>=4, 5-core, 60/20/20 per user, D_u = all positive training pairs of "
                                 f"{args.forget_users} users with >= {args.min_user_positives} positives"}[args.scenario]
-    out = {"scenario": args.scenario, "protocol": protocol, "command": " ".join(sys.argv), "data": data,
+    if args.loss == "bpr":
+        protocol += (f"; BPR loss on fixed triples ({args.bpr_negatives} seeded negative(s) per positive training pair), "
+                     "D_u = the triples of the removed pairs that are training positives")
+    out = {"scenario": args.scenario, "loss": args.loss, "protocol": protocol, "command": " ".join(sys.argv),
+           "params": dict(vars(args)), "data": data,
            "torch_threads": args.threads, "load_avg_start": os.getloadavg(), "models": {}}
     with Clock() as warm:
-        warm_up_torch_func()
+        warm_up_torch_func(args.loss)
     out["torch_func_warmup_s"] = {"wall": warm.wall, "cpu": warm.cpu}
     for kind in args.models.split(","):
         out["models"][kind] = run_model(kind.strip(), args, spark, prepared, train_df, tensors)
