@@ -471,9 +471,12 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         for s in SIDES:
             skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
             # Every untouched row moved by ΔG x: bounded without a pass when the bound is within tol ...
-            bound = untouched[s] + float(np.linalg.norm(delta[s], 2)) * float(x_ratio[s])
+            norm = float(np.linalg.norm(delta[s], 2))
+            bound = untouched[s] + norm * float(x_ratio[s])
             x_untouched = float(x_ratio[s])
-            listed = watched_term(source, s, watch[s], delta[s], skip, untouched[s], tol) if watch else None
+            # The watch's listed rows are read only when its rest is within tol (else the pass below runs anyway).
+            listed = (watched_term(source, s, watch[s], delta[s], skip, untouched[s], tol)
+                      if watch and bound > tol and untouched[s] + norm * watch[s].rest <= tol else None)
             if bound <= tol:
                 untouched[s], untouched_how[s] = bound, "bound"
             elif listed is not None and listed[0] <= tol:
