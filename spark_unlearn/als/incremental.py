@@ -49,7 +49,7 @@ from pyspark.sql import functions as F
 from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
-from spark_unlearn.als.ratio_watch import RatioWatch, gram_moved_rows, ratio_watch
+from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
 from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
@@ -542,19 +542,10 @@ def watched_term(source, side: str, watch: RatioWatch, delta_gram: np.ndarray, s
     ``tol``, else their exact ``|d + ΔG x|/|b|`` (read: at most
     :data:`~spark_unlearn.als.ratio_watch.WATCH_SIZE` rows).
     """
-    norm = float(np.linalg.norm(delta_gram, 2))
-    open_ = ~np.isin(watch.ids, skip)
-    ratios = watch.ratios[open_]
-    term = drift_bound + norm * max(float(watch.rest), 0.0)
-    bounds = drift_bound + norm * ratios
-    read = bounds > tol
-    if (~read).any():
-        term = max(term, float(bounds[~read].max()))
-    ids = watch.ids[open_][read]
-    if ids.size:
-        bnorm, drift = source.drift_state(side, ids)
-        term = max(term, float(gram_moved_rows(source.base_factors(side, ids), drift, bnorm, delta_gram).max()))
-    return term, max(float(watch.rest), float(ratios.max(initial=0.0)))
+    _, exact, unread = listed_terms(source, side, watch, delta_gram, skip, drift_bound, tol)
+    term = max(drift_bound + float(np.linalg.norm(delta_gram, 2)) * float(watch.rest), unread,
+               float(exact.max(initial=0.0)))
+    return term, max(float(watch.rest), float(watch.ratios[~np.isin(watch.ids, skip)].max(initial=0.0)))
 
 
 UNTOUCHED_CERTIFICATE = {

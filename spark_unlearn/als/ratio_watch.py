@@ -95,6 +95,26 @@ def ratio_watch(factors: DataFrame, offsets: DataFrame, size: int | None = None)
     return RatioWatch.from_values(ids, ratios, size)
 
 
+def listed_terms(source, side: str, watch: RatioWatch, delta_gram: np.ndarray, skip, drift_bound: float,
+                 tol: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The watch's listed rows (not in ``skip``) under a Gram change ``ΔG``.
+
+    Rows whose bound ``drift_bound + |ΔG|_2 ratio`` exceeds ``tol`` are read
+    from ``source`` (stored ``|b|`` and drift, base factors) and evaluated
+    exactly.  Returns ``(ids read, their |d + ΔG x|/|b|, largest bound of the
+    listed rows not read)``.
+    """
+    norm = float(np.linalg.norm(delta_gram, 2))
+    open_ = ~np.isin(watch.ids, np.asarray(skip, np.int64))
+    bounds = drift_bound + norm * watch.ratios[open_]
+    read = bounds > tol
+    ids = watch.ids[open_][read]
+    if ids.size == 0:
+        return ids, np.zeros(0), float(bounds.max(initial=0.0))
+    bnorm, drift = source.drift_state(side, ids) if hasattr(source, "drift_state") else source.offsets(side, ids)[1:]
+    return ids, gram_moved_rows(source.base_factors(side, ids), drift, bnorm, delta_gram), float(bounds[~read].max(initial=0.0))
+
+
 def gram_moved_rows(X: np.ndarray, drift: np.ndarray, bnorm: np.ndarray, delta_gram: np.ndarray) -> np.ndarray:
     """``|d_s + ΔG x_s| / |b_s|`` per row: the certificate term of a row the request did not touch."""
     moved = np.asarray(drift, np.float64) + np.asarray(X, np.float64) @ np.asarray(delta_gram, np.float64).T

@@ -17,6 +17,7 @@ from pyspark import RDD, StorageLevel
 
 from spark_unlearn.als.blocks import align_pieces, dataframe_to_factor_pieces
 from spark_unlearn.als.frontier import RowData
+from spark_unlearn.als.ratio_watch import listed_terms
 from spark_unlearn.als.train import ALSState
 from spark_unlearn.errors import StoreError
 from spark_unlearn.schema import with_drift
@@ -218,20 +219,5 @@ class BoundedGramSource:
             return self.inner.gram_violators(side, delta_gram, tol, skip)
         if watch is None:
             return np.zeros(0, np.int64)
-        return watched_violators(self.inner, side, watch, delta_gram, tol, skip, d_ratio)
-
-
-def watched_violators(source, side, watch, delta_gram, tol, skip, d_ratio) -> np.ndarray:
-    """Listed rows of ``watch`` (not in ``skip``) with ``|d + ΔG x| > tol |b|``, read and checked exactly.
-
-    Only rows whose own bound ``d_ratio + |ΔG|_2 ratio`` exceeds ``tol`` are read.
-    """
-    from spark_unlearn.als.ratio_watch import gram_moved_rows
-
-    norm = float(np.linalg.norm(delta_gram, 2))
-    pick = ~np.isin(watch.ids, np.asarray(skip, np.int64)) & (d_ratio + norm * watch.ratios > tol)
-    ids = watch.ids[pick]
-    if ids.size == 0:
-        return np.zeros(0, np.int64)
-    bnorm, drift = source.drift_state(side, ids) if hasattr(source, "drift_state") else source.offsets(side, ids)[1:]
-    return ids[gram_moved_rows(source.base_factors(side, ids), drift, bnorm, delta_gram) > tol]
+        ids, terms, _ = listed_terms(self.inner, side, watch, delta_gram, skip, d_ratio, tol)
+        return ids[terms > tol]
