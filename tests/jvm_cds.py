@@ -154,4 +154,7 @@ def stop_maker() -> None:
 def jvm_options(base_opts: str) -> str:
     """``base_opts`` plus the archive, when :func:`ensure_archive` made one."""
     archive = os.environ.get(ENV)
-    return f"{base_opts} -XX:SharedArchiveFile={archive}" if archive and os.path.exists(archive) else base_opts
+    if not (archive and os.path.exists(archive)):
+        return base_opts
+    # The JVM's own warnings (an archive it cannot use, for one) go to stderr, never into a job's stdout report.
+    return f"{base_opts} -XX:SharedArchiveFile={archive} -Xlog:disable -Xlog:all=warning:stderr"
