@@ -123,18 +123,6 @@ def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -
     return _with_offsets(factors, offsets).mapInArrow(part, "id int, moved double, bnorm double, xnorm double")
 
 
-def ratio_bound(factors: DataFrame, offsets: DataFrame) -> tuple[float, float]:
-    """``(max_s |x_s|/|b_s|, max_s |d_s|/|b_s|)`` over a side: ``|d + ΔG x| <= (second + |ΔG|_2 first) |b|``.
-
-    One join of the factor and offsets tables.  A version records the first
-    (``x_ratio`` in its manifest, implicit models) and the second
-    (``drift_max``), so a request normally skips this pass.
-    """
-    bn = F.greatest(F.col("bnorm"), F.lit(1e-300))
-    row = _with_offsets(factors, offsets).agg(F.max(_norm("features") / bn), F.max(_norm("drift") / bn)).first()
-    return float(row[0] or 0.0), float(row[1] or 0.0)
-
-
 def drift_pass(spark, offsets: dict[str, DataFrame], tol: float) -> tuple[dict[str, float], dict[str, set[int]]]:
     """One pass over both offsets tables: rows whose stored drift exceeds ``tol`` and the largest drift of the rest.
 
