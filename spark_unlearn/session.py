@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 
 from pyspark.sql import SparkSession
@@ -38,7 +40,7 @@ def get_session(
         Extra Spark properties (from ``conf/*.toml`` ``[spark]`` tables).
     checkpoint_dir
         Directory for RDD checkpoints (long ALS runs truncate lineage there).
-        Defaults to a fresh temporary directory.
+        Defaults to a fresh temporary directory, removed when the process exits.
     """
     builder = SparkSession.builder.appName(app_name)
     submitted = _submitted_keys()
@@ -54,7 +56,11 @@ def get_session(
     spark = builder.getOrCreate()
     sc = spark.sparkContext
     if sc.getCheckpointDir() is None:
-        sc.setCheckpointDir(checkpoint_dir or tempfile.mkdtemp(prefix="spark_unlearn_ckpt_"))
+        if checkpoint_dir is None:
+            checkpoint_dir = tempfile.mkdtemp(prefix="spark_unlearn_ckpt_")
+            # Ours, so ours to remove: every job and test run would otherwise leave one behind.
+            atexit.register(shutil.rmtree, checkpoint_dir, True)
+        sc.setCheckpointDir(checkpoint_dir)
     return spark
 
 

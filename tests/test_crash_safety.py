@@ -32,8 +32,15 @@ BEFORE_SWITCH = ("during_solve", "after_factors_written", "after_ratings_written
 AROUND_SWITCH = ("after_version_renamed", "after_current_switched")
 
 
+def _tmpdir(store, point):
+    """The run's own TMPDIR (beside the store), to see what the job leaves in it."""
+    path = f"{store}.tmp.{point or 'done'}"
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _run(store, delete, cfg, batch_id, point=None):
-    env = subprocess_env()
+    env = subprocess_env(TMPDIR=_tmpdir(store, point))
     env.pop(ENV, None)
     if point:
         env[ENV] = point
@@ -67,6 +74,11 @@ def _kills_before_the_switch_then_rerun(store, delete, cfg):
     proc = _run(store, delete, cfg, "REQ-A")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"status": "applied"' in proc.stdout
+    # A job that ends removes the checkpoint directory it made in TMPDIR; a killed one cannot.
+    def checkpoint_dirs(point):
+        return [n for n in os.listdir(_tmpdir(store, point)) if n.startswith("spark_unlearn_ckpt_")]
+
+    assert checkpoint_dirs(BEFORE_SWITCH[0]) and not checkpoint_dirs(None)
     applied = ms.current()
     assert applied != "v000001"
     _consistent(ms, applied, ["REQ-A"])
