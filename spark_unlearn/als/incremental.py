@@ -349,9 +349,12 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
         out = out.join(factors.select("id", "features"), "id").mapInArrow(
             part, "id int, residual array<double>, bnorm double, drift array<double>")
     if touched["ids"].size:
-        # Rows that only drifted keep their target (not read: see touched_rows).
-        out = patched(out, touched["ids"], {"residual": (touched["target"], "array<double>", touched["solved"]),
-                                            "bnorm": (touched["bnorm"], "double"), "drift": (touched["drift"], "array<double>")})
+        out = patched(out, touched["ids"], {"bnorm": (touched["bnorm"], "double"), "drift": (touched["drift"], "array<double>")})
+        # Only solved rows get a new target (rows that only drifted keep theirs, not read: see touched_rows); a
+        # table of their own keeps the tens of thousands of drifting neighbours from carrying an empty target.
+        solved = np.asarray(touched["solved"], bool)
+        if solved.any():
+            out = patched(out, touched["ids"][solved], {"residual": (touched["target"][solved], "array<double>")})
     return out
 
 
@@ -376,7 +379,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      spec: SolveSpec, tol: float, max_rounds: int, max_rows: int, strict: bool = False,
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
                      drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
-                     x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None) -> TargetedResult:
+                     x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
+                     table_rows: dict[str, int] | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``grams``: per side, the Gram of the version's factor tables if known
@@ -389,7 +393,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     unknown.  ``x_watch``: per side, the version's
     :class:`~spark_unlearn.als.ratio_watch.RatioWatch` (as JSON; implicit),
     which replaces ``x_ratio``; without either, it is computed (a join and
-    a top-k per side).  ``converged=False`` means the frontier outgrew
+    a top-k per side).  ``table_rows``: per side, the factor table's row
+    count if known (reads of most of a table then scan it whole).
+    ``converged=False`` means the frontier outgrew
     ``max_rows``: the caller falls back to the layout engine.
 
     Implicit certificate of the rows the frontier did not touch: every one
@@ -405,7 +411,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     timings: dict[str, float] = {}
     factors = {"user": model.user_factors, "item": model.item_factors}
     offs = {"user": offsets[0], "item": offsets[1]}
-    source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64))
+    source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows)
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
     n_remaining = (ratings.count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
@@ -471,8 +477,13 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                 # ... or by the watch: its rest bounded, its listed rows read and evaluated where their bound fails ...
                 untouched[s], untouched_how[s] = listed[0], "watch"
                 x_untouched = listed[1]
+            elif source.holds_side(s):
+                # ... else exact, over all rows: from the driver's caches when the frontier read the whole side ...
+                _, moved_rows, xnorm = source.gram_moved_rows(s, delta[s], skip)
+                untouched[s], untouched_how[s] = float(moved_rows.max(initial=0.0)), "exact"
+                x_untouched = float(xnorm.max(initial=0.0))
             else:
-                # ... else exact, over all rows (factor and offsets tables only).
+                # ... or by one pass (factor and offsets tables only).
                 moved = gram_moved(factors[s], offs[s], delta[s])
                 if skip.size:
                     moved = select_ids(moved, "id", skip.tolist(), keep=False)

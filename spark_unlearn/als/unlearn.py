@@ -591,13 +591,16 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
     from spark_unlearn.als.incremental import unlearn_targeted
 
     counts = counts or {}
+    table_rows = None
     if counts.get("n_users") is not None and counts.get("n_items") is not None:
-        total_rows = int(counts["n_users"]) + int(counts["n_items"])
+        table_rows = {"user": int(counts["n_users"]), "item": int(counts["n_items"])}
+        total_rows = table_rows["user"] + table_rows["item"]
     else:
         total_rows = model.user_factors.count() + model.item_factors.count()
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
                            max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams,
-                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=x_ratio, x_watch=x_watch)
+                           drift_bound=drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=x_ratio, x_watch=x_watch,
+                           table_rows=table_rows)
     if not out.converged:
         return None
     remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
