@@ -480,7 +480,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
             elif source.holds_side(s):
                 # ... else exact, over all rows: from the driver's caches when the frontier read the whole side ...
                 _, moved_rows, xnorm = source.gram_moved_rows(s, delta[s], skip)
-                untouched[s], untouched_how[s] = float(moved_rows.max(initial=0.0)), "exact"
+                untouched[s], untouched_how[s] = float(moved_rows.max(initial=0.0)), "exact_held"
                 x_untouched = float(xnorm.max(initial=0.0))
             else:
                 # ... or by one pass (factor and offsets tables only).
@@ -549,6 +549,8 @@ def watched_term(source, side: str, watch: RatioWatch, delta_gram: np.ndarray, s
 
 UNTOUCHED_CERTIFICATE = {
     "exact": "exact: |d + ΔG x| / |b| over every untouched row (implicit; one pass)",
+    "exact_held": "exact: |d + ΔG x| / |b| over every untouched row (implicit; from the driver, which had read the "
+    "whole side)",
     "bound": "bounded: stored max |d|/|b| + |ΔG|_2 max |x|/|b| (implicit; no pass, the bound is within tol)",
     "watch": "bounded: stored max |d|/|b| + |ΔG|_2 x (x = |x|/|b| of the rows with the largest, exact where that "
     "exceeds tol, and a bound of it for the others; implicit, no pass)",
