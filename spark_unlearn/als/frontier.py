@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
-from spark_unlearn.als.row_table import RowTable
+from spark_unlearn.als.row_table import RaggedTable, RowTable
 from spark_unlearn.faults import failpoint
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,9 @@ class FrontierResult:
     converged: bool
     seconds: float
     gram_history: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # Per lazy side (neighbours kept in Spark): its last check (LazyCheck) and the other side's moves
+    # (neighbour_pass.Moves), from which the rows it did not re-solve get their new offsets.
+    lazy: dict[str, dict] = field(default_factory=dict)
 
     @property
     def grams_final(self) -> dict[str, np.ndarray]:
@@ -197,6 +200,46 @@ class _Side:
         self.name = name
         self.direct = np.unique(np.asarray(list(direct), np.int64))
         self.table: RowTable | None = None
+        # A lazy side's rows that are not re-solved stay in Spark (spark_unlearn.als.neighbour_pass): the
+        # driver tracks only its solved rows, and ``check`` is the last pass over the others.
+        self.lazy = False
+        self.check = None
+        # Every row this side re-solved: base factor and remaining ratings (the edges a lazy neighbour side needs).
+        self.moved = RaggedTable()
+        self.moved_x0: RowTable | None = None
+        self.solves = 0  # rows solved so far (a lazy neighbour side's check is redone only after new moves)
+        self.check_key = None
+
+    def make_lazy(self) -> None:
+        """From now on rows that are not re-solved are left to Spark; bookkeeping already done for them is dropped
+        (the pass recomputes it from the version's values and every move of the run)."""
+        if self.lazy:
+            return
+        self.lazy = True
+        if self.table is not None:
+            self.table["touched"][~self.table["solved"]] = False
+
+    def record_moves(self, rd: "RowData", x0: np.ndarray) -> None:
+        """Remember re-solved rows: their base factors (first solve only) and their remaining ratings."""
+        new = ~self.moved.contains(rd.ids)
+        if new.any():
+            if self.moved_x0 is None:
+                self.moved_x0 = RowTable({"x0": (np.float32, x0.shape[1], 0.0)})
+            self.moved_x0.put(rd.ids[new], x0=x0[new])
+            sel = np.flatnonzero(new)
+            counts = np.diff(rd.indptr)[sel]
+            starts = rd.indptr[sel]
+            take = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(
+                starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            self.moved.add(rd.ids[sel], np.concatenate([[0], np.cumsum(counts)]), rd.src[take], rd.ratings[take])
+
+    def moves(self):
+        """The :class:`~spark_unlearn.als.neighbour_pass.Moves` of this side so far (current factors from the table)."""
+        from spark_unlearn.als.neighbour_pass import Moves
+
+        ids = self.moved.index.ids
+        indptr, src, val = self.moved.gather(ids)
+        return Moves.build(ids, self.moved_x0.take("x0", ids), self.table.take("x", ids), indptr, src, val)
 
     def rows(self, k: int) -> RowTable:
         if self.table is None:
@@ -283,6 +326,8 @@ def frontier_unlearn(
         converged=converged,
         seconds=time.perf_counter() - t0,
         gram_history=grams if spec.implicit else {},
+        lazy={s: {"check": sides[s].check, "moves": sides[other(s)].moves() if sides[other(s)].table is not None else None}
+              for s in SIDES if sides[s].lazy and converged},
     )
 
 
@@ -326,25 +371,50 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
     if rd.ids.size == 0:
         return 0
     nbr_ids, src_local = np.unique(rd.src, return_inverse=True)
-    Y = _current(source, nb, nbr_ids)
-    k = Y.shape[1]
+    is_lazy = getattr(source, "is_lazy", None)
+    if is_lazy is not None and is_lazy(nb.name, nbr_ids.size):
+        nb.make_lazy()
     G = grams[nb.name][-1] if spec.implicit else None
-    A, b = normal_equations(rd.indptr, src_local, rd.ratings, Y, spec, gram=G)
+    X_old = _current(source, me, rd.ids)
+    k = X_old.shape[1]
+    if nb.lazy:
+        # The neighbours stay in Spark: the normal equations are summed there, with the rows re-solved so far
+        # at their current factors.  Only the neighbours that were re-solved are tracked here.
+        A, b = source.normal_equations(nb.name, rd, _changed(nb), spec, G)
+        pos = nb.table.positions(nbr_ids) if nb.table is not None else np.full(nbr_ids.size, -1)
+        known = pos >= 0
+        if known.any():
+            known[known] = nb.table["solved"][pos[known]]
+    else:
+        Y = _current(source, nb, nbr_ids)
+        A, b = normal_equations(rd.indptr, src_local, rd.ratings, Y, spec, gram=G)
+        known = np.ones(nbr_ids.size, bool)
     e = targets_of(source, me.name, rd.ids)
     t = np.where(np.isin(rd.ids, me.direct)[:, None], 0.0, e)
     X_exact = np.linalg.solve(A, (b + t)[:, :, None])[:, :, 0]
     X_new = X_exact.astype(np.float32)
     # Factors are stored as float32: the rounding leaves A (x32 - x) of residual, kept as the row's drift.
     rounding = np.einsum("nkl,nl->nk", A, X_new.astype(np.float64) - X_exact)
-    X_old = _current(source, me, rd.ids)
+    me.record_moves(rd, source.base_factors(me.name, rd.ids))
+    me.solves += int(rd.ids.size)
 
-    # Edge drift on the neighbours: d_s += w (y'y'^T - yy^T) x_s - c (y' - y).
-    acc, acc_b = neighbour_drift(rd.indptr, src_local, rd.ratings, Y, X_old, X_new, spec)
-    nt = nb.rows(k)
-    pos = nt.ensure(nbr_ids)
-    nt["drift"][pos] += acc
-    nt["bdrift"][pos] += acc_b
-    nt["touched"][pos] = True
+    # Edge drift on the (tracked) neighbours: d_s += w (y'y'^T - yy^T) x_s - c (y' - y).
+    if known.any():
+        indptr, src, ratings = rd.indptr, src_local, rd.ratings
+        if not known.all():
+            # The CSR restricted to the tracked neighbours (edges stay grouped by row).
+            keep = known[src_local]
+            row = np.repeat(np.arange(rd.ids.size), np.diff(rd.indptr))
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(row[keep], minlength=rd.ids.size))])
+            src, ratings = (np.cumsum(known) - 1)[src_local[keep]], rd.ratings[keep]
+        tracked = nbr_ids[known]
+        Y = _current(source, nb, tracked) if nb.lazy else Y
+        acc, acc_b = neighbour_drift(indptr.astype(np.int64), src, ratings, Y, X_old, X_new, spec)
+        nt = nb.rows(k)
+        pos = nt.ensure(tracked)
+        nt["drift"][pos] += acc
+        nt["bdrift"][pos] += acc_b
+        nt["touched"][pos] = True
 
     if spec.implicit:
         G_me = grams[me.name][-1] + X_new.astype(np.float64).T @ X_new - X_old.astype(np.float64).T @ X_old
@@ -353,6 +423,14 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
     mt.put(rd.ids, x=X_new, has_x=True, touched=True, drift=rounding, bdrift=0.0, bnorm=np.linalg.norm(b, axis=1),
            solved=True, **({"snap": len(grams[nb.name]) - 1} if spec.implicit else {}))
     return int(rd.ids.size)
+
+
+def _changed(side: _Side) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, factors)`` of the rows of ``side`` the run has re-solved so far."""
+    if side.table is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    sel = side.table["has_x"]
+    return side.table.ids[sel], side.table["x"][sel]
 
 
 def lower_bnorm(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> np.ndarray:
@@ -398,8 +476,24 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
         X = _current(source, me, touched) if spec.implicit else None
         D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
         nxt = touched[np.linalg.norm(D, axis=1) > tol * lower_bnorm(me.table, sel, train_bnorm)]
+    skip = touched
+    if me.lazy:
+        # The rows next to moved rows that were not re-solved: one pass in Spark, redone only after new moves.
+        # Implicit: when the Gram check below would pass over every row anyway, this pass covers every row
+        # (edges and Gram term) and replaces it.
+        delta = grams[nb.name][-1] - grams[nb.name][0] if spec.implicit else None
+        every = bool(spec.implicit and np.abs(delta).max() > 0
+                     and getattr(source, "gram_needs_pass", lambda *a: True)(me.name, delta, tol))
+        key = (nb.solves, len(grams[nb.name]) if spec.implicit else 0, every)
+        if me.check is None or me.check_key != key:
+            me.check = source.lazy_check(me.name, nb.moves(), touched, spec, delta, tol, every_row=every)
+            me.check_key = key
+            nxt = np.union1d(nxt, me.check.violators)
+        if me.check.every_row:
+            return nxt
+        skip = np.union1d(touched, me.check.ids)
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]
         if np.abs(delta_gram).max() > 0:
-            nxt = np.union1d(nxt, source.gram_violators(me.name, delta_gram, tol, touched))
+            nxt = np.union1d(nxt, source.gram_violators(me.name, delta_gram, tol, skip))
     return nxt

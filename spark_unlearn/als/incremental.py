@@ -323,15 +323,20 @@ def patched_factors(spark, factors: DataFrame, ids: np.ndarray, X: np.ndarray, r
 
 
 def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict[str, Any], removed: set[int],
-                    delta_gram: np.ndarray | None) -> DataFrame:
+                    delta_gram: np.ndarray | None, lazy: DataFrame | None = None) -> DataFrame:
     """Next offsets: touched rows replaced, removed rows dropped, and (implicit) ``d += ΔG x`` for the rest.
 
     Targets of untouched rows never change: what moved goes to their drift.
+    ``lazy``: the side's rows were left in Spark
+    (:func:`~spark_unlearn.als.neighbour_pass.lazy_frame` over every row,
+    which adds the edge terms and the Gram term); then only the touched rows
+    are patched in.
     """
-    out = with_drift(offsets).select("id", "residual", "bnorm", "drift")
+    out = with_drift(offsets).select("id", "residual", "bnorm", "drift") if lazy is None else lazy.select(
+        "id", "residual", "bnorm", "drift")
     if removed:
         out = select_ids(out, "id", sorted(removed), keep=False)
-    if delta_gram is not None and np.abs(delta_gram).max() > 0:
+    if lazy is None and delta_gram is not None and np.abs(delta_gram).max() > 0:
         dg = np.asarray(delta_gram, np.float64)
 
         def part(batches):
@@ -380,7 +385,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
                      drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
                      x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
-                     table_rows: dict[str, int] | None = None) -> TargetedResult:
+                     table_rows: dict[str, int] | None = None, driver_rows: int | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``grams``: per side, the Gram of the version's factor tables if known
@@ -395,6 +400,10 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     which replaces ``x_ratio``; without either, it is computed (a join and
     a top-k per side).  ``table_rows``: per side, the factor table's row
     count if known (reads of most of a table then scan it whole).
+    ``driver_rows``: above this many neighbours of a round's solves, a
+    side's rows that are not re-solved stay in Spark
+    (:mod:`~spark_unlearn.als.neighbour_pass`; default
+    :data:`~spark_unlearn.als.neighbour_pass.DRIVER_ROWS`).
     ``converged=False`` means the frontier outgrew
     ``max_rows``: the caller falls back to the layout engine.
 
@@ -411,7 +420,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     timings: dict[str, float] = {}
     factors = {"user": model.user_factors, "item": model.item_factors}
     offs = {"user": offsets[0], "item": offsets[1]}
-    source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows)
+    source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows, driver_rows)
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
     n_remaining = (ratings.count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
@@ -455,7 +464,17 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     per_side = {s: float(touched[s]["relative"].max()) if touched[s]["relative"].size else 0.0 for s in SIDES}
     new_factors = {s: patched_factors(spark, factors[s], *result.changed(s), plan.removed[s]) for s in SIDES}
     delta = {s: (result.grams_final[other(s)] - gram_train[other(s)]) if spec.implicit else None for s in SIDES}
-    new_offsets = {s: patched_offsets(spark, offs[s], factors[s], touched[s], plan.removed[s], delta[s]) for s in SIDES}
+    # Lazy sides: rows next to moved rows that were not re-solved stayed in Spark; the last check of the frontier
+    # (after its last move) gives their certificate term and what the ratio watch must learn.
+    lazy = {s: result.lazy[s] for s in SIDES if s in result.lazy}
+    lazy_ids = {s: lazy[s]["check"].ids if s in lazy else np.zeros(0, np.int64) for s in SIDES}
+    new_offsets = {}
+    for s in SIDES:
+        frame = None
+        if s in lazy:
+            frame = source.lazy_frame(s, lazy[s]["moves"], touched[s]["ids"], spec, delta[s], every_row=True,
+                                      keep_skipped=True)
+        new_offsets[s] = patched_offsets(spark, offs[s], factors[s], touched[s], plan.removed[s], delta[s], frame)
     # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
     untouched_how = {s: "stored" for s in SIDES}
@@ -463,15 +482,20 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     if spec.implicit:
         new_x_ratio, new_watch = {}, {}
         for s in SIDES:
-            skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64)])
+            skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64), lazy_ids[s]])
             # Every untouched row moved by ΔG x: bounded without a pass when the bound is within tol ...
             norm = float(np.linalg.norm(delta[s], 2))
             bound = untouched[s] + norm * float(x_ratio[s])
             x_untouched = float(x_ratio[s])
             # The watch's listed rows are read only when its rest is within tol (else the pass below runs anyway).
+            covered = s in lazy and lazy[s]["check"].every_row
             listed = (watched_term(source, s, watch[s], delta[s], skip, untouched[s], tol)
-                      if watch and bound > tol and untouched[s] + norm * watch[s].rest <= tol else None)
-            if bound <= tol:
+                      if watch and not covered and bound > tol and untouched[s] + norm * watch[s].rest <= tol else None)
+            if covered:
+                # ... or by the frontier's last pass in Spark, which evaluated every row it did not re-solve ...
+                untouched[s], untouched_how[s] = lazy[s]["check"].max_ratio, "spark"
+                x_untouched = lazy[s]["check"].max_xratio
+            elif bound <= tol:
                 untouched[s], untouched_how[s] = bound, "bound"
             elif listed is not None and listed[0] <= tol:
                 # ... or by the watch: its rest bounded, its listed rows read and evaluated where their bound fails ...
@@ -493,10 +517,18 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                 x_untouched = float(row[1] or 0.0)
             # The new version's max |x|/|b|: untouched rows as they were, touched rows at their new x over the |b'| bound.
             new_x_ratio[s] = max(x_untouched, float(touched[s]["x_relative"].max(initial=0.0)))
+            up_ids, up_ratios = touched[s]["ids"], touched[s]["x_relative"]
+            if s in lazy:
+                check = lazy[s]["check"]
+                new_x_ratio[s] = max(new_x_ratio[s], check.max_xratio)
+                # Lazy rows the check returned: the watch's listed ones and any above its rest (the others stay below).
+                fresh = ~np.isin(check.watch_ids, up_ids)
+                up_ids = np.concatenate([up_ids, check.watch_ids[fresh]])
+                up_ratios = np.concatenate([up_ratios, check.watch_ratios[fresh]])
             if watch is not None:
-                new_watch[s] = watch[s].updated(touched[s]["ids"], touched[s]["x_relative"], sorted(plan.removed[s])).to_json()
+                new_watch[s] = watch[s].updated(up_ids, up_ratios, sorted(plan.removed[s])).to_json()
     for s in SIDES:
-        per_side[s] = max(per_side[s], untouched[s])
+        per_side[s] = max(per_side[s], untouched[s], lazy[s]["check"].max_ratio if s in lazy else 0.0)
     timings["certificate"] = time.perf_counter() - t
     deleted = spark.createDataFrame(_deleted_table(plan), "user int, item int, rating float")
     grams_out = None
@@ -511,6 +543,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "touched_rows": {s: int(touched[s]["ids"].size) for s in SIDES},
         "untouched_rows_max": untouched,
         "untouched_rows": {s: UNTOUCHED_CERTIFICATE[untouched_how[s]] for s in SIDES},
+        "spark_rows": {s: int(lazy_ids[s].size) for s in SIDES},
+        "spark_rows_max": {s: float(lazy[s]["check"].max_ratio) if s in lazy else None for s in SIDES},
         "definition": "max over rows r of |A'_r x_r - b'_r - t_r| / |b'_r|, t_r = 0 for rows whose data ever changed, else "
         "the training residual e_r; touched rows from exact drift bookkeeping with |b'| bounded below",
     }
@@ -521,6 +555,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "frontier_sizes": result.frontier_sizes,
         "rows_solved": result.rows_solved,
         "spark_jobs": source.jobs,
+        # Rows of each side whose factor or offsets reached the driver (the rest stayed in Spark).
+        "driver_rows": {s: int(source.cached_rows(s)) for s in SIDES},
+        "driver_rows_limit": source.driver_rows,
         "certificate": cert,
         "drift_max": dict(per_side),
         **({"x_ratio": new_x_ratio} if new_x_ratio is not None else {}),
@@ -551,6 +588,8 @@ UNTOUCHED_CERTIFICATE = {
     "exact": "exact: |d + ΔG x| / |b| over every untouched row (implicit; one pass)",
     "exact_held": "exact: |d + ΔG x| / |b| over every untouched row (implicit; from the driver, which had read the "
     "whole side)",
+    "spark": "exact: |d + edge terms + ΔG x| / |b'| over every row not re-solved (implicit; the frontier's last pass in "
+    "Spark, after its last move)",
     "bound": "bounded: stored max |d|/|b| + |ΔG|_2 max |x|/|b| (implicit; no pass, the bound is within tol)",
     "watch": "bounded: stored max |d|/|b| + |ΔG|_2 x (x = |x|/|b| of the rows with the largest, exact where that "
     "exceeds tol, and a bound of it for the others; implicit, no pass)",

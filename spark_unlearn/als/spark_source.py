@@ -211,6 +211,16 @@ class BoundedGramSource:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def lazy_check(self, side, moves, skip, spec, delta_gram, tol, every_row=False):
+        # The watch must learn the new |x|/|b'| of its listed rows and of rows that rise above its rest.
+        return self.inner.lazy_check(side, moves, skip, spec, delta_gram, tol, self.watch.get(side), every_row)
+
+    def gram_needs_pass(self, side, delta_gram, tol) -> bool:
+        """Whether :meth:`gram_violators` would pass over every row (the bound of the rows it does not list fails)."""
+        x_ratio, d_ratio = self.ratio[side]
+        watch = self.watch.get(side)
+        return d_ratio + float(np.linalg.norm(delta_gram, 2)) * (watch.rest if watch is not None else x_ratio) > tol
+
     def gram_violators(self, side, delta_gram, tol, skip):
         x_ratio, d_ratio = self.ratio[side]
         norm = float(np.linalg.norm(delta_gram, 2))

@@ -129,7 +129,7 @@ class TableRowSource:
     """
 
     def __init__(self, ratings: DataFrame, factors: dict[str, DataFrame], offsets: dict[str, DataFrame], rank: int,
-                 deleted_keys: np.ndarray, table_rows: dict[str, int] | None = None):
+                 deleted_keys: np.ndarray, table_rows: dict[str, int] | None = None, driver_rows: int | None = None):
         self.spark = ratings.sparkSession
         self.ratings = ratings.select("user", "item", "rating")
         self.factor_tables = factors
@@ -137,6 +137,11 @@ class TableRowSource:
         self.rank = rank
         self.deleted = np.unique(np.asarray(deleted_keys, np.int64))
         self.table_rows = dict(table_rows or {})
+        # Above this many neighbours of a round's solves, a side stays in Spark (neighbour_pass); None: never.
+        from spark_unlearn.als import neighbour_pass
+
+        self.driver_rows = neighbour_pass.DRIVER_ROWS if driver_rows is None else int(driver_rows)
+        self.lazy_sides: set[str] = set()
         # Per side, the caches ("factors", "state") that hold every row of their table (after a whole scan).
         self._complete: dict[str, set[str]] = {"user": set(), "item": set()}
         self.jobs = 0
@@ -193,7 +198,10 @@ class TableRowSource:
         need: dict[str, list[np.ndarray]] = {s: [v] for s, v in wanted.items()}
         for s, ids in wanted.items():
             other_side = "item" if s == "user" else "user"
-            need.setdefault(other_side, []).append(self._rows[s].gather(ids)[1])
+            nbrs = np.unique(self._rows[s].gather(ids)[1])
+            # A lazy side's neighbours stay in Spark (the frontier asks the same question before it solves).
+            if not self.is_lazy(other_side, nbrs.size):
+                need.setdefault(other_side, []).append(nbrs)
         self.fetch_values({s: np.unique(np.concatenate(v)) for s, v in need.items()}, targets=wanted)
 
     def fetch_values(self, wanted: dict[str, np.ndarray], targets: dict[str, np.ndarray] | None = None) -> None:
@@ -292,6 +300,53 @@ class TableRowSource:
                 f"the model has no {'factor' if what == 'factors' else 'offset'} row for {side} {int(missing[0])} "
                 f"(and {missing.size - 1} more) that the data version rates; the ratings do not belong to this model version"
             )
+
+    def cached_rows(self, side: str) -> int:
+        """How many rows of ``side`` have a factor or offsets on the driver."""
+        return int(np.union1d(self._factors[side].ids, self._state[side].ids).size)
+
+    # -- lazy sides: neighbours kept in Spark (spark_unlearn.als.neighbour_pass) ---------
+    def is_lazy(self, side: str, neighbours: int) -> bool:
+        """Whether ``side``'s neighbours of a solve stay in Spark: once more than ``driver_rows`` of them are
+        needed, and from then on for the rest of the run."""
+        if side not in self.lazy_sides and neighbours > self.driver_rows:
+            log.info("%d %s neighbours of the rows to re-solve (more than %d): they stay in Spark", neighbours, side,
+                     self.driver_rows)
+            self.lazy_sides.add(side)
+        return side in self.lazy_sides
+
+    def normal_equations(self, nb_side: str, rd: RowData, overrides, spec, gram):
+        """Normal equations of the rows ``rd`` (the other side of ``nb_side``), summed over their neighbours in Spark."""
+        from spark_unlearn.als.neighbour_pass import spark_normal_equations
+
+        self.jobs += 1
+        return spark_normal_equations(self.factor_tables[nb_side], rd.ids, rd.indptr, rd.src, rd.ratings, overrides,
+                                      spec, gram, self._whole(nb_side, np.unique(rd.src)))
+
+    def lazy_frame(self, side: str, moves, skip, spec, delta_gram, every_row: bool = False,
+                   targets: bool = True, keep_skipped: bool = False) -> DataFrame:
+        """New ``bnorm``, ``drift`` (and ``ratio``, ``xratio``; ``residual`` if ``targets``) of ``side``'s rows next
+        to ``moves`` and not in ``skip`` (``every_row``: of every row; the others get the Gram term only)."""
+        from spark_unlearn.als.neighbour_pass import lazy_frame
+
+        return lazy_frame(self.factor_tables[side], self.offset_tables[side], moves, spec, delta_gram, skip, every_row,
+                          self._whole(side, moves.neighbours), targets, keep_skipped)
+
+    def lazy_check(self, side: str, moves, skip, spec, delta_gram, tol: float, watch=None, every_row: bool = False):
+        """One pass over ``side``'s rows next to ``moves`` (``every_row``: over all rows) not in ``skip``: a
+        :class:`~spark_unlearn.als.neighbour_pass.LazyCheck`."""
+        from spark_unlearn.als.neighbour_pass import lazy_check
+
+        self.jobs += 1
+        ids = np.setdiff1d(moves.neighbours, np.asarray(skip, np.int64))
+        frame = self.lazy_frame(side, moves, skip, spec, delta_gram, every_row=every_row, targets=False)
+        check = lazy_check(frame, ids, tol, None if watch is None else watch.rest, None if watch is None else watch.ids,
+                           every_row)
+        if not every_row and check.rows != ids.size:
+            raise StoreError(
+                f"{ids.size - check.rows} {side} rows rated in the data version have no factor or offset row in the "
+                "model; the ratings do not belong to this model version")
+        return check
 
     # -- RowSource ----------------------------------------------------------------
     def rows(self, side: str, ids: np.ndarray) -> RowData:
