@@ -78,6 +78,7 @@ def main(argv=None) -> int:
             batch_id=args.batch_id,
             engine=u["engine"],
             measure=u["measure"],
+            driver_rows=u["driver_rows"],
             expected_params=stated_objective(args.config),
         )
 

@@ -98,6 +98,7 @@ def run_unlearning(
     batch_id: str | None = None,
     expected_params: dict[str, Any] | None = None,
     engine: str = "auto",
+    driver_rows: int | None = None,
 ) -> dict[str, Any]:
     """Apply a deletion batch to the model at ``model_path`` and publish the result.
 
@@ -115,6 +116,9 @@ def run_unlearning(
     engine
         Frontier mode: ``auto`` | ``targeted`` | ``layout``
         (:func:`spark_unlearn.als.unlearn.unlearn_als`).
+    driver_rows
+        Targeted engine: neighbours of a round's solves beyond this many stay
+        in Spark (:mod:`spark_unlearn.als.neighbour_pass`; ``None``: its default).
     expected_params
         Hyperparameters the caller's configuration states explicitly
         (``rank``, ``reg``, ``alpha``, ``implicit``); a model trained with
@@ -161,7 +165,7 @@ def run_unlearning(
     result = unlearn_als(
         data, model, offsets, batch, mode=mode, tol=tol, tol_factor=tol_factor, training_residual=training_residual,
         strict=strict, max_rounds=max_rounds, full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations,
-        forgotten=forgotten, engine=engine, grams=manifest.get("grams"),
+        forgotten=forgotten, engine=engine, grams=manifest.get("grams"), driver_rows=driver_rows,
         # A Spark-trained model's offsets were just computed: no drift.
         drift_bound={"user": 0.0, "item": 0.0} if state is not None else manifest.get("drift_max"),
         counts=_version_counts(manifest),

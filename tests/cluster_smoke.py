@@ -70,7 +70,10 @@ class Smoke:
         # To a file, not a pipe: nobody reads while the rest of the suite runs.
         self.log = work.parent / "smoke.log"
         work.parent.mkdir(parents=True, exist_ok=True)
-        (work.parent / "smoke_unlearn.toml").write_text("[unlearn]\nmeasure = false\n")
+        # The targeted engine with every neighbour kept in Spark: its passes (broadcast moves, Spark-summed normal
+        # equations) run on the two executors, not only in local mode.
+        (work.parent / "smoke_unlearn.toml").write_text(
+            '[unlearn]\nmeasure = false\nengine = "targeted"\nfull_fallback_fraction = 1.0\ndriver_rows = 0\n')
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 ["bash", str(SCRIPT), "smoke"],

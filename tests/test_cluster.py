@@ -10,6 +10,7 @@ the background when the session begins and this test, run last, collects it
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -60,6 +61,11 @@ def test_standalone_cluster_smoke(spark, tmp_path):
     assert trained.userFactors.filter("id = 1").count() == 1
     assert unlearned.userFactors.filter("id = 1").count() == 0
     assert unlearned.userFactors.count() == trained.userFactors.count() - 1
+    # The smoke's config keeps every neighbour in Spark (driver_rows 0): the targeted engine's passes ran on the
+    # executors, and the certificate they gave holds.
+    manifest = json.loads((store / "versions" / versions[1] / "manifest.json").read_text())
+    assert manifest["unlearning"]["engine"] == "targeted" and manifest["unlearning"]["driver_rows_limit"] == 0
+    assert sum(manifest["certificate"]["spark_rows"].values()) > 0 and manifest["certificate"]["holds"]
     for i in (1, 2):
         assert "Asked to launch executor" in (work / f"worker-{i}.log").read_text()
     smoke.remove_work_dir()  # a started-in-the-background smoke's own temp dir (kept for its logs on failure)

@@ -138,3 +138,10 @@ def test_lazy_neighbours_give_the_offsets_and_certificate_of_a_recomputation(spa
         worst = max(worst, _check_offsets(_offsets_dict(cur_offsets[side]), true[side], targets))
     assert worst <= tol
     assert worst <= rep["certificate"]["max_relative_residual"] + 1e-9
+
+
+def test_a_negative_driver_rows_is_refused_before_any_work():
+    from spark_unlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"driver_rows=-1 is negative; give a number of rows >= 0"):
+        unlearn_als(None, None, None, None, driver_rows=-1)

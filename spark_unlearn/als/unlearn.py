@@ -398,6 +398,7 @@ def unlearn_als(
     counts: dict[str, int] | None = None,
     x_ratio: dict[str, float] | None = None,
     x_watch: dict[str, dict] | None = None,
+    driver_rows: int | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -451,9 +452,16 @@ def unlearn_als(
         Implicit mode: per side, the version's
         :class:`~spark_unlearn.als.ratio_watch.RatioWatch` as JSON (the
         manifest's ``x_watch``), if known: a tighter form of ``x_ratio``.
+    driver_rows
+        Targeted engine: when the rows a round re-solves have more neighbours
+        than this on the other side, that side's neighbours stay in Spark
+        (:mod:`~spark_unlearn.als.neighbour_pass`; ``None``: its ``DRIVER_ROWS``).
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown unlearning engine {engine!r}; use one of {list(ENGINES)}")
+    if driver_rows is not None and driver_rows < 0:
+        raise ConfigError(f"driver_rows={driver_rows} is negative; give a number of rows >= 0 (0 keeps every neighbour "
+                          "in Spark)")
     if mode not in MODES:
         raise ConfigError(f"unknown unlearning mode {mode!r}; use one of {list(MODES)}")
     if tol is not None and tol < TOL_FLOOR:
@@ -476,7 +484,7 @@ def unlearn_als(
         if engine == "targeted" or len(rows) <= TARGETED_MAX_REQUESTS:
             out = _unlearn_targeted(ratings, model, offsets, rows if rows is not None else batch, spec, tol, tol_source,
                                     training_residual, strict, max_rounds, full_fallback_fraction, forgotten, grams, t0,
-                                    drift_bound, counts, batch, x_ratio, x_watch)
+                                    drift_bound, counts, batch, x_ratio, x_watch, driver_rows)
             if out is not None:
                 return out
             log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
@@ -583,7 +591,7 @@ def unlearn_als(
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, training_residual, strict, max_rounds,
                       full_fallback_fraction, forgotten, grams, t0, drift_bound=None, counts=None,
-                      batch_frame=None, x_ratio=None, x_watch=None) -> UnlearnResult | None:
+                      batch_frame=None, x_ratio=None, x_watch=None, driver_rows=None) -> UnlearnResult | None:
     """The targeted engine (:mod:`spark_unlearn.als.incremental`); ``None`` if the frontier outgrew its budget.
 
     ``batch``: the requests as collected rows (or a DataFrame); ``batch_frame`` the DataFrame.
@@ -600,7 +608,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, tol, tol_source, tra
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=tol, max_rounds=max_rounds,
                            max_rows=int(full_fallback_fraction * total_rows), strict=strict, forgotten=forgotten, grams=grams,
                            drift_bound=drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=x_ratio, x_watch=x_watch,
-                           table_rows=table_rows)
+                           table_rows=table_rows, driver_rows=driver_rows)
     if not out.converged:
         return None
     remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
