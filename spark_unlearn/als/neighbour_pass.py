@@ -69,8 +69,14 @@ class Moves:
 
     @property
     def neighbours(self) -> np.ndarray:
-        """Unique neighbour ids (sorted)."""
-        return np.unique(self.edge_nbr)
+        """Unique neighbour ids (sorted; the edges are sorted by neighbour)."""
+        if self._neighbours is None:
+            e = self.edge_nbr
+            self._neighbours = e[np.concatenate([[True], e[1:] != e[:-1]])] if e.size else e.copy()
+        return self._neighbours
+
+    def __post_init__(self):
+        self._neighbours = None
 
     @classmethod
     def build(cls, ids, x0, x, indptr, src, ratings) -> "Moves":
@@ -175,8 +181,8 @@ def lazy_frame(factors: DataFrame, offsets: DataFrame, moves: Moves, spec: Solve
     all rows of the tables instead (rows without an edge to a moved row get
     only the Gram term: the next version's offsets of every row not re-solved).
     ``scan_whole``: the neighbours are most of the side, so the tables are
-    read whole and filtered in the task.  ``targets=False`` leaves the
-    ``residual`` column out (a check does not need it).  ``keep_skipped``
+    read whole and filtered in the task.  ``targets=False``: only ``id``,
+    ``ratio`` and ``xratio`` (what a check needs).  ``keep_skipped``
     (with ``every_row``): the rows in ``skip`` are kept too, with values to
     be replaced (the next version's table needs every row).
     """
@@ -208,19 +214,22 @@ def lazy_frame(factors: DataFrame, offsets: DataFrame, moves: Moves, spec: Solve
             ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
             D, bn, ratio, xratio = lazy_rows(ids, _matrix(batch, "features"), _matrix(batch, "drift"),
                                              batch.column("bnorm").to_numpy(zero_copy_only=False), moves_, spec, dg)
+            if not targets:  # a check: the ratios are all it needs (a third of the bytes back to the JVM)
+                yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(ratio), pa.array(xratio)],
+                                                 names=["id", "ratio", "xratio"])
+                continue
             k = D.shape[1]
             drift = pa.FixedSizeListArray.from_arrays(pa.array(D.reshape(-1)), k).cast(pa.list_(pa.float64()))
-            cols = [batch.column("id")] + ([batch.column("residual")] if targets else [])
             yield pa.RecordBatch.from_arrays(
-                cols + [pa.array(bn), drift, pa.array(ratio), pa.array(xratio)],
-                names=["id"] + (["residual"] if targets else []) + ["bnorm", "drift", "ratio", "xratio"])
+                [batch.column("id"), batch.column("residual"), pa.array(bn), drift, pa.array(ratio), pa.array(xratio)],
+                names=["id", "residual", "bnorm", "drift", "ratio", "xratio"])
 
     fac = factors.select("id", "features")
     off = with_drift(offsets).select("id", *(["residual"] if targets else []), "bnorm", "drift")
     if not every_row:
         fac, off = _restrict(fac, nbrs, scan_whole), _restrict(off, nbrs, scan_whole)
-    schema = ("id int, " + ("residual array<double>, " if targets else "")
-              + "bnorm double, drift array<double>, ratio double, xratio double")
+    schema = ("id int, residual array<double>, bnorm double, drift array<double>, ratio double, xratio double"
+              if targets else "id int, ratio double, xratio double")
     return fac.join(off, "id").mapInArrow(part, schema)
 
 
