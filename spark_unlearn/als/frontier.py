@@ -395,7 +395,8 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
     X_new = X_exact.astype(np.float32)
     # Factors are stored as float32: the rounding leaves A (x32 - x) of residual, kept as the row's drift.
     rounding = np.einsum("nkl,nl->nk", A, X_new.astype(np.float64) - X_exact)
-    me.record_moves(rd, source.base_factors(me.name, rd.ids))
+    if is_lazy is not None:  # a source that can keep a side in Spark needs the moves (the others never will)
+        me.record_moves(rd, source.base_factors(me.name, rd.ids))
     me.solves += int(rd.ids.size)
 
     # Edge drift on the (tracked) neighbours: d_s += w (y'y'^T - yy^T) x_s - c (y' - y).
