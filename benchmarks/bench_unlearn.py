@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"],
                    help="mllib_retrain retrain paper_full frontier (targeted engine for small batches) frontier_layout")
     p.add_argument("--tol", type=float)
+    p.add_argument("--fallback-fraction", type=float, default=0.5,
+                   help="frontier: fall back to full sweeps beyond this fraction of all rows ([unlearn] full_fallback_fraction)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     configure_logging("INFO")
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
             else:
                 out = unlearn_als(train, original.model, offsets, batch, mode="paper" if method == "paper_full" else "frontier",
                                   tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
+                                  full_fallback_fraction=args.fallback_fraction,
                                   engine="layout" if method == "frontier_layout" else "auto", counts=known,
                                   drift_bound={"user": 0.0, "item": 0.0}, grams=grams, x_ratio=x_ratio, x_watch=x_watch)
                 model = out.model
