@@ -98,7 +98,7 @@ def test_spark_normal_equations_equal_the_driver_ones(spark, spec):
     Y_now[over] = rng.normal(size=(2, k)).astype(np.float32)
     G = Y_now.astype(np.float64).T @ Y_now
     A, b = spark_normal_equations(table, np.arange(n_rows), indptr, ids[local], ratings, (ids[over], Y_now[over]), spec,
-                                  G if spec.implicit else None)
+                                  G if spec.implicit else None, k)
     A_ref, b_ref = normal_equations(indptr, local, ratings, Y_now, spec, gram=G if spec.implicit else None)
     np.testing.assert_allclose(A, A_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(b, b_ref, rtol=1e-10, atol=1e-10)

@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
-from spark_unlearn.als.row_table import RaggedTable, RowTable
+from spark_unlearn.als.row_table import RaggedTable, RowTable, ranges
 from spark_unlearn.faults import failpoint
 
 log = logging.getLogger(__name__)
@@ -227,11 +227,8 @@ class _Side:
                 self.moved_x0 = RowTable({"x0": (np.float32, x0.shape[1], 0.0)})
             self.moved_x0.put(rd.ids[new], x0=x0[new])
             sel = np.flatnonzero(new)
-            counts = np.diff(rd.indptr)[sel]
-            starts = rd.indptr[sel]
-            take = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(
-                starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-            self.moved.add(rd.ids[sel], np.concatenate([[0], np.cumsum(counts)]), rd.src[take], rd.ratings[take])
+            indptr, take = ranges(rd.indptr[sel], np.diff(rd.indptr)[sel])
+            self.moved.add(rd.ids[sel], indptr, rd.src[take], rd.ratings[take])
 
     def moves(self):
         """The :class:`~spark_unlearn.als.neighbour_pass.Moves` of this side so far (current factors from the table)."""

@@ -49,6 +49,7 @@ from pyspark.sql import functions as F
 from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
+from spark_unlearn.als.neighbour_pass import arrow_matrix
 from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
 from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
 from spark_unlearn.errors import EmptyInputError
@@ -86,12 +87,6 @@ def gram_of(factors: DataFrame) -> np.ndarray:
     return sum(m.reshape(k, k) for m in mats)
 
 
-def _matrix(batch, column: str) -> np.ndarray:
-    """A list column of an Arrow record batch as an ``(n, k)`` float64 matrix."""
-    n = batch.num_rows
-    return batch.column(column).flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
-
-
 def _with_offsets(factors: DataFrame, offsets: DataFrame) -> DataFrame:
     return factors.select("id", "features").join(with_drift(offsets).select("id", "residual", "bnorm", "drift"), "id")
 
@@ -115,8 +110,8 @@ def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            X = _matrix(batch, "features")
-            moved = np.linalg.norm(_matrix(batch, "drift") + X @ dg.T, axis=1)
+            X = arrow_matrix(batch, "features")
+            moved = np.linalg.norm(arrow_matrix(batch, "drift") + X @ dg.T, axis=1)
             yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(moved), batch.column("bnorm"),
                                               pa.array(np.linalg.norm(X, axis=1))], names=["id", "moved", "bnorm", "xnorm"])
 
@@ -345,7 +340,7 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                D = _matrix(batch, "drift") + _matrix(batch, "features") @ dg.T
+                D = arrow_matrix(batch, "drift") + arrow_matrix(batch, "features") @ dg.T
                 k = D.shape[1]
                 arr = pa.FixedSizeListArray.from_arrays(pa.array(D.reshape(-1)), k).cast(pa.list_(pa.float64()))
                 yield pa.RecordBatch.from_arrays([batch.column("id"), batch.column("residual"), batch.column("bnorm"), arr],

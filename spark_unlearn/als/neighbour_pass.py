@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from pyspark.sql import DataFrame
 
-from spark_unlearn.als.kernels import SolveSpec, normal_equations
+from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
+from spark_unlearn.als.row_table import ranges
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,8 @@ class Moves:
 def _edges_of(moves: Moves, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edges of ``moves`` whose neighbour is among ``ids``: ``(neighbour position in ids, moved row, rating)``."""
     lo = np.searchsorted(moves.edge_nbr, ids)
-    hi = np.searchsorted(moves.edge_nbr, ids, side="right")
-    counts = hi - lo
-    take = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    counts = np.searchsorted(moves.edge_nbr, ids, side="right") - lo
+    _, take = ranges(lo, counts)
     return np.repeat(np.arange(ids.size), counts), moves.edge_row[take], moves.edge_rating[take]
 
 
@@ -151,7 +151,8 @@ def partial_normal_equations(rows: np.ndarray, Y: np.ndarray, ratings: np.ndarra
 # ---------------------------------------------------------------------------
 
 
-def _matrix(batch, column: str) -> np.ndarray:
+def arrow_matrix(batch, column: str) -> np.ndarray:
+    """A list column of an Arrow record batch as an ``(n, k)`` float64 matrix."""
     n = batch.num_rows
     return batch.column(column).flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
 
@@ -212,7 +213,7 @@ def lazy_frame(factors: DataFrame, offsets: DataFrame, moves: Moves, spec: Solve
                     if batch.num_rows == 0:
                         continue
             ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
-            D, bn, ratio, xratio = lazy_rows(ids, _matrix(batch, "features"), _matrix(batch, "drift"),
+            D, bn, ratio, xratio = lazy_rows(ids, arrow_matrix(batch, "features"), arrow_matrix(batch, "drift"),
                                              batch.column("bnorm").to_numpy(zero_copy_only=False), moves_, spec, dg)
             if not targets:  # a check: the ratios are all it needs (a third of the bytes back to the JVM)
                 yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(ratio), pa.array(xratio)],
@@ -274,14 +275,15 @@ def lazy_check(frame: DataFrame, ids: np.ndarray, tol: float, watch_above: float
 
 def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndarray, src: np.ndarray,
                            ratings: np.ndarray, overrides: tuple[np.ndarray, np.ndarray], spec: SolveSpec,
-                           gram: np.ndarray | None, scan_whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                           gram: np.ndarray | None, rank: int, scan_whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Normal equations ``A (n, k, k)``, ``b (n, k)`` of ``rows`` whose neighbours are read in Spark.
 
     ``indptr``/``src``/``ratings``: the rows' remaining ratings (CSR over
     neighbour ids, held by the driver); ``factors``: the neighbour side's
     stored factor table; ``overrides``: ``(ids, X)`` of neighbours whose
     current factor is not the stored one (re-solved earlier in the run).
-    ``gram``: the neighbour side's current Gram (implicit).  Equal to
+    ``gram``: the neighbour side's current Gram (implicit); ``rank`` the
+    factors' ``k``.  Equal to
     :func:`~spark_unlearn.als.kernels.normal_equations` on the same data.
     ``scan_whole``: the neighbours are most of the table (see :func:`lazy_frame`).
     """
@@ -303,7 +305,7 @@ def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndar
         for batch in batches:
             if batch.num_rows:
                 ids_l.append(batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64))
-                X_l.append(_matrix(batch, "features").astype(np.float32))
+                X_l.append(arrow_matrix(batch, "features").astype(np.float32))
         if not ids_l:
             return
         ids, X = np.concatenate(ids_l), np.concatenate(X_l)
@@ -311,9 +313,9 @@ def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndar
             pos = np.minimum(np.searchsorted(o_ids, ids), o_ids.size - 1)
             hit = o_ids[pos] == ids
             X[hit] = o_x[pos[hit]]
-        lo, hi = np.searchsorted(e_nbr, ids), np.searchsorted(e_nbr, ids, side="right")
-        counts = hi - lo
-        take = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        lo = np.searchsorted(e_nbr, ids)
+        counts = np.searchsorted(e_nbr, ids, side="right") - lo
+        _, take = ranges(lo, counts)
         at = np.repeat(np.arange(ids.size), counts)
         uniq, A, b = partial_normal_equations(e_row[take], X[at], e_rating[take], spec)
         yield pa.RecordBatch.from_arrays([pa.array(uniq.astype(np.int32)), pa.array([a.tobytes() for a in A], pa.binary()),
@@ -322,15 +324,13 @@ def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndar
     nbrs = np.unique(src)
     got = _restrict(factors.select("id", "features"), nbrs, scan_whole).mapInArrow(
         part, "row int, a binary, b binary").collect()
-    k = int(gram.shape[0]) if gram is not None else None
-    if k is None:
-        k = int(round(np.sqrt(len(got[0][1]) // 8))) if got else 0
+    k = int(rank)
     A = np.zeros((n, k, k))
     b = np.zeros((n, k))
     for r in got:
         A[r[0]] += np.frombuffer(r[1], np.float64).reshape(k, k)
         b[r[0]] += np.frombuffer(r[2], np.float64)
-    _, _, counted = _counted(np.asarray(ratings, np.float32), spec)
+    _, _, counted = _weights(np.asarray(ratings, np.float32), spec)
     n_reg = np.bincount(row, weights=counted.astype(np.float64), minlength=n)
     if spec.implicit:
         A += gram
@@ -338,8 +338,3 @@ def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndar
     A[:, diag, diag] += (spec.reg * n_reg)[:, None]
     return A, b
 
-
-def _counted(ratings: np.ndarray, spec: SolveSpec):
-    from spark_unlearn.als.kernels import _weights
-
-    return _weights(ratings, spec)

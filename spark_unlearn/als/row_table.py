@@ -111,14 +111,19 @@ class RaggedTable:
         pos = self.index.positions(ids)
         if (pos < 0).any():
             raise KeyError(int(np.asarray(ids, np.int64)[pos < 0][0]))
-        start, count = self.index["start"][pos], self.index["count"][pos]
-        indptr = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
-        take = np.arange(indptr[-1], dtype=np.int64) + np.repeat(start - indptr[:-1], count)
+        indptr, take = ranges(self.index["start"][pos], self.index["count"][pos])
         return indptr, self.src[take], self.val[take]
 
     def counts(self, ids) -> np.ndarray:
         """Number of entries of each of ``ids`` (all present)."""
         return self.index.take("count", ids)
+
+
+def ranges(starts, counts) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, positions)`` of the ranges ``starts[j] : starts[j] + counts[j]`` laid end to end (no Python loop)."""
+    counts = np.asarray(counts, np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, np.arange(indptr[-1], dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - indptr[:-1], counts)
 
 
 def csr_by(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +138,5 @@ def csr_by(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray
     order = sel[np.argsort(keys[sel], kind="stable")]
     sorted_keys = keys[order]
     lo, hi = np.searchsorted(sorted_keys, wanted), np.searchsorted(sorted_keys, wanted, side="right")
-    counts = hi - lo
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    take = np.arange(indptr[-1], dtype=np.int64) + np.repeat(lo - indptr[:-1], counts)
+    indptr, take = ranges(lo, hi - lo)
     return indptr, order[take]

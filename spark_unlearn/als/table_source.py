@@ -321,7 +321,7 @@ class TableRowSource:
 
         self.jobs += 1
         return spark_normal_equations(self.factor_tables[nb_side], rd.ids, rd.indptr, rd.src, rd.ratings, overrides,
-                                      spec, gram, self._whole(nb_side, np.unique(rd.src)))
+                                      spec, gram, self.rank, self._whole(nb_side, np.unique(rd.src)))
 
     def lazy_frame(self, side: str, moves, skip, spec, delta_gram, every_row: bool = False,
                    targets: bool = True, keep_skipped: bool = False) -> DataFrame:
