@@ -222,11 +222,10 @@ class BoundedGramSource:
         return d_ratio + float(np.linalg.norm(delta_gram, 2)) * (watch.rest if watch is not None else x_ratio) > tol
 
     def gram_violators(self, side, delta_gram, tol, skip):
-        x_ratio, d_ratio = self.ratio[side]
-        norm = float(np.linalg.norm(delta_gram, 2))
-        watch = self.watch.get(side)
-        if d_ratio + norm * (watch.rest if watch is not None else x_ratio) > tol:
+        if self.gram_needs_pass(side, delta_gram, tol):
             return self.inner.gram_violators(side, delta_gram, tol, skip)
+        d_ratio = self.ratio[side][1]
+        watch = self.watch.get(side)
         if watch is None:
             return np.zeros(0, np.int64)
         ids, terms, _ = listed_terms(self.inner, side, watch, delta_gram, skip, d_ratio, tol)

@@ -137,7 +137,7 @@ class TableRowSource:
         self.rank = rank
         self.deleted = np.unique(np.asarray(deleted_keys, np.int64))
         self.table_rows = dict(table_rows or {})
-        # Above this many neighbours of a round's solves, a side stays in Spark (neighbour_pass); None: never.
+        # Above this many neighbours of a round's solves, a side stays in Spark (neighbour_pass; None: its DRIVER_ROWS).
         from spark_unlearn.als import neighbour_pass
 
         self.driver_rows = neighbour_pass.DRIVER_ROWS if driver_rows is None else int(driver_rows)
