@@ -10,6 +10,8 @@ fixed seed) the methods are:
 * ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining data (same rank, iterations);
 * ``retrain``: our ALS from scratch on the remaining data (the reference);
 * ``paper_full``: the paper's warm-started full sweeps (``--paper-sweeps``);
+* ``full``: warm-started full sweeps with the training offsets, to the tolerance
+  (``--mode full``, also the frontier's fallback);
 * ``frontier``: our frontier Unlearn-ALS (default tolerance).
 
 Each entry holds ``wall_s``, ``rows_solved``, ``test_metric`` (RMSE for
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"])
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"],
-                   help="mllib_retrain retrain paper_full frontier (targeted engine for small batches) frontier_layout")
+                   help="mllib_retrain retrain paper_full full (offset sweeps to tol) frontier (targeted engine for "
+                        "small batches) frontier_layout")
     p.add_argument("--tol", type=float)
     p.add_argument("--fallback-fraction", type=float, default=0.5,
                    help="frontier: fall back to full sweeps beyond this fraction of all rows ([unlearn] full_fallback_fraction)")
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
                 model.user_factors.cache().count()
                 solved = params.iterations * rows_total
             else:
-                out = unlearn_als(train, original.model, offsets, batch, mode="paper" if method == "paper_full" else "frontier",
+                mode = {"paper_full": "paper", "full": "full"}.get(method, "frontier")
+                out = unlearn_als(train, original.model, offsets, batch, mode=mode,
                                   tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
                                   full_fallback_fraction=args.fallback_fraction,
                                   engine="layout" if method == "frontier_layout" else "auto", counts=known,

@@ -103,6 +103,29 @@ def test_work_stays_in_the_connected_component_of_the_deletion():
     assert res.rows_solved > 0
 
 
+def test_rows_left_without_ratings_are_skipped_not_flagged_every_round():
+    """An item whose every rating is deleted leaves the model; checks over stored rows must skip it.
+
+    Its stored factor row cannot be re-solved (no remaining rating).  Flagged by the implicit Gram check, it
+    came back every round until the frontier gave up (ml-latest-small, 5 % of the interactions: 45 such
+    items, 50 rounds, then full sweeps).  Passed as ``gone`` it is skipped and the frontier converges.
+    """
+    k, tol = 2, 1e-4
+    spec = SolveSpec(0.3, True, 1.0)
+    uu, ii, r, _ = low_rank_problem(4, k)
+    U, V = trained(uu, ii, r, k, spec, sweeps=200)
+    items, counts = np.unique(ii, return_counts=True)
+    lonely = int(items[np.argmin(counts)])
+    delete = np.flatnonzero(ii == lonely)
+    stuck, *_ = unlearn_case(uu, ii, r, U, V, spec, delete, tol, max_rounds=300)
+    # Without it: the frontier ends with that one row flagged (and solved for nothing) round after round.
+    assert not stuck.converged and stuck.frontier_sizes[-20:] == [{"user": 0, "item": 1}] * 20
+    res, (u2, i2, r2), U2, V2, targets = unlearn_case(uu, ii, r, U, V, spec, delete, tol, max_rounds=300,
+                                                      gone={"item": {lonely}})
+    assert res.converged and lonely not in res.solved_ids["item"]
+    assert certificate(u2, i2, r2, U2, V2, targets, spec) <= tol
+
+
 @pytest.mark.parametrize("implicit", [False, True])
 def test_neighbour_drift_matches_the_per_edge_reference(implicit):
     rng = np.random.default_rng(6)

@@ -196,9 +196,11 @@ class FrontierResult:
 class _Side:
     """Driver-side bookkeeping of one side during a frontier run: one sorted-array row table."""
 
-    def __init__(self, name: str, direct):
+    def __init__(self, name: str, direct, gone=()):
         self.name = name
         self.direct = np.unique(np.asarray(list(direct), np.int64))
+        # Rows that leave the model (no remaining rating): never re-solved, never checked.
+        self.gone = np.unique(np.asarray(list(gone), np.int64))
         self.table: RowTable | None = None
         # A lazy side's rows that are not re-solved stay in Spark (spark_unlearn.als.neighbour_pass): the
         # driver tracks only its solved rows, and ``check`` is the last pass over the others.
@@ -258,6 +260,7 @@ def frontier_unlearn(
     max_rounds: int = 50,
     max_rows: int | None = None,
     seed_frontier: dict[str, set[int]] | None = None,
+    gone: dict[str, set[int]] | None = None,
 ) -> FrontierResult:
     """Re-solve the direct rows and every row their change reaches beyond ``tol``.
 
@@ -284,16 +287,21 @@ def frontier_unlearn(
     seed_frontier
         Extra rows to solve in the first round (e.g. a certificate's
         violators, or rows whose stored drift is above ``tol``).
+    gone
+        Per side, rows of the source's factor tables that leave the model
+        (no remaining rating).  Checks over stored rows skip them; without
+        this a row that cannot be re-solved would be flagged every round.
     """
     t0 = time.perf_counter()
-    sides = {s: _Side(s, direct.get(s, set())) for s in SIDES}
+    sides = {s: _Side(s, direct.get(s, set()), (gone or {}).get(s, ())) for s in SIDES}
     grams: dict[str, list[np.ndarray]] = {}
     if spec.implicit:
         assert gram_train is not None and gram_now is not None, "implicit mode needs the Grams"
         for s in SIDES:
             grams[s] = [np.asarray(gram_train[s], dtype=np.float64), np.asarray(gram_now[s], dtype=np.float64).copy()]
-    frontier = {s: np.union1d(np.asarray(sorted(direct.get(s, ())), np.int64),
-                              np.asarray(sorted((seed_frontier or {}).get(s, ())), np.int64)) for s in SIDES}
+    frontier = {s: np.setdiff1d(np.union1d(np.asarray(sorted(direct.get(s, ())), np.int64),
+                                           np.asarray(sorted((seed_frontier or {}).get(s, ())), np.int64)),
+                                sides[s].gone) for s in SIDES}
     rows_solved, rounds, sizes = 0, 0, []
     converged = False
     while rounds < max_rounds:
@@ -474,7 +482,7 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
         X = _current(source, me, touched) if spec.implicit else None
         D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
         nxt = touched[np.linalg.norm(D, axis=1) > tol * lower_bnorm(me.table, sel, train_bnorm)]
-    skip = touched
+    skip = np.union1d(touched, me.gone)
     if me.lazy:
         # The rows next to moved rows that were not re-solved: one pass in Spark, redone only after new moves.
         # Implicit: when the Gram check below would pass over every row anyway, this pass covers every row
@@ -484,14 +492,14 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
                      and getattr(source, "gram_needs_pass", lambda *a: True)(me.name, delta, tol))
         key = (nb.solves, len(grams[nb.name]) if spec.implicit else 0, every)
         if me.check is None or me.check_key != key:
-            me.check = source.lazy_check(me.name, nb.moves(), touched, spec, delta, tol, every_row=every)
+            me.check = source.lazy_check(me.name, nb.moves(), skip, spec, delta, tol, every_row=every)
             me.check_key = key
             nxt = np.union1d(nxt, me.check.violators)
         if me.check.every_row:
-            return nxt
-        skip = np.union1d(touched, me.check.ids)
+            return np.setdiff1d(nxt, me.gone)
+        skip = np.union1d(skip, me.check.ids)
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]
         if np.abs(delta_gram).max() > 0:
             nxt = np.union1d(nxt, source.gram_violators(me.name, delta_gram, tol, skip))
-    return nxt
+    return np.setdiff1d(nxt, me.gone)

@@ -449,7 +449,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         wrapped = BoundedGramSource(source, {s: (float(x_ratio[s]), float(drift_bound.get(s, 0.0))) for s in SIDES},
                                     watch)
     result = frontier_unlearn(wrapped, plan.direct, spec, tol, gram_train=gram_train, gram_now=gram_now,
-                              max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds)
+                              max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds, gone=plan.removed)
     timings["solve"] = time.perf_counter() - t
     if not result.converged:
         return TargetedResult(model, offsets, None, plan, {"seconds": timings}, False, None)
