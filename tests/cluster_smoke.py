@@ -4,19 +4,27 @@ The smoke spends most of its minutes waiting for JVMs (Master, Workers,
 driver, executors), so ``tests/conftest.py`` starts it as soon as the
 collection shows that ``tests/test_cluster.py::test_standalone_cluster_smoke``
 will run, puts that test last, and the test only collects the result: the
-smoke overlaps the rest of the suite instead of adding to it.  Run on its own,
-the test starts the smoke itself.  ``stop()`` (called when the session ends)
-stops a smoke that is still running; its EXIT trap stops the cluster.
+smoke overlaps the rest of the suite instead of adding to it.
+
+Under pytest-xdist every worker collects.  The controller names a shared work
+directory (:data:`SHARED_DIR_ENV`) before the workers start; the first worker
+(``gw0``) starts the smoke there, a thread of its own writes the exit code to
+``rc`` when the script ends, and whichever worker gets the test waits for that
+file.  Run on its own, the test starts the smoke itself.  ``stop()`` (called
+when the session ends) stops a smoke that is still running; its EXIT trap
+stops the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +36,8 @@ SCRIPT = REPO / "tools" / "standalone_cluster.sh"
 # One to three minutes on an idle 2-core machine; much more when the machine is loaded (and the smoke shares
 # it with the rest of the suite): a guard against a hang, not a speed check.
 TIMEOUT_S = int(os.environ.get("SPARK_UNLEARN_CLUSTER_TIMEOUT", "900"))
+#: Set by the xdist controller: the directory the background smoke of this session runs in.
+SHARED_DIR_ENV = "SPARK_UNLEARN_SMOKE_DIR"
 
 
 def skip_reason() -> str | None:
@@ -74,6 +84,8 @@ class Smoke:
         # equations) run on the two executors, not only in local mode.
         (work.parent / "smoke_unlearn.toml").write_text(
             '[unlearn]\nmeasure = false\nengine = "targeted"\nfull_fallback_fraction = 1.0\ndriver_rows = 0\n')
+        self.rc_file = work.parent / "rc"
+        self.rc_file.unlink(missing_ok=True)
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 ["bash", str(SCRIPT), "smoke"],
@@ -83,7 +95,16 @@ class Smoke:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        (work.parent / "started").write_text(f"{time.time()} {self.proc.pid}\n")
+        # The exit code goes to a file, so a test in another xdist worker can collect it.
+        threading.Thread(target=self._record_exit, daemon=True).start()
         self._result: tuple[int, str] | None = None
+
+    def _record_exit(self) -> None:
+        rc = self.proc.wait()
+        tmp = self.rc_file.with_suffix(".tmp")
+        tmp.write_text(f"{rc}\n")
+        tmp.replace(self.rc_file)
 
     def _output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -122,6 +143,49 @@ class Smoke:
             shutil.rmtree(self.owned_dir, ignore_errors=True)
 
 
+class SharedSmoke:
+    """A smoke another xdist worker started in the session's shared directory: only its result is read."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.log = work.parent / "smoke.log"
+        self.rc_file = work.parent / "rc"
+
+    def result(self) -> tuple[int, str]:
+        """(exit code, output) once the starting worker has recorded the exit; TERMs the script on time-out."""
+        started = work_started(self.work)
+        if started is None:
+            raise TimeoutError(f"no smoke was started in {self.work.parent} (the first xdist worker starts it)")
+        t0, pid = started
+        while not self.rc_file.exists():
+            if time.time() - t0 > TIMEOUT_S:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)  # its trap stops the job and the cluster
+                raise TimeoutError(f"standalone_cluster.sh smoke timed out after {TIMEOUT_S}s:\n"
+                                   f"{self.log.read_text(errors='replace')[-6000:]}")
+            time.sleep(1.0)
+        return int(self.rc_file.read_text()), self.log.read_text(errors="replace")
+
+    def remove_work_dir(self) -> None:
+        """After a success: the session's shared directory (kept for its logs on failure)."""
+        shutil.rmtree(self.work.parent, ignore_errors=True)
+
+
+def work_started(work: Path) -> tuple[float, int] | None:
+    """(wall-clock start, script pid) of the smoke started in ``work``, if one was."""
+    try:
+        t0, pid = (work.parent / "started").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return float(t0), int(pid)
+
+
+def shared_work_dir() -> Path | None:
+    """The session's shared smoke work dir under xdist (set by the controller), else ``None``."""
+    value = os.environ.get(SHARED_DIR_ENV)
+    return Path(value) / "cluster" if value else None
+
+
 _current: Smoke | None = None
 
 
@@ -133,12 +197,20 @@ def start(work: Path | None = None) -> Smoke:
     if work is None:
         owned = Path(tempfile.mkdtemp(prefix="spark_unlearn_smoke_"))
         work = owned / "cluster"
+    elif work == shared_work_dir():
+        owned = work.parent
     _current = Smoke(work, owned)
     return _current
 
 
-def current() -> Smoke | None:
-    return _current
+def current() -> Smoke | SharedSmoke | None:
+    """The smoke of this session: one this process started, or the one an xdist worker started."""
+    if _current is not None:
+        return _current
+    shared = shared_work_dir()
+    if shared is not None and work_started(shared) is not None:
+        return SharedSmoke(shared)
+    return None
 
 
 def stop() -> None:
@@ -147,3 +219,15 @@ def stop() -> None:
     if _current is not None:
         _current.stop()
         _current = None
+
+
+def finish() -> None:
+    """End of this process's session: let a smoke another worker waits for end, then stop what is left.
+
+    Under xdist the worker that started the smoke can run out of tests while another still waits for the
+    smoke's result; stopping it then would fail that test.  It waits (at most until the time-out) instead.
+    """
+    if _current is not None and shared_work_dir() == _current.work and _current.proc.poll() is None:
+        with contextlib.suppress(TimeoutError):
+            _current.result()
+    stop()
