@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -63,7 +64,12 @@ def pytest_unconfigure(config):
     if "jvm_cds" in sys.modules:
         sys.modules["jvm_cds"].stop_maker()
     if "cluster_smoke" in sys.modules:
-        sys.modules["cluster_smoke"].finish()  # a smoke still running (interrupted session): its trap stops the cluster
+        smoke = sys.modules["cluster_smoke"]
+        smoke.finish()  # a smoke still running (interrupted session): its trap stops the cluster
+        shared = os.environ.get(smoke.SHARED_DIR_ENV)
+        if shared and not os.environ.get("PYTEST_XDIST_WORKER"):
+            with contextlib.suppress(OSError):
+                os.rmdir(shared)  # the controller's, left empty when no smoke ran (a failed smoke's logs stay)
 
 
 @pytest.fixture(scope="session")

@@ -482,7 +482,7 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
         X = _current(source, me, touched) if spec.implicit else None
         D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
         nxt = touched[np.linalg.norm(D, axis=1) > tol * lower_bnorm(me.table, sel, train_bnorm)]
-    skip = np.union1d(touched, me.gone)
+    skip = np.union1d(touched, me.gone)  # gone rows have no edges, so only the passes over stored rows see them
     if me.lazy:
         # The rows next to moved rows that were not re-solved: one pass in Spark, redone only after new moves.
         # Implicit: when the Gram check below would pass over every row anyway, this pass covers every row
@@ -496,10 +496,10 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
             me.check_key = key
             nxt = np.union1d(nxt, me.check.violators)
         if me.check.every_row:
-            return np.setdiff1d(nxt, me.gone)
+            return nxt
         skip = np.union1d(skip, me.check.ids)
     if spec.implicit:
         delta_gram = grams[nb.name][-1] - grams[nb.name][0]
         if np.abs(delta_gram).max() > 0:
             nxt = np.union1d(nxt, source.gram_violators(me.name, delta_gram, tol, skip))
-    return np.setdiff1d(nxt, me.gone)
+    return nxt

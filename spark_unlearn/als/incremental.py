@@ -423,8 +423,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     seeds: dict[str, set[int]] = {s: set() for s in SIDES}
     if drift_bound is None or any(float(drift_bound.get(s, np.inf)) > tol for s in SIDES):
         # Unknown, or certified at a looser tolerance: rows whose stored drift is above tol are re-solved.
-        drift_bound, seeds = drift_pass(spark, offs, tol)
-        seeds = {s: v - plan.removed[s] for s, v in seeds.items()}
+        drift_bound, seeds = drift_pass(spark, offs, tol)  # removed rows among them: the frontier skips its gone rows
         log.info("stored drift: bound %s, %d rows above tol to re-solve", drift_bound, sum(map(len, seeds.values())))
     timings["plan"] = time.perf_counter() - t0
 
