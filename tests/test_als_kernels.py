@@ -115,3 +115,31 @@ def test_large_rows_batched_like_small_ones():
 def test_implicit_requires_gram():
     with pytest.raises(ValueError, match="Gram"):
         normal_equations(np.array([0, 1]), np.array([0]), np.array([1.0]), np.ones((1, 2)), SolveSpec(0.1, implicit=True))
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_rows_with_few_ratings_solved_through_their_own_small_system_match_reference(implicit):
+    """At rank 32, rows with fewer than 16 ratings take the w x w (Woodbury) path; the answer is the k x k one."""
+    rng = np.random.default_rng(5)
+    indptr, src, ratings = random_csr(rng, 300, 200, 40, signed=implicit)
+    assert (np.diff(indptr) < 16).sum() > 100 and (np.diff(indptr) >= 16).sum() > 50  # both paths are taken
+    Y = rng.normal(size=(200, 32)).astype(np.float32)
+    spec = SolveSpec(reg=0.05, implicit=implicit, alpha=2.0)
+    G = gram(Y) if implicit else None
+    e = rng.normal(size=(300, 32))
+    for offsets in (None, e):
+        X = solve_rows(indptr, src, ratings, Y, spec, gram=G, offsets=offsets)
+        X0 = solve_rows_reference(indptr, src, ratings, Y, spec, gram=G, offsets=offsets)
+        np.testing.assert_allclose(X, X0, rtol=1e-9, atol=1e-11)
+
+
+def test_few_ratings_path_with_a_rank_deficient_gram_matches_reference():
+    """Implicit, 6 other-side rows at rank 16: Y^T Y is singular, reg * n keeps each row's system solvable."""
+    rng = np.random.default_rng(6)
+    indptr, src, ratings = random_csr(rng, 50, 6, 4)
+    Y = rng.normal(size=(6, 16)).astype(np.float32)
+    spec = SolveSpec(reg=0.3, implicit=True, alpha=1.0)
+    keep = np.diff(indptr) > 0  # rows without ratings would be singular in the reference
+    X = solve_rows(indptr, src, ratings, Y, spec, gram=gram(Y))
+    X0 = solve_rows_reference(indptr, src, ratings, Y, spec, gram=gram(Y) + 0.0)
+    np.testing.assert_allclose(X[keep], X0[keep], rtol=1e-8, atol=1e-10)

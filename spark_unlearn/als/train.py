@@ -2,16 +2,19 @@
 
 One iteration solves every item from the user factors, then every user from
 the item factors (Spark's order), so the final user factors are the exact
-solution given the final item factors.  Per half-step:
+solution given the final item factors.  A half-iteration is one Spark stage:
+each block of the solved side receives, through a shuffle, the factor rows it
+needs from the other side (one message per block pair, never per rating),
+forms its normal equations with the batched kernel of
+:mod:`spark_unlearn.als.kernels`, solves them and, in the same pass, routes
+its new rows to the blocks that need them next (:meth:`ALSState.solve_routed`).
 
-1. each block of the solved-from side sends every other block the factor rows
-   it needs (one message per block pair; a shuffle of factors only);
-2. each block of the solved side forms its normal equations with the
-   batched kernel of :mod:`spark_unlearn.als.kernels` and solves them.
-
-In implicit mode the Gram ``Y^T Y`` of the solved-from side is a distributed
-sum of per-block ``k x k`` Grams, broadcast to the solvers.  Lineage is cut
-every ``checkpoint_interval`` iterations so long runs do not overflow.
+In implicit mode the Gram ``Y^T Y`` of the solved-from side travels the same
+way: each block sends its ``k x k`` share to every block of the other side,
+which sum the shares in block order.  Half-iterations are chained lazily and
+run as one Spark job per ``checkpoint_interval`` iterations, which also cuts
+the lineage, so long runs neither overflow nor pay a job per step; progress
+is logged from Spark's status tracker (:mod:`spark_unlearn.progress`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError
+from spark_unlearn.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,29 @@ def _route(it):
 
 
 @dataclass
+class _GramPart:
+    """One block's share ``F_b^T F_b`` (float64) of a side's Gram, sent to every block of the other side.
+
+    Summing the parts in block order inside each solver gives every block the
+    same ``F^T F`` without a driver round trip (an all-reduce through the
+    shuffle that already carries the factors).
+    """
+
+    block: int
+    G: np.ndarray
+
+
+def _routed(static: SideBlock, F: np.ndarray, with_gram: bool) -> list:
+    """The messages a block of solved factors sends: its rows each other-side block needs, and its Gram part."""
+    out = [(dst, (static.block, F[rows])) for dst, rows in static.outlinks.items()]
+    if with_gram:
+        F64 = F.astype(np.float64)
+        part = _GramPart(static.block, F64.T @ F64)
+        out.extend((dst, part) for dst in range(static.num_blocks))
+    return out
+
+
+@dataclass
 class _Own:
     """The solved side's own current factors, travelling beside the messages (residuals need them)."""
 
@@ -95,14 +122,22 @@ def _gather(it):
     Extras are the block's own factors (:class:`_Own`) and targets
     (:class:`_Target`), returned in a dict keyed by type.
     """
-    static, msgs, own = None, [], {}
+    static, msgs, own, parts = None, [], {}, []
     for _, value in it:
         if isinstance(value, SideBlock):
             static = value
         elif isinstance(value, (_Own, _Target)):
             own[type(value)] = value
+        elif isinstance(value, _GramPart):
+            parts.append(value)
         else:
             msgs.append(value)
+    if parts:
+        parts.sort(key=lambda p: p.block)
+        total = parts[0].G.copy()
+        for p in parts[1:]:
+            total += p.G
+        own[_GramPart] = total
     if static is None:
         return None, None, None
     msgs.sort(key=lambda m: m[0])
@@ -203,6 +238,45 @@ class ALSState:
             parts = parts.union(targets.mapValues(lambda t: _Target(t[0], t[1])))
         return parts.mapPartitions(solve_partition, preservesPartitioning=True)
 
+    def routed(self, side: str, factors: RDD, with_gram: bool) -> RDD:
+        """The messages factor blocks ``(block, (ids, F))`` of ``side`` send to the other side, shuffled there."""
+
+        def route(it):
+            static, F = None, None
+            for _, value in it:
+                if isinstance(value, SideBlock):
+                    static = value
+                else:
+                    F = value[1]
+            if static is not None and F is not None:
+                yield from _routed(static, F, with_gram)
+
+        return self.side(side).union(factors).mapPartitions(route).partitionBy(self.num_blocks)
+
+    def solve_routed(self, dst_side: str, incoming: RDD, params: ALSParams) -> RDD:
+        """Solve ``dst_side`` from shuffled messages and route the result on: ``(block, (ids, X, outgoing))``.
+
+        ``incoming`` comes from :meth:`routed` or from the ``outgoing`` of the
+        previous solve (factor rows and, in implicit mode, the Gram parts of
+        the other side).  Solving and routing share one pass over the block,
+        so a half-iteration is one stage and chained half-iterations need no
+        job of their own (lazy RDD).
+        """
+        spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
+        implicit = params.implicit
+
+        def solve_partition(it):
+            static, Y, extra = _gather(it)
+            if static is None:
+                return
+            G = extra.get(_GramPart)
+            if implicit and G is None:
+                raise RuntimeError(f"block {static.block}: no Gram parts arrived for an implicit solve")
+            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G).astype(np.float32)
+            yield static.block, (static.ids, X, _routed(static, X, implicit))
+
+        return self.side(dst_side).union(incoming).mapPartitions(solve_partition, preservesPartitioning=True)
+
     def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
         """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""
         src_side = "item" if dst_side == "user" else "user"
@@ -272,18 +346,16 @@ def offsets_frame(spark: SparkSession, blocks: RDD, rank: int, with_drift: bool 
     return wide.select("id", target.alias("residual"), F.element_at("values", rank + 1).alias("bnorm"), drift.alias("drift"))
 
 
-def _materialise(state: ALSState, rdd: RDD, checkpoint: bool, want_gram: bool) -> tuple[RDD, np.ndarray | None]:
-    """Persist ``rdd`` and compute it with one Spark job (the Gram reduce when wanted, else a count)."""
+def _materialise(rdd: RDD, checkpoint: bool) -> RDD:
+    """Persist ``rdd`` and compute it with one Spark job (a count), cutting its lineage if asked."""
     rdd = rdd.persist(StorageLevel.MEMORY_AND_DISK)
     if checkpoint:
         if rdd.context.getCheckpointDir():
             rdd.checkpoint()
         else:
             rdd.localCheckpoint()
-    if want_gram:
-        return rdd, state.gram(rdd)
     rdd.count()
-    return rdd, None
+    return rdd
 
 
 @dataclass
@@ -343,20 +415,40 @@ def train_als(
     users = state.initial_factors("user", params.rank, params.seed, init.user_factors if init else None)
     items = state.initial_factors("item", params.rank, params.seed, init.item_factors if init else None)
     implicit = params.implicit
-    users, user_gram = _materialise(state, users, checkpoint=False, want_gram=implicit)
-    items, _ = _materialise(state, items, checkpoint=False, want_gram=False)
+    users = _materialise(users, checkpoint=False)
+    if params.iterations == 0:  # otherwise the first half-step solves the items and the start is never read
+        items = _materialise(items, checkpoint=False)
     t_setup = time.perf_counter() - t0
     log.info("ALS block layout ready: %d blocks per side, %.1fs", state.num_blocks, t_setup)
     t_iter = time.perf_counter()
-    for it in range(1, params.iterations + 1):
-        cut = it % params.checkpoint_interval == 0
-        new_items, item_gram = _materialise(state, state.solve("item", users, params, user_gram), cut, implicit)
-        items.unpersist()
-        items = new_items
-        new_users, user_gram = _materialise(state, state.solve("user", items, params, item_gram), cut, implicit)
-        users.unpersist()
-        users = new_users
-        log.info("ALS iteration %d/%d done (%.1fs)", it, params.iterations, time.perf_counter() - t0)
+    P = state.num_blocks
+    n_iter = params.iterations
+    done_before = 0  # iterations finished by earlier jobs (one job per checkpoint interval)
+
+    def describe(stages: int) -> str:
+        # A job runs one routing stage, then one stage per half-iteration.
+        return f"ALS iteration {min(done_before + max(stages - 1, 0) // 2, n_iter)}/{n_iter} (running)"
+
+    with stage_progress(spark.sparkContext, describe):
+        msgs = state.routed("user", users, implicit)
+        for it in range(1, n_iter + 1):
+            last = it == n_iter
+            solved_items = state.solve_routed("item", msgs, params)
+            if last:  # the result keeps the final items; earlier ones only feed the next half-step
+                items = solved_items.mapValues(lambda v: (v[0], v[1])).persist(StorageLevel.MEMORY_AND_DISK)
+                msgs = state.routed("item", items, implicit)
+            else:
+                msgs = solved_items.flatMap(lambda kv: kv[1][2]).partitionBy(P)
+            solved_users = state.solve_routed("user", msgs, params)
+            if not last and it % params.checkpoint_interval:
+                msgs = solved_users.flatMap(lambda kv: kv[1][2]).partitionBy(P)
+                continue
+            # One job per checkpoint interval runs the chained half-iterations and cuts the lineage.
+            done = _materialise(solved_users.mapValues(lambda v: (v[0], v[1])), checkpoint=not last)
+            users.unpersist()
+            users, done_before = done, it
+            msgs = state.routed("user", users, implicit)
+            log.info("ALS iteration %d/%d done (%.1fs)", it, n_iter, time.perf_counter() - t0)
     per_iter = (time.perf_counter() - t_iter) / max(params.iterations, 1)
     model = FactorModel(
         user_factors=factors_to_dataframe(spark, users, params.rank),
