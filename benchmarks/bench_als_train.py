@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fit each trainer this many times in turn and report the median time (the first MLlib fit "
+                        "of a process also warms its JIT; utility is measured on the last fit)")
     p.add_argument("--no-ranking", action="store_true",
                    help="skip Recall@20 (top-K for every user: minutes at 5M ratings; RMSE is kept for explicit)")
     p.add_argument("--out", required=True)
@@ -83,24 +88,34 @@ def main(argv=None) -> int:
     for mode in args.modes:
         for rank in args.ranks:
             params = ALSParams(rank=rank, reg=args.reg, implicit=mode == "implicit", iterations=args.iterations, num_blocks=args.blocks)
-            model, t_mllib = mllib_factors(spark, train, params)
-            u_mllib = utility(model.userFactors, model.itemFactors, train, test, params.implicit, ranking=not args.no_ranking)
-            model.userFactors.unpersist()
-            model.itemFactors.unpersist()
             t = time.perf_counter()
             state = ALSState.build(train, params.num_blocks)
             state.users.count()
             state.items.count()
             t_layout = time.perf_counter() - t
-            t = time.perf_counter()
-            ours = train_als(train, params, state=state)
-            t_ours = time.perf_counter() - t
+            mllib_times, ours_times, ours_iter, model = [], [], [], None
+            for rep in range(args.repeats):
+                if model is not None:
+                    model.userFactors.unpersist()
+                    model.itemFactors.unpersist()
+                model, t_fit = mllib_factors(spark, train, params)
+                mllib_times.append(t_fit)
+                t = time.perf_counter()
+                ours = train_als(train, params, state=state)
+                ours_times.append(time.perf_counter() - t)
+                ours_iter.append(ours.seconds_per_iteration)
+                log.info("repeat %d: MLlib fit %.2fs, ours %.2fs (%.3f s/iter)", rep + 1, t_fit, ours_times[-1], ours_iter[-1])
+            t_mllib, t_ours, s_iter = (float(np.median(v)) for v in (mllib_times, ours_times, ours_iter))
+            u_mllib = utility(model.userFactors, model.itemFactors, train, test, params.implicit, ranking=not args.no_ranking)
+            model.userFactors.unpersist()
+            model.itemFactors.unpersist()
             u_ours = utility(ours.model.user_factors, ours.model.item_factors, train, test, params.implicit, ranking=not args.no_ranking)
             row = {
                 "data": source, "n_train": n_train, "mode": mode, "rank": rank, "iterations": args.iterations,
-                "mllib_s_per_iter": t_mllib / args.iterations, "ours_s_per_iter": ours.seconds_per_iteration,
+                "repeats": args.repeats, "mllib_fit_s": mllib_times, "ours_fit_s": ours_times,
+                "mllib_s_per_iter": t_mllib / args.iterations, "ours_s_per_iter": s_iter,
                 "ours_total_s": t_ours + t_layout, "mllib_total_s": t_mllib, "ours_layout_s": t_layout,
-                "ratio_per_iter": ours.seconds_per_iteration / (t_mllib / args.iterations),
+                "ratio_per_iter": s_iter / (t_mllib / args.iterations),
                 "ratio_total": (t_ours + t_layout) / t_mllib,
                 "mllib": u_mllib, "ours": u_ours,
             }

@@ -160,6 +160,36 @@ def test_full_sweeps_stopped_above_tol_are_finished_by_the_frontier(spark, train
     assert worst <= tol
     out.release()
 
+def test_paper_sweeps_equal_warm_started_numpy_sweeps_on_the_remaining_data(spark, trained):
+    """``mode="paper"``: plain ALS sweeps from the trained factors, every row, checked against a numpy oracle."""
+    from als_helpers import csr_from_pairs
+    from spark_unlearn.als.kernels import SolveSpec, gram, solve_rows_reference
+
+    ratings, model, offsets = trained
+    rows = [(3, None, "user"), (None, 10, "item")]
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), mode="paper", full_iterations=2, tol=5e-2)
+    assert out.report["mode"] == "paper" and out.report["sweeps"] == 2
+
+    pdf = remove_batch(ratings, batch(spark, rows)).toPandas()
+    u, i, r = pdf.user.to_numpy(), pdf.item.to_numpy(), pdf.rating.to_numpy()
+    uid, iid = np.unique(u), np.unique(i)
+    by_user = csr_from_pairs(u, i, r, uid, {x: k for k, x in enumerate(iid)})
+    by_item = csr_from_pairs(i, u, r, iid, {x: k for k, x in enumerate(uid)})
+    U0, V0 = factors_dict(model.user_factors), factors_dict(model.item_factors)
+    U = np.stack([U0[x] for x in uid]).astype(np.float32)
+    V = np.stack([V0[x] for x in iid]).astype(np.float32)
+    p = model.params
+    spec = SolveSpec(p.reg, p.implicit, p.alpha)
+    for _ in range(2):
+        V = solve_rows_reference(*by_item, U, spec, gram(U) if p.implicit else None).astype(np.float32)
+        U = solve_rows_reference(*by_user, V, spec, gram(V) if p.implicit else None).astype(np.float32)
+    got_u, got_v = factors_dict(out.model.user_factors), factors_dict(out.model.item_factors)
+    assert sorted(got_u) == uid.tolist() and sorted(got_v) == iid.tolist()  # erased user and item are gone
+    assert max(np.abs(got_u[x] - U[k]).max() for k, x in enumerate(uid)) < 1e-4
+    assert max(np.abs(got_v[x] - V[k]).max() for k, x in enumerate(iid)) < 1e-4
+    out.release()
+
+
 def test_targeted_and_layout_engines_agree(spark, trained):
     ratings, model, offsets = trained
     rows = [(11, None, "user")] + [(r[0], r[1], "interaction") for r in ratings.filter("user = 4").limit(1).collect()]

@@ -253,14 +253,14 @@ class ALSState:
 
         return self.side(side).union(factors).mapPartitions(route).partitionBy(self.num_blocks)
 
-    def solve_routed(self, dst_side: str, incoming: RDD, params: ALSParams) -> RDD:
+    def solve_routed(self, dst_side: str, incoming: RDD, params: ALSParams, targets: RDD | None = None) -> RDD:
         """Solve ``dst_side`` from shuffled messages and route the result on: ``(block, (ids, X, outgoing))``.
 
         ``incoming`` comes from :meth:`routed` or from the ``outgoing`` of the
         previous solve (factor rows and, in implicit mode, the Gram parts of
         the other side).  Solving and routing share one pass over the block,
         so a half-iteration is one stage and chained half-iterations need no
-        job of their own (lazy RDD).
+        job of their own (lazy RDD).  ``targets`` as in :meth:`solve`.
         """
         spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
         implicit = params.implicit
@@ -272,10 +272,28 @@ class ALSState:
             G = extra.get(_GramPart)
             if implicit and G is None:
                 raise RuntimeError(f"block {static.block}: no Gram parts arrived for an implicit solve")
-            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G).astype(np.float32)
+            T = extra[_Target].T if _Target in extra else None
+            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G, offsets=T).astype(np.float32)
             yield static.block, (static.ids, X, _routed(static, X, implicit))
 
-        return self.side(dst_side).union(incoming).mapPartitions(solve_partition, preservesPartitioning=True)
+        parts = self.side(dst_side).union(incoming)
+        if targets is not None:
+            parts = parts.union(targets.mapValues(lambda t: _Target(t[0], t[1])))
+        return parts.mapPartitions(solve_partition, preservesPartitioning=True)
+
+    def residuals_routed(self, dst_side: str, dst_factors: RDD, incoming: RDD, params: ALSParams) -> RDD:
+        """:meth:`residuals` from messages already routed (as :meth:`solve_routed` reads them): no new shuffle."""
+        spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
+        own = dst_factors.mapValues(lambda f: _Own(f[0], f[1]))
+
+        def residual_partition(it):
+            static, Y, extra = _gather(it)
+            if static is None:
+                return
+            R, bnorm = residuals(extra[_Own].F, static.indptr, static.src_local, static.ratings, Y, spec, gram=extra.get(_GramPart))
+            yield static.block, (static.ids, R, bnorm)
+
+        return self.side(dst_side).union(incoming).union(own).mapPartitions(residual_partition, preservesPartitioning=True)
 
     def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
         """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""

@@ -295,17 +295,22 @@ class Certificate:
 
 def certify(
     state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = 10_000,
-    absorb: bool = False,
+    absorb: bool = False, incoming: dict[str, RDD] | None = None,
 ) -> Certificate:
     """Exact residuals of every row on the remaining data, against the targets (one pass per side).
 
     The next version's offsets keep each row's target ``T`` and its drift
     ``R - T`` apart; with ``absorb`` (the paper's plain sweeps, which have no
     targets) the residual ``R`` itself becomes the target, as after training.
+    ``incoming[side]``: the messages the other side's current factors sent
+    to ``side`` (:meth:`ALSState.solve_routed`), reused instead of routed again.
     """
     per_side, violators, blocks = {}, {}, {}
     for side, mine, theirs in (("user", users, items), ("item", items, users)):
-        res = state.residuals(side, mine, theirs, params)
+        if incoming is not None:
+            res = state.residuals_routed(side, mine, incoming[side], params)
+        else:
+            res = state.residuals(side, mine, theirs, params)
 
         def combine(it):
             block, got, tgt = None, None, None
@@ -675,19 +680,36 @@ def _repair(state, params, spec, tol, users, items, cert, targets, max_rounds, m
 
 
 def _full_sweeps(state, source, plan, params, tol, iterations, paper):
-    """Warm-started ALS sweeps over every row (offset ALS, or plain ALS for the paper's method)."""
+    """Warm-started ALS sweeps over every row (offset ALS, or plain ALS for the paper's method).
+
+    A half-sweep is one stage that solves a side and routes its new rows on
+    (:meth:`ALSState.solve_routed`); the certificate after each offset sweep
+    reads the same routed messages, so it adds no shuffle of its own.
+    """
     targets = _side_targets(source, plan, params.rank, zero_all=paper)
     users, items = source.factors["user"], source.factors["item"]
-    cert, sweeps = None, 0
+    implicit, P = params.implicit, state.num_blocks
+    to_items = state.routed("user", users, implicit)
+    cert, sweeps, cached = None, 0, []
     for sweep in range(1, iterations + 1):
-        items = state.solve("item", users, params, targets=None if paper else targets["item"]).persist(StorageLevel.MEMORY_AND_DISK)
-        users = state.solve("user", items, params, targets=None if paper else targets["user"]).persist(StorageLevel.MEMORY_AND_DISK)
-        if sweep % params.checkpoint_interval == 0:
-            users.localCheckpoint()
-            items.localCheckpoint()
+        solved = {}
+        for side, incoming in (("item", to_items), ("user", None)):
+            if incoming is None:
+                incoming = to_users = solved["item"].flatMap(lambda kv: kv[1][2]).partitionBy(P)
+            solved[side] = state.solve_routed(side, incoming, params, targets=None if paper else targets[side])
+            if not paper or sweep == iterations:  # the paper's sweeps run as one job: only the last is read twice
+                solved[side] = solved[side].persist(StorageLevel.MEMORY_AND_DISK)
+            if sweep % params.checkpoint_interval == 0:
+                solved[side].localCheckpoint()
+        items = solved["item"].mapValues(lambda v: (v[0], v[1]))
+        users = solved["user"].mapValues(lambda v: (v[0], v[1]))
+        to_items = solved["user"].flatMap(lambda kv: kv[1][2]).partitionBy(P)
         sweeps = sweep
         if not paper:
-            cert = certify(state, users, items, targets, params, tol)
+            cert = certify(state, users, items, targets, params, tol, incoming={"user": to_users, "item": to_items})
+            for old in cached:  # the certificate computed this sweep's factors: the previous ones are unused now
+                old.unpersist()
+            cached = list(solved.values())
             log.info("full sweep %d: certificate %.3g (tol %.3g)", sweep, cert.max_relative_residual, tol)
             if cert.max_relative_residual <= tol:
                 break
