@@ -305,7 +305,7 @@ def certify(
     ``incoming[side]``: the messages the other side's current factors sent
     to ``side`` (:meth:`ALSState.solve_routed`), reused instead of routed again.
     """
-    per_side, violators, blocks = {}, {}, {}
+    per_side, violators, blocks, merged = {}, {}, {}, {}
     for side, mine, theirs in (("user", users, items), ("item", items, users)):
         if incoming is not None:
             res = state.residuals_routed(side, mine, incoming[side], params)
@@ -328,12 +328,17 @@ def certify(
             stored = np.hstack([R, bnorm[:, None], np.zeros_like(R)]) if absorb else np.hstack([T, bnorm[:, None], R - T])
             yield block, (ids, stored, rel)
 
-        merged = res.union(targets[side]).mapPartitions(combine, preservesPartitioning=True)
-        merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
-        stats = merged.map(lambda kv: (float(kv[1][2].max()) if kv[1][2].size else 0.0, kv[1][0][kv[1][2] > tol][:max_violators].tolist())).collect()
-        per_side[side] = max((s for s, _ in stats), default=0.0)
-        violators[side] = [i for _, v in stats for i in v][:max_violators]
-        blocks[side] = merged.mapValues(lambda v: (v[0], v[1]))
+        merged[side] = res.union(targets[side]).mapPartitions(combine, preservesPartitioning=True).persist(StorageLevel.MEMORY_AND_DISK)
+        blocks[side] = merged[side].mapValues(lambda v: (v[0], v[1]))
+
+    def stats_of(side):
+        return lambda kv: (side, float(kv[1][2].max()) if kv[1][2].size else 0.0, kv[1][0][kv[1][2] > tol][:max_violators].tolist())
+
+    # Both sides in one job: a certificate per sweep should cost one pass, not one job per side.
+    stats = merged["user"].map(stats_of("user")).union(merged["item"].map(stats_of("item"))).collect()
+    for side in ("user", "item"):
+        per_side[side] = max((m for s, m, _ in stats if s == side), default=0.0)
+        violators[side] = [i for s, _, v in stats if s == side for i in v][:max_violators]
     return Certificate(max(per_side.values()), per_side, violators, blocks)
 
 
@@ -686,7 +691,8 @@ def _full_sweeps(state, source, plan, params, tol, iterations, paper):
     (:meth:`ALSState.solve_routed`); the certificate after each offset sweep
     reads the same routed messages, so it adds no shuffle of its own.
     """
-    targets = _side_targets(source, plan, params.rank, zero_all=paper)
+    # Read by every half-sweep and certificate: computed once.
+    targets = {s: t.persist(StorageLevel.MEMORY_AND_DISK) for s, t in _side_targets(source, plan, params.rank, zero_all=paper).items()}
     users, items = source.factors["user"], source.factors["item"]
     implicit, P = params.implicit, state.num_blocks
     to_items = state.routed("user", users, implicit)
