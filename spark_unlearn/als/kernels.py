@@ -151,9 +151,11 @@ def solve_rows(
     block size.  Rows without any rating (explicit) would give a singular
     system; they are returned as zeros, matching a cell with no information.
 
-    Explicit rows with fewer than ``k / 2`` ratings (most items of a long-tail
-    catalogue at rank 64) are solved through the ``w x w`` system of their own
-    ratings (:func:`_solve_few_ratings`) instead of the ``k x k`` one.
+    Rows whose padded width ``w`` is at most ``k / 2`` (most items of a
+    long-tail catalogue at rank 64) are solved through the ``w x w`` system of
+    their own ratings (:func:`_solve_few_ratings`) instead of the ``k x k``
+    one; in implicit mode in the eigenbasis of ``Y^T Y`` (:class:`_Basis`),
+    where ``Y^T Y + reg n I`` is diagonal.  Same solution, fewer flops.
     """
     all_rows = _all_rows(indptr, rows)
     k = Y.shape[1]
