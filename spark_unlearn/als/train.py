@@ -62,21 +62,6 @@ def init_factors(ids: np.ndarray, rank: int, seed: int, salt: int) -> np.ndarray
     return g.astype(np.float32)
 
 
-def _route(it):
-    """Send each other-side block the factor rows it needs: yields (dst block, (src block, rows))."""
-    static, factors = None, None
-    for _, value in it:
-        if isinstance(value, SideBlock):
-            static = value
-        else:
-            factors = value
-    if static is None or factors is None:
-        return
-    F = factors[1]
-    for dst, rows in static.outlinks.items():
-        yield dst, (static.block, F[rows])
-
-
 @dataclass
 class _GramPart:
     """One block's share ``F_b^T F_b`` (float64) of a side's Gram, sent to every block of the other side.
@@ -119,8 +104,9 @@ class _Target:
 def _gather(it):
     """Split a solver partition into its static block, the needed factors (message order) and extras.
 
-    Extras are the block's own factors (:class:`_Own`) and targets
-    (:class:`_Target`), returned in a dict keyed by type.
+    Extras are the block's own factors (:class:`_Own`), targets
+    (:class:`_Target`) and, keyed :class:`_GramPart`, the other side's Gram
+    summed from its parts in block order; returned in a dict keyed by type.
     """
     static, msgs, own, parts = None, [], {}, []
     for _, value in it:
@@ -200,43 +186,15 @@ class ALSState:
         grams = factors.map(lambda kv: kv[1][1].astype(np.float64).T @ kv[1][1].astype(np.float64))
         return grams.treeReduce(lambda a, b: a + b)
 
-    def _messages(self, src_side: str, src_factors: RDD) -> RDD:
-        return self.side(src_side).union(src_factors).mapPartitions(_route).partitionBy(self.num_blocks)
+    def solve(self, dst_side: str, src_factors: RDD, params: ALSParams, targets: RDD | None = None) -> RDD:
+        """New factors ``(block, (ids, X))`` of ``dst_side`` solved from the other side's ``src_factors`` (lazy RDD).
 
-    def solve(
-        self,
-        dst_side: str,
-        src_factors: RDD,
-        params: ALSParams,
-        src_gram: np.ndarray | None = None,
-        targets: RDD | None = None,
-    ) -> RDD:
-        """New factors of ``dst_side`` solved from the other side's ``src_factors`` (lazy RDD).
-
-        ``src_gram`` is ``F^T F`` of ``src_factors`` if the caller has it
-        (implicit mode computes it otherwise: one more Spark job).
         ``targets`` (``(block, (ids, T))`` aligned with the side's rows) makes
         it solve ``A x = b + t`` (offset ALS, Unlearn-ALS's full sweep).
         """
         src_side = "item" if dst_side == "user" else "user"
-        spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
-        gram_bc = None
-        if params.implicit:
-            gram_bc = self.spark.sparkContext.broadcast(src_gram if src_gram is not None else self.gram(src_factors))
-
-        def solve_partition(it):
-            static, Y, extra = _gather(it)
-            if static is None:
-                return
-            G = gram_bc.value if gram_bc is not None else None
-            T = extra[_Target].T if _Target in extra else None
-            X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G, offsets=T)
-            yield static.block, (static.ids, X.astype(np.float32))
-
-        parts = self.side(dst_side).union(self._messages(src_side, src_factors))
-        if targets is not None:
-            parts = parts.union(targets.mapValues(lambda t: _Target(t[0], t[1])))
-        return parts.mapPartitions(solve_partition, preservesPartitioning=True)
+        incoming = self.routed(src_side, src_factors, params.implicit)
+        return self.factors_of(self.solve_routed(dst_side, incoming, params, targets))
 
     def routed(self, side: str, factors: RDD, with_gram: bool) -> RDD:
         """The messages factor blocks ``(block, (ids, F))`` of ``side`` send to the other side, shuffled there."""
@@ -281,6 +239,15 @@ class ALSState:
             parts = parts.union(targets.mapValues(lambda t: _Target(t[0], t[1])))
         return parts.mapPartitions(solve_partition, preservesPartitioning=True)
 
+    def onward(self, solved: RDD) -> RDD:
+        """The messages a :meth:`solve_routed` result sends on, shuffled to their blocks (the next half-step's input)."""
+        return solved.flatMap(lambda kv: kv[1][2]).partitionBy(self.num_blocks)
+
+    @staticmethod
+    def factors_of(solved: RDD) -> RDD:
+        """The factor blocks ``(block, (ids, X))`` of a :meth:`solve_routed` result."""
+        return solved.mapValues(lambda v: (v[0], v[1]))
+
     def residuals_routed(self, dst_side: str, dst_factors: RDD, incoming: RDD, params: ALSParams) -> RDD:
         """:meth:`residuals` from messages already routed (as :meth:`solve_routed` reads them): no new shuffle."""
         spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
@@ -298,20 +265,7 @@ class ALSState:
     def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
         """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""
         src_side = "item" if dst_side == "user" else "user"
-        spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
-        gram_bc = self.spark.sparkContext.broadcast(self.gram(src_factors)) if params.implicit else None
-        msgs = self._messages(src_side, src_factors)
-        own = dst_factors.mapValues(lambda f: _Own(*f))
-
-        def residual_partition(it):
-            static, Y, extra = _gather(it)
-            if static is None:
-                return
-            G = gram_bc.value if gram_bc is not None else None
-            R, bnorm = residuals(extra[_Own].F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
-            yield static.block, (static.ids, R, bnorm)
-
-        return self.side(dst_side).union(msgs).union(own).mapPartitions(residual_partition, preservesPartitioning=True)
+        return self.residuals_routed(dst_side, dst_factors, self.routed(src_side, src_factors, params.implicit), params)
 
 
 def _offsets_of_blocks(state: ALSState, users: RDD, items: RDD, params: ALSParams) -> tuple[DataFrame, DataFrame]:
@@ -439,7 +393,6 @@ def train_als(
     t_setup = time.perf_counter() - t0
     log.info("ALS block layout ready: %d blocks per side, %.1fs", state.num_blocks, t_setup)
     t_iter = time.perf_counter()
-    P = state.num_blocks
     n_iter = params.iterations
     done_before = 0  # iterations finished by earlier jobs (one job per checkpoint interval)
 
@@ -453,16 +406,15 @@ def train_als(
             last = it == n_iter
             solved_items = state.solve_routed("item", msgs, params)
             if last:  # the result keeps the final items; earlier ones only feed the next half-step
-                items = solved_items.mapValues(lambda v: (v[0], v[1])).persist(StorageLevel.MEMORY_AND_DISK)
-                msgs = state.routed("item", items, implicit)
-            else:
-                msgs = solved_items.flatMap(lambda kv: kv[1][2]).partitionBy(P)
+                solved_items = solved_items.persist(StorageLevel.MEMORY_AND_DISK)
+                items = state.factors_of(solved_items)
+            msgs = state.onward(solved_items)
             solved_users = state.solve_routed("user", msgs, params)
             if not last and it % params.checkpoint_interval:
-                msgs = solved_users.flatMap(lambda kv: kv[1][2]).partitionBy(P)
+                msgs = state.onward(solved_users)
                 continue
             # One job per checkpoint interval runs the chained half-iterations and cuts the lineage.
-            done = _materialise(solved_users.mapValues(lambda v: (v[0], v[1])), checkpoint=not last)
+            done = _materialise(state.factors_of(solved_users), checkpoint=not last)
             users.unpersist()
             users, done_before = done, it
             msgs = state.routed("user", users, implicit)

@@ -694,28 +694,29 @@ def _full_sweeps(state, source, plan, params, tol, iterations, paper):
     # Read by every half-sweep and certificate: computed once.
     targets = {s: t.persist(StorageLevel.MEMORY_AND_DISK) for s, t in _side_targets(source, plan, params.rank, zero_all=paper).items()}
     users, items = source.factors["user"], source.factors["item"]
-    implicit, P = params.implicit, state.num_blocks
-    to_items = state.routed("user", users, implicit)
+    to_items = state.routed("user", users, params.implicit)
     cert, sweeps, cached = None, 0, []
+
+    def half_sweep(side, incoming, sweep):
+        solved = state.solve_routed(side, incoming, params, targets=None if paper else targets[side])
+        if not paper or sweep == iterations:  # the paper's sweeps run as one job: only the last is read twice
+            solved = solved.persist(StorageLevel.MEMORY_AND_DISK)
+        if sweep % params.checkpoint_interval == 0:
+            solved.localCheckpoint()
+        return solved
+
     for sweep in range(1, iterations + 1):
-        solved = {}
-        for side, incoming in (("item", to_items), ("user", None)):
-            if incoming is None:
-                incoming = to_users = solved["item"].flatMap(lambda kv: kv[1][2]).partitionBy(P)
-            solved[side] = state.solve_routed(side, incoming, params, targets=None if paper else targets[side])
-            if not paper or sweep == iterations:  # the paper's sweeps run as one job: only the last is read twice
-                solved[side] = solved[side].persist(StorageLevel.MEMORY_AND_DISK)
-            if sweep % params.checkpoint_interval == 0:
-                solved[side].localCheckpoint()
-        items = solved["item"].mapValues(lambda v: (v[0], v[1]))
-        users = solved["user"].mapValues(lambda v: (v[0], v[1]))
-        to_items = solved["user"].flatMap(lambda kv: kv[1][2]).partitionBy(P)
+        solved_items = half_sweep("item", to_items, sweep)
+        to_users = state.onward(solved_items)
+        solved_users = half_sweep("user", to_users, sweep)
+        to_items = state.onward(solved_users)
+        items, users = state.factors_of(solved_items), state.factors_of(solved_users)
         sweeps = sweep
         if not paper:
             cert = certify(state, users, items, targets, params, tol, incoming={"user": to_users, "item": to_items})
             for old in cached:  # the certificate computed this sweep's factors: the previous ones are unused now
                 old.unpersist()
-            cached = list(solved.values())
+            cached = [solved_items, solved_users]
             log.info("full sweep %d: certificate %.3g (tol %.3g)", sweep, cert.max_relative_residual, tol)
             if cert.max_relative_residual <= tol:
                 break
