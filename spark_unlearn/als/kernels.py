@@ -105,32 +105,12 @@ def normal_equations(
     """
     k = Y.shape[1]
     rows = np.arange(len(indptr) - 1) if rows is None else np.asarray(rows, dtype=np.int64)
-    n = rows.size
-    A = np.zeros((n, k, k))
-    b = np.zeros((n, k))
+    A = np.zeros((rows.size, k, k))
+    b = np.zeros((rows.size, k))
     if spec.implicit:
-        if gram is None:
-            raise ValueError("implicit ALS needs the Gram matrix Y^T Y of all other-side factors")
-        A += gram
-    starts = indptr[rows]
-    counts = indptr[rows + 1] - starts
-    for batch in _row_buckets(counts, k):
-        width = int(2 ** np.ceil(np.log2(max(int(counts[batch].max()), 1))))
-        offs = np.arange(width)
-        valid = offs[None, :] < counts[batch][:, None]
-        pos = np.where(valid, starts[batch][:, None] + offs[None, :], 0)
-        wA, wb, counted = _weights(ratings[pos], spec)
-        wA = np.where(valid, wA, 0.0)
-        wb = np.where(valid, wb, 0.0)
-        G = Y[src[pos]].astype(np.float64)  # (rows in batch, width, k)
-        # A contiguous transposed copy lets matmul use BLAS (a strided view does not: ~6x slower).
-        GwT = np.ascontiguousarray(np.swapaxes(G * wA[:, :, None], 1, 2))
-        A[batch] += np.matmul(GwT, G)
-        b[batch] = np.einsum("nw,nwk->nk", wb, G)
-        n_reg = (counted & valid).sum(axis=1)
-        diag = np.arange(k)[None, :]
-        # batch holds distinct rows, so fancy-index += adds once per row.
-        A[batch[:, None], diag, diag] += (spec.reg * n_reg)[:, None]
+        A += _require_gram(gram)
+    for batch in _row_buckets(indptr[rows + 1] - indptr[rows], k):
+        A[batch], b[batch] = _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows[batch])
     return A, b
 
 
@@ -161,12 +141,11 @@ def solve_rows(
     k = Y.shape[1]
     out = np.zeros((all_rows.size, k))
     counts = indptr[all_rows + 1] - indptr[all_rows]
-    diag = np.arange(k)
     basis = _Basis(Y, gram if spec.implicit else None)
     for batch in _row_buckets(counts, k):
         rows_b = all_rows[batch]
         lam = spec.reg * _counted(indptr, ratings, rows_b, spec)
-        if 2 * int(2 ** np.ceil(np.log2(max(int(counts[batch].max()), 1)))) <= k and basis.usable(lam):
+        if 2 * _bucket_width(counts[batch]) <= k and basis.usable(lam):
             # Few ratings per row: the w x w system in the basis where Y^T Y is diagonal.
             G, wA, wb = _padded_batch(indptr, src, ratings, basis.Y, spec, rows_b)
             b = np.einsum("nw,nwk->nk", wb, G)
@@ -174,15 +153,9 @@ def solve_rows(
                 b += basis.rotate(offsets[batch])
             out[batch] = basis.unrotate(_solve_few_ratings(G * np.sqrt(wA)[:, :, None], 1.0 / (basis.eig[None, :] + lam[:, None]), b))
             continue
-        G, wA, wb = _padded_batch(indptr, src, ratings, Y, spec, rows_b)
-        b = np.einsum("nw,nwk->nk", wb, G)
+        A, b = _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows_b)
         if offsets is not None:
             b += offsets[batch]
-        # A contiguous transposed copy lets matmul use BLAS (a strided view does not: ~6x slower).
-        A = np.matmul(np.ascontiguousarray(np.swapaxes(G * wA[:, :, None], 1, 2)), G)
-        if spec.implicit:
-            A += _require_gram(gram)
-        A[:, diag, diag] += lam[:, None]
         solvable = np.abs(A).sum(axis=(1, 2)) > 0
         if solvable.all():
             out[batch] = np.linalg.solve(A, b[:, :, None])[:, :, 0]
@@ -203,6 +176,23 @@ def _require_gram(gram: np.ndarray | None) -> np.ndarray:
     return gram
 
 
+def _bucket_width(counts: np.ndarray) -> int:
+    """The padded width of a bucket of rows: the power of two at or above its largest rating count."""
+    return int(2 ** np.ceil(np.log2(max(int(counts.max()), 1))))
+
+
+def _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows):
+    """``A``, ``b`` (float64) of one bucket of rows (:func:`_row_buckets`), as :func:`normal_equations` defines them."""
+    G, wA, wb = _padded_batch(indptr, src, ratings, Y, spec, rows)
+    # A contiguous transposed copy lets matmul use BLAS (a strided view does not: ~6x slower).
+    A = np.matmul(np.ascontiguousarray(np.swapaxes(G * wA[:, :, None], 1, 2)), G)
+    if spec.implicit:
+        A += _require_gram(gram)
+    diag = np.arange(Y.shape[1])
+    A[:, diag, diag] += (spec.reg * _counted(indptr, ratings, rows, spec))[:, None]
+    return A, np.einsum("nw,nwk->nk", wb, G)
+
+
 def _padded_batch(indptr, src, ratings, Y, spec, rows):
     """Rows of one bucket padded to their common width ``w`` (a power of two).
 
@@ -212,8 +202,7 @@ def _padded_batch(indptr, src, ratings, Y, spec, rows):
     """
     starts = indptr[rows]
     counts = indptr[rows + 1] - starts
-    width = int(2 ** np.ceil(np.log2(max(int(counts.max()), 1))))
-    offs = np.arange(width)
+    offs = np.arange(_bucket_width(counts))
     valid = offs[None, :] < counts[:, None]
     pos = np.where(valid, starts[:, None] + offs[None, :], 0)
     wA, wb, _ = _weights(ratings[pos], spec)

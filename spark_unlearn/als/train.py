@@ -28,7 +28,7 @@ from pyspark import RDD, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_unlearn.als.blocks import SideBlock, align_pieces, dataframe_to_factor_pieces, factors_to_dataframe, rows_to_dataframe, side_blocks
-from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
+from spark_unlearn.als.kernels import SolveSpec, gram, residuals, solve_rows
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError
@@ -79,8 +79,7 @@ def _routed(static: SideBlock, F: np.ndarray, with_gram: bool) -> list:
     """The messages a block of solved factors sends: its rows each other-side block needs, and its Gram part."""
     out = [(dst, (static.block, F[rows])) for dst, rows in static.outlinks.items()]
     if with_gram:
-        F64 = F.astype(np.float64)
-        part = _GramPart(static.block, F64.T @ F64)
+        part = _GramPart(static.block, gram(F))
         out.extend((dst, part) for dst in range(static.num_blocks))
     return out
 
@@ -183,7 +182,7 @@ class ALSState:
 
     def gram(self, factors: RDD) -> np.ndarray:
         """``F^T F`` (float64) over all rows of a factor RDD: a distributed sum of k x k blocks."""
-        grams = factors.map(lambda kv: kv[1][1].astype(np.float64).T @ kv[1][1].astype(np.float64))
+        grams = factors.map(lambda kv: gram(kv[1][1]))
         return grams.treeReduce(lambda a, b: a + b)
 
     def solve(self, dst_side: str, src_factors: RDD, params: ALSParams, targets: RDD | None = None) -> RDD:
