@@ -13,16 +13,23 @@ MOVIELENS_SMALL = Path(os.environ.get("SPARK_UNLEARN_SHARED", REPO.parent / "sha
 
 
 SMOKE_TEST = "test_standalone_cluster_smoke"
+CRASH_TESTS = "test_crash_safety.py"
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m have deselected
 def pytest_collection_modifyitems(config, items):
-    """The standalone-cluster smoke, if selected, starts now in the background and its test runs last.
+    """The crash-safety test goes near the end; the standalone-cluster smoke, if selected, starts now in the
+    background and its test runs last.
 
     It mostly waits for JVMs, so it overlaps the rest of the suite (``cluster_smoke.py``).  Under
     pytest-xdist (``-n 2``) every worker collects the same items: the first worker (``gw0``) starts the smoke
     in the directory the controller named, and whichever worker gets the test, dealt out last, waits for it.
     """
+    # The crash-safety kills run their jobs as two chains of subprocesses side by side, which fill both cores
+    # by themselves: dealt out last, they run when the suite's class-data-sharing archive is ready (each JVM
+    # starts ~7 s faster) and the other worker has finished, instead of competing with everything at the start.
+    late = [item for item in items if item.path.name == CRASH_TESTS]
+    items[:] = [item for item in items if item.path.name != CRASH_TESTS] + late
     smoke = [item for item in items if item.name == SMOKE_TEST]
     if not smoke or config.option.collectonly:
         return
@@ -94,6 +101,10 @@ def spark(tmp_path_factory):
         # Whole-stage code generation compiles a class per new query; the suite's thousands of distinct queries
         # over a few hundred rows run faster interpreted (tests/test_unlearn_spark.py: 139 s -> 127 s).
         .config("spark.sql.codegen.wholeStage", "false")
+        # Adaptive execution runs each shuffle stage as a job of its own, and re-plans after it: on tables of a
+        # few hundred rows that is pure overhead (the same two files 363 s -> 329 s).  The jobs run as scripts
+        # (crash safety, cluster smoke) and the README's main command keep Spark's default (on).
+        .config("spark.sql.adaptive.enabled", "false")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
@@ -120,17 +131,26 @@ def sample_ratings_path() -> str:
 
 @pytest.fixture(scope="session")
 def trained_store(spark, tmp_path_factory, sample_ratings_path) -> str:
-    """A model store with one version: rank-4 explicit ALS on the embedded sample (trained once per test session).
+    """A model store with one version: rank-4 explicit ALS on the embedded sample (trained once per test run).
 
-    Tests that change a store work on a copy (:func:`store_copy`).
+    Tests that change a store work on a copy (:func:`store_copy`).  Under pytest-xdist the workers share one:
+    the first to need it trains it under a lock in the run's common temp directory and the others wait for
+    it, since a second training on the other core would only slow down the first (~30 s of a cold JVM each).
     """
+    import fcntl
+
     from spark_unlearn.als.params import ALSParams
     from spark_unlearn.train_model import run_training
 
-    root = str(tmp_path_factory.mktemp("trained_store"))
-    params = ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=3)
-    run_training(spark, ratings_path=sample_ratings_path, store_path=root, params=params)
-    return root
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "trained_store"
+    with open(shared / "trained_store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "CURRENT").exists():
+            params = ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=3)
+            run_training(spark, ratings_path=sample_ratings_path, store_path=str(root), params=params)
+    return str(root)
 
 
 @pytest.fixture()

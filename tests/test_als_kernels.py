@@ -143,3 +143,26 @@ def test_few_ratings_path_with_a_rank_deficient_gram_matches_reference():
     X = solve_rows(indptr, src, ratings, Y, spec, gram=gram(Y))
     X0 = solve_rows_reference(indptr, src, ratings, Y, spec, gram=gram(Y) + 0.0)
     np.testing.assert_allclose(X[keep], X0[keep], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_residuals_of_a_row_subset_in_small_chunks_equal_the_reference(monkeypatch, implicit):
+    """Rows in any order, repeated, without ratings, and split over many workspace chunks: same as the reference."""
+    import spark_unlearn.als.kernels as kernels
+
+    rng = np.random.default_rng(11)
+    indptr, src, ratings = random_csr(rng, 40, 25, 15, signed=implicit)
+    indptr = np.concatenate([indptr, [indptr[-1]]])  # a last row without ratings
+    Y = rng.normal(size=(25, 6)).astype(np.float32)
+    spec = SolveSpec(reg=0.3, implicit=implicit, alpha=0.7)
+    G = gram(Y) if implicit else None
+    rows = np.array([40, 7, 0, 39, 7, 12])
+    X = rng.normal(size=(rows.size, 6))
+    _, bn0 = residuals_reference(np.zeros((41, 6)), indptr, src, ratings, Y, spec, gram=G)  # |b| of every row
+    A, b = normal_equations(indptr, src, ratings, Y, spec, gram=G, rows=rows)
+    expected = np.einsum("nkl,nl->nk", A, X) - b
+    monkeypatch.setattr(kernels, "_WORKSPACE_BYTES", 8 * 6 * 3 * 5)  # ~5 ratings per chunk
+    R, bn = residuals(X, indptr, src, ratings, Y, spec, gram=G, rows=rows)
+    np.testing.assert_allclose(R, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(bn, bn0[rows], rtol=1e-12, atol=1e-12)
+    assert bn[0] == 0.0 and (np.abs(R[0]).sum() > 0) == implicit  # no ratings: only the Gram term
