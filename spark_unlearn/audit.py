@@ -117,14 +117,26 @@ def _still_present(spark: SparkSession, store: ModelStore, batch: DataFrame) -> 
     pairs = batch.filter(F.col("kind") == "interaction").select("user", "item")
     users = batch.filter(F.col("kind") == "user").select("user")
     items = batch.filter(F.col("kind") == "item").select("item")
+    # Every check is a semi-join counted under its name: one job for all of them.
+    hits = []
     for data in (cur.ratings, cur.holdout):
         if data is None:
             continue
-        out["pairs_in_data"] += data.join(pairs, ["user", "item"], "left_semi").count()
-        out["erased_user_rows_in_data"] += data.join(users, ["user"], "left_semi").count()
-        out["withdrawn_item_rows_in_data"] += data.join(items, ["item"], "left_semi").count()
-    out["erased_user_factor_rows"] = cur.model.user_factors.join(users.withColumnRenamed("user", "id"), ["id"], "left_semi").count()
-    out["withdrawn_item_factor_rows"] = cur.model.item_factors.join(items.withColumnRenamed("item", "id"), ["id"], "left_semi").count()
+        hits += [
+            data.join(pairs, ["user", "item"], "left_semi").select(F.lit("pairs_in_data").alias("what")),
+            data.join(users, ["user"], "left_semi").select(F.lit("erased_user_rows_in_data").alias("what")),
+            data.join(items, ["item"], "left_semi").select(F.lit("withdrawn_item_rows_in_data").alias("what")),
+        ]
+    hits += [
+        cur.model.user_factors.join(users.withColumnRenamed("user", "id"), ["id"], "left_semi")
+        .select(F.lit("erased_user_factor_rows").alias("what")),
+        cur.model.item_factors.join(items.withColumnRenamed("item", "id"), ["id"], "left_semi")
+        .select(F.lit("withdrawn_item_factor_rows").alias("what")),
+    ]
+    union = hits[0]
+    for h in hits[1:]:
+        union = union.unionByName(h)
+    out.update({r["what"]: int(r["count"]) for r in union.groupBy("what").count().collect()})
     return out
 
 

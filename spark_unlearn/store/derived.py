@@ -48,11 +48,15 @@ def _local(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("file", "") else uri
 
 
-def touched_files(spark: SparkSession, parent_dir: str, batch: DataFrame) -> set[str]:
-    """Local paths of the part files of ``parent_dir`` that hold a row ``batch`` names (one scan)."""
+def touched_files(spark: SparkSession, parent_dirs: list[str], batch: DataFrame) -> dict[str, set[str]]:
+    """Local paths of the part files of each of ``parent_dirs`` that hold a row ``batch`` names (one scan of all).
+
+    Returns ``parent_dir -> paths``; the directories must hold tables with
+    ``user`` and ``item`` columns (a version's ratings and holdout).
+    """
     from spark_unlearn.als.unlearn import batch_requests
 
-    table = spark.read.parquet(parent_dir).withColumn(_FILE, F.input_file_name())
+    table = spark.read.parquet(*parent_dirs).select("user", "item").withColumn(_FILE, F.input_file_name())
     pairs, users, items = batch_requests(batch)
     hit = (
         table.join(pairs, ["user", "item"], "left_semi").select(_FILE)
@@ -60,22 +64,28 @@ def touched_files(spark: SparkSession, parent_dir: str, batch: DataFrame) -> set
         .unionByName(table.join(items, ["item"], "left_semi").select(_FILE))
         .distinct()
     )
-    return {os.path.realpath(_local(r[0])) for r in hit.collect()}
+    paths = {os.path.realpath(_local(r[0])) for r in hit.collect()}
+    out = {d: {p for p in paths if os.path.dirname(p) == os.path.realpath(d)} for d in parent_dirs}
+    stray = paths.difference(*out.values())
+    if stray:
+        raise RuntimeError(f"rows of {parent_dirs} were read from files outside them: {sorted(stray)[:3]}")
+    return out
 
 
-def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str) -> dict[str, int]:
+def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str, touched: set[str] | None = None) -> dict[str, int]:
     """Write ``table`` to ``out_dir`` (must not exist): untouched part files linked, touched ones rewritten.
 
     Returns ``{"linked": n, "rewritten": n}`` (part files).  Only data files
     (``part-*``) and their ``.crc`` side files are carried over; the rewrite
-    writes its own.
+    writes its own.  ``touched``: the parent's part files holding a deleted
+    row, when :func:`touched_files` already found them (with other tables').
     """
     from spark_unlearn.als.unlearn import remove_batch
 
     parent = table.parent_dir
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"parent data directory {parent} does not exist")
-    hit = touched_files(spark, parent, table.batch)
+    hit = touched_files(spark, [parent], table.batch)[parent] if touched is None else touched
     os.mkdir(out_dir)
     parts = sorted(n for n in os.listdir(parent) if n.startswith("part-"))
     linked = 0
@@ -88,9 +98,7 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str) -> dic
             if os.path.exists(path):
                 _link_or_copy(path, os.path.join(out_dir, side))
         linked += 1
-    rewritten = sorted(p for p in hit if os.path.dirname(p) == os.path.realpath(parent))
-    if len(rewritten) != len(hit):
-        raise RuntimeError(f"rows of {parent} were read from files outside it: {sorted(hit - set(rewritten))[:3]}")
+    rewritten = sorted(hit)
     if rewritten:
         tmp = os.path.join(out_dir, "_rewrite")
         source = spark.read.parquet(*[f"file://{p}" for p in rewritten])

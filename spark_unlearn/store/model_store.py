@@ -71,7 +71,7 @@ from spark_unlearn.errors import (
 from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
 from spark_unlearn.store import ledger as _ledger
-from spark_unlearn.store.derived import DerivedTable, write_derived
+from spark_unlearn.store.derived import DerivedTable, touched_files, write_derived
 from spark_unlearn.store.fsutil import (
     atomic_write_text,
     exclusive_lock,
@@ -495,24 +495,26 @@ class ModelStore:
             # expensive to recompute; checking right after each write fails fast.
             counts: dict[str, int] = {}
             _write_parquet(user_f, os.path.join(staging, USER_FACTORS))
-            counts["n_users"] = _check_written_factors(spark, os.path.join(staging, USER_FACTORS), params.rank, "user")
             _write_parquet(item_f, os.path.join(staging, ITEM_FACTORS))
-            counts["n_items"] = _check_written_factors(spark, os.path.join(staging, ITEM_FACTORS), params.rank, "item")
+            written = {"user": os.path.join(staging, USER_FACTORS), "item": os.path.join(staging, ITEM_FACTORS)}
+            checked = _check_written_factors(spark, written, params.rank)
+            counts["n_users"], counts["n_items"] = checked["user"], checked["item"]
             failpoint("after_factors_written")
             if offs is not None:
                 _write_parquet(offs[0], os.path.join(staging, USER_OFFSETS))
                 _write_parquet(offs[1], os.path.join(staging, ITEM_OFFSETS))
             fingerprint = extra.pop("data_fingerprint", None)
             linked: dict[str, dict[str, int]] = {}
+            touched = _touched_together(spark, rats, hold)
             if rats is not None:
-                linked.update(_write_table(spark, rats, staging, RATINGS_DIR))
+                linked.update(_write_table(spark, rats, staging, RATINGS_DIR, touched))
                 written_fp, counts["n_ratings"] = _fingerprint_and_count(
                     spark.read.parquet(_uri(os.path.join(staging, RATINGS_DIR)))
                 )
                 if fingerprint is None:
                     fingerprint = written_fp
             if hold is not None:
-                linked.update(_write_table(spark, hold, staging, HOLDOUT_DIR))
+                linked.update(_write_table(spark, hold, staging, HOLDOUT_DIR, touched))
             if gone is not None:
                 _write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
             failpoint("after_ratings_written")
@@ -891,12 +893,25 @@ def _uri(path: str) -> str:
     return "file://" + os.path.abspath(path)
 
 
-def _write_table(spark: SparkSession, table, staging: str, rel: str) -> dict[str, dict[str, int]]:
-    """Write a data table: a DataFrame in full, or a :class:`DerivedTable` copy-on-write (returns its file counts)."""
+def _write_table(spark: SparkSession, table, staging: str, rel: str, touched: dict[str, set[str]] | None = None
+                 ) -> dict[str, dict[str, int]]:
+    """Write a data table: a DataFrame in full, or a :class:`DerivedTable` copy-on-write (returns its file counts).
+
+    ``touched``: :func:`_touched_together`'s scan, when it covered this table.
+    """
     if isinstance(table, DerivedTable):
-        return {rel: write_derived(spark, table, os.path.join(staging, rel))}
+        hit = (touched or {}).get(table.parent_dir)
+        return {rel: write_derived(spark, table, os.path.join(staging, rel), touched=hit)}
     _write_parquet(table, os.path.join(staging, rel))
     return {}
+
+
+def _touched_together(spark: SparkSession, *tables) -> dict[str, set[str]] | None:
+    """The touched part files of derived tables that share a deletion batch, found in one scan (else ``None``)."""
+    derived = [t for t in tables if isinstance(t, DerivedTable)]
+    if len(derived) < 2 or any(t.batch is not derived[0].batch for t in derived):
+        return None
+    return touched_files(spark, [t.parent_dir for t in derived], derived[0].batch)
 
 
 def _write_parquet(df: DataFrame, path: str) -> None:
@@ -945,31 +960,41 @@ def _canon_to_schema(df: DataFrame, schema: StructType, what: str) -> DataFrame:
     return df.select(*out)
 
 
-def _check_written_factors(spark: SparkSession, path: str, rank: int, side: str) -> int:
-    """Validate a written factor table in one scan; return its row count."""
-    df = spark.read.parquet(_uri(path))
+def _check_written_factors(spark: SparkSession, paths: dict[str, str], rank: int) -> dict[str, int]:
+    """Validate written factor tables (``side -> path``) in one scan of them all; return each side's row count."""
     bad_value = F.exists("features", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
-    row = df.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.countDistinct("id").alias("distinct"),
-        F.sum(F.when(F.col("id").isNull(), 1).otherwise(0)).alias("null_ids"),
-        F.sum(F.when(F.col("features").isNull() | (F.size("features") != rank), 1).otherwise(0)).alias("bad_len"),
-        F.sum(F.when(bad_value, 1).otherwise(0)).alias("non_finite"),
-    ).first()
-    n = int(row["n"])
-    if n == 0:
-        raise EmptyInputError(f"{side} factors have no rows; refusing to publish an empty model")
-    if row["null_ids"]:
-        raise SchemaError(f"{row['null_ids']} {side} factor row(s) have a null id")
-    if row["distinct"] != n - row["null_ids"]:
-        raise SchemaError(f"{side} factors repeat ids: {n} rows but {row['distinct']} distinct ids")
-    if row["bad_len"]:
-        raise SchemaError(f"{row['bad_len']} {side} factor row(s) do not have {rank} features (params.rank)")
-    if row["non_finite"]:
-        raise StoreError(
-            f"{row['non_finite']} {side} factor row(s) hold NaN, infinite or null features; refusing to publish"
-        )
-    return n
+    tables = [spark.read.parquet(_uri(path)).select(F.lit(side).alias("side"), "id", "features") for side, path in paths.items()]
+    union = tables[0]
+    for t in tables[1:]:
+        union = union.unionByName(t)
+    rows = {
+        r["side"]: r
+        for r in union.groupBy("side").agg(
+            F.count(F.lit(1)).alias("n"),
+            F.countDistinct("id").alias("distinct"),
+            F.sum(F.when(F.col("id").isNull(), 1).otherwise(0)).alias("null_ids"),
+            F.sum(F.when(F.col("features").isNull() | (F.size("features") != rank), 1).otherwise(0)).alias("bad_len"),
+            F.sum(F.when(bad_value, 1).otherwise(0)).alias("non_finite"),
+        ).collect()
+    }
+    counts = {}
+    for side in paths:  # in the caller's order: the first side's problem is reported first
+        row = rows.get(side)
+        n = int(row["n"]) if row is not None else 0
+        if n == 0:
+            raise EmptyInputError(f"{side} factors have no rows; refusing to publish an empty model")
+        if row["null_ids"]:
+            raise SchemaError(f"{row['null_ids']} {side} factor row(s) have a null id")
+        if row["distinct"] != n - row["null_ids"]:
+            raise SchemaError(f"{side} factors repeat ids: {n} rows but {row['distinct']} distinct ids")
+        if row["bad_len"]:
+            raise SchemaError(f"{row['bad_len']} {side} factor row(s) do not have {rank} features (params.rank)")
+        if row["non_finite"]:
+            raise StoreError(
+                f"{row['non_finite']} {side} factor row(s) hold NaN, infinite or null features; refusing to publish"
+            )
+        counts[side] = n
+    return counts
 
 
 def _check_extra_manifest(manifest: dict | None) -> dict[str, Any]:
