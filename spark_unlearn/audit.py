@@ -18,6 +18,7 @@ Checks are joins and counts in Spark; only per-user summaries are collected.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -133,10 +134,8 @@ def _still_present(spark: SparkSession, store: ModelStore, batch: DataFrame) -> 
         cur.model.item_factors.join(items.withColumnRenamed("item", "id"), ["id"], "left_semi")
         .select(F.lit("withdrawn_item_factor_rows").alias("what")),
     ]
-    union = hits[0]
-    for h in hits[1:]:
-        union = union.unionByName(h)
-    out.update({r["what"]: int(r["count"]) for r in union.groupBy("what").count().collect()})
+    counted = functools.reduce(DataFrame.unionByName, hits).groupBy("what").count().collect()
+    out.update({r["what"]: int(r["count"]) for r in counted})
     return out
 
 

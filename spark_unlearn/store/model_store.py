@@ -34,6 +34,7 @@ key, :data:`SPARK_UNLEARN_PARAM_KEY`, which Spark ignores, as well as into
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -490,9 +491,9 @@ class ModelStore:
             _write_spark_metadata(
                 os.path.join(staging, METADATA_DIR), spark_als_metadata(params, spark_version=spark.version)
             )
-            # Each table is validated by scanning what was written (cheap
-            # Parquet reads) rather than the input, whose lineage may be
-            # expensive to recompute; checking right after each write fails fast.
+            # The factor tables are validated by scanning what was written
+            # (cheap Parquet reads, both tables in one job) rather than the
+            # input, whose lineage may be expensive to recompute.
             counts: dict[str, int] = {}
             _write_parquet(user_f, os.path.join(staging, USER_FACTORS))
             _write_parquet(item_f, os.path.join(staging, ITEM_FACTORS))
@@ -964,9 +965,7 @@ def _check_written_factors(spark: SparkSession, paths: dict[str, str], rank: int
     """Validate written factor tables (``side -> path``) in one scan of them all; return each side's row count."""
     bad_value = F.exists("features", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
     tables = [spark.read.parquet(_uri(path)).select(F.lit(side).alias("side"), "id", "features") for side, path in paths.items()]
-    union = tables[0]
-    for t in tables[1:]:
-        union = union.unionByName(t)
+    union = functools.reduce(DataFrame.unionByName, tables)
     rows = {
         r["side"]: r
         for r in union.groupBy("side").agg(
