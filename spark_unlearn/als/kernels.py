@@ -311,12 +311,12 @@ def residuals(
             continue
         rows_c = all_rows[sl][rated]
         n_c = counts[sl][rated]
+        seg = np.cumsum(n_c) - n_c  # where each row's ratings start in the chunk
         owner = np.repeat(np.arange(rated.size), n_c)
-        pos = np.repeat(indptr[rows_c] - np.cumsum(n_c) + n_c, n_c) + np.arange(int(n_c.sum()))
+        pos = np.repeat(indptr[rows_c] - seg, n_c) + np.arange(int(n_c.sum()))
         wA, wb, _ = _weights(ratings[pos], spec)
         Yp = Y[src[pos]].astype(np.float64)
         dots = np.einsum("nk,nk->n", Yp, Xd[sl][rated][owner])
-        seg = np.concatenate([[0], np.cumsum(n_c)[:-1]])
         b = np.add.reduceat(wb[:, None] * Yp, seg, axis=0)
         R[sl.start + rated] += np.add.reduceat((wA * dots)[:, None] * Yp, seg, axis=0) - b
         bnorm[sl.start + rated] = np.linalg.norm(b, axis=1)
