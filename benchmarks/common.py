@@ -21,7 +21,8 @@ def bench_session(app: str, master: str) -> SparkSession:
     spark = (
         SparkSession.builder.master(master).appName(app).config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "8")
-        .config("spark.driver.memory", "8g").getOrCreate()
+        .config("spark.driver.memory", "8g")
+        .config("spark.python.unix.domain.socket.enabled", os.environ.get("BENCH_PYTHON_UDS", "true")).getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
     spark.sparkContext.setCheckpointDir("/tmp/bench_ckpt")

@@ -14,10 +14,14 @@ log = logging.getLogger(__name__)
 # Applied only where neither spark-submit (--conf, --properties-file) nor the
 # TOML [spark] table set a value: the jobs move small tables, so Spark's 200
 # shuffle partitions are mostly empty tasks, and progress bars garble logs.
+# Python workers talk to their JVM over a Unix domain socket: over loopback TCP
+# the end of a task's input often waits ~40 ms for a delayed ACK (Nagle), which
+# on small ALS blocks was a sixth of a training stage (docs/BENCHMARKS.md).
 DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
     "spark.ui.showConsoleProgress": "false",
     "spark.python.worker.reuse": "true",
+    "spark.python.unix.domain.socket.enabled": "true",
 }
 
 
