@@ -46,7 +46,10 @@ HVPs and where IFRU's time goes, ``gap_closed = (auc - auc_original) /
 (auc_retrain - auc_original)`` (also against the mean of the retrains and the
 warm-started one), ``score_gap_closed`` (the same in score space over the test
 pairs) and, for the concentrated scenario, ``forget_gap_closed`` on the rank
-percentile.  torch runs on one thread.
+percentile.  Membership inference: ``mia_auc``, the AUC of a loss-threshold
+attack telling the deleted pairs from comparable held-out pairs
+(``membership_sets``; 0.5 = they look unseen, as after a retrain), and
+``mia_gap_closed`` on it.  torch runs on one thread.
 
 Usage::
 
@@ -95,7 +98,7 @@ class Clock:
         self.cpu = time.process_time() - self.c
 
 
-def evaluate(model_h, n_users, test, excl, affected_mask, auc, recall_at_k, forget=None):
+def evaluate(model_h, n_users, test, excl, affected_mask, auc, recall_at_k, forget=None, mia=None):
     s = (model_h[test["u"]] * model_h[test["i"] + n_users]).sum(1)
     pos = test["label"] > 0
     out = {
@@ -106,7 +109,29 @@ def evaluate(model_h, n_users, test, excl, affected_mask, auc, recall_at_k, forg
     }
     if forget is not None:
         out["forget_rank_pct"] = rank_percentile(model_h, n_users, *forget)
+    if mia is not None:
+        from spark_unlearn.ifru.evaluate import membership_auc
+
+        out["mia_auc"] = membership_auc(model_h, n_users, *mia)
     return out
+
+
+def membership_sets(scenario, tr, va, te, removed):
+    """``(members, nonmembers)`` for the membership-inference check, each ``(u, i, label)``.
+
+    Members are the deleted training pairs with the labels they were trained
+    on.  Non-members are held-out (validation and test) pairs no model saw,
+    made comparable: in ``concentrated`` the deleted users' own held-out
+    pairs; in ``random`` (the deleted pairs are label noise) every held-out
+    pair with its label flipped, so that both sides are pairs labelled
+    against the data.
+    """
+    members = (tr["u"][removed], tr["i"][removed], tr["label"][removed])
+    u, i, y = (torch.cat([va[k], te[k]]) for k in ("u", "i", "label"))
+    if scenario == "random":
+        return members, (u, i, 1.0 - y)
+    mine = torch.isin(u, torch.unique(members[0]))
+    return members, (u[mine], i[mine], y[mine])
 
 
 def rank_percentile(h, n_users, del_u, del_i, rem_u, rem_i):
@@ -178,6 +203,7 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
     forget = None
     if args.scenario == "concentrated":
         forget = (tr["u"][removed], tr["i"][removed], tr["u"][keep], tr["i"][keep])
+    mia = membership_sets(args.scenario, tr, va, te, removed)
 
     def h_of(e0, u, i, label):
         g = build_graph(u[label > 0], i[label > 0], nu, ni) if L else None
@@ -189,7 +215,7 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
 
     def record(name, e0, graph_terms, clock, extra=None):
         h = h_of(e0, *graph_terms)
-        entry = {"wall_s": clock.wall, "cpu_s": clock.cpu, **evaluate(h, nu, te, excl, affected, auc, recall_at_k, forget)}
+        entry = {"wall_s": clock.wall, "cpu_s": clock.cpu, **evaluate(h, nu, te, excl, affected, auc, recall_at_k, forget, mia)}
         scores[name] = entry.pop("test_scores")
         entry.update(extra or {})
         results[name] = entry
@@ -293,6 +319,7 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
             entry["gap_closed_vs_warm_retrain"] = closed(entry["test_auc"], base, results["retrain_warm"]["test_auc"])
         # score space: 1 - |s - s_retrain| / |s_original - s_retrain| over the test pairs
         entry["score_gap_closed"] = 1.0 - float((scores[name] - s_ref).norm() / (s0 - s_ref).norm())
+        entry["mia_gap_closed"] = closed(entry["mia_auc"], results["original"]["mia_auc"], results["retrain"]["mia_auc"])
         if forget is not None:
             entry["forget_gap_closed"] = closed(entry["forget_rank_pct"], results["original"]["forget_rank_pct"],
                                                 results["retrain"]["forget_rank_pct"])
@@ -314,6 +341,8 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
         "gap_measure_for_pruning": key,
         "affected_test_fraction": float(affected.double().mean()),
         "removed_terms": removed_terms,
+        "mia_members": int(mia[0][0].numel()),
+        "mia_nonmembers": int(mia[1][0].numel()),
     }
     if cfg.loss == "bpr":
         summary["removed_pairs"] = int(removed.sum())

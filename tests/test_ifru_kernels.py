@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import grad, hessian
 
-from spark_unlearn.ifru.evaluate import auc, recall_at_k
+from spark_unlearn.ifru.evaluate import auc, membership_auc, recall_at_k
 from spark_unlearn.ifru.influence import (
     compute_update,
     conjugate_gradient,
@@ -43,6 +43,35 @@ def tiny_data(n_users=7, n_items=9, n_terms=40, seed=0, n_removed=4):
 
 
 # --------------------------------------------------------------------------- models
+
+
+def test_membership_auc_is_the_per_label_pair_count_weighted_by_members():
+    rng = np.random.default_rng(3)
+    n_users, n_items = 5, 7
+    # integer embeddings: many tied confidences, which count one half
+    h = torch.tensor(rng.integers(-2, 3, (n_users + n_items, 2)).astype(float))
+
+    def pairs(n):
+        return (torch.tensor(rng.integers(0, n_users, n)), torch.tensor(rng.integers(0, n_items, n)),
+                torch.tensor(rng.random(n) < 0.6).long())
+
+    members, nonmembers = pairs(23), pairs(31)
+
+    def conf(u, i, y):
+        s = float(h[u] @ h[n_users + i])
+        return s if y else -s
+
+    ref, weight = 0.0, 0
+    for cls in (0, 1):
+        m = [conf(u, i, y) for u, i, y in zip(*members) if y == cls]
+        n = [conf(u, i, y) for u, i, y in zip(*nonmembers) if y == cls]
+        ref += len(m) * sum(float(a > b) + 0.5 * float(a == b) for a in m for b in n) / (len(m) * len(n))
+        weight += len(m)
+    assert membership_auc(h, n_users, members, nonmembers) == pytest.approx(ref / weight)
+    # a label class that exists on one side only cannot be compared: no memorisation claimed from the label mix
+    pos_members = tuple(t[members[2] > 0] for t in members)
+    neg_nonmembers = tuple(t[nonmembers[2] == 0] for t in nonmembers)
+    assert np.isnan(membership_auc(h, n_users, pos_members, neg_nonmembers))
 
 
 def test_build_graph_is_symmetric_normalised_adjacency():

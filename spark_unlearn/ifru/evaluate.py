@@ -63,3 +63,48 @@ def recall_at_k(
         hits = hit.gather(1, top).sum(1).double()
         total += float((hits / pos_count[ub].double()).sum())
     return total / users.numel()
+
+
+def label_confidence(h: torch.Tensor, n_users: int, u: torch.Tensor, i: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The model's confidence in each pair's label: ``s = h_u . h_i`` for label 1, ``-s`` for label 0.
+
+    Pointwise BCE on a pair is a decreasing function of this value (and BPR
+    ranks positives by ``s``), so a pair the model was fitted to tends to get
+    a higher confidence than one it never saw.
+    """
+    s = (h[u].double() * h[i + n_users].double()).sum(1)
+    return torch.where(label > 0, s, -s)
+
+
+def membership_auc(
+    h: torch.Tensor,
+    n_users: int,
+    members: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    nonmembers: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> float:
+    """AUC of a loss-threshold membership-inference attack (Yeom et al. 2018) telling ``members`` from ``nonmembers``.
+
+    Each set is ``(u, i, label)`` (dense ids, labels in {0, 1}).  The attack
+    calls a pair a training member when :func:`label_confidence` is high;
+    its AUC is ``P(conf(member) > conf(nonmember))`` (ties one half),
+    computed within each label class and averaged with weights equal to the
+    members of the class, so a different mix of labels in the two sets
+    cannot pass for memorisation.  For unlearning, ``members`` are the
+    deleted pairs with the labels they were trained on and ``nonmembers``
+    comparable pairs no model saw (held-out test pairs): about 0.5 means the
+    deleted pairs look like data the model never saw, as after a retrain;
+    above 0.5 means the model still remembers them.  NaN when no label class
+    has both members and non-members.
+    """
+    cm = label_confidence(h, n_users, *members)
+    cn = label_confidence(h, n_users, *nonmembers)
+    ym, yn = members[2] > 0, nonmembers[2] > 0
+    total, weight = 0.0, 0
+    for cls in (False, True):
+        a, b = cm[ym == cls], cn[yn == cls]
+        if a.numel() == 0 or b.numel() == 0:
+            continue
+        value = auc(torch.cat([a, b]), torch.cat([torch.ones(a.numel()), torch.zeros(b.numel())]))
+        total += value * a.numel()
+        weight += a.numel()
+    return total / weight if weight else float("nan")
