@@ -160,6 +160,41 @@ def test_full_sweeps_stopped_above_tol_are_finished_by_the_frontier(spark, train
     assert worst <= tol
     out.release()
 
+@pytest.mark.parametrize("sweeps, tol", [(1, 1.0), (2, 1e-5)], ids=["converged-after-1", "stopped-after-2"])
+def test_the_certificate_computed_inside_the_sweeps_equals_a_recomputation(spark, trained, sweeps, tol):
+    """Full sweeps check each row inside the solve stages; the certificate and the offsets they store are exact.
+
+    tol 1.0 holds after the first sweep; tol 1e-5 (the float32 floor) does not, so both sweeps run and the frontier repair, with a
+    budget of one row, gives up and keeps the sweeps' factors and certificate.
+    """
+    ratings, model, offsets = trained
+    rows = [(3, None, "user"), (None, 10, "item"), (5, 7, "interaction")]
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), mode="full", full_iterations=2, tol=tol,
+                      full_fallback_fraction=1e-9)
+    rep = out.report
+    assert rep["mode"] == "full" and rep["sweeps"] == sweeps
+    assert rep.get("repair", {"converged": False})["converged"] is False
+    n_items = out.model.item_factors.count()
+    # every sweep solves every row, and the last certificate costs one more item half-solve
+    swept = rep["rows_solved"] - rep.get("repair", {}).get("rows_solved", 0)  # a repair that gave up still counts its solves
+    assert swept == sweeps * rep["rows_total"] + n_items
+
+    remaining = remove_batch(ratings, batch(spark, rows))
+    true = [_offsets_dict(df) for df in offsets_for(ALSState.build(remaining, 2), out.model)]
+    train = [_offsets_dict(df) for df in offsets]
+    changed = _changed_rows(ratings, rows)
+    per_side = []
+    for side in (0, 1):
+        targets = {r: 0.0 * train[side][r][0] if r in changed[side] else train[side][r][0] for r in true[side]}
+        per_side.append(_check_offsets(_offsets_dict(out.offsets[side]), true[side], targets))
+    cert = rep["certificate"]
+    assert cert["per_side"]["user"] == pytest.approx(per_side[0], rel=1e-5, abs=1e-9)
+    assert cert["per_side"]["item"] == pytest.approx(per_side[1], rel=1e-5, abs=1e-9)
+    assert cert["max_relative_residual"] == pytest.approx(max(per_side), rel=1e-5, abs=1e-9)
+    assert cert["holds"] is (sweeps == 1)
+    out.release()
+
+
 def test_paper_sweeps_equal_warm_started_numpy_sweeps_on_the_remaining_data(spark, trained):
     """``mode="paper"``: plain ALS sweeps from the trained factors, every row, checked against a numpy oracle."""
     from als_helpers import csr_from_pairs

@@ -100,14 +100,43 @@ class _Target:
     T: np.ndarray
 
 
+@dataclass(frozen=True)
+class ResidualCheck:
+    """Ask :meth:`ALSState.solve_routed` for every row's certificate residual, computed in the solve's own pass.
+
+    ``when="after"``: the rows just solved, against the factors they were
+    solved from.  ``when="before"``: the side's current factors (passed as
+    ``own``), against the same incoming factors, before they are replaced:
+    the residual of the previous sweep's rows.  A row's relative residual is
+    ``|A x - b - t| / |b|`` (``t`` the row's target, zero without targets);
+    ``tol`` and ``max_violators`` shape the per-block summary.
+    """
+
+    side: str
+    when: str
+    tol: float
+    max_violators: int = 10_000
+
+
+@dataclass
+class CheckStats:
+    """A block's certificate summary: the largest relative residual and the first rows above tol."""
+
+    side: str
+    block: int
+    max_relative: float
+    violators: list
+
+
 def _gather(it):
     """Split a solver partition into its static block, the needed factors (message order) and extras.
 
     Extras are the block's own factors (:class:`_Own`), targets
-    (:class:`_Target`) and, keyed :class:`_GramPart`, the other side's Gram
-    summed from its parts in block order; returned in a dict keyed by type.
+    (:class:`_Target`), the other side's Gram summed from its parts in block
+    order (keyed :class:`_GramPart`) and the :class:`CheckStats` forwarded by
+    the other side's blocks (a list); returned in a dict keyed by type.
     """
-    static, msgs, own, parts = None, [], {}, []
+    static, msgs, own, parts = None, [], {CheckStats: []}, []
     for _, value in it:
         if isinstance(value, SideBlock):
             static = value
@@ -115,6 +144,8 @@ def _gather(it):
             own[type(value)] = value
         elif isinstance(value, _GramPart):
             parts.append(value)
+        elif isinstance(value, CheckStats):
+            own[CheckStats].append(value)
         else:
             msgs.append(value)
     if parts:
@@ -210,17 +241,42 @@ class ALSState:
 
         return self.side(side).union(factors).mapPartitions(route).partitionBy(self.num_blocks)
 
-    def solve_routed(self, dst_side: str, incoming: RDD, params: ALSParams, targets: RDD | None = None) -> RDD:
-        """Solve ``dst_side`` from shuffled messages and route the result on: ``(block, (ids, X, outgoing))``.
+    def solve_routed(
+        self, dst_side: str, incoming: RDD, params: ALSParams, targets: RDD | None = None,
+        check: ResidualCheck | None = None, own: RDD | None = None,
+    ) -> RDD:
+        """Solve ``dst_side`` from shuffled messages and route the result on: ``(block, (ids, X, outgoing, checked))``.
 
         ``incoming`` comes from :meth:`routed` or from the ``outgoing`` of the
         previous solve (factor rows and, in implicit mode, the Gram parts of
         the other side).  Solving and routing share one pass over the block,
         so a half-iteration is one stage and chained half-iterations need no
         job of their own (lazy RDD).  ``targets`` as in :meth:`solve`.
+
+        With ``check`` the same pass also computes the certificate residual of
+        every row (:class:`ResidualCheck`; ``own`` = the side's current factor
+        blocks for ``when="before"``).  ``checked`` is then
+        ``(stored, stats)``: ``stored`` the rows' ``[T | |b| | R - T]`` (the
+        next version's offsets) and ``stats`` the :class:`CheckStats` of this
+        block plus those forwarded to it; with ``when="after"`` the block's
+        stats also travel with its outgoing messages (to the other side's
+        block 0), so the next solve's result carries both sides' summaries.
+        Without ``check``, ``checked`` is None.
         """
         spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
         implicit = params.implicit
+        if check is not None and check.when not in ("before", "after"):
+            raise ValueError(f"ResidualCheck.when must be 'before' or 'after', not {check.when!r}")
+        if check is not None and check.when == "before" and own is None:
+            raise ValueError("a 'before' residual check needs the side's current factors (own)")
+
+        def checked(F, static, Y, G, T):
+            R, bnorm = residuals(F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
+            T = np.zeros_like(R) if T is None else T
+            rel = np.linalg.norm(R - T, axis=1) / np.maximum(bnorm, 1e-300)
+            stats = CheckStats(check.side, static.block, float(rel.max()) if rel.size else 0.0,
+                               static.ids[rel > check.tol][: check.max_violators].tolist())
+            return np.hstack([T, bnorm[:, None], R - T]), stats
 
         def solve_partition(it):
             static, Y, extra = _gather(it)
@@ -230,12 +286,23 @@ class ALSState:
             if implicit and G is None:
                 raise RuntimeError(f"block {static.block}: no Gram parts arrived for an implicit solve")
             T = extra[_Target].T if _Target in extra else None
+            result = None
+            if check is not None and check.when == "before":
+                result = checked(extra[_Own].F, static, Y, G, T)
             X = solve_rows(static.indptr, static.src_local, static.ratings, Y, spec, gram=G, offsets=T).astype(np.float32)
-            yield static.block, (static.ids, X, _routed(static, X, implicit))
+            out = _routed(static, X, implicit)
+            if check is not None and check.when == "after":
+                result = checked(X, static, Y, G, T)
+                out.append((0, result[1]))
+            if result is not None:
+                result = (result[0], [result[1], *extra[CheckStats]])
+            yield static.block, (static.ids, X, out, result)
 
         parts = self.side(dst_side).union(incoming)
         if targets is not None:
             parts = parts.union(targets.mapValues(lambda t: _Target(t[0], t[1])))
+        if own is not None:
+            parts = parts.union(own.mapValues(lambda f: _Own(f[0], f[1])))
         return parts.mapPartitions(solve_partition, preservesPartitioning=True)
 
     def onward(self, solved: RDD) -> RDD:

@@ -44,7 +44,7 @@ from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
-from spark_unlearn.als.train import ALSState, offsets_frame
+from spark_unlearn.als.train import ALSState, ResidualCheck, offsets_frame
 from spark_unlearn.errors import ConfigError, EmptyInputError, UnknownIdError
 
 log = logging.getLogger(__name__)
@@ -295,22 +295,18 @@ class Certificate:
 
 def certify(
     state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = 10_000,
-    absorb: bool = False, incoming: dict[str, RDD] | None = None,
+    absorb: bool = False,
 ) -> Certificate:
     """Exact residuals of every row on the remaining data, against the targets (one pass per side).
 
     The next version's offsets keep each row's target ``T`` and its drift
     ``R - T`` apart; with ``absorb`` (the paper's plain sweeps, which have no
     targets) the residual ``R`` itself becomes the target, as after training.
-    ``incoming[side]``: the messages the other side's current factors sent
-    to ``side`` (:meth:`ALSState.solve_routed`), reused instead of routed again.
+    Full sweeps certify inside their own solves instead (:func:`_full_sweeps`).
     """
     per_side, violators, blocks, merged = {}, {}, {}, {}
     for side, mine, theirs in (("user", users, items), ("item", items, users)):
-        if incoming is not None:
-            res = state.residuals_routed(side, mine, incoming[side], params)
-        else:
-            res = state.residuals(side, mine, theirs, params)
+        res = state.residuals(side, mine, theirs, params)
 
         def combine(it):
             block, got, tgt = None, None, None
@@ -554,8 +550,9 @@ def unlearn_als(
     else:
         rows_solved = 0
     if used_mode in ("full", "paper"):
-        users, items, sweeps, cert = _full_sweeps(state, source, plan, params, tol, full_iterations, paper=used_mode == "paper")
-        rows_solved += sweeps * total_rows
+        users, items, sweeps, cert, extra_half = _full_sweeps(state, source, plan, params, tol, full_iterations,
+                                                              paper=used_mode == "paper")
+        rows_solved += sweeps * total_rows + (n_rows["item"] if extra_half else 0)
         frontier_info["sweeps"] = sweeps
         if used_mode == "full" and cert.max_relative_residual > tol:
             # Sweeps that stopped above tol are finished by the frontier (if that outgrows its budget, they stay).
@@ -688,40 +685,75 @@ def _full_sweeps(state, source, plan, params, tol, iterations, paper):
     """Warm-started ALS sweeps over every row (offset ALS, or plain ALS for the paper's method).
 
     A half-sweep is one stage that solves a side and routes its new rows on
-    (:meth:`ALSState.solve_routed`); the certificate after each offset sweep
-    reads the same routed messages, so it adds no shuffle of its own.
+    (:meth:`ALSState.solve_routed`).  Offset sweeps are certified inside
+    those stages: the user solve of sweep ``s`` checks the rows it solved
+    against the items they were solved from, and the item solve of sweep
+    ``s + 1`` first checks sweep ``s``'s items against sweep ``s``'s users
+    (the messages it reads anyway), then solves.  So a certified sweep is
+    two stages and one job, like a plain one; the price is one item
+    half-solve after the last sweep, whose result is discarded (counted in
+    the returned ``extra_half``).  Returns ``(users, items, sweeps, cert,
+    extra_half)``; ``cert`` is None and ``extra_half`` False in paper mode.
     """
-    # Read by every half-sweep and certificate: computed once.
+    # Read by every half-sweep: computed once.
     targets = {s: t.persist(StorageLevel.MEMORY_AND_DISK) for s, t in _side_targets(source, plan, params.rank, zero_all=paper).items()}
     users, items = source.factors["user"], source.factors["item"]
     to_items = state.routed("user", users, params.implicit)
-    cert, sweeps, cached = None, 0, []
+    if paper:
+        return (*_paper_sweeps(state, params, targets, to_items, iterations), None, False)
 
-    def half_sweep(side, incoming, sweep):
-        solved = state.solve_routed(side, incoming, params, targets=None if paper else targets[side])
-        if not paper or sweep == iterations:  # the paper's sweeps run as one job: only the last is read twice
-            solved = solved.persist(StorageLevel.MEMORY_AND_DISK)
+    def half_sweep(side, incoming, sweep, check=None, own=None):
+        solved = state.solve_routed(side, incoming, params, targets=targets[side], check=check, own=own)
+        solved = solved.persist(StorageLevel.MEMORY_AND_DISK)
         if sweep % params.checkpoint_interval == 0:
             solved.localCheckpoint()
         return solved
 
+    solved_items = half_sweep("item", to_items, 1)
+    cert, cached, sweep = None, [], 0
     for sweep in range(1, iterations + 1):
-        solved_items = half_sweep("item", to_items, sweep)
-        to_users = state.onward(solved_items)
-        solved_users = half_sweep("user", to_users, sweep)
+        solved_users = half_sweep("user", state.onward(solved_items), sweep, ResidualCheck("user", "after", tol))
+        items, users = state.factors_of(solved_items), state.factors_of(solved_users)
+        nxt = half_sweep("item", state.onward(solved_users), sweep + 1, ResidualCheck("item", "before", tol), own=items)
+        # One job per sweep: both sides' summaries arrive with the next item solve's blocks.
+        stats = [st for per_block in nxt.map(lambda kv: kv[1][3][1]).collect() for st in per_block]
+        cert = _certificate_of(stats, {"user": solved_users, "item": nxt})
+        for old in cached:  # this sweep's results are cached now: the previous ones are unused
+            old.unpersist()
+        cached = [solved_items, solved_users]
+        log.info("full sweep %d: certificate %.3g (tol %.3g)", sweep, cert.max_relative_residual, tol)
+        if cert.max_relative_residual <= tol:
+            break
+        solved_items = nxt
+    return users, items, sweep, cert, True
+
+
+def _certificate_of(stats: list, checked: dict[str, RDD]) -> Certificate:
+    """A :class:`Certificate` from the :class:`CheckStats` of every block of both sides and the checked solves."""
+    per_side, violators, blocks = {}, {}, {}
+    for side in ("user", "item"):
+        mine = sorted((st for st in stats if st.side == side), key=lambda st: st.block)
+        per_side[side] = max((st.max_relative for st in mine), default=0.0)
+        violators[side] = [i for st in mine for i in st.violators][:10_000]
+        blocks[side] = checked[side].mapValues(lambda v: (v[0], v[3][0]))
+    return Certificate(max(per_side.values()), per_side, violators, blocks)
+
+
+def _paper_sweeps(state, params, targets, to_items, iterations):
+    """The paper's plain warm-started sweeps, chained lazily and run as one job (no certificate per sweep)."""
+    users = items = None
+    for sweep in range(1, iterations + 1):
+        solved_items = state.solve_routed("item", to_items, params, targets=targets["item"])
+        if sweep == iterations:  # only the last sweep's results are read twice
+            solved_items = solved_items.persist(StorageLevel.MEMORY_AND_DISK)
+        if sweep % params.checkpoint_interval == 0:
+            solved_items.localCheckpoint()
+        solved_users = state.solve_routed("user", state.onward(solved_items), params, targets=targets["user"])
+        if sweep == iterations:
+            solved_users = solved_users.persist(StorageLevel.MEMORY_AND_DISK)
+        if sweep % params.checkpoint_interval == 0:
+            solved_users.localCheckpoint()
         to_items = state.onward(solved_users)
         items, users = state.factors_of(solved_items), state.factors_of(solved_users)
-        sweeps = sweep
-        if not paper:
-            cert = certify(state, users, items, targets, params, tol, incoming={"user": to_users, "item": to_items})
-            for old in cached:  # the certificate computed this sweep's factors: the previous ones are unused now
-                old.unpersist()
-            cached = [solved_items, solved_users]
-            log.info("full sweep %d: certificate %.3g (tol %.3g)", sweep, cert.max_relative_residual, tol)
-            if cert.max_relative_residual <= tol:
-                break
-        else:
-            log.info("paper sweep %d/%d", sweep, iterations)
-    if paper:
-        cert = None
-    return users, items, sweeps, cert
+        log.info("paper sweep %d/%d", sweep, iterations)
+    return users, items, iterations
