@@ -26,6 +26,8 @@ import pyarrow as pa
 from pyspark import RDD, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
+from spark_unlearn.worker_heap import freeze_worker_heap
+
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +80,7 @@ def _split_by_block(dst_col: str, src_col: str, num_blocks: int):
     """mapInArrow function: cut each Arrow batch into per-block (dst, src, rating) byte pieces."""
 
     def split(batches):
+        freeze_worker_heap()
         for batch in batches:
             dst = batch.column(dst_col).to_numpy(zero_copy_only=False).astype(np.int32)
             src = batch.column(src_col).to_numpy(zero_copy_only=False).astype(np.int32)
@@ -120,6 +123,7 @@ def side_blocks(ratings: DataFrame, side: str, num_blocks: int) -> RDD:
         )
 
     def build(it):
+        freeze_worker_heap()
         parts: dict[int, list] = {}
         for blk, piece in it:
             parts.setdefault(blk, []).append(piece)
@@ -154,6 +158,7 @@ def rows_to_dataframe(spark: SparkSession, blocks: RDD, width: int, schema, dtyp
     raw = spark.createDataFrame(packed, "blk int, ids binary, values binary")
 
     def explode(batches):
+        freeze_worker_heap()
         for batch in batches:
             for ids_b, v_b in zip(batch.column("ids").to_pylist(), batch.column("values").to_pylist()):
                 ids = np.frombuffer(ids_b, dtype=np.int32)
@@ -172,6 +177,7 @@ def dataframe_to_factor_pieces(factors: DataFrame, num_blocks: int, value_col: s
     dtype = np.dtype(dtype)
 
     def split(batches):
+        freeze_worker_heap()
         for batch in batches:
             ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int32)
             if ids.size == 0:
@@ -209,6 +215,7 @@ def align_pieces(static: RDD, pieces: RDD, num_blocks: int, fill) -> RDD:
     """
 
     def align(it):
+        freeze_worker_heap()
         block, given = None, []
         for _, value in it:
             if isinstance(value, SideBlock):

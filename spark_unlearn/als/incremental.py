@@ -54,6 +54,7 @@ from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
 from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
+from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ SIDES = ("user", "item")
 def gram_of(factors: DataFrame) -> np.ndarray:
     """``F^T F`` of a factor DataFrame (distributed; returns k x k)."""
     def part(batches):
+        freeze_worker_heap()
         import pyarrow as pa
 
         for batch in batches:
@@ -105,6 +107,7 @@ def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -
     dg = np.asarray(delta_gram, dtype=np.float64)
 
     def part(batches):
+        freeze_worker_heap()
         import pyarrow as pa
 
         for batch in batches:
@@ -335,6 +338,7 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
         dg = np.asarray(delta_gram, np.float64)
 
         def part(batches):
+            freeze_worker_heap()
             import pyarrow as pa
 
             for batch in batches:

@@ -43,6 +43,7 @@ from pyspark.sql import DataFrame
 
 from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
 from spark_unlearn.als.row_table import ranges
+from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ def lazy_frame(factors: DataFrame, offsets: DataFrame, moves: Moves, spec: Solve
     shipped = _shipped(factors.sparkSession, (moves, listed))
 
     def part(batches):
+        freeze_worker_heap()
         import pyarrow as pa
 
         moves_, listed_ = shipped.value
@@ -298,6 +300,7 @@ def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndar
     shipped = _shipped(factors.sparkSession, (e_nbr, e_row, e_rating, o_ids, o_x))
 
     def part(batches):
+        freeze_worker_heap()
         import pyarrow as pa
 
         e_nbr, e_row, e_rating, o_ids, o_x = shipped.value

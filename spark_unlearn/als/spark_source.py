@@ -21,6 +21,7 @@ from spark_unlearn.als.ratio_watch import listed_terms
 from spark_unlearn.als.train import ALSState
 from spark_unlearn.errors import StoreError
 from spark_unlearn.schema import with_drift
+from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def _positions(block_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, n
 
 def _factors_and_offsets(it):
     """Split a partition of ``factors.union(offsets)`` into its float32 factor and float64 offset blocks."""
+    freeze_worker_heap()
     fac, off = None, None
     for _, value in it:
         if value[1].dtype == np.float64:
@@ -119,6 +121,7 @@ class SparkRowSource:
 
     def rows(self, side: str, ids: np.ndarray) -> RowData:
         def fetch(it, wanted):
+            freeze_worker_heap()
             for _, sb in it:
                 pos, hit = _positions(sb.ids, wanted)
                 for p in pos[hit]:
@@ -137,6 +140,7 @@ class SparkRowSource:
 
     def _values(self, rdd: RDD, side: str, ids: np.ndarray) -> dict[int, np.ndarray]:
         def fetch(it, wanted):
+            freeze_worker_heap()
             for _, (bids, M) in it:
                 pos, hit = _positions(bids, wanted)
                 for p in pos[hit]:
@@ -164,6 +168,7 @@ class SparkRowSource:
         rank = self.rank
 
         def check(it):
+            freeze_worker_heap()
             fac, off = _factors_and_offsets(it)
             if fac is None or off is None:
                 return
@@ -181,6 +186,7 @@ class SparkRowSource:
         rank = self.rank
 
         def ratio(it):
+            freeze_worker_heap()
             fac, off = _factors_and_offsets(it)
             if fac is None or off is None or fac[0].size == 0:
                 return

@@ -33,6 +33,7 @@ from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError
 from spark_unlearn.progress import stage_progress
+from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ class ALSState:
         """The messages factor blocks ``(block, (ids, F))`` of ``side`` send to the other side, shuffled there."""
 
         def route(it):
+            freeze_worker_heap()
             static, F = None, None
             for _, value in it:
                 if isinstance(value, SideBlock):
@@ -279,6 +281,7 @@ class ALSState:
             return np.hstack([T, bnorm[:, None], R - T]), stats
 
         def solve_partition(it):
+            freeze_worker_heap()
             static, Y, extra = _gather(it)
             if static is None:
                 return
@@ -320,6 +323,7 @@ class ALSState:
         own = dst_factors.mapValues(lambda f: _Own(f[0], f[1]))
 
         def residual_partition(it):
+            freeze_worker_heap()
             static, Y, extra = _gather(it)
             if static is None:
                 return

@@ -46,6 +46,7 @@ from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.train import ALSState, ResidualCheck, offsets_frame
 from spark_unlearn.errors import ConfigError, EmptyInputError, UnknownIdError
+from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ def certify(
         res = state.residuals(side, mine, theirs, params)
 
         def combine(it):
+            freeze_worker_heap()
             block, got, tgt = None, None, None
             for key, value in it:
                 block = key

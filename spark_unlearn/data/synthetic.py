@@ -40,6 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_unlearn.errors import ConfigError
 from spark_unlearn.schema import INT32_MAX, ITEM, RATING, RATINGS_SCHEMA, USER
+from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def synthetic_ratings(
     )
 
     def generate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        freeze_worker_heap()
         for batch in batches:
             yield params.batch(batch.column(0).to_numpy().astype(np.uint64))
 
