@@ -101,6 +101,21 @@ class _Target:
     T: np.ndarray
 
 
+# Rows a certificate names as above tol, per side: enough to seed a repair, bounded for the driver.
+MAX_VIOLATORS = 10_000
+
+
+def certificate_rows(R: np.ndarray, bnorm: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row relative residual ``|R - T| / |b|`` and the offsets rows ``[T | |b| | R - T]`` a version stores.
+
+    ``R = A x - b`` (:func:`~spark_unlearn.als.kernels.residuals`), ``T`` the
+    rows' targets; keeping the target and the drift ``R - T`` apart means
+    drift below tol is never absorbed into the targets.
+    """
+    rel = np.linalg.norm(R - T, axis=1) / np.maximum(bnorm, 1e-300)
+    return rel, np.hstack([T, bnorm[:, None], R - T])
+
+
 @dataclass(frozen=True)
 class ResidualCheck:
     """Ask :meth:`ALSState.solve_routed` for every row's certificate residual, computed in the solve's own pass.
@@ -116,7 +131,7 @@ class ResidualCheck:
     side: str
     when: str
     tol: float
-    max_violators: int = 10_000
+    max_violators: int = MAX_VIOLATORS
 
 
 @dataclass
@@ -274,11 +289,10 @@ class ALSState:
 
         def checked(F, static, Y, G, T):
             R, bnorm = residuals(F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
-            T = np.zeros_like(R) if T is None else T
-            rel = np.linalg.norm(R - T, axis=1) / np.maximum(bnorm, 1e-300)
+            rel, stored = certificate_rows(R, bnorm, np.zeros_like(R) if T is None else T)
             stats = CheckStats(check.side, static.block, float(rel.max()) if rel.size else 0.0,
                                static.ids[rel > check.tol][: check.max_violators].tolist())
-            return np.hstack([T, bnorm[:, None], R - T]), stats
+            return stored, stats
 
         def solve_partition(it):
             freeze_worker_heap()

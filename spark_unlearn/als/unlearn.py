@@ -44,7 +44,7 @@ from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
-from spark_unlearn.als.train import ALSState, ResidualCheck, offsets_frame
+from spark_unlearn.als.train import MAX_VIOLATORS, ALSState, ResidualCheck, certificate_rows, offsets_frame
 from spark_unlearn.errors import ConfigError, EmptyInputError, UnknownIdError
 from spark_unlearn.worker_heap import freeze_worker_heap
 
@@ -295,7 +295,7 @@ class Certificate:
 
 
 def certify(
-    state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = 10_000,
+    state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: float, max_violators: int = MAX_VIOLATORS,
     absorb: bool = False,
 ) -> Certificate:
     """Exact residuals of every row on the remaining data, against the targets (one pass per side).
@@ -322,8 +322,9 @@ def certify(
                 return
             ids, R, bnorm = got
             T = tgt[1] if tgt is not None else np.zeros_like(R)
-            rel = np.linalg.norm(R - T, axis=1) / np.maximum(bnorm, 1e-300)
-            stored = np.hstack([R, bnorm[:, None], np.zeros_like(R)]) if absorb else np.hstack([T, bnorm[:, None], R - T])
+            rel, stored = certificate_rows(R, bnorm, T)
+            if absorb:  # the residual becomes the target, as after training
+                stored = certificate_rows(R, bnorm, R)[1]
             yield block, (ids, stored, rel)
 
         merged[side] = res.union(targets[side]).mapPartitions(combine, preservesPartitioning=True).persist(StorageLevel.MEMORY_AND_DISK)
@@ -736,25 +737,26 @@ def _certificate_of(stats: list, checked: dict[str, RDD]) -> Certificate:
     for side in ("user", "item"):
         mine = sorted((st for st in stats if st.side == side), key=lambda st: st.block)
         per_side[side] = max((st.max_relative for st in mine), default=0.0)
-        violators[side] = [i for st in mine for i in st.violators][:10_000]
+        violators[side] = [i for st in mine for i in st.violators][:MAX_VIOLATORS]
         blocks[side] = checked[side].mapValues(lambda v: (v[0], v[3][0]))
     return Certificate(max(per_side.values()), per_side, violators, blocks)
 
 
 def _paper_sweeps(state, params, targets, to_items, iterations):
     """The paper's plain warm-started sweeps, chained lazily and run as one job (no certificate per sweep)."""
+
+    def half_sweep(side, incoming, sweep):
+        solved = state.solve_routed(side, incoming, params, targets=targets[side])
+        if sweep == iterations:  # only the last sweep's results are read twice
+            solved = solved.persist(StorageLevel.MEMORY_AND_DISK)
+        if sweep % params.checkpoint_interval == 0:
+            solved.localCheckpoint()
+        return solved
+
     users = items = None
     for sweep in range(1, iterations + 1):
-        solved_items = state.solve_routed("item", to_items, params, targets=targets["item"])
-        if sweep == iterations:  # only the last sweep's results are read twice
-            solved_items = solved_items.persist(StorageLevel.MEMORY_AND_DISK)
-        if sweep % params.checkpoint_interval == 0:
-            solved_items.localCheckpoint()
-        solved_users = state.solve_routed("user", state.onward(solved_items), params, targets=targets["user"])
-        if sweep == iterations:
-            solved_users = solved_users.persist(StorageLevel.MEMORY_AND_DISK)
-        if sweep % params.checkpoint_interval == 0:
-            solved_users.localCheckpoint()
+        solved_items = half_sweep("item", to_items, sweep)
+        solved_users = half_sweep("user", state.onward(solved_items), sweep)
         to_items = state.onward(solved_users)
         items, users = state.factors_of(solved_items), state.factors_of(solved_users)
         log.info("paper sweep %d/%d", sweep, iterations)
