@@ -331,8 +331,10 @@ class ALSState:
         """The factor blocks ``(block, (ids, X))`` of a :meth:`solve_routed` result."""
         return solved.mapValues(lambda v: (v[0], v[1]))
 
-    def residuals_routed(self, dst_side: str, dst_factors: RDD, incoming: RDD, params: ALSParams) -> RDD:
-        """:meth:`residuals` from messages already routed (as :meth:`solve_routed` reads them): no new shuffle."""
+    def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
+        """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""
+        src_side = "item" if dst_side == "user" else "user"
+        incoming = self.routed(src_side, src_factors, params.implicit)
         spec = SolveSpec(reg=float(params.reg), implicit=params.implicit, alpha=float(params.alpha))
         own = dst_factors.mapValues(lambda f: _Own(f[0], f[1]))
 
@@ -345,11 +347,6 @@ class ALSState:
             yield static.block, (static.ids, R, bnorm)
 
         return self.side(dst_side).union(incoming).union(own).mapPartitions(residual_partition, preservesPartitioning=True)
-
-    def residuals(self, dst_side: str, dst_factors: RDD, src_factors: RDD, params: ALSParams) -> RDD:
-        """Per-row normal-equation residuals ``A x - b`` of ``dst_side``: RDD ``(block, (ids, R, |b|))``."""
-        src_side = "item" if dst_side == "user" else "user"
-        return self.residuals_routed(dst_side, dst_factors, self.routed(src_side, src_factors, params.implicit), params)
 
 
 def _offsets_of_blocks(state: ALSState, users: RDD, items: RDD, params: ALSParams) -> tuple[DataFrame, DataFrame]:
