@@ -284,7 +284,8 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
     runs += [(f"ifru_cg_tol{t:g}", {"cg_tol": t}) for t in args.extra_cg_tols]
     if args.newton_steps > 1:
         runs.append((f"ifru_newton{args.newton_steps}", {"newton_steps": args.newton_steps}))
-    runs += [(f"ifru_pruned_q{q:g}", {"prune_quantile": q}) for q in args.quantiles]
+    runs += [(f"ifru_pruned_q{q:g}" + ("" if h == "reach" else f"_{h}"), {"prune_quantile": q, "hessian_terms": h})
+             for h in args.pruned_hessian_terms for q in args.quantiles]
     for name, over in runs:
         run_cfg = cfg.replace(prune_hops=args.prune_hops, **over)
         with Clock() as c:
@@ -412,9 +413,12 @@ def main(argv=None) -> int:
     ap.add_argument("--hessian", default="remaining", choices=("remaining", "full"))
     ap.add_argument("--newton-steps", type=int, default=2, help="also run unpruned IFRU with this many Newton steps (1: skip)")
     ap.add_argument("--prune-hops", type=int, default=1)
+    ap.add_argument("--pruned-hessian-terms", default="reach",
+                    help="pruned entries for each of these hessian_terms settings (reach, kept; comma-separated)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the driver")
     args = ap.parse_args(argv)
     args.quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]
+    args.pruned_hessian_terms = [h.strip() for h in args.pruned_hessian_terms.split(",") if h.strip()]
     args.extra_cg_tols = [float(q) for q in args.extra_cg_tols.split(",") if q.strip()]
     args.retrain_seeds = [int(q) for q in args.retrain_seeds.split(",") if q.strip()]
     configure_logging("INFO")

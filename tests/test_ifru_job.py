@@ -142,6 +142,8 @@ def test_config_validation():
         IFRUConfig(model_type="gcn")
     with pytest.raises(ConfigError):
         IFRUConfig(prune_quantile=1.5)
+    with pytest.raises(ConfigError, match="hessian_terms must be one of .*'kept'.*got 'all'"):
+        IFRUConfig(hessian_terms="all")
     with pytest.raises(ConfigError):
         IFRUConfig(fractions=(0.5, 0.2, 0.2))
     assert IFRUConfig.from_dict(IFRUConfig(model_type="lightgcn").to_dict()).model_layers == 1

@@ -178,6 +178,35 @@ def test_pruned_problem_is_the_restriction_of_the_full_one(layers):
     assert torch.allclose(grad(removal_objective(prob))(theta), g_full, atol=1e-10)
 
 
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_kept_hessian_terms_sum_only_the_terms_with_a_kept_endpoint(layers):
+    """``hessian_terms="kept"``: the Hessian of the remaining terms touching a kept row, grad U unchanged."""
+    kept = torch.tensor([1, 4, 8, 12])
+    exact, (u, i, label, removed, e0, g, gp, nu, ni) = full_problem(layers, kept=kept)
+    sub = subgraph_torch(u, i, label, removed, nu, ni, layers, kept)
+    gg, ggp = (g, gp) if layers else (None, None)
+    prob = assemble_problem(sub, e0, gg, ggp, n_users=nu, n_items=ni, layers=layers, reg=0.01, n=len(u),
+                            hessian_terms="kept")
+    d = e0.shape[1]
+    touches = torch.isin(u, kept) | torch.isin(i + nu, kept)
+    keep = ~removed & touches
+
+    def brute(x):
+        return objective(x.view(-1, d), ggp, layers, u[keep], i[keep] + nu, label[keep], reg=0.01, n=len(u))
+
+    idx = (kept[:, None] * d + torch.arange(d)).reshape(-1)
+    theta = prob.theta0.reshape(-1).clone()
+    h_kept = hessian(reduced_objective(prob, "remaining"))(theta)
+    assert torch.allclose(h_kept, hessian(brute)(e0.reshape(-1).clone())[idx][:, idx], atol=1e-10)
+    assert torch.allclose(grad(removal_objective(prob))(theta), grad(removal_objective(exact))(theta), atol=1e-12)
+    h_exact = hessian(reduced_objective(exact, "remaining"))(theta)
+    if layers == 0:  # MF: every term of the subgraph has a kept endpoint already
+        assert torch.equal(h_kept, h_exact)
+    else:  # terms reached only through aggregation are what was dropped
+        assert len(prob.hess_terms) < len(exact.hess_terms)
+        assert not torch.allclose(h_kept, h_exact, atol=1e-8)
+
+
 def test_cg_equals_dense_solve_on_tiny_model():
     prob, _ = full_problem(1)
     f = reduced_objective(prob)

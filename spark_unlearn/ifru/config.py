@@ -10,6 +10,7 @@ from spark_unlearn.errors import ConfigError
 from spark_unlearn.ifru.models import LOSSES, MODEL_TYPES
 
 DTYPES = ("float32", "float64")
+HESSIAN_TERMS = ("reach", "kept")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,13 @@ class IFRUConfig:
         ``damping`` (added to the Hessian), ``cg_tol`` (relative residual),
         ``cg_max_iter``, ``precondition`` (block-Jacobi), ``influence_dtype``,
         ``prune_quantile`` (``None`` = no pruning; else keep nodes whose score
-        exceeds this quantile), ``prune_hops``, ``spillover`` (LightGCN's
+        exceeds this quantile), ``prune_hops``, ``hessian_terms`` (which
+        terms the pruned Hessian sums: ``reach``, the default, every term whose
+        score moves with the kept rows, so the restricted Hessian is exact;
+        ``kept``, only terms with an endpoint in the kept set, which for
+        LightGCN drops the terms reached through neighbour aggregation (weights
+        ``1/sqrt(deg_u deg_i)``): cheaper HVPs, an approximate Hessian; the
+        same as ``reach`` for MF), ``spillover`` (LightGCN's
         ``G -> G'`` term), ``hessian`` (``remaining``: Hessian of the objective
         without ``D_u`` on ``G'``, one exact Newton step; ``full``: of the
         training objective, the textbook influence function), ``newton_steps``
@@ -66,6 +73,7 @@ class IFRUConfig:
     influence_dtype: str = "float32"
     prune_quantile: float | None = None
     prune_hops: int = 1
+    hessian_terms: str = "reach"
     spillover: bool = True
     hessian: str = "remaining"
     newton_steps: int = 1
@@ -120,6 +128,8 @@ class IFRUConfig:
         if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q < 1):
             raise ConfigError(f"prune_quantile must be None or a number in [0, 1), got {q!r}")
         integer("prune_hops", 0)
+        if self.hessian_terms not in HESSIAN_TERMS:
+            raise ConfigError(f"hessian_terms must be one of {HESSIAN_TERMS}, got {self.hessian_terms!r}")
         integer("newton_steps", 1)
         if self.hessian not in ("remaining", "full"):
             raise ConfigError(f"hessian must be 'remaining' or 'full', got {self.hessian!r}")

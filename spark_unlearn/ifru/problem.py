@@ -38,6 +38,7 @@ def assemble_problem(
     n: int,
     loss: str = "bce",
     dtype: torch.dtype = torch.float64,
+    hessian_terms: str = "reach",
 ) -> ReducedProblem:
     """Local re-numbering of the subgraph plus current representations ``h0`` on ``G`` and ``G'``.
 
@@ -45,6 +46,11 @@ def assemble_problem(
     for MF); ``h0`` is evaluated on them once, on the whole table, and then
     only the local rows are kept.  ``loss="bpr"`` needs a subgraph of triples
     (``sub.term_j``, from :func:`~spark_unlearn.ifru.pruning.subgraph_triples_torch`).
+
+    ``hessian_terms="kept"`` (pruned subgraphs only) keeps in the Hessian only
+    the terms with an endpoint in ``sub.kept``; the gradient of ``U`` still
+    uses every removed and spillover term of the subgraph.  For MF every term
+    of the subgraph already has one, so nothing changes.
     """
     if (loss == "bpr") != (sub.term_j is not None):
         raise ValueError(f"loss={loss!r} needs a subgraph of {'triples (term_j)' if loss == 'bpr' else 'labelled pairs'}")
@@ -79,6 +85,16 @@ def assemble_problem(
     spill = sub.term_changed.bool() & ~removed
     if not layers:
         spill = torch.zeros_like(spill)
+    in_hessian = torch.ones_like(removed)
+    if hessian_terms == "kept" and sub.kept is not None:
+        # A term reached only through aggregation weighs 1/sqrt(deg_u deg_i) on a kept row:
+        # over all such terms of a kept node ~1/deg of its own terms' curvature.
+        ends = [sub.term_u, sub.term_i] + ([] if sub.term_j is None else [sub.term_j])
+        in_hessian = torch.zeros_like(removed)
+        for e in ends:
+            in_hessian |= torch.isin(e.long(), sub.kept.long())
+    elif hessian_terms not in ("reach", "kept"):
+        raise ValueError(f"hessian_terms must be 'reach' or 'kept', got {hessian_terms!r}")
     return ReducedProblem(
         local_nodes=local_nodes,
         kept=loc(kept_global),
@@ -87,13 +103,13 @@ def assemble_problem(
         h0_gp=h_gp.index_select(0, local_nodes),
         prop_g=prop(sub.edges_g),
         prop_gp=prop(sub.edges_gp),
-        hess_terms=all_terms,
+        hess_terms=all_terms.select(in_hessian),
         removed_terms=all_terms.select(removed),
         spill_terms=all_terms.select(spill),
         n=int(n),
         reg=float(reg),
         layers=int(layers),
         loss=loss,
-        remaining_terms=all_terms.select(~removed),
+        remaining_terms=all_terms.select(in_hessian & ~removed),
         n_removed=sub.removed_terms,
     )

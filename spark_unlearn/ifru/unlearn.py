@@ -239,7 +239,7 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
         g = gp = None
     problem = assemble_problem(
         sub, model.e0, g, gp, n_users=n_users, n_items=n_items, layers=model.layers, reg=cfg.reg, n=model.n_terms,
-        loss=cfg.loss, dtype=dtype,
+        loss=cfg.loss, dtype=dtype, hessian_terms=cfg.hessian_terms,
     )
     t1 = time.perf_counter()
     update = compute_update(
