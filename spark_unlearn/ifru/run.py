@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that may differ from those of a saved model (they only affect how it is unlearned).
 UNLEARNING_KEYS = frozenset({
-    "damping", "cg_tol", "cg_max_iter", "precondition", "influence_dtype", "prune_quantile", "prune_hops", "spillover",
+    "damping", "cg_tol", "cg_max_iter", "precondition", "influence_dtype", "prune_quantile", "prune_hops", "hessian_terms", "spillover",
     "hessian", "newton_steps", "normaliser",
 })
 
