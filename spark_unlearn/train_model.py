@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.train import train_als
+from spark_unlearn.request_caches import releases_caches
 from spark_unlearn.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def implicit_manifest_state(result, offsets) -> dict[str, dict[str, Any]]:
     }
 
 
+@releases_caches("training request")
 def run_training(
     spark: SparkSession,
     *,
@@ -123,6 +125,8 @@ def run_training(
         },
     )
     result.state.unpersist()
+    for df in (train, test, *offsets):  # drops their cache-manager entries; the RDD blocks go with the scope
+        df.unpersist()
     report = {
         "version": version,
         "path": store.version_path(version),

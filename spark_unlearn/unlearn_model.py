@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als
 from spark_unlearn.errors import ConfigError, StoreError
 from spark_unlearn.faults import failpoint
+from spark_unlearn.request_caches import releases_caches
 from spark_unlearn.store.model_store import HOLDOUT_DIR, RATINGS_DIR, ModelStore, fingerprint_ratings, load_spark_als_model
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def _version_counts(manifest: dict) -> dict | None:
     return out or None
 
 
+@releases_caches("unlearning request")
 def run_unlearning(
     spark: SparkSession,
     *,
@@ -225,6 +227,8 @@ def run_unlearning(
     )
     report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
     result.release()
+    for df in (result.remaining, result.deleted):  # their cache-manager entries; the blocks go with the scope
+        df.unpersist()
     published = store.read_manifest(version)
     if report.get("remaining_ratings") is None:
         report["remaining_ratings"] = published["counts"].get("n_ratings")

@@ -7,6 +7,7 @@ import pytest
 
 from als_helpers import factors_dict, load_sample
 from spark_unlearn.errors import ConfigError, UnknownIdError
+from spark_unlearn.request_caches import persistent_rdd_ids
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.unlearn_model import run_unlearning
 
@@ -74,11 +75,14 @@ def test_full_mode_and_frontier_meet_the_same_certificate(spark, trained_store, 
     rows = [(3, None, "user")]
     store_f = copy_store(trained_store, tmp_path / "f")
     store_p = copy_store(trained_store, tmp_path / "p")
+    before = persistent_rdd_ids(spark)
     f = run_unlearning(spark, model_path=store_f, batch=batch(spark, rows), tol=5e-2, measure=False)
     p = run_unlearning(spark, model_path=store_p, batch=batch(spark, rows), mode="paper", full_iterations=2, measure=False)
     assert f["certificate"]["max_relative_residual"] <= 5e-2
     assert p["mode"] == "paper" and p["rows_solved"] == 2 * p["rows_total"]
     assert f["rows_solved"] < p["rows_solved"]
+    # Neither request leaves a persisted table behind (the full sweeps used to keep ~11 per request).
+    assert persistent_rdd_ids(spark) == before
 
 
 def test_spark_mllib_model_unlearns_and_loads_with_alsmodel(spark, tmp_path):
