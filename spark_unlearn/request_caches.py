@@ -14,7 +14,9 @@ unpersists every new one when the block exits, on success and on failure.
 The blocks of DataFrames cached inside the block are freed with them (each
 is an RDD of Spark's cache manager, listed like any other); the cache
 manager keeps only the plan, and a later query on it recomputes.  What was
-persisted before the block (a caller's own caches) is left alone.  One request per
+persisted before the block (a caller's own caches) is left alone.  A
+DataFrame made inside the block must not be used after it when it rests on
+a local checkpoint (IFRU's data preparation): those blocks are gone.  One request per
 driver at a time: an RDD another thread persists meanwhile is released too.
 """
 

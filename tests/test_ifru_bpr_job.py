@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from spark_unlearn.ifru import persist
+from spark_unlearn.request_caches import persistent_rdd_ids
 
 M = 2  # negatives per positive: the removed triples must be M x the removed positives, not 1 x
 CONF = dict(threshold=3.0, kcore=1, model_type="lightgcn", layers=1, dim=8, loss="bpr", bpr_negatives=M, epochs=150,
@@ -45,8 +46,10 @@ def test_bpr_job_trains_saves_negatives_and_unlearns_without_retraining(spark, t
     splits = []  # what the job prepared: the test learns the training split without preparing it again
 
     def prepare(*args, **kwargs):
-        splits.append(data_prepare(*args, **kwargs))
-        return splits[-1]
+        out = data_prepare(*args, **kwargs)
+        # Read now: the job's local checkpoints are released when it returns.
+        splits.append({"terms": sorted_terms(out.train), "heldout": out.test.select("user", "item").limit(1).toPandas()})
+        return out
 
     data_prepare = data.prepare
     monkeypatch.setattr(data, "prepare", prepare)
@@ -65,12 +68,11 @@ def test_bpr_job_trains_saves_negatives_and_unlearns_without_retraining(spark, t
     positive = set(zip(before.pos_u.tolist(), before.pos_i.tolist()))
     assert not any((u, j) in positive for u, row in zip(before.pos_u.tolist(), before.neg_j.tolist()) for j in row)
     # the model's positives are exactly the training split's
-    prepared = splits[0]
-    t = sorted_terms(prepared.train)
+    t = splits[0]["terms"]
     pos = t["label"] > 0
     assert torch.equal(t["u"][pos].long(), before.pos_u) and torch.equal(t["i"][pos].long(), before.pos_i)
     train_neg = torch.nonzero(~pos).flatten()
-    heldout = prepared.test.select("user", "item").limit(1).toPandas()
+    heldout = splits[0]["heldout"]
 
     # 2. delete: 6 positives (of 6 different users, items with >= 3 positives), a disliked training pair (no
     # BPR term), a test pair and an unknown pair, in a second run on the saved model
@@ -92,8 +94,10 @@ def test_bpr_job_trains_saves_negatives_and_unlearns_without_retraining(spark, t
     })
     dele_path = tmp_path / "delete.csv"
     dele.to_csv(dele_path, index=False)
+    cached_before = persistent_rdd_ids(spark)
     rep2 = run_ifru(spark, ratings_path=sample_ratings_path, model_dir=model_dir, ifru_conf=CONF,
                     delete_path=str(dele_path))
+    assert persistent_rdd_ids(spark) == cached_before  # the request released what it persisted
     assert not rep2["trained"] and "training" not in rep2  # the saved model is loaded and only unlearned
     assert rep2["test_auc"] == rep1["test_auc"] and len(splits) == 2
     assert rep2["deletions"] == {"requested": 9, "in_training": 7, "in_val_or_test": 1, "unknown": 1,

@@ -20,6 +20,7 @@ from spark_unlearn.errors import ConfigError, OutputPathError, SchemaError, Stor
 from spark_unlearn.ifru import persist
 from spark_unlearn.ifru.config import IFRUConfig
 from spark_unlearn.ifru.state import IFRUModel
+from spark_unlearn.request_caches import releases_caches
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def _unlearn_requests(spark, model: IFRUModel, prepared, deletions, cfg: IFRUCon
     return apply_unlearning(model, plan)
 
 
+@releases_caches("IFRU request")
 def run_ifru(
     spark,
     *,
