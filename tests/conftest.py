@@ -175,6 +175,7 @@ def _drop_cached_tables():
     if SparkContext._active_spark_context is not None:
         session = SparkSession.getActiveSession()
         if session is not None:
+            from spark_unlearn.request_caches import release_new
+
             session.catalog.clearCache()
-            for rdd in list(session.sparkContext._jsc.getPersistentRDDs().values()):
-                rdd.unpersist(False)
+            release_new(session, before=set())

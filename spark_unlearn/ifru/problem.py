@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from spark_unlearn.ifru.config import HESSIAN_TERMS
 from spark_unlearn.ifru.influence import ReducedProblem
 from spark_unlearn.ifru.models import Terms
 from spark_unlearn.ifru.models import Graph, build_graph, layer_mean
@@ -93,8 +94,8 @@ def assemble_problem(
         in_hessian = torch.zeros_like(removed)
         for e in ends:
             in_hessian |= torch.isin(e.long(), sub.kept.long())
-    elif hessian_terms not in ("reach", "kept"):
-        raise ValueError(f"hessian_terms must be 'reach' or 'kept', got {hessian_terms!r}")
+    elif hessian_terms not in HESSIAN_TERMS:
+        raise ValueError(f"hessian_terms must be one of {HESSIAN_TERMS}, got {hessian_terms!r}")
     return ReducedProblem(
         local_nodes=local_nodes,
         kept=loc(kept_global),
