@@ -9,6 +9,8 @@ fixed seed) the methods are:
 
 * ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining data (same rank, iterations);
 * ``retrain``: our ALS from scratch on the remaining data (the reference);
+* ``retrain_seedN``: the same with initialisation seed ``N`` instead of the
+  model's: how far apart two retrains are, i.e. the noise floor of ``gap_closed``;
 * ``paper_full``: the paper's warm-started full sweeps (``--paper-sweeps``);
 * ``full``: warm-started full sweeps with the training offsets, to the tolerance
   (``--mode full``, also the frontier's fallback);
@@ -29,6 +31,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -85,8 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"])
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"],
-                   help="mllib_retrain retrain paper_full full (offset sweeps to tol) frontier (targeted engine for "
-                        "small batches) frontier_layout")
+                   help="mllib_retrain retrain retrain_seedN (another initialisation) paper_full full (offset sweeps to "
+                        "tol) frontier (targeted engine for small batches) frontier_layout")
     p.add_argument("--tol", type=float)
     p.add_argument("--fallback-fraction", type=float, default=0.5,
                    help="frontier: fall back to full sweeps beyond this fraction of all rows ([unlearn] full_fallback_fraction)")
@@ -142,8 +145,9 @@ def main(argv=None) -> int:
                 model = FactorModel(m.userFactors.cache(), m.itemFactors.cache(), params)
                 model.user_factors.count()
                 solved = params.iterations * rows_total
-            elif method == "retrain":
-                res = train_als(remaining, params)
+            elif method == "retrain" or method.startswith("retrain_seed"):
+                seed = params.seed if method == "retrain" else int(method[len("retrain_seed"):])
+                res = train_als(remaining, replace(params, seed=seed))
                 model = res.model
                 model.user_factors.cache().count()
                 solved = params.iterations * rows_total
