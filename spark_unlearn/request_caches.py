@@ -4,20 +4,22 @@ A request (train, unlearn) persists its intermediate tables: the block
 layout, the factors of each sweep, the remaining ratings.  They must live
 until the new version is published, since the tables it writes are lazy
 and read them.  Spark frees a persisted RDD only when it is unpersisted or
-when its driver-side object is garbage collected, and PySpark's py4j
-references keep many of them reachable: 200 sequential requests in one
-process kept ~11 RDDs per full-sweep request, and the JVM heap grew from
-0.3 to 2.5 GiB (BENCHMARKS.md, "200 sequential erasures").
+when its driver-side object is garbage collected, and many stay reachable:
+200 sequential requests in one process kept ~11 RDDs per full-sweep
+request, and the JVM heap grew from 0.3 to 2.5 GiB (BENCHMARKS.md,
+"200 sequential erasures").
 
 :func:`request_scope` records the persistent RDDs before the request and
-unpersists every new one when the block exits, on success and on failure.
-The blocks of DataFrames cached inside the block are freed with them (each
-is an RDD of Spark's cache manager, listed like any other); the cache
-manager keeps only the plan, and a later query on it recomputes.  What was
-persisted before the block (a caller's own caches) is left alone.  A
-DataFrame made inside the block must not be used after it when it rests on
-a local checkpoint (IFRU's data preparation): those blocks are gone.  One request per
-driver at a time: an RDD another thread persists meanwhile is released too.
+unpersists every new one when the scope exits, on success and on failure.
+The storage of DataFrames cached inside the scope goes with them (each is
+an RDD of Spark's cache manager, listed like any other); the cache manager
+keeps only the plan, and a later query on it recomputes.  What was
+persisted before the scope (a caller's own caches) is left alone.
+
+Caveats: a DataFrame made inside the scope that rests on a local
+checkpoint (IFRU's data preparation) cannot be used after it, its blocks
+are gone; and the scope assumes one request per driver at a time, since an
+RDD another thread persists meanwhile is released too.
 """
 
 from __future__ import annotations
