@@ -34,11 +34,13 @@ def test_content_hash_ignores_order_and_repeats_but_not_content(spark):
         L.batch_identity(batch(spark, []), "no spaces")
 
 
-def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, store):
+@pytest.mark.parametrize("engine", ["auto", "layout"])  # the targeted engine's deletion plan, and plan_deletion's
+def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, store, engine):
     ms = ModelStore(store)
     pairs = [(r["user"], r["item"]) for r in ms.load(spark).ratings.filter("user = 2").orderBy("item").limit(2).collect()]
     first = [(u, i, "interaction") for u, i in pairs] + [(5, None, "user")]
-    r1 = run_unlearning(spark, model_path=store, batch=batch(spark, first), batch_id="REQ-1", tol=5e-2, measure=False)
+    r1 = run_unlearning(spark, model_path=store, batch=batch(spark, first), batch_id="REQ-1", tol=5e-2, measure=False,
+                        engine=engine)
     assert r1["status"] == "applied" and r1["batch"]["batch_id"] == "REQ-1"
 
     # Same content again (another order, another repeat): a no-op that names the version holding it.
@@ -53,8 +55,9 @@ def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, st
 
     # A new batch naming a forgotten pair, a pair of the erased user, the erased user, and an unknown pair.
     later = [(pairs[0][0], pairs[0][1], "interaction"), (5, 1, "interaction"), (5, None, "user"), (1, 987654, "interaction")]
-    r3 = run_unlearning(spark, model_path=store, batch=batch(spark, later), tol=5e-2, measure=False)
+    r3 = run_unlearning(spark, model_path=store, batch=batch(spark, later), tol=5e-2, measure=False, engine=engine)
     d = r3["deletion"]
+    assert r3["engine"] == ("layout" if engine == "layout" else "targeted")
     assert d["already_forgotten_interactions"] == 2 and d["already_forgotten_users"] == 1
     assert d["not_found_interactions"] == 1 and d["not_found_users"] == 0
     assert r3["not_found"]["interactions"] == [(1, 987654)]

@@ -120,14 +120,18 @@ def plan_deletion(
     remaining = ratings.join(deleted.select("user", "item"), ["user", "item"], "left_anti")
 
     missing_pairs = pairs.join(ratings.select("user", "item"), ["user", "item"], "left_anti").cache()
-    known_users = {r[0] for r in ratings.join(users, ["user"], "left_semi").select("user").distinct().collect()}
-    known_items = {r[0] for r in ratings.join(items, ["item"], "left_semi").select("item").distinct().collect()}
+    # Each lookup is a scan of the ratings: skip those the batch has nothing for.
+    known_users = ({r[0] for r in ratings.join(users, ["user"], "left_semi").select("user").distinct().collect()}
+                   if erased_users else set())
+    known_items = ({r[0] for r in ratings.join(items, ["item"], "left_semi").select("item").distinct().collect()}
+                   if withdrawn_items else set())
     missing_users, missing_items = erased_users - known_users, withdrawn_items - known_items
     already = {"interactions": 0, "users": set(), "items": set(), "examples": []}
-    if callable(forgotten) and (missing_users or missing_items or not missing_pairs.isEmpty()):
-        forgotten = forgotten()
-    if forgotten is not None and not callable(forgotten) and (missing_users or missing_items or not missing_pairs.isEmpty()):
-        already = _already_forgotten(missing_pairs, missing_users, missing_items, forgotten, examples)
+    if forgotten is not None and (missing_users or missing_items or not missing_pairs.isEmpty()):
+        if callable(forgotten):
+            forgotten = forgotten()  # may be None: no earlier version forgot anything
+        if forgotten is not None:
+            already = _already_forgotten(missing_pairs, missing_users, missing_items, forgotten, examples)
     unknown_pairs = missing_pairs
     if already["interactions"]:
         unknown_pairs = missing_pairs.join(already["pairs"], ["user", "item"], "left_anti")
@@ -544,7 +548,8 @@ def unlearn_als(
             rounds += repair["rounds"]
             sizes += repair["frontier_sizes"]
             converged = repair["converged"]
-        frontier_info = {"rounds": rounds, "frontier_sizes": sizes, "spark_jobs": source.jobs, "converged": converged}
+        frontier_info = {"engine": "layout", "rounds": rounds, "frontier_sizes": sizes, "spark_jobs": source.jobs,
+                         "converged": converged}
         if not converged:
             log.warning("frontier would exceed %.0f%% of rows (%d solves); falling back to full sweeps",
                         100 * full_fallback_fraction, rows_solved)
