@@ -142,13 +142,15 @@ def plan_deletion(
         already, strict, examples,
     )
 
+    # Rows whose own data changed and that keep ratings: both sides in one job.
     touched = deleted.select("user", "item").distinct()
-    remaining_users = remaining.join(touched.select("user").distinct(), ["user"], "left_semi").select("user").distinct()
-    remaining_items = remaining.join(touched.select("item").distinct(), ["item"], "left_semi").select("item").distinct()
-    direct = {
-        "user": {r[0] for r in remaining_users.collect()},
-        "item": {r[0] for r in remaining_items.collect()},
-    }
+    kept_users = remaining.join(touched.select("user").distinct(), ["user"], "left_semi").select(
+        F.lit("user").alias("side"), F.col("user").alias("id"))
+    kept_items = remaining.join(touched.select("item").distinct(), ["item"], "left_semi").select(
+        F.lit("item").alias("side"), F.col("item").alias("id"))
+    direct: dict[str, set[int]] = {"user": set(), "item": set()}
+    for side, row_id in kept_users.unionByName(kept_items).distinct().collect():
+        direct[side].add(row_id)
     n_deleted = deleted.count()
     counts = plan_counts(pairs.count(), len(erased_users), len(withdrawn_items), n_deleted, n_unknown_pairs,
                          unknown_users, unknown_items, already, direct)
