@@ -11,6 +11,12 @@ process: the first is *cold* (JVM and Arrow warm-up, as in a spark-submit
 job), the rest *warm*.  Nothing is published; the new tables are only
 planned, then the offsets of the result are counted, which is what a
 publish would write.
+
+``--mllib-retrain`` also times Spark MLlib's ``ALS.fit`` on the remaining
+ratings of each size (same rank, regularisation, 10 iterations and 4 blocks
+as the model), the comparator of issue 3's speed targets, without the
+evaluation ``bench_unlearn.py`` runs (ranking metrics over every user cost
+more than the requests on large synthetic sets).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from common import add_data_args, bench_session, load_data  # noqa: E402
 from spark_unlearn.als.model import FactorModel  # noqa: E402
 from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import train_als  # noqa: E402
-from spark_unlearn.als.unlearn import residual_summary, unlearn_als  # noqa: E402
+from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als  # noqa: E402
 from spark_unlearn.data.split import train_test_split  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 from spark_unlearn.train_model import implicit_manifest_state  # noqa: E402
@@ -65,6 +71,22 @@ def build_state(spark, args, path: str) -> None:
         json.dump(meta, fh, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
+def mllib_retrain_seconds(train, batch, params: ALSParams) -> float:
+    """Wall seconds of Spark MLlib's ``ALS.fit`` on ``train`` minus ``batch``, factors materialised."""
+    from pyspark.ml.recommendation import ALS
+
+    remaining = remove_batch(train, batch).cache()
+    remaining.count()
+    t = time.perf_counter()
+    m = ALS(rank=params.rank, regParam=params.reg, implicitPrefs=params.implicit, maxIter=params.iterations,
+            numUserBlocks=params.num_blocks, numItemBlocks=params.num_blocks, seed=0).fit(remaining)
+    m.userFactors.count()
+    m.itemFactors.count()
+    seconds = time.perf_counter() - t
+    remaining.unpersist()
+    return seconds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_args(p)
@@ -74,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--state", required=True, help="directory holding (or to receive) the trained model")
     p.add_argument("--sizes", nargs="+", default=["1u", "100i"])
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--mllib-retrain", action="store_true", help="also time Spark MLlib's ALS.fit on the remaining ratings")
     p.add_argument("--out")
     args = p.parse_args(argv)
     configure_logging("WARNING")
@@ -91,6 +114,9 @@ def main(argv=None) -> int:
     for size in args.sizes:
         batch = make_batch(spark, tables["train"], size, seed=7).cache()
         batch.count()
+        if args.mllib_retrain:
+            out.setdefault("mllib_retrain", {})[size] = mllib_retrain_seconds(tables["train"], batch, params)
+            print(json.dumps({"size": size, "mllib_retrain_s": out["mllib_retrain"][size]}), flush=True)
         for rep in range(args.repeat):
             t = time.perf_counter()
             res = unlearn_als(tables["train"], model, offsets, batch, mode="frontier",
