@@ -9,7 +9,8 @@ import torch
 
 from spark_unlearn.ifru.pruning import (
     kept_from_scores,
-    kept_nodes_spark,
+    kept_nodes,
+    node_counts_spark,
     node_scores_spark,
     node_scores_torch,
     subgraph_spark,
@@ -33,20 +34,31 @@ def tiny(spark):
     return df, t
 
 
+def test_spark_node_counts_match_a_count_of_the_terms(tiny):
+    df, (u, i, label, removed) = tiny
+    got = node_counts_spark(df, N_USERS, N_ITEMS)
+    a, b = u.numpy(), i.numpy() + N_USERS
+    lab, rem = label.numpy() > 0, removed.numpy()
+    for name, mask in [("terms", np.ones(len(a), bool)), ("removed", rem), ("pos", lab), ("pos_kept", lab & ~rem)]:
+        ref = [int(((a == v) & mask).sum() + ((b == v) & mask).sum()) for v in range(N_USERS + N_ITEMS)]
+        assert getattr(got, name).tolist() == ref, name
+    seeds = sorted(set(a[lab & rem].tolist()) | set(b[lab & rem].tolist()))
+    assert np.flatnonzero(got.seeds).tolist() == seeds
+
+
 @pytest.mark.parametrize("hops", [0, 2])
 def test_spark_scores_and_kept_match_torch(tiny, hops):
     df, (u, i, label, removed) = tiny
-    scores_df = node_scores_spark(df, N_USERS, hops).cache()
-    scores = scores_df.toPandas().set_index("node")["score"]
+    counts = node_counts_spark(df, N_USERS, N_ITEMS)
+    scores = node_scores_spark(df, counts, N_USERS, hops)
     ref = node_scores_torch(u, i, removed, N_USERS, N_ITEMS, hops)
     has = torch.bincount(torch.cat([u, i + N_USERS]), minlength=N_USERS + N_ITEMS) > 0
-    assert sorted(scores.index) == torch.nonzero(has).reshape(-1).tolist()
-    for node, s in scores.items():
-        assert s == pytest.approx(float(ref[node]), abs=1e-12)
+    assert np.flatnonzero(counts.terms > 0).tolist() == torch.nonzero(has).reshape(-1).tolist()
+    assert np.abs(scores - ref.numpy()).max() <= 1e-12
+    assert (scores[~has.numpy()] == 0).all()
     for q in (0.5, 0.8):
-        kept, thr = kept_nodes_spark(scores_df, q)
-        got = sorted(r["node"] for r in kept.collect())
-        assert got == kept_from_scores(ref, has, q).tolist()
+        kept, thr = kept_nodes(scores, counts.terms > 0, q)
+        assert kept.tolist() == kept_from_scores(ref, has, q).tolist()
         assert thr == pytest.approx(float(np.quantile(ref[has].numpy(), q)))
 
 
@@ -63,12 +75,11 @@ def _canon(sub):
     return kept, terms, edges(sub.edges_g), edges(sub.edges_gp), rem
 
 
-@pytest.mark.parametrize("layers,pruned", [(0, True), (1, False), (2, True)])
+@pytest.mark.parametrize("layers,pruned", [(0, True), (1, False), (1, True), (2, True)])
 def test_spark_subgraph_matches_torch(spark, tiny, layers, pruned):
     df, (u, i, label, removed) = tiny
     kept_t = torch.tensor([2, N_USERS + 5]) if pruned else None
-    kept_df = spark.createDataFrame([(int(x),) for x in kept_t.tolist()], "node long") if pruned else None
-    got = subgraph_spark(df, N_USERS, layers, kept_df)
+    got = subgraph_spark(df, N_USERS, N_ITEMS, layers, None if kept_t is None else kept_t.numpy())
     ref = subgraph_torch(u, i, label, removed, N_USERS, N_ITEMS, layers, kept_t)
     assert _canon(got) == _canon(ref)
     if pruned:

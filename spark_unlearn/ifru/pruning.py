@@ -24,9 +24,13 @@ removed terms):
 * edges of ``G`` and of ``G'`` whose source lies in ``reach_{K-1}(S)``, with
   their globally normalised weights ``1/sqrt(deg(src) deg(dst))``.
 
-The Spark functions compute these with joins, so that only the subgraph is
-collected (through Arrow) to the driver; the torch functions are the slow,
-obvious references the tests compare them with.
+The Spark functions compute these in passes over the terms table, which
+stays in Spark: node-level vectors (counts, scores, reach masks; one number
+per node, like a column of the embeddings the driver holds) are broadcast
+and summed back per partition, and only the subgraph is collected (through
+Arrow) to the driver.  Their numpy kernels are in
+:mod:`~spark_unlearn.ifru.graph_kernels`; the torch functions here are the
+slow, obvious references the tests compare them with.
 """
 
 from __future__ import annotations
@@ -36,6 +40,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from spark_unlearn.ifru.graph_kernels import (
+    KIND_G,
+    KIND_GP,
+    KIND_REMOVED,
+    KIND_TERM,
+    SUBGRAPH_SCHEMA,
+    NodeCounts,
+    counts_kernel,
+    reach_hop_kernel,
+    score_hop_kernel,
+    subgraph_rows,
+    term_arrays,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,161 +259,162 @@ def subgraph_triples_torch(
 
 
 # =========================================================================== Spark
+#
+# The terms table stays in Spark.  What crosses to the driver is node-level (one number per node, the size of one
+# column of the embeddings the driver already holds) and the selected subgraph.  Each hop is one job: the driver
+# broadcasts a node vector and every partition returns its partial sums over its terms (a broadcast join by dense
+# lookup, with no shuffle), so a one-layer LightGCN subgraph with pruning is four jobs.
 
 
-def _spark():
+def _terms_frame(terms):
     from pyspark.sql import functions as F  # noqa: N812
 
-    return F
+    return terms.select(F.col("u").cast("int"), F.col("i").cast("int"), F.col("label").cast("int"),
+                        F.col("removed").cast("boolean"))
 
 
-def node_table(terms, n_users: int):
-    """``terms`` (``u``, ``i``, ``label``, ``removed``) with global node columns ``a`` (user) and ``b`` (item)."""
-    F = _spark()
-    return terms.select(
-        F.col("u").cast("long").alias("a"),
-        (F.col("i").cast("long") + F.lit(n_users)).alias("b"),
-        F.col("label").cast("int").alias("label"),
-        F.col("removed").cast("boolean").alias("removed"),
-    )
+def _node_pass(terms, n_users: int, n: int, kernel, value=None, width: int = 1) -> np.ndarray:
+    """One Spark job: ``kernel(a, b, label, removed, n, value)`` summed over every batch of ``terms``, ``(width, n)``.
+
+    ``value`` (a node vector or masks) is broadcast; each partition returns
+    one partial sum, added up here.
+    """
+    from spark_unlearn.worker_heap import freeze_worker_heap
+
+    spark = terms.sparkSession
+    shipped = spark.sparkContext.broadcast(value) if value is not None else None
+
+    def part(batches):
+        freeze_worker_heap()
+        import pyarrow as pa
+
+        v = shipped.value if shipped is not None else None
+        acc = np.zeros((width, n))
+        for batch in batches:
+            if batch.num_rows:
+                acc += kernel(*term_arrays(batch, n_users), n, v)
+        yield pa.RecordBatch.from_arrays([pa.array([acc.tobytes()], pa.binary())], names=["acc"])
+
+    try:
+        rows = _terms_frame(terms).mapInArrow(part, "acc binary").collect()
+    finally:
+        if shipped is not None:
+            shipped.destroy()
+    total = np.zeros((width, n))
+    for r in rows:
+        total += np.frombuffer(r[0], np.float64).reshape(width, n)
+    return total
 
 
-def _both_directions(pairs):
-    """Undirected pair table (``a``, ``b``) as directed edges ``src -> dst`` both ways."""
-    F = _spark()
-    return pairs.select(F.col("a").alias("src"), F.col("b").alias("dst")).unionByName(
-        pairs.select(F.col("b").alias("src"), F.col("a").alias("dst"))
-    )
+def node_counts_spark(terms, n_users: int, n_items: int) -> NodeCounts:
+    """:class:`NodeCounts` of ``terms`` (``u``, ``i``, ``label``, ``removed``; dense ids), in one Spark job."""
+    c = _node_pass(terms, n_users, n_users + n_items, counts_kernel, width=5)
+    return NodeCounts(terms=c[0], removed=c[1], pos=c[2], pos_kept=c[3], seeds=c[4] > 0)
 
 
-def node_scores_spark(terms, n_users: int, hops: int):
-    """DataFrame (``node``, ``score``) of the importance score of every node with training terms."""
-    F = _spark()
-    t = node_table(terms, n_users)
-    edges = _both_directions(t.select("a", "b").distinct())
-    rem = t.where("removed").select("a", "b")
-    rem_cnt = _both_directions(rem).groupBy(F.col("src").alias("node")).agg(F.count("*").alias("r"))
-    deg = edges.groupBy(F.col("src").alias("node")).agg(F.count("*").cast("double").alias("deg"))
-    s = deg.join(rem_cnt, "node", "left").select(
-        "node", "deg", (F.coalesce(F.col("r"), F.lit(0)) / F.col("deg")).alias("score")
-    )
-    s = s.localCheckpoint()
+def node_scores_spark(terms, counts: NodeCounts, n_users: int, hops: int) -> np.ndarray:
+    """Importance scores of every node (0 for nodes without terms), one Spark job per hop.
+
+    Equal to :func:`node_scores_torch`.
+    """
+    deg = counts.terms
+    has = deg > 0
+    safe = np.maximum(deg, 1.0)
+    s = np.where(has, counts.removed / safe, 0.0)
     for _ in range(hops):
-        neigh = edges.join(s.select(F.col("node").alias("src"), F.col("score").alias("ns")), "src").groupBy(
-            F.col("dst").alias("node")
-        ).agg(F.sum("ns").alias("nsum"))
-        s = (
-            s.join(neigh, "node", "left")
-            .select("node", "deg", ((F.col("score") + F.coalesce(F.col("nsum"), F.lit(0.0))) / F.col("deg")).alias("score"))
-            .localCheckpoint()
-        )
-    return s.select("node", "score")
+        acc = s + _node_pass(terms, n_users, deg.size, score_hop_kernel, s)[0]
+        s = np.where(has, acc / safe, 0.0)
+    return s
 
 
-def kept_nodes_spark(scores, quantile: float):
-    """Kept node ids (DataFrame ``node``) above the exact ``quantile`` of the scores, and the threshold."""
-    F = _spark()
-    thr = scores.agg(F.percentile(F.col("score"), F.lit(float(quantile))).alias("t")).first()["t"]
-    thr = 0.0 if thr is None else float(thr)
-    kept = scores.where((F.col("score") > F.lit(thr)) & (F.col("score") > 0)).select("node")
-    return kept, thr
+def kept_nodes(scores: np.ndarray, has_terms: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
+    """Sorted node ids with ``score > quantile_q(scores of nodes with terms)`` and ``score > 0``, and that threshold.
+
+    The exact quantile with linear interpolation (numpy's default).
+    """
+    vals = scores[has_terms]
+    thr = float(np.quantile(vals, quantile)) if vals.size else 0.0
+    return np.flatnonzero(has_terms & (scores > thr) & (scores > 0)).astype(np.int64), thr
 
 
-def _reach_spark(seeds, edges, hops: int) -> list:
-    """``reach_0 .. reach_hops`` (DataFrames ``node``) along ``edges`` (``src``, ``dst``)."""
-    F = _spark()
-    out = [seeds.distinct().localCheckpoint()]
-    cur = out[0]
+def _reach_spark(terms, n_users: int, seeds: list[np.ndarray], hops: int) -> list[list[np.ndarray]]:
+    """Per seed mask, the masks ``reach_0 .. reach_hops`` along ``G``; all seed sets advance in one job per hop."""
+    cur = [np.asarray(m, bool) for m in seeds]
+    out = [[m] for m in cur]
     for _ in range(hops):
-        nxt = cur.unionByName(edges.join(cur.select(F.col("node").alias("src")), "src").select(F.col("dst").alias("node")))
-        cur = nxt.distinct().localCheckpoint()
-        out.append(cur)
+        hit = _node_pass(terms, n_users, cur[0].size, reach_hop_kernel, np.stack(cur).astype(np.float64), len(cur))
+        cur = [m | (h > 0) for m, h in zip(cur, hit)]
+        for o, m in zip(out, cur):
+            o.append(m)
     return out
 
 
-def _flag(df, nodes, col: str, name: str):
-    """``df`` with boolean ``name`` = ``df[col]`` is in ``nodes``."""
-    F = _spark()
-    tagged = nodes.select(F.col("node").alias(col), F.lit(True).alias(name))
-    return df.join(tagged, col, "left").withColumn(name, F.coalesce(F.col(name), F.lit(False)))
-
-
-def _weighted(pairs):
-    """Normalised directed edges (``src``, ``dst``, ``w``) of an undirected pair table (``a``, ``b``)."""
-    F = _spark()
-    e = _both_directions(pairs)
-    deg = e.groupBy(F.col("src").alias("node")).agg(F.count("*").cast("double").alias("deg"))
-    e = e.join(deg.select(F.col("node").alias("src"), F.col("deg").alias("ds")), "src").join(
-        deg.select(F.col("node").alias("dst"), F.col("deg").alias("dd")), "dst"
-    )
-    return e.select("src", "dst", (F.lit(1.0) / F.sqrt(F.col("ds") * F.col("dd"))).alias("w"))
-
-
-def _to_tensors(df, columns: list[str]) -> dict[str, torch.Tensor]:
-    table = df.select(*columns).toArrow()
-    out = {}
-    for c in columns:
-        arr = table.column(c).to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0)
-        out[c] = torch.from_numpy(np.array(arr, copy=True))
-    return out
-
-
-def subgraph_spark(terms, n_users: int, layers: int, kept) -> Subgraph:
-    """The influenced subgraph of ``kept`` (DataFrame ``node`` or ``None`` for no pruning), computed with joins.
+def subgraph_spark(terms, n_users: int, n_items: int, layers: int, kept: np.ndarray | None,
+                   counts: NodeCounts | None = None) -> Subgraph:
+    """The influenced subgraph of ``kept`` (sorted node ids, or ``None`` for no pruning), selected in Spark.
 
     ``terms`` has columns ``u``, ``i`` (dense ids), ``label`` (0/1) and
-    ``removed`` (bool).  Only the selected terms, the local edges and the
-    removed terms are collected to the driver.
+    ``removed`` (bool).  ``counts``: :func:`node_counts_spark` of ``terms``
+    if already computed (``layers > 0`` needs it).  Jobs:
+    the counts, one per layer (both reach sets advance together) and one that
+    collects the selected terms, the removed terms and the selected edges of
+    ``G`` and ``G'``.  Equal to :func:`subgraph_torch`.
     """
-    F = _spark()
-    t = node_table(terms, n_users).localCheckpoint()
-    pos = t.where(F.col("label") > 0).select("a", "b")
-    pos_kept = t.where((F.col("label") > 0) & ~F.col("removed")).select("a", "b")
-    adj = _both_directions(pos)
-    if layers:
-        rem_pos = t.where((F.col("label") > 0) & F.col("removed"))
-        seeds = _both_directions(rem_pos.select("a", "b")).select(F.col("src").alias("node"))
-        changed = _reach_spark(seeds, adj, layers)[-1]
-        t = _flag(_flag(t, changed, "a", "ca"), changed, "b", "cb").withColumn(
-            "changed", (F.col("ca") | F.col("cb")) & ~F.col("removed")
-        )
-    else:
-        t = t.withColumn("changed", F.lit(False))
-    if kept is None:
-        sel = t
-        e_g = _weighted(pos) if layers else None
-        e_gp = _weighted(pos_kept) if layers else None
-        kept_t = None
-    else:
-        reach = _reach_spark(kept.select(F.col("node").cast("long").alias("node")), adj, layers)
-        sel = _flag(_flag(t, reach[-1], "a", "ra"), reach[-1], "b", "rb").where(F.col("ra") | F.col("rb"))
-        if layers:
-            src_nodes = reach[-2].select(F.col("node").alias("src"))
-            e_g = _weighted(pos).join(src_nodes, "src", "left_semi")
-            e_gp = _weighted(pos_kept).join(src_nodes, "src", "left_semi")
-        else:
-            e_g = e_gp = None
-        kept_t = torch.sort(_to_tensors(kept, ["node"])["node"].long()).values
-    terms_t = _to_tensors(sel, ["a", "b", "label", "removed", "changed"])
-    rem_t = _to_tensors(t.where("removed"), ["a", "b", "label"])
-    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64))
+    import pyarrow as pa
 
-    def edges(df):
-        if df is None:
-            return empty
-        e = _to_tensors(df, ["src", "dst", "w"])
-        return e["src"].long(), e["dst"].long(), e["w"].double()
+    from spark_unlearn.worker_heap import freeze_worker_heap
+
+    n = n_users + n_items
+    kept = None if kept is None else np.unique(np.asarray(kept, np.int64))
+    sel = changed = src_sel = None
+    if layers or kept is not None:
+        if layers and counts is None:
+            counts = node_counts_spark(terms, n_users, n_items)
+        seeds = [counts.seeds] if layers else []
+        if kept is not None:
+            km = np.zeros(n, bool)
+            km[kept] = True
+            seeds.append(km)
+        reach = _reach_spark(terms, n_users, seeds, layers)
+        if layers:
+            changed = reach[0][-1]
+        if kept is not None:
+            sel = reach[-1][-1]
+            src_sel = reach[-1][-2] if layers else None
+    edge_degrees = (counts.pos, counts.pos_kept) if layers else (None, None)
+    shipped = terms.sparkSession.sparkContext.broadcast((sel, changed, src_sel) + edge_degrees)
+
+    def part(batches):
+        freeze_worker_heap()
+        v = shipped.value
+        for batch in batches:
+            if batch.num_rows:
+                cols = subgraph_rows(*term_arrays(batch, n_users), *v)
+                yield pa.RecordBatch.from_arrays([pa.array(c) for c in cols],
+                                                 names=["kind", "a", "b", "label", "removed", "changed", "w"])
+
+    try:
+        table = _terms_frame(terms).mapInArrow(part, SUBGRAPH_SCHEMA).toArrow()
+    finally:
+        shipped.destroy()
+    col = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+    def of(kind, c, dtype):
+        return torch.from_numpy(np.ascontiguousarray(col[c][col["kind"] == kind]).astype(dtype))
+
+    def edges(kind):
+        return of(kind, "a", np.int64), of(kind, "b", np.int64), of(kind, "w", np.float64)
 
     return Subgraph(
-        kept=kept_t,
-        term_u=terms_t["a"].long(),
-        term_i=terms_t["b"].long(),
-        term_label=terms_t["label"].float(),
-        term_removed=terms_t["removed"].bool(),
-        term_changed=terms_t["changed"].bool(),
-        edges_g=edges(e_g),
-        edges_gp=edges(e_gp),
-        removed_u=rem_t["a"].long(),
-        removed_i=rem_t["b"].long(),
-        removed_label=rem_t["label"].float(),
+        kept=None if kept is None else torch.from_numpy(kept),
+        term_u=of(KIND_TERM, "a", np.int64),
+        term_i=of(KIND_TERM, "b", np.int64),
+        term_label=of(KIND_TERM, "label", np.float32),
+        term_removed=of(KIND_TERM, "removed", bool),
+        term_changed=of(KIND_TERM, "changed", bool),
+        edges_g=edges(KIND_G),
+        edges_gp=edges(KIND_GP),
+        removed_u=of(KIND_REMOVED, "a", np.int64),
+        removed_i=of(KIND_REMOVED, "b", np.int64),
+        removed_label=of(KIND_REMOVED, "label", np.float32),
     )

@@ -25,7 +25,8 @@ from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
 from spark_unlearn.ifru.pruning import (
     Subgraph,
     kept_from_scores,
-    kept_nodes_spark,
+    kept_nodes,
+    node_counts_spark,
     node_scores_spark,
     node_scores_torch,
     subgraph_spark,
@@ -213,12 +214,13 @@ def select_subgraph_bpr(model: IFRUModel, removed_u: torch.Tensor, removed_i: to
 
 def select_subgraph(train_terms, model: IFRUModel, cfg: IFRUConfig) -> tuple[Subgraph, float | None]:
     """Spark: importance scores, kept nodes and the influenced subgraph of ``train_terms`` (``u, i, label, removed``)."""
-    kept = None
-    thr = None
+    kept = thr = counts = None
+    if cfg.prune_quantile is not None or model.layers:
+        counts = node_counts_spark(train_terms, model.n_users, model.n_items)
     if cfg.prune_quantile is not None:
-        scores = node_scores_spark(train_terms, model.n_users, cfg.prune_hops)
-        kept, thr = kept_nodes_spark(scores, cfg.prune_quantile)
-    sub = subgraph_spark(train_terms, model.n_users, model.layers, kept)
+        scores = node_scores_spark(train_terms, counts, model.n_users, cfg.prune_hops)
+        kept, thr = kept_nodes(scores, counts.terms > 0, cfg.prune_quantile)
+    sub = subgraph_spark(train_terms, model.n_users, model.n_items, model.layers, kept, counts)
     return sub, thr
 
 
