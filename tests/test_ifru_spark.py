@@ -75,7 +75,7 @@ def _canon(sub):
     return kept, terms, edges(sub.edges_g), edges(sub.edges_gp), rem
 
 
-@pytest.mark.parametrize("layers,pruned", [(0, True), (1, False), (1, True), (2, True)])
+@pytest.mark.parametrize("layers,pruned", [(0, False), (0, True), (1, False), (1, True), (2, True)])
 def test_spark_subgraph_matches_torch(spark, tiny, layers, pruned):
     df, (u, i, label, removed) = tiny
     kept_t = torch.tensor([2, N_USERS + 5]) if pruned else None

@@ -7,7 +7,7 @@
 #   tools/standalone_cluster.sh status           show the master URL and whether the daemons are alive
 #   tools/standalone_cluster.sh submit ARGS...   build dist/spark_unlearn.zip, spark-submit ARGS to the cluster
 #   tools/standalone_cluster.sh stop             stop exactly the daemons that `start` recorded
-#   tools/standalone_cluster.sh smoke            start, run jobs/train.py on the cluster, check, stop
+#   tools/standalone_cluster.sh smoke            start, run jobs/train.py, unlearn.py and ifru.py on it, check, stop
 #
 # pyspark's pip distribution has no sbin/start-master.sh, so the daemons are
 # started with bin/spark-class.  Everything binds to 127.0.0.1.
@@ -403,6 +403,41 @@ EOF
     grep -q '"batch_id":"smoke-erase-1"' "$store/ledger.jsonl" || die "no ledger entry for the smoke batch"
     say "unlearn job finished in $((SECONDS - t0))s: $version -> $unlearned, ledger entry written"
     version="$unlearned"
+
+    # 4. The IFRU job runs on the cluster too: a 1-layer LightGCN trained on pyspark's sample, then every 7th of its
+    #    first 150 interactions unlearned with pruning (the subgraph's passes are Python tasks on the executors).
+    local sample
+    sample="$("$PYTHON" -c 'from spark_unlearn.data.embedded import sample_movielens_path as p; print(p())')" \
+        || die "cannot locate pyspark's sample ratings"
+    awk -F'::' 'BEGIN { print "user,item" } NR % 7 == 0 && NR <= 150 { print $1 "," $2 }' "$sample" >"$WORK/ifru_delete.csv"
+    printf '[ifru]\nkcore = 3\ndim = 8\nepochs = 40\nlr = 0.05\nreg = 0.001\nprune_quantile = 0.5\ndamping = 0.01\n' \
+        >"$WORK/ifru.toml"
+    rc=0
+    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit jobs/ifru.py --ratings "$sample" --model "$WORK/ifru_model" \
+        --delete "$WORK/ifru_delete.csv" --model-type lightgcn --config "$WORK/ifru.toml" \
+        >"$WORK/ifru.out" 2>"$WORK/ifru.log" </dev/null &
+    SUBMIT_PID=$!
+    wait "$SUBMIT_PID" || rc=$?
+    SUBMIT_PID=""
+    if ((rc != 0)); then
+        echo "----- tail of $WORK/ifru.log" >&2
+        tail -n 60 "$WORK/ifru.log" >&2
+        die "spark-submit jobs/ifru.py exited with $rc"
+    fi
+    local ifru_summary
+    ifru_summary="$("$PYTHON" - "$WORK/ifru.out" <<'EOF'
+import json, sys
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+start = text.rfind("\n{\n")
+report = json.loads(text[start + 1:] if start >= 0 else text)
+u = report.get("unlearning") or {}
+if not (report.get("trained") and u.get("removed_terms", 0) > 0 and u.get("cg_converged")):
+    sys.exit(f"unexpected IFRU report: {json.dumps(report)[:2000]}")
+print(f"{u['removed_terms']} terms unlearned, {u['kept_nodes']} kept nodes, {u['hvps']} HVPs, "
+      f"subgraph {u['timings_s']['spark_subgraph_s']:.2f} s")
+EOF
+)" || { tail -n 40 "$WORK/ifru.out" >&2; die "jobs/ifru.py did not unlearn on the cluster"; }
+    say "IFRU job finished in $((SECONDS - t0))s: $ifru_summary"
 
     say "OK: version $version published and loadable; $N_WORKERS workers launched executors;" \
         "tasks ran on $executors executors; total $((SECONDS - t0))s"

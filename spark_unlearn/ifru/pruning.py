@@ -355,10 +355,11 @@ def subgraph_spark(terms, n_users: int, n_items: int, layers: int, kept: np.ndar
 
     ``terms`` has columns ``u``, ``i`` (dense ids), ``label`` (0/1) and
     ``removed`` (bool).  ``counts``: :func:`node_counts_spark` of ``terms``
-    if already computed (``layers > 0`` needs it).  Jobs:
-    the counts, one per layer (both reach sets advance together) and one that
-    collects the selected terms, the removed terms and the selected edges of
-    ``G`` and ``G'``.  Equal to :func:`subgraph_torch`.
+    if already computed (``layers > 0`` needs it).  Jobs: the counts, one
+    per layer (both reach sets advance together) and one that collects the
+    selected terms, the removed terms and the selected edges of ``G`` and
+    ``G'``; with no layer and no pruning, one collect of the terms.  Equal to
+    :func:`subgraph_torch`.
     """
     import pyarrow as pa
 
@@ -381,6 +382,13 @@ def subgraph_spark(terms, n_users: int, n_items: int, layers: int, kept: np.ndar
         if kept is not None:
             sel = reach[-1][-1]
             src_sel = reach[-1][-2] if layers else None
+    names = ["kind", "a", "b", "label", "removed", "changed", "w"]
+    if not layers and kept is None:
+        # Every term, no edge: one collect with no Python task (the first Python task of a process starts its
+        # workers, ~2 s), as MF without pruning needs nothing else.
+        table = pa.Table.from_arrays(subgraph_rows(*term_arrays(_terms_frame(terms).toArrow(), n_users),
+                                                   None, None, None, None, None), names=names)
+        return _subgraph_of(table, kept)
     edge_degrees = (counts.pos, counts.pos_kept) if layers else (None, None)
     shipped = terms.sparkSession.sparkContext.broadcast((sel, changed, src_sel) + edge_degrees)
 
@@ -390,13 +398,17 @@ def subgraph_spark(terms, n_users: int, n_items: int, layers: int, kept: np.ndar
         for batch in batches:
             if batch.num_rows:
                 cols = subgraph_rows(*term_arrays(batch, n_users), *v)
-                yield pa.RecordBatch.from_arrays([pa.array(c) for c in cols],
-                                                 names=["kind", "a", "b", "label", "removed", "changed", "w"])
+                yield pa.RecordBatch.from_arrays([pa.array(c) for c in cols], names=names)
 
     try:
         table = _terms_frame(terms).mapInArrow(part, SUBGRAPH_SCHEMA).toArrow()
     finally:
         shipped.destroy()
+    return _subgraph_of(table, kept)
+
+
+def _subgraph_of(table, kept: np.ndarray | None) -> Subgraph:
+    """The :class:`Subgraph` of rows in the columns of ``SUBGRAPH_SCHEMA`` (an Arrow table)."""
     col = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
     def of(kind, c, dtype):
