@@ -301,6 +301,25 @@ smoke_cleanup() {
     stop_recorded
 }
 
+# One job of the smoke, in the background + `wait`, so that a TERM to this script is handled at once (the trap stops
+# the job and the cluster) instead of after the job; timeout(1) puts the job in its own process group and signals
+# all of it.  Usage: smoke_job NAME JOB ARGS... (stdout in $WORK/NAME.out, logs in $WORK/NAME.log; the caller's
+# `limit` is the time limit).  On failure: the job's log tail and the daemons' logs, then exit.
+smoke_job() {
+    local name="$1" rc=0
+    shift
+    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" </dev/null &
+    SUBMIT_PID=$!
+    wait "$SUBMIT_PID" || rc=$?
+    SUBMIT_PID=""
+    if ((rc != 0)); then
+        echo "----- tail of $WORK/$name.log" >&2
+        tail -n 60 "$WORK/$name.log" >&2
+        log_tails
+        die "spark-submit $1 exited with $rc (124 = timed out after ${limit}s)"
+    fi
+}
+
 cmd_smoke() {
     local own_dir=0
     if [[ -z "${SPARK_UNLEARN_CLUSTER_DIR:-}" ]]; then
@@ -321,23 +340,10 @@ cmd_smoke() {
     cmd_start >/dev/null
     say "cluster started in $((SECONDS - t0))s; submitting jobs/train.py"
 
-    # In the background + `wait`, so that a TERM to this script is handled at
-    # once (the trap stops the job and the cluster) instead of after the job.
-    # timeout(1) puts the job in its own process group and signals all of it.
-    local rc=0 limit="${SMOKE_TIMEOUT_SECONDS:-480}"
+    local limit="${SMOKE_TIMEOUT_SECONDS:-480}"
     local -a train_args=()
     read -r -a train_args <<<"${SMOKE_TRAIN_ARGS:-}"
-    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit jobs/train.py --model "$store" \
-        ${train_args[@]+"${train_args[@]}"} >"$WORK/driver.out" 2>"$WORK/driver.log" </dev/null &
-    SUBMIT_PID=$!
-    wait "$SUBMIT_PID" || rc=$?
-    SUBMIT_PID=""
-    if ((rc != 0)); then
-        echo "----- tail of $WORK/driver.log" >&2
-        tail -n 60 "$WORK/driver.log" >&2
-        log_tails
-        die "spark-submit jobs/train.py exited with $rc (124 = timed out after ${limit}s)"
-    fi
+    smoke_job driver jobs/train.py --model "$store" ${train_args[@]+"${train_args[@]}"}
     say "train job finished in $((SECONDS - t0))s"
 
     # 1. The store got a version that Spark's own ALSModel.load reads.
@@ -383,20 +389,10 @@ EOF
     fi
     # 3. The unlearning job runs on the cluster too: erase one user, a new version and a ledger entry appear.
     printf 'user\n1\n' >"$WORK/delete.csv"
-    rc=0
     local -a unlearn_args=()
     read -r -a unlearn_args <<<"${SMOKE_UNLEARN_ARGS:-}"
-    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit jobs/unlearn.py --model "$store" \
-        --delete "$WORK/delete.csv" --batch-id smoke-erase-1 ${unlearn_args[@]+"${unlearn_args[@]}"} \
-        >"$WORK/unlearn.out" 2>"$WORK/unlearn.log" </dev/null &
-    SUBMIT_PID=$!
-    wait "$SUBMIT_PID" || rc=$?
-    SUBMIT_PID=""
-    if ((rc != 0)); then
-        echo "----- tail of $WORK/unlearn.log" >&2
-        tail -n 60 "$WORK/unlearn.log" >&2
-        die "spark-submit jobs/unlearn.py exited with $rc"
-    fi
+    smoke_job unlearn jobs/unlearn.py --model "$store" --delete "$WORK/delete.csv" --batch-id smoke-erase-1 \
+        ${unlearn_args[@]+"${unlearn_args[@]}"}
     local unlearned
     unlearned="$(tr -d '[:space:]' <"$store/CURRENT")"
     [[ "$unlearned" != "$version" ]] || die "jobs/unlearn.py succeeded but CURRENT still names $version"
@@ -412,18 +408,8 @@ EOF
     awk -F'::' 'BEGIN { print "user,item" } NR % 7 == 0 && NR <= 150 { print $1 "," $2 }' "$sample" >"$WORK/ifru_delete.csv"
     printf '[ifru]\nkcore = 3\ndim = 8\nepochs = 40\nlr = 0.05\nreg = 0.001\nprune_quantile = 0.5\ndamping = 0.01\n' \
         >"$WORK/ifru.toml"
-    rc=0
-    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" submit jobs/ifru.py --ratings "$sample" --model "$WORK/ifru_model" \
-        --delete "$WORK/ifru_delete.csv" --model-type lightgcn --config "$WORK/ifru.toml" \
-        >"$WORK/ifru.out" 2>"$WORK/ifru.log" </dev/null &
-    SUBMIT_PID=$!
-    wait "$SUBMIT_PID" || rc=$?
-    SUBMIT_PID=""
-    if ((rc != 0)); then
-        echo "----- tail of $WORK/ifru.log" >&2
-        tail -n 60 "$WORK/ifru.log" >&2
-        die "spark-submit jobs/ifru.py exited with $rc"
-    fi
+    smoke_job ifru jobs/ifru.py --ratings "$sample" --model "$WORK/ifru_model" --delete "$WORK/ifru_delete.csv" \
+        --model-type lightgcn --config "$WORK/ifru.toml"
     local ifru_summary
     ifru_summary="$("$PYTHON" - "$WORK/ifru.out" <<'EOF'
 import json, sys
