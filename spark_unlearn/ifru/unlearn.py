@@ -24,7 +24,6 @@ from spark_unlearn.ifru.models import Terms, bpr_negatives, bpr_terms, build_gra
 from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
 from spark_unlearn.ifru.pruning import (
     Subgraph,
-    kept_from_scores,
     kept_nodes,
     node_counts_spark,
     node_scores_spark,
@@ -203,9 +202,8 @@ def select_subgraph_bpr(model: IFRUModel, removed_u: torch.Tensor, removed_i: to
     if cfg.prune_quantile is not None:
         scores = node_scores_torch(model.pos_u, model.pos_i, removed, n_users, n_items, cfg.prune_hops)
         has = torch.bincount(torch.cat([model.pos_u.long(), model.pos_i.long() + n_users]), minlength=n_users + n_items) > 0
-        kept = kept_from_scores(scores, has, cfg.prune_quantile)
-        vals = scores[has].double().numpy()
-        thr = float(np.quantile(vals, cfg.prune_quantile)) if vals.size else 0.0
+        kept_ids, thr = kept_nodes(scores.double().numpy(), has.numpy(), cfg.prune_quantile)
+        kept = torch.from_numpy(kept_ids)
     sub = subgraph_triples_torch(model.pos_u, model.pos_i, model.neg_j, removed, n_users, n_items, model.layers, kept)
     log.info("BPR: %d of %d requested pairs are positive training pairs (%d triples removed)",
              int(removed.sum()), int(removed_u.numel()), sub.removed_terms)
