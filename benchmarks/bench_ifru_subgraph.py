@@ -6,8 +6,9 @@ Same data as ``bench_ifru.py --scenario random``: ml-latest-small, label =
 rating >= 4, 5-core, 60/20/20 per user, 2 % of the training labels flipped
 and flagged ``removed``. For MF (0 layers) and a 1-layer LightGCN, without
 pruning and with pruning at ``--quantile`` (one score hop), each selection
-runs ``--repeat`` times in one process. Repeat 0 of the first configuration
-also pays for starting Spark's Python workers. Each entry records the
+(``ifru.pruning.select_subgraph_spark``, what an IFRU request runs) runs
+``--repeat`` times in one process. Repeat 0 of the first configuration also
+pays for starting Spark's Python workers. Each entry records the
 seconds per repeat and the size of the subgraph.
 """
 
@@ -28,17 +29,6 @@ log = logging.getLogger("spark_unlearn.bench.ifru_subgraph")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def select(df, n_users: int, n_items: int, layers: int, quantile: float | None):
-    """What ``ifru.unlearn.select_subgraph`` runs in Spark, for a model with ``layers``."""
-    from spark_unlearn.ifru import pruning as P
-
-    counts = P.node_counts_spark(df, n_users, n_items) if (quantile is not None or layers) else None
-    kept = None
-    if quantile is not None:
-        kept, _ = P.kept_nodes(P.node_scores_spark(df, counts, n_users, 1), counts.terms > 0, quantile)
-    return P.subgraph_spark(df, n_users, n_items, layers, kept, counts)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ratings", default=os.path.join(_REPO, "..", "shared", "data", "ml-latest-small", "ratings.csv"))
@@ -54,6 +44,7 @@ def main(argv=None) -> int:
 
     from spark_unlearn.data.readers import read_ratings
     from spark_unlearn.ifru.data import flip_labels, prepare
+    from spark_unlearn.ifru.pruning import select_subgraph_spark
     from spark_unlearn.session import get_session
 
     spark = get_session("bench_ifru_subgraph", master="local[2]", conf={
@@ -68,7 +59,7 @@ def main(argv=None) -> int:
             seconds = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                sub = select(df, prep.n_users, prep.n_items, layers, q)
+                sub, _ = select_subgraph_spark(df, prep.n_users, prep.n_items, layers, q, 1)
                 seconds.append(time.perf_counter() - t)
             entry = {"model": "mf" if layers == 0 else "lightgcn", "layers": layers, "quantile": q, "seconds": seconds,
                      "terms_selected": sub.num_terms, "edges_g": int(sub.edges_g[0].numel()),

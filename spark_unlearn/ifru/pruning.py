@@ -430,3 +430,19 @@ def _subgraph_of(table, kept: np.ndarray | None) -> Subgraph:
         removed_i=of(KIND_REMOVED, "b", np.int64),
         removed_label=of(KIND_REMOVED, "label", np.float32),
     )
+
+
+def select_subgraph_spark(terms, n_users: int, n_items: int, layers: int, prune_quantile: float | None,
+                          prune_hops: int) -> tuple[Subgraph, float | None]:
+    """Importance scores, kept nodes (``prune_quantile``; ``None``: no pruning) and the influenced subgraph, in Spark.
+
+    Returns the subgraph and the score threshold (``None`` without pruning).
+    The node counts are computed once, for the scores and the reach alike.
+    """
+    kept = thr = counts = None
+    if prune_quantile is not None or layers:
+        counts = node_counts_spark(terms, n_users, n_items)
+    if prune_quantile is not None:
+        scores = node_scores_spark(terms, counts, n_users, prune_hops)
+        kept, thr = kept_nodes(scores, counts.terms > 0, prune_quantile)
+    return subgraph_spark(terms, n_users, n_items, layers, kept, counts), thr

@@ -25,10 +25,8 @@ from spark_unlearn.ifru.problem import assemble_problem, graphs_before_after
 from spark_unlearn.ifru.pruning import (
     Subgraph,
     kept_nodes,
-    node_counts_spark,
-    node_scores_spark,
     node_scores_torch,
-    subgraph_spark,
+    select_subgraph_spark,
     subgraph_triples_torch,
 )
 from spark_unlearn.ifru.state import IFRUModel
@@ -212,14 +210,8 @@ def select_subgraph_bpr(model: IFRUModel, removed_u: torch.Tensor, removed_i: to
 
 def select_subgraph(train_terms, model: IFRUModel, cfg: IFRUConfig) -> tuple[Subgraph, float | None]:
     """Spark: importance scores, kept nodes and the influenced subgraph of ``train_terms`` (``u, i, label, removed``)."""
-    kept = thr = counts = None
-    if cfg.prune_quantile is not None or model.layers:
-        counts = node_counts_spark(train_terms, model.n_users, model.n_items)
-    if cfg.prune_quantile is not None:
-        scores = node_scores_spark(train_terms, counts, model.n_users, cfg.prune_hops)
-        kept, thr = kept_nodes(scores, counts.terms > 0, cfg.prune_quantile)
-    sub = subgraph_spark(train_terms, model.n_users, model.n_items, model.layers, kept, counts)
-    return sub, thr
+    return select_subgraph_spark(train_terms, model.n_users, model.n_items, model.layers, cfg.prune_quantile,
+                                 cfg.prune_hops)
 
 
 def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_threshold: float | None = None) -> UnlearningPlan:
