@@ -3,18 +3,30 @@
     spark-submit jobs/unlearn.py --model STORE_DIR --delete PATH [--ratings PATH] [--tol T]
         [--mode frontier|full|paper] [--report PATH] [--strict] [--output-store DIR] [--config conf/local.toml]
         [--batch-id ID] [--engine auto|targeted|layout]
+        [--implicit | --explicit | --implicitPrefs BOOL] [--reg/--regParam L] [--alpha A] [--nonnegative] [--force]
 
 ``--model`` is a model store written by jobs/train.py (the current version is
 unlearned and a new version published beside it, with the remaining ratings)
-or a directory saved by Spark MLlib's ``ALSModel.save`` (then ``--ratings``
-and ``--output-store`` are required).  Prints the report (JSON) on stdout.
+or a directory saved by Spark MLlib's ``ALSModel.save``.  For an MLlib model,
+``--ratings`` (the data it was trained on), ``--output-store`` and its
+objective are required: Spark's saved metadata does not record regParam,
+alpha or implicitPrefs, so state ``--implicit``/``--explicit``, ``--reg`` and
+(implicit) ``--alpha``.  The model is then measured under them: if it is not
+stationary (not an ALS fixed point under that objective) the job refuses and
+says which feedback type fits better; ``--force --tol T`` overrides.
+Prints the report (JSON) on stdout.
 
 Each batch is applied exactly once: re-submitting a batch the current model
 already reflects (same content) is a no-op whose report says
-``"status": "already_applied"`` (exit code 0).  The store's ``ledger.jsonl``
-records every applied batch.  ``[als]`` keys set explicitly in ``--config``
-(rank, reg, alpha, implicit) must match the model's, or the job refuses.
-Exit codes: 0 done, 2 bad input / configuration / store (nothing written).
+``"status": "already_applied"`` (exit code 0); a batch that removes nothing
+publishes nothing (``"status": "nothing_to_delete"``).  The store's
+``ledger.jsonl`` records every applied batch.  Stated hyperparameters (flags,
+or ``[als]`` keys set in ``--config``) must match a store version's, or the
+job refuses.  Publication is compare-and-swap on the version the request
+started from: if another job published first, the request is re-applied on
+the new current version (up to ``[unlearn] max_rebases`` times).
+Exit codes: 0 done, 2 bad input / configuration / store (nothing written),
+4 the store kept moving: nothing published, resubmit.
 """
 
 import argparse
@@ -24,7 +36,7 @@ import sys
 import _bootstrap  # noqa: F401
 
 from spark_unlearn.config import load_config, override, stated_objective
-from spark_unlearn.cli import print_report, run_job
+from spark_unlearn.cli import add_objective_flags, print_report, run_job, stated_objective_flags
 from spark_unlearn.logs import configure_logging
 from spark_unlearn.session import get_session
 from spark_unlearn.unlearn_model import run_unlearning
@@ -47,7 +59,23 @@ def parse_args(argv):
     p.add_argument("--batch-id", help="id of this deletion request for the ledger (default: hash of its content)")
     p.add_argument("--report", help="also write the report (JSON) to this path")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
+    add_objective_flags(p)
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p.parse_args(argv)
+
+
+EXAMPLES = """examples:
+  # erase what a CSV lists (columns user,item | user | item) from the store jobs/train.py wrote
+  spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv
+
+  # a model saved by pyspark.ml: state its objective, as given to ALS(...)
+  spark-submit jobs/unlearn.py --model mllib_model/ --ratings ratings.csv --output-store out/store \\
+      --delete deletions.csv --implicit --regParam 0.05 --alpha 10
+
+exit codes: 0 done (applied, already_applied or nothing_to_delete), 2 bad input (nothing written),
+            4 the store kept moving under concurrent publishers (nothing published: resubmit)
+"""
 
 
 def main(argv=None) -> int:
@@ -56,6 +84,7 @@ def main(argv=None) -> int:
     def work():
         cfg = load_config(args.config)
         cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict, engine=args.engine)
+        stated = {**stated_objective(args.config), **stated_objective_flags(args)}
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         u = cfg["unlearn"]
@@ -79,7 +108,9 @@ def main(argv=None) -> int:
             engine=u["engine"],
             measure=u["measure"],
             driver_rows=u["driver_rows"],
-            expected_params=stated_objective(args.config),
+            expected_params=stated,
+            force=args.force,
+            max_rebases=u["max_rebases"],
         )
 
     code, report = run_job(log, args.report, work)

@@ -55,6 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "full_iterations": (int, 10),
         "measure": (bool, True),  # false: no before/after metrics or forgetting ranks in the report
         "driver_rows": (int, None),  # targeted engine: neighbours beyond this stay in Spark (None: 20,000)
+        "max_rebases": (int, 3),  # re-apply a request on a store that moved at most this many times
     },
     # [ifru] is validated by spark_unlearn.ifru.config.IFRUConfig (one source of truth for its keys).
     "ifru": {},

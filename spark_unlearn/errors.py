@@ -46,3 +46,20 @@ class StoreError(SparkUnlearnError):
 
 class OutputPathError(SparkUnlearnError):
     """An output path cannot be written safely (exists, is not a directory, not writable)."""
+
+
+class ObjectiveError(SparkUnlearnError):
+    """A model's hyperparameters are unknown, or the model is not stationary under the ones given."""
+
+
+class StoreMovedError(SparkUnlearnError):
+    """The store's current version moved on since a request read it (another publisher committed first).
+
+    ``current`` is what ``CURRENT`` names now, ``expected`` what the request
+    was based on.  Nothing was published.
+    """
+
+    def __init__(self, message: str, *, current: str | None = None, expected: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+        self.expected = expected

@@ -22,6 +22,7 @@ POINTS = (
     "after_solve",  # unlearning computed, nothing written yet
     "after_factors_written",  # new factor tables in staging
     "after_ratings_written",  # remaining ratings (the new data version) in staging
+    "before_commit_check",  # store lock held, CURRENT not yet compared with the parent
     "after_version_renamed",  # complete version in versions/, CURRENT not yet moved
     "after_current_switched",  # CURRENT moved, ledger entry not yet appended
 )

@@ -11,14 +11,16 @@ as one new version, so the data forgets too.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als
-from spark_unlearn.errors import ConfigError, StoreError
+from spark_unlearn.errors import ConfigError, ObjectiveError, StoreError, StoreMovedError
 from spark_unlearn.faults import failpoint
 from spark_unlearn.request_caches import releases_caches
 from spark_unlearn.store.model_store import HOLDOUT_DIR, RATINGS_DIR, ModelStore, fingerprint_ratings, load_spark_als_model
@@ -30,11 +32,30 @@ def _is_spark_model_dir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "metadata")) and os.path.isdir(os.path.join(path, "userFactors"))
 
 
-def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame | None):
-    """Return ``(model, offsets, ratings, holdout, manifest, parent_version, store)`` for ``model_path``.
+@dataclass(frozen=True)
+class SourceModel:
+    """What a request starts from: the model, its training offsets and data, and where it came from."""
 
-    ``model_path`` is a model store (current version) or a Spark-saved ALSModel directory.
+    model: Any
+    offsets: tuple[DataFrame, DataFrame]
+    ratings: DataFrame
+    holdout: DataFrame | None
+    manifest: dict
+    parent: str | None  # the store version it is (None: a Spark MLlib model directory)
+    objective_check: dict | None = None  # Spark MLlib source: the measured stationarity (objective_check)
+
+
+def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame | None, *,
+                      stated: dict[str, Any] | None = None, force: bool = False) -> SourceModel:
+    """The model at ``model_path``: a model store (its current version) or a Spark-saved ALSModel directory.
+
+    A Spark MLlib model records no objective: it comes from ``stated`` and is
+    measured before use (:mod:`spark_unlearn.als.objective_check`); a model
+    not stationary under it is refused unless ``force``.  A store version
+    records its own; ``stated`` values that contradict it are refused.
     """
+    from spark_unlearn.als.objective_check import require_stationary, stationarity_of
+
     if _is_spark_model_dir(model_path):
         if ratings is None:
             raise ConfigError(
@@ -43,14 +64,19 @@ def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame |
             )
         from spark_unlearn.als.train import ALSState, offsets_for
 
-        model = load_spark_als_model(spark, model_path)
+        model = load_spark_als_model(spark, model_path, stated=stated)
         state = ALSState.build(ratings, model.params.num_blocks)
         offsets = offsets_for(state, model)
-        return model, offsets, ratings, None, {"source": "spark-mllib", "path": model_path}, None, state
+        found = stationarity_of(offsets)
+        state.unpersist()
+        require_stationary(found, ratings, model, model_path, force)
+        check = {**found.to_dict(), "forced": bool(force and not found.holds)}
+        return SourceModel(model, offsets, ratings, None, {"source": "spark-mllib", "path": model_path}, None, check)
     store = ModelStore(model_path)
     loaded = store.load(spark)
     if loaded.offsets is None:
         raise StoreError(f"model version {loaded.version} in {model_path} has no training offsets; retrain it with jobs/train.py")
+    check_model_matches(loaded.model.params, stated, model_path)
     data = loaded.ratings
     if ratings is not None:
         if data is not None:
@@ -63,7 +89,7 @@ def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame |
         data = ratings
     if data is None:
         raise ConfigError(f"model version {loaded.version} has no data version; pass --ratings")
-    return loaded.model, loaded.offsets, data, loaded.holdout, loaded.manifest, loaded.version, None
+    return SourceModel(loaded.model, loaded.offsets, data, loaded.holdout, loaded.manifest, loaded.version)
 
 
 def _version_counts(manifest: dict) -> dict | None:
@@ -99,6 +125,8 @@ def run_unlearning(
     measure: bool = True,
     batch_id: str | None = None,
     expected_params: dict[str, Any] | None = None,
+    force: bool = False,
+    max_rebases: int = 3,
     engine: str = "auto",
     driver_rows: int | None = None,
 ) -> dict[str, Any]:
@@ -109,6 +137,16 @@ def run_unlearning(
     batch is applied exactly once: if the current model's lineage already
     holds it (same content, :mod:`spark_unlearn.store.ledger`), nothing is
     computed or written and the report says ``"status": "already_applied"``.
+    A batch that removes nothing (no rows, or nothing of it in the data)
+    publishes nothing either: ``"status": "nothing_to_delete"``.
+
+    Publication is a compare-and-swap on the version the work started from.
+    If another publisher moved the store in the meantime, the request is
+    re-applied on the new current version (*rebase*, recorded in the report
+    as ``"rebased"``), at most ``max_rebases`` times; then
+    :class:`~spark_unlearn.errors.StoreMovedError` is raised and nothing of
+    this request is published.  "applied" therefore always means the current
+    version, when it was published, no longer held the batch's data.
 
     Parameters
     ----------
@@ -122,14 +160,22 @@ def run_unlearning(
         Targeted engine: neighbours of a round's solves beyond this many stay
         in Spark (:mod:`spark_unlearn.als.neighbour_pass`; ``None``: its default).
     expected_params
-        Hyperparameters the caller's configuration states explicitly
-        (``rank``, ``reg``, ``alpha``, ``implicit``); a model trained with
-        other values is refused (:class:`ConfigError`) instead of being
-        unlearned under an objective the caller did not mean.
+        Hyperparameters the caller states (``rank``, ``reg``, ``alpha``,
+        ``implicit``, ``nonnegative``; from flags or the config's ``[als]``).
+        A store version that records other values is refused; for a Spark
+        MLlib model, which records none, they are required (``reg``,
+        ``implicit``, and ``alpha`` if implicit) and then measured
+        (:mod:`spark_unlearn.als.objective_check`).
+    force
+        Unlearn a Spark MLlib model even if it is not stationary under the
+        stated hyperparameters (the report records the override; ``tol`` must
+        then be given, since the training residual failed the check).
+    max_rebases
+        How many times a request is re-applied on a store that moved.
     """
     from spark_unlearn.data.deletions import read_deletions
     from spark_unlearn.data.readers import read_ratings
-    from spark_unlearn.store.ledger import batch_identity, find_applied, request_record
+    from spark_unlearn.store.ledger import batch_identity
 
     t0 = time.perf_counter()
     if batch is None:
@@ -141,10 +187,72 @@ def run_unlearning(
         if _is_spark_model_dir(model_path):
             raise ConfigError(f"{model_path} is a Spark MLlib model directory; pass --output-store DIR for the unlearned versions")
         output_store = model_path
+    if not isinstance(max_rebases, int) or max_rebases < 0:
+        raise ConfigError(f"max_rebases must be a non-negative integer, got {max_rebases!r}")
     store = ModelStore(output_store)  # checks the output path before any work
     store.reconcile()
     identity = batch_identity(batch, batch_id)
-    applied = find_applied(store, identity) if store.current() is not None else None
+    if identity.n_requests == 0:
+        log.info("deletion batch %s holds no request: nothing to do, nothing published", identity.batch_id)
+        return _nothing_report(identity, store, "the deletion batch holds no request (e.g. a header-only file)", t0)
+    request = _Request(batch, identity, dict(
+        mode=mode, tol=tol, tol_factor=tol_factor, strict=strict, max_rounds=max_rounds,
+        full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations, engine=engine,
+        driver_rows=driver_rows), k, measure, expected_params, force)
+    source, source_ratings = model_path, ratings
+    rebases: list[dict[str, Any]] = []
+    for _ in range(max_rebases + 1):
+        try:
+            report = _apply_once(spark, store, source, source_ratings, request, t0)
+        except StoreMovedError as moved:
+            rebases.append({"based_on": moved.expected, "current_was": moved.current})
+            log.warning("store %s moved from %s to %s while this request was computed: re-applying it on %s",
+                        store.root, moved.expected, moved.current, moved.current)
+            # The store's current version holds the lineage now, with its own data version.
+            source, source_ratings = output_store, None
+            continue
+        if rebases:
+            report["rebased"] = rebases
+        return report
+    raise StoreMovedError(
+        f"model store {store.root} moved on {len(rebases)} times while request {identity.batch_id} was computed "
+        f"(another publisher committed first each time; last: {rebases[-1]['current_was']}); nothing of this request "
+        "was published: store moved, resubmit it",
+        current=rebases[-1]["current_was"], expected=rebases[-1]["based_on"],
+    )
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One deletion request's inputs and options, as they stay across rebases."""
+
+    batch: DataFrame
+    identity: Any
+    engine_options: dict[str, Any]
+    k: int
+    measure: bool
+    stated: dict[str, Any] | None
+    force: bool
+
+
+def _nothing_report(identity, store: ModelStore, why: str, t0: float) -> dict[str, Any]:
+    return {
+        "status": "nothing_to_delete",
+        "batch": identity.to_dict(),
+        "version": store.current(),
+        "note": f"{why}; nothing was recomputed or published",
+        "seconds": {"end_to_end": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings: DataFrame | None, req: _Request,
+                t0: float) -> dict[str, Any]:
+    """Unlearn ``req`` from the model at ``model_path`` and publish it to ``store`` (compare-and-swap)."""
+    from spark_unlearn.store.ledger import find_applied, request_record
+
+    batch, identity = req.batch, req.identity
+    observed = store.current()
+    applied = find_applied(store, identity) if observed is not None else None
     if applied is not None:
         log.info("batch %s (content %s...) is already applied in %s: nothing to do", identity.batch_id,
                  identity.content_hash[:16], applied["version"])
@@ -157,84 +265,103 @@ def run_unlearning(
             "note": "this batch (same content) was applied before; nothing was recomputed or written",
         }
 
-    model, offsets, data, holdout, manifest, parent, state = load_source_model(spark, model_path, ratings)
-    if state is not None:
-        state.unpersist()
-    check_model_matches(model.params, expected_params, model_path)
+    src = load_source_model(spark, model_path, ratings, stated=req.stated, force=req.force)
+    model, offsets, data, holdout, manifest, parent = src.model, src.offsets, src.ratings, src.holdout, src.manifest, src.parent
+    opts = dict(req.engine_options)
+    if src.objective_check is not None and src.objective_check["forced"] and opts["tol"] is None:
+        raise ObjectiveError(
+            f"--force unlearns {model_path} although it is not stationary under the stated hyperparameters; the "
+            "certificate's tolerance cannot come from that failed training residual: give --tol as well"
+        )
+    same_store = parent is not None and os.path.abspath(store.root) == os.path.abspath(model_path)
     # Read only if some request matches nothing (the lineage may hold hundreds of versions).
-    forgotten = (lambda: store.forgotten(spark)) if parent is not None and os.path.abspath(store.root) == os.path.abspath(model_path) else None
+    forgotten = (lambda: store.forgotten(spark)) if same_store else None
     training_residual = manifest.get("training_residual") or residual_summary(offsets)
+    spark_source = src.objective_check is not None
     result = unlearn_als(
-        data, model, offsets, batch, mode=mode, tol=tol, tol_factor=tol_factor, training_residual=training_residual,
-        strict=strict, max_rounds=max_rounds, full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations,
-        forgotten=forgotten, engine=engine, grams=manifest.get("grams"), driver_rows=driver_rows,
+        data, model, offsets, batch, training_residual=training_residual, forgotten=forgotten,
+        grams=manifest.get("grams"),
         # A Spark-trained model's offsets were just computed: no drift.
-        drift_bound={"user": 0.0, "item": 0.0} if state is not None else manifest.get("drift_max"),
+        drift_bound={"user": 0.0, "item": 0.0} if spark_source else manifest.get("drift_max"),
         counts=_version_counts(manifest),
-        x_ratio=None if state is not None else manifest.get("x_ratio"),
-        x_watch=None if state is not None else manifest.get("x_watch"),
+        x_ratio=None if spark_source else manifest.get("x_ratio"),
+        x_watch=None if spark_source else manifest.get("x_watch"),
+        **opts,
     )
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
+    if src.objective_check is not None:
+        report["objective_check"] = src.objective_check
+    if not report["deletion"].get("deleted_ratings"):
+        result.release()
+        log.info("batch %s removes no rating from %s: nothing published", identity.batch_id, model_path)
+        out = _nothing_report(identity, store, "no request of the batch matches a rating of the model's data", t0)
+        out["deletion"], out["not_found"] = report["deletion"], report.get("not_found")
+        return out
     new_holdout = None
     if holdout is not None:
         new_holdout = remove_batch(holdout, batch)
     t_measure = time.perf_counter()
-    if measure:
+    if req.measure:
         report["forgetting"] = forgetting_report(model, result.model, result.deleted)
         if holdout is not None:
             from spark_unlearn.train_model import evaluate_model
 
-            report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, k)
-            report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, k)
+            report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.k)
+            report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, req.k)
     train_s = (manifest.get("training") or {}).get("seconds")
     report["seconds"]["unlearning_total"] = round(time.perf_counter() - t0, 3)
     if train_s:
         report["training_seconds"] = train_s
         report["speedup_vs_training"] = round(train_s / max(report["seconds"]["solve"] + report["seconds"]["certificate"], 1e-9), 2)
     report["seconds"]["measure"] = round(time.perf_counter() - t_measure, 3)
+    report = undefined_as_none(report)
     t_publish = time.perf_counter()
     out_ratings, out_holdout = result.remaining, new_holdout
-    if parent is not None:
+    if same_store:
         # The data versions derive from the parent's files: only part files holding a deleted row are rewritten.
         from spark_unlearn.store.derived import DerivedTable
 
-        parent_dir = ModelStore(model_path).version_path(parent)
+        parent_dir = store.version_path(parent)
         contents = manifest.get("contents") or {}
         if contents.get("ratings"):
             out_ratings = DerivedTable(os.path.join(parent_dir, RATINGS_DIR), batch)
         if contents.get("holdout") and new_holdout is not None:
             out_holdout = DerivedTable(os.path.join(parent_dir, HOLDOUT_DIR), batch)
-    version = store.publish(
-        result.model,
-        offsets=result.offsets,
-        ratings=out_ratings,
-        holdout=out_holdout,
-        manifest={
-            "unlearning": {k_: v for k_, v in report.items() if k_ not in ("certificate",)},
-            "certificate": report["certificate"],
-            "training_residual": training_residual,
-            "training": manifest.get("training"),
-            **({"grams": result.grams} if result.grams else {}),
-            "drift_max": result.report["drift_max"],
-            # Implicit, targeted engine only: the bound max |x|/|b| the next request starts from.
-            **({"x_ratio": result.report["x_ratio"]} if result.report.get("x_ratio") else {}),
-            **({"x_watch": result.x_watch} if result.x_watch else {}),
-        },
-        parent=parent,
-        forgotten=applied_requests(batch, result.deleted),
-        request=request_record(identity, method=f"unlearn-als/{report['mode']}"),
-    )
-    report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
-    result.release()
-    for df in (result.remaining, result.deleted):  # their cache-manager entries; the blocks go with the scope
-        df.unpersist()
+    try:
+        version = store.publish(
+            replace(result.model, model_params=model.model_params),
+            offsets=result.offsets,
+            ratings=out_ratings,
+            holdout=out_holdout,
+            manifest={
+                "unlearning": {k_: v for k_, v in report.items() if k_ not in ("certificate",)},
+                "certificate": report["certificate"],
+                "training_residual": training_residual,
+                "training": manifest.get("training"),
+                **({"grams": result.grams} if result.grams else {}),
+                "drift_max": result.report["drift_max"],
+                # Implicit, targeted engine only: the bound max |x|/|b| the next request starts from.
+                **({"x_ratio": result.report["x_ratio"]} if result.report.get("x_ratio") else {}),
+                **({"x_watch": result.x_watch} if result.x_watch else {}),
+            },
+            parent=parent if same_store else None,
+            forgotten=applied_requests(batch, result.deleted),
+            request=request_record(identity, method=f"unlearn-als/{report['mode']}"),
+            expect_current=parent if same_store else observed,
+        )
+    finally:
+        report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
+        result.release()
+        for df in (result.remaining, result.deleted):  # their cache-manager entries; the blocks go with the scope
+            df.unpersist()
     published = store.read_manifest(version)
     if report.get("remaining_ratings") is None:
         report["remaining_ratings"] = published["counts"].get("n_ratings")
     if published.get("copy_on_write"):
         report["copy_on_write"] = published["copy_on_write"]
     report["version"] = version
+    report["parent"] = published.get("parent")
     report["path"] = store.version_path(version)
     report["seconds"]["end_to_end"] = round(time.perf_counter() - t0, 3)
     log.info("published %s: %d rows re-solved, certificate %.3g (tol %.3g)", version, report["rows_solved"],
@@ -242,17 +369,43 @@ def run_unlearning(
     return report
 
 
+def undefined_as_none(report: Any, path: str = "", found: list[str] | None = None) -> Any:
+    """``report`` with every NaN or infinite number replaced by ``None``; the top level lists where (``"undefined"``).
+
+    A measure with nothing to measure (no deleted pair left to rank, an empty
+    holdout) is undefined, not a number; JSON has no NaN, and the manifest
+    and ledger must stay valid JSON.
+    """
+    top = found is None
+    found = [] if top else found
+    if isinstance(report, dict):
+        out = {k: undefined_as_none(v, f"{path}.{k}" if path else str(k), found) for k, v in report.items()}
+    elif isinstance(report, (list, tuple)):
+        out = type(report)(undefined_as_none(v, f"{path}[{i}]", found) for i, v in enumerate(report))
+    elif isinstance(report, float) and not math.isfinite(report):
+        found.append(path)
+        out = None
+    else:
+        out = report
+    if top and found and isinstance(out, dict):
+        out["undefined"] = sorted(set(out.get("undefined") or []) | set(found))
+    return out
+
+
 def check_model_matches(params, expected: dict[str, Any] | None, where: str) -> None:
-    """Refuse a model whose objective differs from what the caller's configuration states."""
+    """Refuse a store version whose recorded objective differs from what the caller states."""
     if not expected:
         return
+    if expected.get("nonnegative"):
+        raise ObjectiveError(f"{where}: nonnegative ALS is not supported yet; this store's versions are not nonnegative "
+                             "(drop --nonnegative)")
     have = params.to_dict()
     wrong = {k: (v, have.get(k)) for k, v in expected.items() if k in have and have.get(k) != v}
     if wrong:
-        detail = ", ".join(f"{k}: config {v!r}, model {m!r}" for k, (v, m) in sorted(wrong.items()))
-        raise ConfigError(
-            f"the model at {where} was trained with other hyperparameters than the config states ({detail}); "
-            "unlearning keeps the model's own objective, so fix the config (or drop those keys from it) or pick the right model"
+        detail = ", ".join(f"{k}: stated {v!r}, model {m!r}" for k, (v, m) in sorted(wrong.items()))
+        raise ObjectiveError(
+            f"the model at {where} was trained with other hyperparameters than stated ({detail}); "
+            "unlearning keeps the model's own objective, so fix the flags or config (or drop those keys) or pick the right model"
         )
 
 
@@ -269,17 +422,27 @@ def applied_requests(batch: DataFrame, deleted: DataFrame) -> DataFrame:
 
 
 def forgetting_report(before, after, deleted: DataFrame) -> dict[str, Any]:
-    """Mean rank percentile of the deleted items in their (remaining) users' lists, before and after."""
+    """Mean rank percentile of the deleted items in their (remaining) users' lists, before and after.
+
+    Only pairs whose user *and* item still have a factor row can be ranked
+    after the deletion; with none left the measure is undefined and the
+    report says why (``"defined": false``) instead of giving a number.
+    """
     from spark_unlearn.eval.forgetting import mean_rank_percentile
 
     remaining_users = after.user_factors.select("id").withColumnRenamed("id", "user")
-    pairs = deleted.select("user", "item").join(remaining_users, ["user"], "left_semi")
+    remaining_items = after.item_factors.select("id").withColumnRenamed("id", "item")
+    pairs = (deleted.select("user", "item").join(remaining_users, ["user"], "left_semi")
+             .join(remaining_items, ["item"], "left_semi"))
     n = pairs.count()
     if n == 0:
-        return {"pairs": 0, "note": "every deleted interaction belonged to an erased user (no factor row left to rank for)"}
+        return {"pairs": 0, "defined": False,
+                "note": "undefined: every deleted interaction lost its user's or its item's factor row (erased user or "
+                        "withdrawn item), so no pair is left to rank"}
     pairs = pairs.cache()
     return {
         "pairs": n,
+        "defined": True,
         "rank_percentile_before": mean_rank_percentile(before.user_factors, before.item_factors, pairs),
         "rank_percentile_after": mean_rank_percentile(after.user_factors, after.item_factors, pairs),
         "convention": "0 = top of the user's list, 1 = bottom",

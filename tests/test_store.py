@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
-from spark_unlearn.errors import ConfigError, OutputPathError, SchemaError, StoreError
+from spark_unlearn.errors import ConfigError, ObjectiveError, OutputPathError, SchemaError, StoreError, StoreMovedError
 from spark_unlearn.schema import FACTORS_SCHEMA, OFFSETS_SCHEMA, RATINGS_SCHEMA
 from spark_unlearn.store import model_store
 from spark_unlearn.store.model_store import (
@@ -178,10 +178,17 @@ def test_load_model_saved_by_spark(spark, tmp_path):
     path = str(tmp_path / "als")
     fitted.save(path)
 
-    m = load_spark_als_model(spark, path)
+    # Spark's ALSModel metadata does not record the objective: it is never guessed.
+    with pytest.raises(ObjectiveError, match="--implicit or --explicit"):
+        load_spark_als_model(spark, path)
+    with pytest.raises(ObjectiveError, match=r"\['alpha'\]"):
+        load_spark_als_model(spark, path, stated={"implicit": True, "reg": 0.1})
+    with pytest.raises(ObjectiveError, match="nonnegative"):
+        load_spark_als_model(spark, path, stated={"implicit": False, "reg": 0.1, "nonnegative": True})
+    m = load_spark_als_model(spark, path, stated={"implicit": False, "reg": 0.05})
     assert m.rank == 4 and m.params.rank == 4
-    # Spark's ALSModel metadata does not record estimator params: defaults equal Spark's.
-    assert (m.params.reg, m.params.alpha, m.params.implicit, m.params.iterations) == (0.1, 1.0, False, 10)
+    assert (m.params.reg, m.params.implicit) == (0.05, False)
+    assert m.model_params["userCol"] == "user" and m.model_params["coldStartStrategy"] == "nan"
     assert _as_dict(m.user_factors) == _as_dict(fitted.userFactors)
     assert _as_dict(m.item_factors) == _as_dict(fitted.itemFactors)
     assert len(_as_dict(m.user_factors)) == 4
@@ -200,6 +207,10 @@ def test_load_model_saved_by_spark(spark, tmp_path):
     open(meta_file, "w").write(json.dumps(meta) + "\n")
     p = load_spark_als_model(spark, path).params
     assert p == ALSParams(rank=4, reg=0.3, alpha=4.0, implicit=True, iterations=3, seed=1, checkpoint_interval=2)
+    # A statement that contradicts the record is refused, one that agrees is accepted.
+    with pytest.raises(ObjectiveError, match="reg: stated 0.1, recorded 0.3"):
+        load_spark_als_model(spark, path, stated={"reg": 0.1})
+    assert load_spark_als_model(spark, path, stated={"reg": 0.3, "implicit": True}).params == p
 
 
 def test_load_spark_als_model_rejects_non_models(spark, tmp_path):
@@ -249,6 +260,14 @@ def test_versions_current_parent_and_rollback(spark, tmp_path):
     assert store.publish(model) == "v000003"
     assert store.current() == "v000003"
     assert os.listdir(os.path.join(root, ".staging")) == []
+    # Compare-and-swap: a version derived from v000001 may not replace v000003, which does not derive from it.
+    with pytest.raises(StoreMovedError, match="CURRENT is 'v000003'.*based on 'v000001'") as moved:
+        store.publish(model, parent="v000001")
+    assert (moved.value.current, moved.value.expected) == ("v000003", "v000001")
+    assert store.current() == "v000003" and store.versions() == ["v000001", "v000002", "v000003"]
+    assert os.listdir(os.path.join(root, ".staging")) == []
+    with pytest.raises(StoreMovedError, match="CURRENT is 'v000003'"):
+        store.publish(model, expect_current=None)  # "the store must be empty"
 
     with pytest.raises(StoreError, match="v000009.*does not exist.*v000001"):
         store.publish(model, parent="v000009")

@@ -23,17 +23,18 @@ def batch(spark, rows):
     return spark.createDataFrame(rows, "user int, item int, kind string")
 
 
-def test_empty_batch_leaves_every_factor_bit_identical(spark, trained_store, tmp_path):
+def test_an_empty_batch_publishes_nothing_and_says_so(spark, trained_store, tmp_path):
+    from job_helpers import tree_digest
+
     store = copy_store(trained_store, tmp_path / "s")
-    before = ModelStore(store).load(spark)
+    before = tree_digest(store)
     report = run_unlearning(spark, model_path=store, batch=batch(spark, []), measure=False)
-    after = ModelStore(store).load(spark)
-    assert report["rows_solved"] == 0 and report["deletion"]["deleted_ratings"] == 0
-    assert after.version != before.version and after.manifest["parent"] == before.version
-    for side in ("user_factors", "item_factors"):
-        a, b = factors_dict(getattr(before.model, side)), factors_dict(getattr(after.model, side))
-        assert a.keys() == b.keys() and all(np.array_equal(a[i], b[i]) for i in a)
-    assert report["certificate"]["holds"]
+    assert report["status"] == "nothing_to_delete" and report["version"] == "v000001"
+    assert "holds no request" in report["note"]
+    # A batch whose requests match nothing in the data publishes nothing either.
+    report = run_unlearning(spark, model_path=store, batch=batch(spark, [(1, 987654, "interaction")]), measure=False)
+    assert report["status"] == "nothing_to_delete" and report["deletion"]["deleted_ratings"] == 0
+    assert tree_digest(store) == before
 
 
 def test_erasing_a_user_removes_its_row_and_its_ratings(spark, trained_store, tmp_path):
@@ -98,8 +99,9 @@ def test_spark_mllib_model_unlearns_and_loads_with_alsmodel(spark, tmp_path):
         run_unlearning(spark, model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), measure=False)
     report = run_unlearning(
         spark, model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), ratings_format="csv",
-        output_store=out, tol=5e-2, measure=False,
+        output_store=out, tol=5e-2, measure=False, expected_params={"implicit": False, "reg": 0.1},
     )
+    assert report["objective_check"]["holds"] and not report["objective_check"]["forced"]
     loaded = ALSModel.load(report["path"])
     assert loaded.userFactors.filter("id = 5").count() == 0
     assert loaded.userFactors.count() == ratings.select("user").distinct().count() - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import DataFrame
 
@@ -20,11 +21,16 @@ class FactorModel:
         (``id`` int, ``features`` array<float> of length ``params.rank``).
     params
         Hyperparameters the factors were trained with.
+    model_params
+        Spark ``ALSModel``'s own params of the source model (``userCol``,
+        ``itemCol``, ``predictionCol``, ``coldStartStrategy``, ``blockSize``),
+        kept on publication; ``None``: Spark's defaults.
     """
 
     user_factors: DataFrame
     item_factors: DataFrame
     params: ALSParams
+    model_params: dict[str, Any] | None = None
 
     @property
     def rank(self) -> int:

@@ -68,6 +68,7 @@ from spark_unlearn.errors import (
     OutputPathError,
     SchemaError,
     StoreError,
+    StoreMovedError,
 )
 from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
@@ -127,6 +128,11 @@ _SPARK_MODEL_PARAMS: dict[str, Any] = {
 }
 
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
+
+PARENT = object()
+"""``publish(expect_current=PARENT)``: compare-and-swap on the version's parent (the default)."""
+ANY_CURRENT = object()
+"""``publish(expect_current=ANY_CURRENT)``: commit whatever ``CURRENT`` names (a new lineage)."""
 
 # Keys publish() fills itself; a caller's manifest may add keys but not replace these.
 _RESERVED_KEYS = frozenset(
@@ -321,6 +327,7 @@ class ModelStore:
             user_factors=_read_factors(spark, os.path.join(path, USER_FACTORS)),
             item_factors=_read_factors(spark, os.path.join(path, ITEM_FACTORS)),
             params=params,
+            model_params=spark_model_params(read_spark_metadata(path)),
         )
         contents = manifest.get("contents", {})
         offsets = None
@@ -407,6 +414,7 @@ class ModelStore:
         parent: str | None = None,
         forgotten: DataFrame | None = None,
         request: dict | None = None,
+        expect_current: str | None | object = PARENT,
     ) -> str:
         """Write ``model`` as a new version and make it current.
 
@@ -449,13 +457,28 @@ class ModelStore:
             Optional deletion-batch record (:func:`spark_unlearn.store.ledger.request_record`).
             It goes into the manifest (``"request"``) and, once the version is
             current, into the ledger; the two are written under the store lock.
+        expect_current
+            Compare-and-swap: the version ``CURRENT`` must still name when the
+            new one is committed (``None``: the store must be empty).  The
+            default, :data:`PARENT`, expects ``parent`` when one is given and
+            anything when not (a training run starts a new lineage).
+            :data:`ANY_CURRENT` never checks.
 
         Returns
         -------
         str
             The new version's name.
+
+        Raises
+        ------
+        StoreMovedError
+            ``CURRENT`` no longer names ``expect_current``: another publisher
+            committed first.  Nothing was published; the caller re-applies
+            its request on the new current version (``rebase``).
         """
         extra = _check_extra_manifest(manifest)
+        if expect_current is PARENT:
+            expect_current = parent if parent is not None else ANY_CURRENT
         if parent is not None:
             self.version_path(parent)
         params = model.params
@@ -482,14 +505,17 @@ class ModelStore:
         with held_lock(staging + ".lock"):
             os.mkdir(staging)
             return self._publish_staged(
-                staging, spark, params, user_f, item_f, offs, rats, hold, gone, extra, parent, request
+                staging, spark, params, model_params_of(model), user_f, item_f, offs, rats, hold, gone, extra, parent,
+                request, expect_current,
             )
 
-    def _publish_staged(self, staging, spark, params, user_f, item_f, offs, rats, hold, gone, extra, parent, request) -> str:
+    def _publish_staged(self, staging, spark, params, model_params, user_f, item_f, offs, rats, hold, gone, extra, parent,
+                        request, expect_current) -> str:
         log.info("publishing to %s (staging %s)", self._root, staging)
         try:
             _write_spark_metadata(
-                os.path.join(staging, METADATA_DIR), spark_als_metadata(params, spark_version=spark.version)
+                os.path.join(staging, METADATA_DIR),
+                spark_als_metadata(params, spark_version=spark.version, model_params=model_params),
             )
             # The factor tables are validated by scanning what was written
             # (cheap Parquet reads, both tables in one job) rather than the
@@ -547,6 +573,15 @@ class ModelStore:
             body["files"] = files
 
             with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
+                failpoint("before_commit_check")
+                now = self.current()
+                if expect_current is not ANY_CURRENT and now != expect_current:
+                    raise StoreMovedError(
+                        f"model store {self._root} moved on while this version was computed: CURRENT is {now!r}, "
+                        f"the work was based on {expect_current!r}; nothing was published (re-apply the request on "
+                        f"{now!r}, or resubmit it)",
+                        current=now, expected=expect_current,
+                    )
                 name = self._next_version_name()
                 body["version"] = name
                 write_text_durable(
@@ -686,11 +721,13 @@ class ModelStore:
 # ---------------------------------------------------------------------------
 
 
-def spark_als_metadata(params: ALSParams, *, spark_version: str, uid: str | None = None) -> dict[str, Any]:
+def spark_als_metadata(params: ALSParams, *, spark_version: str, uid: str | None = None,
+                       model_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metadata JSON Spark's ``ALSModel`` writer produces, for ``params``.
 
-    ``paramMap`` and ``defaultParamMap`` hold the model params Spark expects;
-    the training hyperparameters (Spark names, from
+    ``paramMap`` and ``defaultParamMap`` hold the model params Spark expects
+    (``model_params``, e.g. a source model's ``userCol``, override Spark's
+    defaults in ``paramMap``); the training hyperparameters (Spark names, from
     :meth:`ALSParams.spark_param_map`) go under :data:`SPARK_UNLEARN_PARAM_KEY`.
     """
     estimator = params.spark_param_map()
@@ -702,7 +739,7 @@ def spark_als_metadata(params: ALSParams, *, spark_version: str, uid: str | None
         "timestamp": int(time.time() * 1000),
         "sparkVersion": spark_version,
         "uid": uid or f"ALS_{uuid.uuid4().hex[:12]}",
-        "paramMap": dict(_SPARK_MODEL_PARAMS),
+        "paramMap": {**_SPARK_MODEL_PARAMS, **(model_params or {})},
         "defaultParamMap": dict(_SPARK_MODEL_PARAMS),
         "rank": params.rank,
         SPARK_UNLEARN_PARAM_KEY: estimator,
@@ -736,16 +773,16 @@ def read_spark_metadata(model_dir: str) -> dict[str, Any]:
     raise StoreError(f"{meta_dir} holds no metadata part file with content")
 
 
-def load_spark_als_model(spark: SparkSession, path: str, *, params: ALSParams | None = None) -> FactorModel:
+def load_spark_als_model(spark: SparkSession, path: str, *, params: ALSParams | None = None,
+                         stated: dict[str, Any] | None = None) -> FactorModel:
     """Read a model saved by Spark's ``ALSModel.save`` (or a version of a :class:`ModelStore`).
 
-    Spark's own ``ALSModel`` metadata records only ``rank``; ``regParam``,
-    ``alpha``, ``implicitPrefs``, ``maxIter``, ``seed``,
-    ``checkpointInterval`` and ``numUserBlocks`` are taken from
+    Spark's own ``ALSModel`` metadata records only ``rank`` and the model's
+    column params; the objective (``regParam``, ``implicitPrefs``, and
+    ``alpha`` for implicit feedback) is read from
     :data:`SPARK_UNLEARN_PARAM_KEY`, ``paramMap`` or ``defaultParamMap`` when
-    present and otherwise left at :class:`ALSParams` defaults (which match
-    Spark's, except ``seed``).  Pass ``params`` to supply the hyperparameters
-    the model was really trained with.
+    a writer recorded it, or taken from ``stated``.  It is never guessed: a
+    model whose objective is neither recorded nor stated is refused.
 
     Parameters
     ----------
@@ -754,13 +791,20 @@ def load_spark_als_model(spark: SparkSession, path: str, *, params: ALSParams | 
     path
         Model directory (plain path or ``file://`` URI).
     params
-        Hyperparameters overriding those found in the metadata; its ``rank``
-        must equal the saved rank.
+        Complete hyperparameters (overrides the metadata); its ``rank`` must
+        equal the saved rank.
+    stated
+        Hyperparameters the caller states, under our names (``reg``,
+        ``alpha``, ``implicit``, and optionally ``rank``, ``nonnegative``).
+        A stated value that contradicts a recorded one is refused.
 
     Raises
     ------
     StoreError
         If ``path`` is not a saved ``ALSModel`` or ``params.rank`` disagrees.
+    ObjectiveError
+        If the objective is neither recorded nor stated, contradicts the
+        record, or asks for ``nonnegative`` (not supported).
     """
     local = _local_path(path)
     if not os.path.isdir(local):
@@ -776,14 +820,29 @@ def load_spark_als_model(spark: SparkSession, path: str, *, params: ALSParams | 
         if not os.path.isdir(os.path.join(local, sub)):
             raise StoreError(f"{local} is an incomplete ALSModel: no {sub}/ directory")
     if params is None:
-        params = _params_from_spark_metadata(meta, rank, local)
+        params = _params_from_spark_metadata(meta, rank, local, stated or {})
     elif params.rank != rank:
         raise StoreError(f"params.rank={params.rank} but the model saved at {local} has rank {rank}")
     return FactorModel(
         user_factors=_read_factors(spark, os.path.join(local, USER_FACTORS)),
         item_factors=_read_factors(spark, os.path.join(local, ITEM_FACTORS)),
         params=params,
+        model_params=spark_model_params(meta),
     )
+
+
+def spark_model_params(meta: dict[str, Any]) -> dict[str, Any]:
+    """The model's own params (``userCol``, ``itemCol``, ...) a Spark ALSModel metadata records (set over default)."""
+    found = {}
+    for key in ("defaultParamMap", "paramMap"):
+        if isinstance(meta.get(key), dict):
+            found.update(meta[key])
+    return {k: found[k] for k in _SPARK_MODEL_PARAMS if k in found}
+
+
+def model_params_of(model: FactorModel) -> dict[str, Any] | None:
+    """``model.model_params`` (``None`` for models built before the field existed)."""
+    return getattr(model, "model_params", None)
 
 
 _SPARK_TO_OURS = {
@@ -796,20 +855,43 @@ _SPARK_TO_OURS = {
     "numUserBlocks": "num_blocks",
 }
 
+OBJECTIVE_FLAGS = "--implicit or --explicit (Spark's --implicitPrefs), --reg (--regParam) and, for implicit feedback, --alpha"
+"""How the jobs let a person state a model's objective (named in every refusal)."""
 
-def _params_from_spark_metadata(meta: dict[str, Any], rank: int, where: str) -> ALSParams:
+
+def _params_from_spark_metadata(meta: dict[str, Any], rank: int, where: str, stated: dict[str, Any]) -> ALSParams:
+    from spark_unlearn.errors import ObjectiveError
+
+    if stated.get("nonnegative"):
+        raise ObjectiveError(
+            f"{where}: nonnegative ALS (Spark's nonnegative=True) is not supported yet: its row solves are "
+            "non-negative least squares, which the unlearning solver and certificate do not implement; "
+            "retrain with nonnegative=False to unlearn it"
+        )
     sources = [meta.get(SPARK_UNLEARN_PARAM_KEY), meta.get("paramMap"), meta.get("defaultParamMap")]
     sources = [s for s in sources if isinstance(s, dict)]
-    values: dict[str, Any] = {"rank": rank}
-    missing = []
+    recorded: dict[str, Any] = {}
     for spark_name, ours in _SPARK_TO_OURS.items():
         found = next((s[spark_name] for s in sources if spark_name in s), None)
-        if found is None:
-            missing.append(spark_name)
-        else:
-            values[ours] = found
+        if found is not None:
+            recorded[ours] = found
+    if "rank" in stated and stated["rank"] != rank:
+        raise ObjectiveError(f"{where} has rank {rank}, but rank {stated['rank']} was stated")
+    clash = {k: (v, recorded[k]) for k, v in stated.items() if k in recorded and recorded[k] != v}
+    if clash:
+        detail = ", ".join(f"{k}: stated {v!r}, recorded {r!r}" for k, (v, r) in sorted(clash.items()))
+        raise ObjectiveError(f"{where} records other hyperparameters than were stated ({detail}); drop or fix the flags")
+    values: dict[str, Any] = {"rank": rank, **recorded,
+                              **{k: v for k, v in stated.items() if k in ("reg", "alpha", "implicit")}}
+    needed = ["implicit", "reg"] + (["alpha"] if values.get("implicit") else [])
+    missing = [k for k in needed if k not in values]
     if missing:
-        log.info("%s does not record %s; using ALSParams defaults for them", where, missing)
+        raise ObjectiveError(
+            f"{where} is a Spark MLlib ALSModel, whose saved metadata does not record {missing} "
+            "(Spark keeps regParam, alpha and implicitPrefs on the estimator, not the model). Unlearning must "
+            f"re-solve rows of the objective the model was trained with, so state it: {OBJECTIVE_FLAGS}, with the "
+            "values given to ALS(...) at training"
+        )
     try:
         return ALSParams.from_dict(values)
     except ConfigError as exc:
