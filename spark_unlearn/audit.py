@@ -11,7 +11,11 @@ This is what ``jobs/audit.py`` runs.  For a deletion batch it answers:
   items, and the current model no factor row of an erased user;
 * per user (up to ``max_users``), the mean rank percentile of the deleted
   items in that user's list in the version before and the version after
-  (an erased user has no row after: ``null``, ``"erased": true``).
+  (an erased user has no row after: ``null``, ``"erased": true``);
+* where the batch's data is still *retained*: every other version of the
+  store that still has its tables (older versions of the lineage, rolled-back
+  or orphaned ones) is checked the same way, and the report says how to
+  purge them (``retained_in_other_versions``, ``purge_command``).
 
 Checks are joins and counts in Spark; only per-user summaries are collected.
 """
@@ -69,6 +73,7 @@ def run_audit(
             report["status"] = "not_applied"
             report["note"] = "no version of this store applied a batch with this content"
         report["still_present"] = _still_present(spark, store, batch)
+        _add_retention(spark, store, batch, report)
         return report
 
     version = applied["version"]
@@ -102,7 +107,29 @@ def run_audit(
     report["proof_holds"] = bool(
         (manifest.get("certificate") or {}).get("holds") and not any(report["still_present"].values())
     )
+    _add_retention(spark, store, batch, report)
     return report
+
+
+def _add_retention(spark: SparkSession, store: ModelStore, batch: DataFrame, report: dict[str, Any]) -> None:
+    """``retained_in_other_versions``: the versions other than the current one that still hold the batch's data."""
+    retained = []
+    for name in store.versions():
+        if name == report["current_version"] or store.read_manifest(name).get("purged"):
+            continue
+        found = _still_present(spark, store, batch, name)
+        if any(found.values()):
+            retained.append({"version": name, **{k: v for k, v in found.items() if v}})
+    report["retained_in_other_versions"] = retained
+    report["purged"] = not retained
+    if retained:
+        report["purge_command"] = f"spark-submit jobs/purge.py --model {store.root} --keep 1"
+        report["purge_note"] = (
+            f"{len(retained)} version(s) other than the current one still hold data of this batch "
+            f"({', '.join(r['version'] for r in retained)}): the purge keeps the current version whole, deletes the "
+            "tables of older versions of its lineage (their manifests and deleted ids stay for the ledger) and removes "
+            "versions outside it"
+        )
 
 
 def _ledger_entry_for(entries: list[dict[str, Any]], identity: BatchIdentity) -> dict[str, Any] | None:
@@ -110,9 +137,9 @@ def _ledger_entry_for(entries: list[dict[str, Any]], identity: BatchIdentity) ->
     return found[-1] if found else None
 
 
-def _still_present(spark: SparkSession, store: ModelStore, batch: DataFrame) -> dict[str, int]:
-    """What of the batch the *current* version still holds (all zeros when forgotten)."""
-    cur = store.load(spark, verify=False)
+def _still_present(spark: SparkSession, store: ModelStore, batch: DataFrame, version: str | None = None) -> dict[str, int]:
+    """What of the batch ``version`` (default: the current one) still holds (all zeros when forgotten)."""
+    cur = store.load(spark, version, verify=False)
     out = {"pairs_in_data": 0, "erased_user_rows_in_data": 0, "withdrawn_item_rows_in_data": 0,
            "erased_user_factor_rows": 0, "withdrawn_item_factor_rows": 0}
     pairs = batch.filter(F.col("kind") == "interaction").select("user", "item")
@@ -207,6 +234,10 @@ def audit_lines(report: dict[str, Any]) -> list[str]:
         lines.append(report.get("note", ""))
     present = report.get("still_present") or {}
     lines.append("still present in the current version: " + (", ".join(f"{k}={v}" for k, v in present.items() if v) or "nothing"))
+    retained = report.get("retained_in_other_versions") or []
+    if retained:
+        lines.append(f"retained in {len(retained)} other version(s): {', '.join(r['version'] for r in retained)}; "
+                     f"to remove it: {report['purge_command']}")
     for u in report.get("users", [])[:10]:
         after = "erased (no factor row)" if u["erased"] else u["rank_percentile_after"]
         lines.append(f"  user {u['user']}: {u['deleted_items']} deleted items, rank percentile {u['rank_percentile_before']} -> {after}")

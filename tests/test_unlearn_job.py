@@ -1,0 +1,71 @@
+"""jobs/unlearn.py end to end on the kinds of request users bring: whole items, mixed batches, empty files.
+
+Each result is checked on the published files (ratings, holdout and factor tables read back), not with the
+numbers the job reports about itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+from job_helpers import run_job, tree_digest
+from spark_unlearn.store.model_store import ModelStore
+
+
+def _published(spark, store):
+    loaded = ModelStore(store).load(spark)
+    return loaded, {
+        "users": {r[0] for r in loaded.model.user_factors.select("id").collect()},
+        "items": {r[0] for r in loaded.model.item_factors.select("id").collect()},
+        "pairs": {(r[0], r[1]) for r in loaded.ratings.select("user", "item").collect()},
+        "holdout": {(r[0], r[1]) for r in loaded.holdout.select("user", "item").collect()},
+    }
+
+
+def _unlearn(spark, store, tmp_path, name, text, *extra):
+    path = tmp_path / name
+    path.write_text(text)
+    code, out, err = run_job(spark, "unlearn", ["--model", store, "--delete", str(path), "--tol", "0.05", *extra])
+    assert code == 0, err[-3000:]
+    return json.loads(out)
+
+
+def test_withdrawing_an_item_through_the_job_removes_it_everywhere_and_says_the_measure_is_undefined(
+        spark, store_copy, tmp_path):
+    _, before = _published(spark, store_copy)
+    item = 5
+    assert any(i == item for _, i in before["pairs"])
+    report = _unlearn(spark, store_copy, tmp_path, "item.csv", f"item\n{item}\n")
+    assert report["status"] == "applied"
+    # The one deleted kind here leaves no pair to rank: said in words, and no NaN anywhere in the report.
+    assert report["forgetting"]["defined"] is False and "undefined" in report["forgetting"]["note"]
+    assert "NaN" not in json.dumps(report)
+    loaded, after = _published(spark, store_copy)
+    assert loaded.version == report["version"] != "v000001"
+    assert item not in after["items"]
+    assert not any(i == item for _, i in after["pairs"] | after["holdout"])
+    assert after["pairs"] == {p for p in before["pairs"] if p[1] != item}
+    assert after["users"] == {u for u, _ in after["pairs"]}
+
+
+def test_a_mixed_batch_of_a_user_an_item_and_an_interaction_runs_through_the_job(spark, store_copy, tmp_path):
+    _, before = _published(spark, store_copy)
+    pair = sorted(p for p in before["pairs"] if p[0] not in (3,) and p[1] != 7)[0]
+    report = _unlearn(spark, store_copy, tmp_path, "mixed.csv", f"user,item\n3,\n,7\n{pair[0]},{pair[1]}\n")
+    assert report["status"] == "applied"
+    assert "NaN" not in json.dumps(report)
+    _, after = _published(spark, store_copy)
+    gone = {p for p in before["pairs"] if p[0] == 3 or p[1] == 7 or p == pair}
+    assert gone and after["pairs"] == before["pairs"] - gone
+    assert 3 not in after["users"] and 7 not in after["items"]
+    assert not any(u == 3 or i == 7 for u, i in after["holdout"])
+    # The one interaction keeps both its user and its item (they have other ratings), so that pair can be ranked.
+    assert pair[0] in after["users"] and pair[1] in after["items"]
+    assert report["forgetting"]["defined"] is True and report["forgetting"]["pairs"] >= 1
+
+
+def test_a_header_only_deletion_file_is_a_no_op_that_says_so(spark, store_copy, tmp_path):
+    before = tree_digest(store_copy)
+    report = _unlearn(spark, store_copy, tmp_path, "empty.csv", "user,item\n")
+    assert report["status"] == "nothing_to_delete" and report["version"] == "v000001"
+    assert tree_digest(store_copy) == before
