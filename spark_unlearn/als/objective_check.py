@@ -27,10 +27,10 @@ implicit, ``regParam`` 0.01-0.3, ``alpha`` 1-40).  Under the true
 hyperparameters the worse side's p90 was at most 0.045 and the better side's
 at most 7.6e-8: all 16 accepted.  All 30 wrong feedback types (worse side
 p90 >= 0.31) and all 34 ``alpha`` off by 10x (>= 0.32) were refused, and 35
-of 36 wrong ``regParam`` (x2 to x10 and /10; better side p90 >= 2.2e-3 in 33).
+of 36 other ``regParam`` (x2 to x10, /3, /10; better side p90 >= 2.2e-3 in 33).
 The one accepted, ``regParam`` 0.001 for a model trained with 0.01 at
 ``alpha`` 40, is stationary to 2.5e-4 under both: an objective the model
-barely distinguishes (docs/ARCHITECTURE.md).
+barely distinguishes (docs/UNLEARN_ALS.md, "The objective is never guessed").
 """
 
 from __future__ import annotations

@@ -95,29 +95,144 @@ def atomic_write_text(path: str, text: str) -> None:
     fsync_dir(parent)
 
 
+LOCK_MODE_ENV = "SPARK_UNLEARN_STORE_LOCK"
+"""``flock`` (default; falls back to ``lease`` where the file system refuses flock) or ``lease``."""
+
+LEASE_SECONDS = 30.0
+"""A lease not renewed for this long is stale: its holder died (a live holder renews it every third of this)."""
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` body.
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` body.
 
     Serialises publishers of one store so two of them never pick the same
-    version number.  Uses ``fcntl.flock`` (honoured by NFSv4); on platforms
-    without ``fcntl`` it degrades to no locking.
+    version number, and makes the compare-and-swap of a commit (read
+    ``CURRENT``, compare, replace) one step.  Uses ``fcntl.flock`` (honoured
+    by NFSv4); where the file system refuses it, or with
+    ``SPARK_UNLEARN_STORE_LOCK=lease``, a lease file (:func:`lease_lock`),
+    which needs only an exclusive create and a rename.
     """
+    if os.environ.get(LOCK_MODE_ENV, "flock") == "lease":
+        with lease_lock(path + ".lease"):
+            yield
+        return
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
-        log.warning("fcntl unavailable: publishing to %s is not serialised between processes", path)
-        yield
+        with lease_lock(path + ".lease"):
+            yield
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. ENOLCK / EOPNOTSUPP on file systems without locks
+            log.warning("flock refused on %s (%s): using a lease file instead", path, exc)
+            os.close(fd)
+            fd = -1
+            with lease_lock(path + ".lease"):
+                yield
+            return
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def lease_lock(path: str, *, lease_s: float = LEASE_SECONDS, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold the lease file ``path`` for the ``with`` body: a lock that needs no ``flock``.
+
+    Protocol (any file system with an atomic exclusive create and an atomic
+    rename of one file, as HDFS has):
+
+    1. *Acquire*: create ``path`` exclusively (``O_CREAT | O_EXCL``) with a
+       random token and fsync it.  If it exists, wait and retry.
+    2. *Renew*: while the body runs, a thread rewrites the file's mtime
+       every ``lease_s / 3`` seconds, so a live holder never looks stale.
+    3. *Break*: a lease whose mtime is older than ``lease_s`` belonged to a
+       holder that died.  A waiter renames it to a unique tombstone (only one
+       rename of that file can succeed), then checks that the tombstone holds
+       the very token it judged stale; if a fresh lease was taken in
+       between, it is linked back into place.  Then it retries step 1.
+    4. *Release*: remove ``path`` if it still holds our token.
+
+    What the lease protects is short (a commit's compare-and-swap, a
+    reconcile), and the commit re-checks ``CURRENT`` under it, so a lease
+    broken by mistake can at worst make a publisher fail with
+    :class:`~spark_unlearn.errors.StoreMovedError`, never lose a version.
+    """
+    import threading
+    import time
+
+    token = uuid.uuid4().hex
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            _break_if_stale(path, lease_s)
+            time.sleep(poll_s)
+            continue
+        try:
+            os.write(fd, token.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        break
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(lease_s / 3):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    keeper = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        if _read_token(path) == token:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _read_token(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _break_if_stale(path: str, lease_s: float) -> None:
+    import time
+
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return
+    if age <= lease_s:
+        return
+    stale = _read_token(path)
+    tomb = f"{path}.broken-{uuid.uuid4().hex}"
+    try:
+        os.rename(path, tomb)
+    except FileNotFoundError:
+        return  # another waiter broke it first
+    if _read_token(tomb) != stale:
+        # A fresh lease was taken between our look and our rename: put it back (fails only if yet another was taken).
+        with contextlib.suppress(OSError):
+            os.link(tomb, path)
+    else:
+        log.warning("broke the lease %s, not renewed for %.0f s (its holder died)", path, age)
+    with contextlib.suppress(OSError):
+        os.remove(tomb)
 
 
 @contextlib.contextmanager
@@ -140,8 +255,15 @@ def is_abandoned(lock_path: str) -> bool:
     """True if nobody holds ``lock_path`` (so the work it marks was abandoned).
 
     A missing lock file counts as abandoned.  Uses a non-blocking
-    ``flock``; without ``fcntl`` nothing is ever considered abandoned.
+    ``flock``, or, where the work is marked by a lease file
+    (:func:`lease_lock`), the lease's age.
     """
+    import time
+
+    try:
+        return time.time() - os.stat(lock_path + ".lease").st_mtime > LEASE_SECONDS
+    except FileNotFoundError:
+        pass
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX

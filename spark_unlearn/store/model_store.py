@@ -393,7 +393,7 @@ class ModelStore:
         except FileNotFoundError:
             return
         for name in names:
-            if name.endswith(".lock"):
+            if name.endswith((".lock", ".lease")):
                 continue
             lock = os.path.join(self._staging_dir, name + ".lock")
             if is_abandoned(lock):
