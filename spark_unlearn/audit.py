@@ -22,7 +22,6 @@ Checks are joins and counts in Spark; only per-user summaries are collected.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -32,6 +31,7 @@ from pyspark.sql import functions as F
 from spark_unlearn.errors import StoreError
 from spark_unlearn.store.ledger import BatchIdentity, batch_identity, find_applied, read_ledger
 from spark_unlearn.store.model_store import ModelStore
+from spark_unlearn.verify.certificate import still_present
 
 log = logging.getLogger(__name__)
 
@@ -139,31 +139,7 @@ def _ledger_entry_for(entries: list[dict[str, Any]], identity: BatchIdentity) ->
 
 def _still_present(spark: SparkSession, store: ModelStore, batch: DataFrame, version: str | None = None) -> dict[str, int]:
     """What of the batch ``version`` (default: the current one) still holds (all zeros when forgotten)."""
-    cur = store.load(spark, version, verify=False)
-    out = {"pairs_in_data": 0, "erased_user_rows_in_data": 0, "withdrawn_item_rows_in_data": 0,
-           "erased_user_factor_rows": 0, "withdrawn_item_factor_rows": 0}
-    pairs = batch.filter(F.col("kind") == "interaction").select("user", "item")
-    users = batch.filter(F.col("kind") == "user").select("user")
-    items = batch.filter(F.col("kind") == "item").select("item")
-    # Every check is a semi-join counted under its name: one job for all of them.
-    hits = []
-    for data in (cur.ratings, cur.holdout):
-        if data is None:
-            continue
-        hits += [
-            data.join(pairs, ["user", "item"], "left_semi").select(F.lit("pairs_in_data").alias("what")),
-            data.join(users, ["user"], "left_semi").select(F.lit("erased_user_rows_in_data").alias("what")),
-            data.join(items, ["item"], "left_semi").select(F.lit("withdrawn_item_rows_in_data").alias("what")),
-        ]
-    hits += [
-        cur.model.user_factors.join(users.withColumnRenamed("user", "id"), ["id"], "left_semi")
-        .select(F.lit("erased_user_factor_rows").alias("what")),
-        cur.model.item_factors.join(items.withColumnRenamed("item", "id"), ["id"], "left_semi")
-        .select(F.lit("withdrawn_item_factor_rows").alias("what")),
-    ]
-    counted = functools.reduce(DataFrame.unionByName, hits).groupBy("what").count().collect()
-    out.update({r["what"]: int(r["count"]) for r in counted})
-    return out
+    return still_present(store.load(spark, version, verify=False), batch)
 
 
 def _per_user_ranks(spark: SparkSession, store: ModelStore, batch: DataFrame, before_v: str, after_v: str,

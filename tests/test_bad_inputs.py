@@ -80,7 +80,7 @@ def test_config_disagreeing_with_the_model(spark, store, tmp_path):
     cfg = _file(tmp_path, "c.toml", "[als]\nrank = 7\nimplicit = true\n")
     delete = _file(tmp_path, "d.csv", "user\n1\n")
     _fails(spark, "unlearn", ["--model", store, "--delete", delete, "--config", cfg], store,
-           "ConfigError", "implicit: config True, model False", "rank: config 7, model 4")
+           "ObjectiveError", "implicit: stated True, model False", "rank: stated 7, model 4")
 
 
 def test_model_with_foreign_conventions(spark, store, tmp_path):

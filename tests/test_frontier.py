@@ -74,11 +74,19 @@ def test_frontier_certifies_an_unconverged_model_at_its_tolerance():
     spec = SolveSpec(0.3, False, 1.0)
     uu, ii, r, rng = low_rank_problem(1, k)
     U, V = trained(uu, ii, r, k, spec, sweeps=10)
-    res, (u2, i2, r2), U2, V2, targets = unlearn_case(uu, ii, r, U, V, spec, rng.choice(uu.size, 4, replace=False), 1e-3)
+    delete = rng.choice(uu.size, 4, replace=False)
+    res, (u2, i2, r2), U2, V2, targets = unlearn_case(uu, ii, r, U, V, spec, delete, 1e-3)
     assert res.converged
     assert certificate(u2, i2, r2, U2, V2, targets, spec) <= 1e-3
-    # ...and the direct rows are solved exactly against their remaining data (t = 0), not dragged by e.
-    assert res.rows_solved >= len(res.solved_ids["user"]) + len(res.solved_ids["item"])
+    # The first round is exactly the direct rows (those whose own ratings changed and that still have some)...
+    keep = np.setdiff1d(np.arange(uu.size), delete)
+    direct = {"user": set(uu[delete].tolist()) & set(uu[keep].tolist()),
+              "item": set(ii[delete].tolist()) & set(ii[keep].tolist())}
+    assert res.frontier_sizes[0] == {s: len(direct[s]) for s in ("user", "item")}
+    assert direct["user"] <= res.solved_ids["user"] and direct["item"] <= res.solved_ids["item"]
+    # ...and the work reported is one solve per row per round it was in the frontier.
+    assert len(res.frontier_sizes) == res.rounds
+    assert res.rows_solved == sum(n["user"] + n["item"] for n in res.frontier_sizes)
 
 
 def test_empty_deletion_changes_nothing():

@@ -53,10 +53,18 @@ def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, st
     with pytest.raises(ConfigError, match="REQ-1.*different content"):
         run_unlearning(spark, model_path=store, batch=batch(spark, first[:1]), batch_id="REQ-1", measure=False)
 
-    # A new batch naming a forgotten pair, a pair of the erased user, the erased user, and an unknown pair.
+    # A new batch naming a forgotten pair, a pair of the erased user, the erased user, and an unknown pair:
+    # it removes nothing, so it publishes nothing.
     later = [(pairs[0][0], pairs[0][1], "interaction"), (5, 1, "interaction"), (5, None, "user"), (1, 987654, "interaction")]
+    r0 = run_unlearning(spark, model_path=store, batch=batch(spark, later), tol=5e-2, measure=False, engine=engine)
+    assert r0["status"] == "nothing_to_delete" and r0["deletion"]["deleted_ratings"] == 0
+    assert ms.versions() == ["v000001", "v000002"] and [e["batch_id"] for e in ms.ledger()] == ["REQ-1"]
+    # With one pair still in the data beside them, it is applied, and says what was already forgotten.
+    fresh = ms.load(spark).ratings.filter("user = 1").orderBy("item").first()
+    later.append((fresh["user"], fresh["item"], "interaction"))
     r3 = run_unlearning(spark, model_path=store, batch=batch(spark, later), tol=5e-2, measure=False, engine=engine)
     d = r3["deletion"]
+    assert r3["status"] == "applied" and d["deleted_ratings"] == 1
     assert r3["engine"] == ("layout" if engine == "layout" else "targeted")
     assert d["already_forgotten_interactions"] == 2 and d["already_forgotten_users"] == 1
     assert d["not_found_interactions"] == 1 and d["not_found_users"] == 0

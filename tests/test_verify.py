@@ -1,0 +1,125 @@
+"""The independent verifier (jobs/audit.py --verify-certificate): it passes what is right and names what is not.
+
+A version is published by the unlearning path; the verifier recomputes its certificate from the files.  Then the
+files are damaged the way a buggy publication would: one factor row scaled by 1.5 (its checksum updated, as a
+publisher that wrote the wrong row would have), or only the recorded certificate edited.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from job_helpers import run_job
+from spark_unlearn.store.model_store import ModelStore
+from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.verify import verify_version
+
+
+def _batch(spark, rows):
+    return spark.createDataFrame(rows, "user int, item int, kind string")
+
+
+@pytest.fixture(scope="module")
+def unlearned(spark, trained_store, tmp_path_factory):
+    """A copy of the explicit sample store with user 3 erased and one interaction of user 8 forgotten (v000002)."""
+    store = str(shutil.copytree(trained_store, tmp_path_factory.mktemp("verify") / "store"))
+    data = ModelStore(store).load(spark).ratings
+    item = data.filter("user = 8").orderBy("item").first()["item"]
+    run_unlearning(spark, model_path=store, batch=_batch(spark, [(3, None, "user"), (8, item, "interaction")]),
+                   tol=5e-2, measure=False)
+    return store
+
+
+def _rehash(version_dir, rel):
+    """Update the manifest's checksum of ``rel`` (what a publisher that wrote this file would have recorded)."""
+    path = os.path.join(version_dir, "manifest.json")
+    manifest = json.load(open(path))
+    with open(os.path.join(version_dir, rel), "rb") as fh:
+        manifest["files"][rel] = hashlib.sha256(fh.read()).hexdigest()
+    manifest["files"].pop(os.path.join(os.path.dirname(rel), f".{os.path.basename(rel)}.crc"), None)
+    with open(path, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+
+
+def test_untampered_training_and_unlearned_versions_verify_and_a_sample_agrees(spark, unlearned):
+    trained = verify_version(spark, unlearned, "v000001")
+    assert trained["status"] == "verified", trained["reasons"]
+    assert trained["targets"]["source"] == "recorded" and trained["recomputed"]["max"] <= 1e-5
+    full = verify_version(spark, unlearned)
+    assert full["status"] == "verified", full["reasons"]
+    assert full["version"] == "v000002" and full["targets"]["source"] == "derived"
+    assert full["targets"]["mismatched_rows"] == 0 and full["data"]["erased_requests"] == 2 and full["data"]["clean"]
+    # The targeted engine records an upper bound: never below the recomputation (here 0.5 % above).
+    assert full["recorded"]["kind"] == "upper bound"
+    assert full["recomputed"]["max"] <= full["recorded"]["max"] + 1e-5
+    assert full["recorded"]["overstates_by"] <= 0.01 * full["recorded"]["max"]
+    sampled = verify_version(spark, unlearned, sample=5)
+    assert sampled["status"] == "verified", sampled["reasons"]
+    assert sampled["recomputed"]["rows"] < full["recomputed"]["rows"]
+    assert sampled["recomputed"]["max"] <= full["recomputed"]["max"] + 1e-12
+
+
+def test_a_factor_row_scaled_by_one_and_a_half_fails_and_is_named(spark, unlearned, tmp_path):
+    store = str(shutil.copytree(unlearned, tmp_path / "s"))
+    vdir = ModelStore(store).version_path("v000002")
+    victim = None
+    for part in sorted(glob.glob(os.path.join(vdir, "userFactors", "*.parquet"))):
+        table = pq.read_table(part)
+        ids = table.column("id").to_pylist()
+        if ids:
+            victim = ids[0]
+            feats = table.column("features").to_pylist()
+            feats[0] = [1.5 * v for v in feats[0]]
+            scaled = pa.table({"id": table.column("id"), "features": pa.array(feats, type=table.schema.field("features").type)},
+                              schema=table.schema)
+            pq.write_table(scaled, part)
+            crc = os.path.join(os.path.dirname(part), f".{os.path.basename(part)}.crc")
+            if os.path.exists(crc):
+                os.remove(crc)
+            _rehash(vdir, os.path.relpath(part, vdir))
+            break
+    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate"])
+    assert code == 3, err[-3000:]
+    report = json.loads(out)["verification"]
+    assert report["status"] == "failed"
+    assert report["worst_rows"][0] == {"side": "user", "id": victim, "deviation": report["worst_rows"][0]["deviation"]}
+    assert any(f"user {victim} (" in r for r in report["reasons"]), report["reasons"]
+
+
+def test_an_edited_recorded_certificate_is_reported_as_a_disagreement(spark, unlearned, tmp_path):
+    store = str(shutil.copytree(unlearned, tmp_path / "s"))
+    path = os.path.join(ModelStore(store).version_path("v000002"), "manifest.json")
+    manifest = json.load(open(path))
+    true_max = manifest["certificate"]["max_relative_residual"]
+    manifest["certificate"]["max_relative_residual"] = true_max / 10
+    with open(path, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate"])
+    assert code == 3, err[-3000:]
+    report = json.loads(out)["verification"]
+    assert any("disagrees with the recorded" in r for r in report["reasons"]), report["reasons"]
+    assert 0.99 * true_max <= report["recomputed"]["max"] <= true_max + 1e-5  # the record was an upper bound
+
+
+def test_an_implicit_store_verifies_after_an_item_withdrawal(spark, tmp_path, sample_ratings_path):
+    from spark_unlearn.als.params import ALSParams
+    from spark_unlearn.train_model import run_training
+
+    store = str(tmp_path / "implicit")
+    run_training(spark, ratings_path=sample_ratings_path, store_path=store,
+                 params=ALSParams(rank=4, reg=0.1, alpha=2.0, implicit=True, iterations=5, seed=1, num_blocks=3))
+    run_unlearning(spark, model_path=store, batch=_batch(spark, [(None, 5, "item"), (2, None, "user")]), tol=5e-2,
+                   measure=False)
+    for version in ("v000001", "v000002"):
+        report = verify_version(spark, store, version)
+        assert report["status"] == "verified", (version, report["reasons"])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate", "--sample", "4"])
+    assert code == 0, err[-3000:]
