@@ -66,6 +66,8 @@ def test_standalone_cluster_smoke(spark, tmp_path):
     manifest = json.loads((store / "versions" / versions[1] / "manifest.json").read_text())
     assert manifest["unlearning"]["engine"] == "targeted" and manifest["unlearning"]["driver_rows_limit"] == 0
     assert sum(manifest["certificate"]["spark_rows"].values()) > 0 and manifest["certificate"]["holds"]
+    # ...and the independent verifier, run on the cluster by the smoke, recomputed it from the files.
+    assert '"status": "verified"' in (work / "verify.out").read_text()
     for i in (1, 2):
         assert "Asked to launch executor" in (work / f"worker-{i}.log").read_text()
     smoke.remove_work_dir()  # a started-in-the-background smoke's own temp dir (kept for its logs on failure)

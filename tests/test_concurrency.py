@@ -5,7 +5,8 @@ SIGKILLed inside its publication with the store lock held (fail point ``before_c
 compare-and-swap on the version a job started from, so a job that finds the store moved re-applies its request on
 the new current version.  Whatever the interleaving, every submitter that exited 0 with ``applied`` has its user
 gone from the final current version (ratings, holdout and factors), the ledger's chain names real parents, and the
-killed job left the lock free.  Checked on the files, without Spark and without the jobs' own reports.
+killed job left the lock free.  Checked on the files and with the independent verifier, not with the jobs'
+own reports.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from job_helpers import subprocess_env
 from spark_unlearn.faults import ENV
 from spark_unlearn.store.model_store import ModelStore
+from verify_helpers import assert_verified
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +51,7 @@ def _ids(version_dir, table, column):
     return {v for f in files for v in pq.read_table(f, columns=[column]).column(column).to_pylist()}
 
 
-def test_three_concurrent_submitters_and_one_killed_in_publication_lose_no_erasure(trained_store, tmp_path):
+def test_three_concurrent_submitters_and_one_killed_in_publication_lose_no_erasure(spark, trained_store, tmp_path):
     store = str(shutil.copytree(trained_store, tmp_path / "store"))
     cfg = tmp_path / "c.toml"
     cfg.write_text('[logging]\nlevel = "INFO"\n[unlearn]\nmeasure = false\nmax_rebases = 5\n'
@@ -82,3 +84,5 @@ def test_three_concurrent_submitters_and_one_killed_in_publication_lose_no_erasu
     chain = [e for e in entries if e["batch_id"] in acknowledged]
     assert chain[-1]["version_after"] == current
     assert [e["version_before"] for e in chain[1:]] == [e["version_after"] for e in chain[:-1]]
+    for entry in chain:  # every acknowledged version's certificate, recomputed from its files
+        assert_verified(spark, store, entry["version_after"])

@@ -10,6 +10,7 @@ from spark_unlearn.errors import ConfigError, StoreError
 from spark_unlearn.store import ledger as L
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.unlearn_model import run_unlearning
+from verify_helpers import assert_verified
 
 
 
@@ -78,6 +79,8 @@ def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, st
     assert entries[0]["deleted_ratings"] == r1["deletion"]["deleted_ratings"]
     assert entries[0]["certificate"] == r1["certificate"]["max_relative_residual"]
     assert ms.read_manifest(r1["version"])["request"]["content_hash"] == r1["batch"]["content_hash"]
+    for version in (r1["version"], r3["version"]):
+        assert_verified(spark, store, version)
 
 
 def test_reconcile_recovers_a_missing_entry_and_a_tampered_ledger_is_refused(spark, store):

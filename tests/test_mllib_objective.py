@@ -26,6 +26,7 @@ from spark_unlearn.als.kernels import SolveSpec, normal_equations_reference
 from spark_unlearn.errors import ObjectiveError
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.unlearn_model import run_unlearning
+from verify_helpers import assert_verified
 
 RANK = 4
 ERASED_USER = 7
@@ -92,7 +93,10 @@ def test_an_mllib_model_is_refused_without_or_with_a_wrong_objective_and_matches
 ):
     ratings, csv = sample_csv
     src = str(tmp_path / "mllib")
-    ALS(rank=RANK, maxIter=15, regParam=reg, alpha=alpha, implicitPrefs=implicit, seed=3).fit(ratings).save(src)
+    # The pyspark.ml model has its own column names and cold-start strategy: the published versions keep them.
+    named = ratings.withColumnRenamed("user", "uid").withColumnRenamed("item", "iid")
+    ALS(rank=RANK, maxIter=15, regParam=reg, alpha=alpha, implicitPrefs=implicit, seed=3, userCol="uid", itemCol="iid",
+        coldStartStrategy="drop").fit(named).save(src)
 
     def unlearn(out, stated, **kw):
         return run_unlearning(spark, model_path=src, batch=_batch(spark), ratings_path=csv, ratings_format="csv",
@@ -118,6 +122,8 @@ def test_an_mllib_model_is_refused_without_or_with_a_wrong_objective_and_matches
     from pyspark.ml.recommendation import ALSModel
 
     mllib = ALSModel.load(src)
+    republished = ALSModel.load(published.path)
+    assert (republished.getUserCol(), republished.getItemCol(), republished.getColdStartStrategy()) == ("uid", "iid", "drop")
     all_r = np.array([(r.user, r.item, r.rating) for r in ratings.collect()], dtype=np.float64)
     kept = all_r[all_r[:, 0] != ERASED_USER]
     spec = SolveSpec(reg=reg, implicit=implicit, alpha=alpha)
@@ -126,3 +132,8 @@ def test_an_mllib_model_is_refused_without_or_with_a_wrong_objective_and_matches
     rho = deviations(all_r, kept, factors_dict(mllib.userFactors), factors_dict(mllib.itemFactors), got_u, got_i, spec)
     assert abs(rho.max() - report["certificate"]["max_relative_residual"]) <= 1e-5, (rho.max(), report["certificate"])
     assert rho.max() <= report["tolerance"]
+    # The independent verifier agrees, from the files alone (the root's targets are recorded: the MLlib model is
+    # not in the store), for every row and for a sample.
+    full = assert_verified(spark, str(tmp_path / "right"))
+    assert full["recomputed"]["max"] == pytest.approx(rho.max(), abs=1e-6)
+    assert_verified(spark, str(tmp_path / "right"), sample=4)

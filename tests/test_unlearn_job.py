@@ -10,6 +10,7 @@ import json
 
 from job_helpers import run_job, tree_digest
 from spark_unlearn.store.model_store import ModelStore
+from verify_helpers import assert_verified
 
 
 def _published(spark, store):
@@ -46,6 +47,9 @@ def test_withdrawing_an_item_through_the_job_removes_it_everywhere_and_says_the_
     assert not any(i == item for _, i in after["pairs"] | after["holdout"])
     assert after["pairs"] == {p for p in before["pairs"] if p[1] != item}
     assert after["users"] == {u for u, _ in after["pairs"]}
+    full = assert_verified(spark, store_copy)
+    sampled = assert_verified(spark, store_copy, sample=3)
+    assert sampled["recomputed"]["max"] <= full["recomputed"]["max"]
 
 
 def test_a_mixed_batch_of_a_user_an_item_and_an_interaction_runs_through_the_job(spark, store_copy, tmp_path):
@@ -62,6 +66,7 @@ def test_a_mixed_batch_of_a_user_an_item_and_an_interaction_runs_through_the_job
     # The one interaction keeps both its user and its item (they have other ratings), so that pair can be ranked.
     assert pair[0] in after["users"] and pair[1] in after["items"]
     assert report["forgetting"]["defined"] is True and report["forgetting"]["pairs"] >= 1
+    assert_verified(spark, store_copy)["data"]["erased_requests"] == 3
 
 
 def test_a_header_only_deletion_file_is_a_no_op_that_says_so(spark, store_copy, tmp_path):

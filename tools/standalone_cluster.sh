@@ -7,7 +7,8 @@
 #   tools/standalone_cluster.sh status           show the master URL and whether the daemons are alive
 #   tools/standalone_cluster.sh submit ARGS...   build dist/spark_unlearn.zip, spark-submit ARGS to the cluster
 #   tools/standalone_cluster.sh stop             stop exactly the daemons that `start` recorded
-#   tools/standalone_cluster.sh smoke            start, run jobs/train.py, unlearn.py and ifru.py on it, check, stop
+#   tools/standalone_cluster.sh smoke            start, run jobs/train.py, unlearn.py, audit.py --verify-certificate
+#                                                and ifru.py on it, check, stop
 #
 # pyspark's pip distribution has no sbin/start-master.sh, so the daemons are
 # started with bin/spark-class.  Everything binds to 127.0.0.1.
@@ -399,6 +400,11 @@ EOF
     grep -q '"batch_id":"smoke-erase-1"' "$store/ledger.jsonl" || die "no ledger entry for the smoke batch"
     say "unlearn job finished in $((SECONDS - t0))s: $version -> $unlearned, ledger entry written"
     version="$unlearned"
+
+    # 3b. The independent verifier recomputes the new version's certificate on the cluster (exit 3 if it fails).
+    smoke_job verify jobs/audit.py --model "$store" --verify-certificate
+    grep -q '"status": "verified"' "$WORK/verify.out" || { tail -n 40 "$WORK/verify.out" >&2; die "the verifier did not verify $version"; }
+    say "verifier finished in $((SECONDS - t0))s: the certificate of $version recomputed from its files holds"
 
     # 4. The IFRU job runs on the cluster too: a 1-layer LightGCN trained on pyspark's sample, then every 7th of its
     #    first 150 interactions unlearned with pruning (the subgraph's passes are Python tasks on the executors).

@@ -246,20 +246,26 @@ def _deviations_of_batches(batches, *, side, spec, gram):
 
 
 def _summarise(rows: DataFrame, worst: int) -> dict[str, Any]:
-    ok = rows.filter(F.col("problem").isNull())
-    agg = ok.agg(F.max("deviation").alias("max"), F.count("*").alias("rows"),
-                 F.sum(F.when(~F.col("target_agrees"), 1).otherwise(0)).alias("mismatched")).first()
-    q = ok.approxQuantile("deviation", [0.5, 0.9], 1e-4) if agg["rows"] else [0.0, 0.0]
-    per_side = {r["side"]: float(r["m"]) for r in ok.groupBy("side").agg(F.max("deviation").alias("m")).collect()}
+    """Maxima, quantiles and counts in one aggregation; the worst rows and first problems in one job each."""
+    ok = F.col("problem").isNull()
+    dev = F.when(ok, F.col("deviation"))
+    agg = rows.agg(
+        F.max(dev).alias("max"), F.count(dev).alias("rows"),
+        F.percentile_approx(dev, [0.5, 0.9], 10000).alias("q"),
+        F.max(F.when(ok & (F.col("side") == "user"), F.col("deviation"))).alias("user"),
+        F.max(F.when(ok & (F.col("side") == "item"), F.col("deviation"))).alias("item"),
+        F.sum(F.when(ok & ~F.col("target_agrees"), 1).otherwise(0)).alias("mismatched"),
+        F.sum(F.when(~ok, 1).otherwise(0)).alias("problems"),
+    ).first()
+    q = agg["q"] or [0.0, 0.0]
     worst_rows = [{"side": r["side"], "id": r["id"], "deviation": r["deviation"]}
-                  for r in ok.orderBy(F.desc("deviation")).limit(worst).collect()]
-    problems = [{"side": r["side"], "id": r["id"], "problem": r["problem"]}
-                for r in rows.filter(F.col("problem").isNotNull()).limit(worst).collect()]
-    n_problems = rows.filter(F.col("problem").isNotNull()).count() if problems else 0
-    mismatched = [{"side": r["side"], "id": r["id"]}
-                  for r in ok.filter(~F.col("target_agrees")).limit(worst).collect()] if agg["mismatched"] else []
-    return {"max": float(agg["max"] or 0.0), "rows": int(agg["rows"]), "p50": q[0], "p90": q[1], "per_side": per_side,
-            "worst_rows": worst_rows, "problems": problems, "n_problems": n_problems,
+                  for r in rows.filter(ok).orderBy(F.desc("deviation")).limit(worst).collect()]
+    odd = rows.filter(~ok | ~F.col("target_agrees")).limit(2 * worst).collect() if agg["problems"] or agg["mismatched"] else []
+    problems = [{"side": r["side"], "id": r["id"], "problem": r["problem"]} for r in odd if r["problem"]][:worst]
+    mismatched = [{"side": r["side"], "id": r["id"]} for r in odd if not r["problem"]][:worst]
+    return {"max": float(agg["max"] or 0.0), "rows": int(agg["rows"]), "p50": float(q[0]), "p90": float(q[1]),
+            "per_side": {side: float(agg[side]) for side in ("user", "item") if agg[side] is not None},
+            "worst_rows": worst_rows, "problems": problems, "n_problems": int(agg["problems"] or 0),
             "mismatched_targets": int(agg["mismatched"] or 0), "mismatched_examples": mismatched}
 
 
