@@ -71,6 +71,7 @@ def parse_args(argv):
     p.add_argument("--sample", type=int, help="with --verify-certificate: N random rows per side plus the touched rows")
     p.add_argument("--report", help="also write the report (JSON) to this path")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
+    p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     args = p.parse_args(argv)
     if not args.delete and not args.verify_certificate:
         p.error("give --delete PATH (audit a batch) and/or --verify-certificate (recompute a version's certificate)")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     def work():
         cfg = override(load_config(args.config), "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
-        spark = get_session("spark_unlearn-audit", conf=cfg["spark"])
+        spark = get_session("spark_unlearn-audit", conf=cfg["spark"], quiet=not args.verbose)
         report = {}
         if args.delete:
             batch = read_deletions(spark, args.delete)

@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--delete", help="interactions (user, item) to unlearn")
     ap.add_argument("--model-type", choices=("mf", "lightgcn"), help="for a new model (default from config, else mf)")
     ap.add_argument("--config", help="TOML file with [ifru] and [spark] tables")
+    ap.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     ap.add_argument("--ratings-out", help="write the ratings without the deleted pairs here (Parquet)")
     ap.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
     ap.add_argument("--log-level", default="INFO")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     ifru_conf, spark_conf = dict(cfg["ifru"]), dict(cfg["spark"])
     if args.model_type:
         ifru_conf["model_type"] = args.model_type
-    spark = get_session("spark_unlearn-ifru", master=args.master, conf=spark_conf)
+    spark = get_session("spark_unlearn-ifru", master=args.master, conf=spark_conf, quiet=not args.verbose)
     return run_ifru(spark, ratings_path=args.ratings, model_dir=args.model, ifru_conf=ifru_conf,
                     delete_path=args.delete, ratings_out=args.ratings_out)
 

@@ -30,6 +30,7 @@ def parse_args(argv):
     p.add_argument("--ratings", help="ratings file or directory (default: pyspark's embedded MovieLens sample)")
     p.add_argument("--model", help="model store directory (default: [store] path, out/model_store)")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
+    p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     p.add_argument("--format", help="ratings format (default auto-detect)")
     p.add_argument("--implicit", action="store_true", default=None, help="implicit feedback (Spark's implicitPrefs)")
     p.add_argument("--rank", type=int)
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         params = ALSParams.from_dict(cfg["als"])
-        spark = get_session("spark_unlearn-train", conf=cfg["spark"])
+        spark = get_session("spark_unlearn-train", conf=cfg["spark"], quiet=not args.verbose)
         return run_training(
             spark,
             ratings_path=cfg["data"]["ratings"] or sample_movielens_path(),

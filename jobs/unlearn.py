@@ -59,6 +59,7 @@ def parse_args(argv):
     p.add_argument("--batch-id", help="id of this deletion request for the ledger (default: hash of its content)")
     p.add_argument("--report", help="also write the report (JSON) to this path")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
+    p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     add_objective_flags(p)
     p.epilog = EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         u = cfg["unlearn"]
-        spark = get_session("spark_unlearn-unlearn", conf=cfg["spark"])
+        spark = get_session("spark_unlearn-unlearn", conf=cfg["spark"], quiet=not args.verbose)
         return run_unlearning(
             spark,
             model_path=cfg["store"]["path"],

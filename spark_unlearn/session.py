@@ -30,6 +30,7 @@ def get_session(
     master: str | None = None,
     conf: dict[str, str] | None = None,
     checkpoint_dir: str | None = None,
+    quiet: bool = True,
 ) -> SparkSession:
     """Return a SparkSession, creating it if needed.
 
@@ -45,9 +46,18 @@ def get_session(
     checkpoint_dir
         Directory for RDD checkpoints (long ALS runs truncate lineage there).
         Defaults to a fresh temporary directory, removed when the process exits.
+    quiet
+        Spark's driver logs at WARN from the context's start (Spark's
+        ``spark.log.level``; a job's ~11,000 INFO lines go, warnings stay),
+        unless ``spark.log.level`` was set by spark-submit or ``conf``.
+        ``False``: Spark's own log configuration (a job's ``--verbose``).
+        ``conf/log4j2.properties`` is the same setting as a file, for
+        ``--driver-java-options``/executors.
     """
     builder = SparkSession.builder.appName(app_name)
     submitted = _submitted_keys()
+    if quiet and "spark.log.level" not in submitted and "spark.log.level" not in (conf or {}):
+        builder = builder.config("spark.log.level", "WARN")
     if master is not None:
         builder = builder.master(master)
     elif "spark.master" not in submitted:

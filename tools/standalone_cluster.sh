@@ -344,7 +344,8 @@ cmd_smoke() {
     local limit="${SMOKE_TIMEOUT_SECONDS:-480}"
     local -a train_args=()
     read -r -a train_args <<<"${SMOKE_TRAIN_ARGS:-}"
-    smoke_job driver jobs/train.py --model "$store" ${train_args[@]+"${train_args[@]}"}
+    # --verbose: the executor check below reads the driver's INFO lines ("Finished task ... (executor N)").
+    smoke_job driver jobs/train.py --model "$store" --verbose ${train_args[@]+"${train_args[@]}"}
     say "train job finished in $((SECONDS - t0))s"
 
     # 1. The store got a version that Spark's own ALSModel.load reads.
