@@ -31,8 +31,15 @@ from spark_unlearn.unlearn_model import run_unlearning
 log = logging.getLogger("spark_unlearn.jobs.demo")
 
 
+EXAMPLES = """examples:
+  spark-submit jobs/demo.py                      # train on pyspark's sample, erase a user, forget 5 interactions
+  spark-submit jobs/demo.py --verbose            # the same with Spark's INFO logs
+"""
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", help="model store to use (default: a fresh temporary directory, removed afterwards)")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")

@@ -37,8 +37,15 @@ from spark_unlearn.logs import configure_logging  # noqa: E402
 log = logging.getLogger("spark_unlearn.jobs.ifru")
 
 
+EXAMPLES = """examples:
+  spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf                    # train MF
+  spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf --delete pairs.csv # unlearn pairs
+"""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=EXAMPLES)
     ap.add_argument("--ratings", required=True, help="ratings the model is (to be) trained on")
     ap.add_argument("--model", required=True, help="model directory")
     ap.add_argument("--delete", help="interactions (user, item) to unlearn")

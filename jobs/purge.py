@@ -22,8 +22,15 @@ from spark_unlearn.store.model_store import ModelStore
 log = logging.getLogger("spark_unlearn.jobs.purge")
 
 
+EXAMPLES = """examples:
+  python jobs/purge.py --model out/model_store            # keep only the current version whole
+  python jobs/purge.py --model out/model_store --keep 3   # keep the 3 newest versions of the lineage whole
+"""
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model store")
     p.add_argument("--keep", type=int, default=1, help="newest versions of the current lineage kept whole (>= 1)")
     args = p.parse_args(argv)

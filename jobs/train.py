@@ -25,8 +25,16 @@ from spark_unlearn.train_model import run_training
 log = logging.getLogger("spark_unlearn.jobs.train")
 
 
+EXAMPLES = """examples:
+  spark-submit jobs/train.py                                          # pyspark's sample into out/model_store
+  spark-submit jobs/train.py --ratings ../shared/data/ml-latest-small/ratings.csv --implicit --rank 16 \\
+      --model out/ml_small_store
+"""
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratings", help="ratings file or directory (default: pyspark's embedded MovieLens sample)")
     p.add_argument("--model", help="model store directory (default: [store] path, out/model_store)")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")

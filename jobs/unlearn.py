@@ -45,7 +45,8 @@ log = logging.getLogger("spark_unlearn.jobs.unlearn")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model store (or Spark ALSModel directory); default [store] path")
     p.add_argument("--delete", required=True, help="deletion batch: CSV/Parquet with user,item | user | item columns")
     p.add_argument("--ratings", help="ratings the model was trained on (default: the store's data version)")
@@ -61,8 +62,6 @@ def parse_args(argv):
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     add_objective_flags(p)
-    p.epilog = EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p.parse_args(argv)
 
 
