@@ -17,7 +17,7 @@ import _bootstrap  # noqa: F401
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.config import load_config, override
 from spark_unlearn.data.embedded import sample_movielens_path
-from spark_unlearn.cli import print_report, run_job
+from spark_unlearn.cli import boolean_flag, print_report, run_job
 from spark_unlearn.logs import configure_logging
 from spark_unlearn.session import get_session
 from spark_unlearn.train_model import run_training
@@ -40,12 +40,18 @@ def parse_args(argv):
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     p.add_argument("--format", help="ratings format (default auto-detect)")
-    p.add_argument("--implicit", action="store_true", default=None, help="implicit feedback (Spark's implicitPrefs)")
+    fb = p.add_mutually_exclusive_group()
+    fb.add_argument("--implicit", action="store_true", default=None, help="implicit feedback (Spark's implicitPrefs)")
+    fb.add_argument("--explicit", dest="implicit", action="store_false", help="explicit feedback (the default)")
+    fb.add_argument("--implicitPrefs", dest="implicit", type=boolean_flag, metavar="true|false", help="Spark's name")
     p.add_argument("--rank", type=int)
-    p.add_argument("--reg", type=float)
+    p.add_argument("--reg", "--regParam", dest="reg", type=float, help="Spark's regParam")
     p.add_argument("--alpha", type=float)
-    p.add_argument("--iterations", type=int)
+    p.add_argument("--iterations", "--maxIter", dest="iterations", type=int, help="Spark's maxIter")
     p.add_argument("--seed", type=int)
+    p.add_argument("--test-fraction", type=float,
+                   help="share of each user's ratings held out to measure the model (default 0.2); 0 trains on every "
+                        "rating: use 0 for a production model")
     p.add_argument("--report", help="also write the report (JSON) to this path")
     return p.parse_args(argv)
 
@@ -57,7 +63,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config)
         cfg = override(cfg, "als", rank=args.rank, reg=args.reg, alpha=args.alpha, implicit=args.implicit,
                        iterations=args.iterations, seed=args.seed)
-        cfg = override(cfg, "data", ratings=args.ratings, format=args.format)
+        cfg = override(cfg, "data", ratings=args.ratings, format=args.format, test_fraction=args.test_fraction)
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         params = ALSParams.from_dict(cfg["als"])

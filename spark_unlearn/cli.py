@@ -54,7 +54,7 @@ def add_objective_flags(parser) -> None:
     fb = g.add_mutually_exclusive_group()
     fb.add_argument("--implicit", dest="implicit", action="store_true", default=None, help="implicit feedback")
     fb.add_argument("--explicit", dest="implicit", action="store_false", help="explicit feedback")
-    fb.add_argument("--implicitPrefs", dest="implicit", type=_boolean, metavar="true|false", help="Spark's name")
+    fb.add_argument("--implicitPrefs", dest="implicit", type=boolean_flag, metavar="true|false", help="Spark's name")
     g.add_argument("--nonnegative", action="store_true", default=None,
                    help="the model was trained with nonnegative=True (refused: not supported yet)")
     g.add_argument("--force", action="store_true",
@@ -67,7 +67,8 @@ def stated_objective_flags(args) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("reg", "alpha", "implicit", "nonnegative") if getattr(args, k, None) is not None}
 
 
-def _boolean(text: str) -> bool:
+def boolean_flag(text: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``) for flags with Spark's boolean names, e.g. ``--implicitPrefs``."""
     low = text.strip().lower()
     if low in ("true", "1", "yes"):
         return True

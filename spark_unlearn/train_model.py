@@ -70,6 +70,10 @@ def run_training(
 ) -> dict[str, Any]:
     """Train on ``ratings_path`` and publish a new model version to ``store_path``.
 
+    ``test_fraction`` of each user's ratings is held out to measure the model
+    (and published as the version's holdout); ``0`` trains on every rating
+    given and measures nothing: the choice for a production model.
+
     The store is opened (and its path checked) before any computation, so a
     bad output path fails fast; the version is published atomically at the
     end, so a failure anywhere leaves the store as it was.
@@ -85,10 +89,17 @@ def run_training(
     t0 = time.perf_counter()
     store = ModelStore(store_path)
     ratings = read_ratings(spark, ratings_path, format=data_format, columns=columns, duplicates=duplicates)
-    train, test = train_test_split(ratings, test_fraction=test_fraction, seed=split_seed)
-    train, test = train.cache(), test.cache()
-    n_train, n_test = train.count(), test.count()
-    log.info("ratings: %d train, %d test (split seed %d)", n_train, n_test, split_seed)
+    if test_fraction == 0:
+        # A production model: trained on everything given, nothing held out, so no test metrics.
+        train, test = ratings.cache(), None
+        n_train, n_test = train.count(), 0
+        log.info("ratings: %d, all used for training (test_fraction 0: nothing held out, no test metrics)", n_train)
+    else:
+        train, test = train_test_split(ratings, test_fraction=test_fraction, seed=split_seed)
+        train, test = train.cache(), test.cache()
+        n_train, n_test = train.count(), test.count()
+        log.info("ratings: %d train, %d held out for test (%.0f %% per user, split seed %d); the model is trained on the "
+                 "train part only (test_fraction 0 trains on everything)", n_train, n_test, 100 * test_fraction, split_seed)
 
     result = train_als(train, params)
     log.info("trained in %.1fs (%.2fs per iteration); computing training residuals", result.seconds, result.seconds_per_iteration)
@@ -97,8 +108,8 @@ def run_training(
 
     training_residual = residual_summary(offsets)
     log.info("training residual |Ax-b|/|b|: %s", {k_: f"{v:.3g}" for k_, v in training_residual.items()})
-    metrics = evaluate_model(result.model, train, test, params.implicit, k)
-    log.info("test metrics: %s", metrics)
+    metrics = evaluate_model(result.model, train, test, params.implicit, k) if test is not None else {}
+    log.info("test metrics: %s", metrics or "none (nothing held out)")
     implicit_state = implicit_manifest_state(result, offsets) if params.implicit else {}
 
     version = store.publish(
@@ -126,12 +137,15 @@ def run_training(
     )
     result.state.unpersist()
     for df in (train, test, *offsets):  # drops their cache-manager entries; the RDD blocks go with the scope
-        df.unpersist()
+        if df is not None:
+            df.unpersist()
     report = {
         "version": version,
         "path": store.version_path(version),
         "n_train": n_train,
         "n_test": n_test,
+        "trained_on": "every rating given" if test is None else
+        f"{n_train} of {n_train + n_test} ratings ({n_test} held out for test; test_fraction 0 trains on all)",
         "params": params.to_dict(),
         "seconds_total": round(time.perf_counter() - t0, 2),
         "seconds_training": round(result.seconds, 2),

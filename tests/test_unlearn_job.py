@@ -74,3 +74,18 @@ def test_a_header_only_deletion_file_is_a_no_op_that_says_so(spark, store_copy, 
     report = _unlearn(spark, store_copy, tmp_path, "empty.csv", "user,item\n")
     assert report["status"] == "nothing_to_delete" and report["version"] == "v000001"
     assert tree_digest(store_copy) == before
+
+
+def test_a_production_model_trained_on_every_rating_unlearns_and_verifies(spark, tmp_path, sample_ratings_path):
+    store = str(tmp_path / "prod")
+    code, out, err = run_job(spark, "train", ["--ratings", sample_ratings_path, "--model", store, "--test-fraction", "0",
+                                              "--rank", "4", "--maxIter", "5", "--regParam", "0.1"])
+    assert code == 0, err[-3000:]
+    report = json.loads(out)
+    assert report["n_test"] == 0 and report["trained_on"] == "every rating given"
+    loaded = ModelStore(store).load(spark)
+    assert loaded.holdout is None and loaded.ratings.count() == 1501 == report["n_train"]
+    assert loaded.model.params.iterations == 5 and loaded.model.params.reg == 0.1
+    report = _unlearn(spark, store, tmp_path, "u.csv", "user\n4\n")
+    assert report["status"] == "applied" and "metrics_after" not in report
+    assert_verified(spark, store)
