@@ -200,6 +200,12 @@ def run_unlearning(
         full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations, engine=engine,
         driver_rows=driver_rows), k, measure, expected_params, force)
     source, source_ratings = model_path, ratings
+    if store.current() is not None and not _same_path(model_path, store.root):
+        # The output store already holds a lineage (earlier requests against this source): apply this one on top of
+        # it, as a rebase would, instead of starting again from the source and bringing erased data back.
+        log.warning("%s already holds %s: applying the request on it rather than on %s", store.root, store.current(),
+                    model_path)
+        source, source_ratings = output_store, None
     rebases: list[dict[str, Any]] = []
     for _ in range(max_rebases + 1):
         try:
@@ -220,6 +226,13 @@ def run_unlearning(
         "was published: store moved, resubmit it",
         current=rebases[-1]["current_was"], expected=rebases[-1]["based_on"],
     )
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two store paths (plain or ``file://``) name the same directory."""
+    if _is_spark_model_dir(a):
+        return False
+    return os.path.realpath(ModelStore(a).root) == os.path.realpath(ModelStore(b).root)
 
 
 @dataclass(frozen=True)
@@ -273,7 +286,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             f"--force unlearns {model_path} although it is not stationary under the stated hyperparameters; the "
             "certificate's tolerance cannot come from that failed training residual: give --tol as well"
         )
-    same_store = parent is not None and os.path.abspath(store.root) == os.path.abspath(model_path)
+    same_store = parent is not None and os.path.realpath(ModelStore(model_path).root) == os.path.realpath(store.root)
     # Read only if some request matches nothing (the lineage may hold hundreds of versions).
     forgotten = (lambda: store.forgotten(spark)) if same_store else None
     training_residual = manifest.get("training_residual") or residual_summary(offsets)
@@ -292,15 +305,16 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
     if src.objective_check is not None:
         report["objective_check"] = src.objective_check
-    if not report["deletion"].get("deleted_ratings"):
+    new_holdout = None
+    if holdout is not None:
+        new_holdout = remove_batch(holdout, batch)
+    # Only when the training data lost nothing: the held-out split may still hold what the batch names.
+    if not report["deletion"].get("deleted_ratings") and (new_holdout is None or holdout.count() == new_holdout.count()):
         result.release()
         log.info("batch %s removes no rating from %s: nothing published", identity.batch_id, model_path)
         out = _nothing_report(identity, store, "no request of the batch matches a rating of the model's data", t0)
         out["deletion"], out["not_found"] = report["deletion"], report.get("not_found")
         return out
-    new_holdout = None
-    if holdout is not None:
-        new_holdout = remove_batch(holdout, batch)
     t_measure = time.perf_counter()
     if req.measure:
         report["forgetting"] = forgetting_report(model, result.model, result.deleted)

@@ -89,3 +89,14 @@ def test_a_production_model_trained_on_every_rating_unlearns_and_verifies(spark,
     report = _unlearn(spark, store, tmp_path, "u.csv", "user\n4\n")
     assert report["status"] == "applied" and "metrics_after" not in report
     assert_verified(spark, store)
+
+
+def test_a_pair_found_only_in_the_holdout_is_still_removed_and_published(spark, store_copy, tmp_path):
+    loaded, before = _published(spark, store_copy)
+    user, item = sorted(before["holdout"])[0]
+    assert (user, item) not in before["pairs"]
+    report = _unlearn(spark, store_copy, tmp_path, "held.csv", f"user,item\n{user},{item}\n")
+    assert report["status"] == "applied" and report["deletion"]["deleted_ratings"] == 0
+    _, after = _published(spark, store_copy)
+    assert after["holdout"] == before["holdout"] - {(user, item)} and after["pairs"] == before["pairs"]
+    assert_verified(spark, store_copy)

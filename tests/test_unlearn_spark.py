@@ -120,3 +120,12 @@ def test_spark_mllib_model_unlearns_and_loads_with_alsmodel(spark, tmp_path):
     loaded = ALSModel.load(report["path"])
     assert loaded.userFactors.filter("id = 5").count() == 0
     assert loaded.userFactors.count() == ratings.select("user").distinct().count() - 1
+    # The same command for the next request applies it on the store's lineage, not on the MLlib model again
+    # (which would bring user 5 back).
+    again = run_unlearning(
+        spark, model_path=src, batch=batch(spark, [(6, None, "user")]), ratings_path=str(csv), ratings_format="csv",
+        output_store=out, tol=5e-2, measure=False, expected_params={"implicit": False, "reg": 0.1},
+    )
+    assert again["status"] == "applied" and again["parent"] == report["version"]
+    users = {r["id"] for r in ALSModel.load(again["path"]).userFactors.select("id").collect()}
+    assert not {5, 6} & users and len(users) == ratings.select("user").distinct().count() - 2

@@ -161,10 +161,15 @@ def lease_lock(path: str, *, lease_s: float = LEASE_SECONDS, poll_s: float = 0.0
        between, it is linked back into place.  Then it retries step 1.
     4. *Release*: remove ``path`` if it still holds our token.
 
-    What the lease protects is short (a commit's compare-and-swap, a
-    reconcile), and the commit re-checks ``CURRENT`` under it, so a lease
-    broken by mistake can at worst make a publisher fail with
-    :class:`~spark_unlearn.errors.StoreMovedError`, never lose a version.
+    Limits (known, for the Hadoop FileSystem store to replace with commit
+    markers): a lease is judged stale by comparing the file's mtime with this
+    machine's clock, so a holder paused for longer than ``lease_s`` or a
+    clock far ahead of the file server's can see a live lease broken; two
+    waiters breaking the same stale lease can, in a narrow race, break the
+    fresh one too; and a process in ``flock`` mode does not exclude one in
+    ``lease`` mode.  In each case two publishers could hold the lock at once,
+    and the compare-and-swap, which runs under it, would not protect the
+    second.  ``flock`` stays the default.
     """
     import threading
     import time
