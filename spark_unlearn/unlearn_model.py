@@ -200,11 +200,11 @@ def run_unlearning(
         full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations, engine=engine,
         driver_rows=driver_rows), k, measure, expected_params, force)
     source, source_ratings = model_path, ratings
-    if store.current() is not None and not _same_path(model_path, store.root):
+    holding = store.current()
+    if holding is not None and not _same_path(model_path, store.root):
         # The output store already holds a lineage (earlier requests against this source): apply this one on top of
         # it, as a rebase would, instead of starting again from the source and bringing erased data back.
-        log.warning("%s already holds %s: applying the request on it rather than on %s", store.root, store.current(),
-                    model_path)
+        log.warning("%s already holds %s: applying the request on it rather than on %s", store.root, holding, model_path)
         source, source_ratings = output_store, None
     rebases: list[dict[str, Any]] = []
     for _ in range(max_rebases + 1):
@@ -286,7 +286,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             f"--force unlearns {model_path} although it is not stationary under the stated hyperparameters; the "
             "certificate's tolerance cannot come from that failed training residual: give --tol as well"
         )
-    same_store = parent is not None and os.path.realpath(ModelStore(model_path).root) == os.path.realpath(store.root)
+    same_store = parent is not None and _same_path(model_path, store.root)
     # Read only if some request matches nothing (the lineage may hold hundreds of versions).
     forgotten = (lambda: store.forgotten(spark)) if same_store else None
     training_residual = manifest.get("training_residual") or residual_summary(offsets)
