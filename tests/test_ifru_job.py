@@ -180,6 +180,12 @@ def test_job_end_to_end(spark, tmp_path):
     assert report["unlearning"]["cg_converged"]
     model = persist.load_model(str(model_dir))
     assert model.removed_u.numel() == n_train
+    # the safeguard's certificate is in the report and in the saved model's history (its ledger)
+    cert = report["unlearning"]["certificate"]
+    assert model.history[-1]["certificate"] == cert
+    assert cert["retained_objective_change"] <= 0 and cert["merit_change"] <= 0
+    assert cert["validation_auc_after"] >= cert["validation_auc_before"] - cert["validation_auc_tolerance"]
+    assert cert["merit_gradient_after"] < cert["merit_gradient_before"]
     remaining = pd.read_parquet(tmp_path / "remaining")
     assert len(remaining) == len(df) - 4
     # a second deletion on the saved model: loaded, checked against the ratings, earlier removals kept out

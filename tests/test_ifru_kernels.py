@@ -12,7 +12,6 @@ from spark_unlearn.ifru.influence import (
     compute_update,
     conjugate_gradient,
     make_hvp,
-    make_hvp_fwd,
     reduced_objective,
     removal_objective,
 )
@@ -29,6 +28,14 @@ def _double_precision():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def make_hvp_fwd(f, theta):
+    """Forward-over-reverse HVP (``jvp`` of ``grad``): an independent cross-check of ``make_hvp``."""
+    from torch.func import jvp
+
+    g = grad(f)
+    return lambda v: jvp(g, (theta,), (v,))[1]
 
 
 def tiny_data(n_users=7, n_items=9, n_terms=40, seed=0, n_removed=4):

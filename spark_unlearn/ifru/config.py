@@ -49,7 +49,11 @@ class IFRUConfig:
         (1 = the IFRU update; more continue Newton on the remaining objective),
         ``normaliser`` (``remaining``: the update targets the retrain's
         objective, remaining terms averaged over ``n - |D_u|``; ``training``:
-        over ``n``, the paper's ``(1/n) H^-1 grad U``).
+        over ``n``, the paper's ``(1/n) H^-1 grad U``), ``fallback_steps`` (gradient
+        steps taken when no trust-region Newton step lowers the retained-data
+        objective), ``validation_guard`` (halve the update until the validation
+        AUC is not below the original's; see
+        :func:`spark_unlearn.ifru.influence.compute_update`).
     """
 
     threshold: float = 4.0
@@ -78,6 +82,8 @@ class IFRUConfig:
     hessian: str = "remaining"
     newton_steps: int = 1
     normaliser: str = "remaining"
+    fallback_steps: int = 10
+    validation_guard: bool = True
 
     def __post_init__(self) -> None:
         def num(name: str, lo: float | None = None, strict: bool = False) -> None:
@@ -135,6 +141,9 @@ class IFRUConfig:
             raise ConfigError(f"hessian must be 'remaining' or 'full', got {self.hessian!r}")
         if self.normaliser not in ("remaining", "training"):
             raise ConfigError(f"normaliser must be 'remaining' or 'training', got {self.normaliser!r}")
+        integer("fallback_steps", 0)
+        if not isinstance(self.validation_guard, bool):
+            raise ConfigError(f"validation_guard must be true or false, got {self.validation_guard!r}")
         if not isinstance(self.spillover, bool):
             raise ConfigError(f"spillover must be true or false, got {self.spillover!r}")
 

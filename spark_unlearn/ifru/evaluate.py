@@ -26,6 +26,22 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def auc_standard_error(value: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC estimated from ``n_pos`` positives and ``n_neg`` negatives (Hanley & McNeil 1982).
+
+    ``SE^2 = (A(1-A) + (n_pos-1)(Q1 - A^2) + (n_neg-1)(Q2 - A^2)) / (n_pos n_neg)``
+    with ``Q1 = A/(2-A)`` and ``Q2 = 2A^2/(1+A)``: the sampling noise of the
+    validation AUC, below which two models cannot be told apart on that set.
+    NaN when a class is empty or ``value`` is NaN.
+    """
+    if n_pos == 0 or n_neg == 0 or value != value:
+        return float("nan")
+    a = value
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return max(var, 0.0) ** 0.5
+
+
 def recall_at_k(
     h: torch.Tensor,
     n_users: int,

@@ -59,18 +59,6 @@ def make_hvp(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> 
     return hvp
 
 
-def make_hvp_fwd(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> HVP:
-    """The same product forward-over-reverse (``jvp`` of ``grad``); slower here, kept as a cross-check."""
-    from torch.func import jvp
-
-    g = grad(f)
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        return jvp(g, (theta,), (v,))[1]
-
-    return hvp
-
-
 # --------------------------------------------------------------------------- CG
 
 
@@ -387,8 +375,9 @@ def block_jacobi_preconditioner(
 class InfluenceUpdate:
     """A computed (not yet applied) IFRU update: ``E0[nodes] += delta``.
 
-    ``cg`` is the solve of the last Newton step; ``hvps`` and
-    ``cg_iterations`` count all steps.
+    ``cg`` is the last CG solve; ``hvps`` and ``cg_iterations`` count every
+    trial.  ``newton_steps`` is the number of *accepted* trust-region steps.
+    ``certificate`` is the per-request evidence (see :func:`compute_update`).
     """
 
     nodes: torch.Tensor  # global node ids (int64)
@@ -404,6 +393,36 @@ class InfluenceUpdate:
     cg_iterations: int = 0
     newton_steps: int = 1
     step_residuals: list[float] = field(default_factory=list)
+    certificate: dict = field(default_factory=dict)
+
+
+def outside_gradient_change(problem: ReducedProblem, theta_before: torch.Tensor, theta_after: torch.Tensor,
+                            normaliser: str = "remaining") -> float:
+    """``||grad_h F(h(after)) - grad_h F(h(before))||`` over the local nodes that are *not* updated.
+
+    ``F`` is the retained-data loss of the subgraph's remaining terms on
+    ``G'`` as a function of the representations ``h``.  These terms are every
+    term whose score the update can move, so the change is exact, not sampled.
+    For MF ``h`` is ``E0``: the change of the retained-data gradient of the rows
+    left out of the update (before: the trained model's, about 0).  For
+    LightGCN it is a proxy, on the propagated representations.
+    """
+    terms = problem.remaining_terms
+    if terms is None or len(terms) == 0:
+        return 0.0
+    norm = problem.n if normaliser == "training" else problem.n_after
+    outside = torch.ones(problem.num_local, dtype=torch.bool)
+    outside[problem.kept] = False
+    if not bool(outside.any()):
+        return 0.0
+
+    def grad_h(theta: torch.Tensor) -> torch.Tensor:
+        h = local_representation(problem, theta, "gp").detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(_terms_loss_sum(problem, h, terms) / norm, h)
+        return g[outside]
+
+    with torch.enable_grad():
+        return float(torch.linalg.vector_norm(grad_h(theta_after) - grad_h(theta_before)))
 
 
 def compute_update(
@@ -417,77 +436,151 @@ def compute_update(
     hessian: str = "remaining",
     newton_steps: int = 1,
     normaliser: str = "remaining",
+    first_order_steps: int = 10,
+    validate: Callable[[torch.Tensor], float] | None = None,
+    validate_baseline: float | None = None,
+    validate_tolerance: float = 0.0,
 ) -> InfluenceUpdate:
-    """IFRU update ``(1/n) (H_SS + damping I)^-1 grad_S U`` on the reduced problem (nothing is modified).
+    """The safeguarded IFRU update on the reduced problem (nothing is modified).
 
-    ``hessian`` selects ``H``: ``"remaining"`` (default, Hessian of the
-    objective without ``D_u``, on ``G'``) or ``"full"`` (of the training
-    objective, the textbook influence function); see :func:`reduced_objective`.
+    The update minimises the retained-data merit, offset by the training
+    gradient at ``theta0``::
 
-    ``normaliser="training"`` (the paper's update) targets ``L' = L - U/n``;
-    ``"remaining"`` (default) targets the retrain's objective, which averages the
-    remaining terms over ``n - |D_u|``: the right-hand side becomes
-    ``grad L(theta0) - grad L'(theta0) = (grad U - (|D_u|/n) grad D) / (n - |D_u|)``
-    (``D``: the summed training loss), the removed terms' gradient minus their
-    share of the average one, and ``H`` the Hessian of that objective.
+        phi(theta) = L'(theta) - grad L(theta0)^T (theta - theta0)
 
-    ``newton_steps > 1`` continues with Newton steps on the remaining
-    objective restricted to ``S``, offset by the training gradient at
-    ``theta0``: they solve ``grad_S L'(theta) = grad_S L(theta0)``, whose first
-    Newton step is exactly the IFRU update (a model that was not trained to
-    convergence is not pulled further than the removal asks; cf. the residual
-    offsets of Unlearn-ALS, DESIGN §2).
+    ``L'`` is the objective without ``D_u`` (remaining terms on ``G'``),
+    averaged over ``n - |D_u|`` (``normaliser="remaining"``, the retrain's
+    objective) or over ``n`` (``"training"``, the paper's ``L - U/n``).  Its
+    gradient at ``theta0`` is ``-(grad L(theta0) - grad L'(theta0))``, minus the
+    IFRU right-hand side, so the first Newton step on ``phi`` is exactly the
+    IFRU update ``(H + damping I)^-1 (grad L - grad L')(theta0)``; the offset
+    keeps a model that was not trained to convergence from being pulled
+    further than the removal asks (cf. the residual offsets of Unlearn-ALS).
+    ``hessian``: the model Hessian of ``L'`` (``"remaining"``) or ``L`` (``"full"``).
+
+    Safeguards (:mod:`spark_unlearn.ifru.trust_region`): steps come from
+    Steihaug-Toint truncated CG in a trust region and are accepted only if
+    they lower ``phi``; without an accepted step, at most ``first_order_steps``
+    gradient steps are taken.  Then the whole displacement is halved until
+    the retained-data objective ``L'`` is not above its value at ``theta0`` and,
+    with ``validate`` (``delta -> validation AUC`` of the updated model), the
+    validation AUC is not below ``validate_baseline`` (default: ``validate``
+    of a zero update) minus ``validate_tolerance``.  When no halving passes,
+    the update is zero.
+
+    ``certificate`` of the result: the merit gradient over the updated rows
+    after and before (and their ratio), the change of ``L'``, the change of
+    the retained-data gradient outside the updated rows
+    (:func:`outside_gradient_change`), the validation AUC before and after,
+    the trust-region trials and which safeguard decided (all in float64).
     """
+    from spark_unlearn.ifru.trust_region import trust_region_newton
+
     if newton_steps < 1:
         raise ValueError(f"newton_steps must be >= 1, got {newton_steps}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     prob = problem.to(dtype)
+    exact = problem.to(torch.float64)
     theta = prob.theta0.reshape(-1).clone()
-    if normaliser == "training":
-        g_u = grad(removal_objective(prob))(theta) / prob.n
-    else:
-        g_u = grad(reduced_objective(prob, "full"))(theta) - grad(reduced_objective(prob, "remaining", normaliser))(theta)
+    theta64 = exact.theta0.reshape(-1).clone()
+    l_rem64 = reduced_objective(exact, "remaining", normaliser)
+    offset64 = grad(reduced_objective(exact, "full"))(theta64)
+    g_rem64 = grad(l_rem64)
+    offset = offset64.to(dtype)
+    g_rem = grad(reduced_objective(prob, "remaining", normaliser))
+    base64 = float(l_rem64(theta64))
+
+    def merit(th: torch.Tensor) -> float:
+        th64 = th.to(torch.float64)
+        return float(l_rem64(th64) - base64 - torch.dot(offset64, th64 - theta64))
+
+    def gradient(th: torch.Tensor) -> torch.Tensor:
+        return g_rem(th) - offset
+
+    g0 = gradient(theta)
+    g_u = -g0
     timings["grad_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     f_h = reduced_objective(prob, hessian, normaliser)
-    hvp = make_hvp(f_h, theta)
     pre = block_jacobi_preconditioner(prob, damping, hessian) if precondition else None
     timings["setup_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    res = conjugate_gradient(hvp, g_u, damping=damping, tol=tol, max_iter=max_iter, precond=pre)
+    tr = trust_region_newton(
+        merit, gradient, lambda th: make_hvp(f_h, th), theta, newton_steps=newton_steps, damping=damping, tol=tol,
+        max_iter=max_iter, precond=pre, first_order_steps=first_order_steps, g0=g0,
+    )
     timings["cg_s"] = time.perf_counter() - t2
-    delta = res.x
-    hvps, iters = res.hvps, res.iterations
-    step_res = [float(torch.linalg.vector_norm(g_u))]
-    if newton_steps > 1:
-        t3 = time.perf_counter()
-        offset = grad(reduced_objective(prob, "full"))(theta)
-        g_rem = grad(reduced_objective(prob, "remaining", normaliser))
-        for _ in range(newton_steps - 1):
-            th = theta + delta
-            rhs = offset - g_rem(th)
-            step_res.append(float(torch.linalg.vector_norm(rhs)))
-            res = conjugate_gradient(make_hvp(f_h, th), rhs, damping=damping, tol=tol, max_iter=max_iter, precond=pre)
-            delta = delta + res.x
-            hvps += res.hvps
-            iters += res.iterations
-        timings["extra_steps_s"] = time.perf_counter() - t3
+    t3 = time.perf_counter()
+    delta, scale, decided = tr.delta, 1.0, "merit"
+    base_auc = None
+    if validate is not None:
+        base_auc = validate_baseline if validate_baseline is not None else validate(torch.zeros_like(prob.theta0))
+    auc_after = base_auc
+    for _ in range(31):
+        if not bool(delta.any()):
+            break
+        th64 = theta64 + delta.to(torch.float64)
+        ok = float(l_rem64(th64)) <= base64
+        if ok and validate is not None:
+            auc_after = validate(delta.view(-1, prob.dim))
+            ok = not auc_after < base_auc - validate_tolerance
+        if ok:
+            break
+        decided = "retained_objective" if float(l_rem64(th64)) > base64 else "validation_auc"
+        delta, scale = 0.5 * delta, 0.5 * scale
+    else:
+        delta, scale, auc_after = torch.zeros_like(delta), 0.0, base_auc
+    if not bool(delta.any()):
+        scale, auc_after = 0.0, base_auc
+    theta1_64 = theta64 + delta.to(torch.float64)
+    g_before = float(torch.linalg.vector_norm(g_rem64(theta64) - offset64))
+    g_after = float(torch.linalg.vector_norm(g_rem64(theta1_64) - offset64))
+    outside = outside_gradient_change(exact, theta64, theta1_64, normaliser)
+    certificate = {
+        "status": tr.status if scale > 0 else "unchanged",
+        "newton_steps_accepted": tr.newton_steps,
+        "first_order_steps": tr.first_order_steps,
+        "trials": [t.to_dict() for t in tr.trials],
+        "negative_curvature_met": any(t.stop == "negative_curvature" for t in tr.trials),
+        "scale": scale,
+        "scaled_by": decided if scale < 1 else None,
+        "merit_gradient_before": g_before,
+        "merit_gradient_after": g_after,
+        "merit_gradient_ratio": g_after / g_before if g_before else 0.0,
+        "merit_change": merit(theta1_64),
+        "retained_objective_change": float(l_rem64(theta1_64)) - base64,
+        "outside_gradient_change": outside,
+        "outside_gradient_change_ratio": outside / g_before if g_before else 0.0,
+        "validation_auc_before": base_auc,
+        "validation_auc_after": auc_after,
+        "validation_auc_tolerance": validate_tolerance if validate is not None else None,
+    }
+    timings["safeguard_s"] = time.perf_counter() - t3
+    last = tr.last_cg
+    cg = CGResult(
+        x=delta if last is None else last.p,
+        iterations=0 if last is None else last.iterations,
+        hvps=0 if last is None else last.hvps,
+        rel_residual=0.0 if last is None else last.rel_residual,
+        converged=last is None or last.stop == "converged",
+    )
     nodes = prob.local_nodes.index_select(0, prob.kept)
     return InfluenceUpdate(
         nodes=nodes,
         delta=delta.view(-1, prob.dim),
-        cg=res,
+        cg=cg,
         grad_norm=float(torch.linalg.vector_norm(g_u)),
         timings=timings,
         num_params=prob.num_params,
         hess_terms=len(prob.hess_terms),
         removed_terms=len(prob.removed_terms),
         spill_terms=len(prob.spill_terms),
-        hvps=hvps,
-        cg_iterations=iters,
-        newton_steps=newton_steps,
-        step_residuals=step_res,
+        hvps=tr.hvps,
+        cg_iterations=tr.cg_iterations,
+        newton_steps=tr.newton_steps,
+        step_residuals=tr.grad_norms,
+        certificate=certificate,
     )
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: Settings that may differ from those of a saved model (they only affect how it is unlearned).
 UNLEARNING_KEYS = frozenset({
     "damping", "cg_tol", "cg_max_iter", "precondition", "influence_dtype", "prune_quantile", "prune_hops", "hessian_terms", "spillover",
-    "hessian", "newton_steps", "normaliser",
+    "hessian", "newton_steps", "normaliser", "fallback_steps", "validation_guard",
 })
 
 
@@ -139,7 +139,11 @@ def _unlearn_requests(spark, model: IFRUModel, prepared, deletions, cfg: IFRUCon
         log.warning("none of the %d requested pairs is a positive training pair, so no BPR triple is removed; "
                     "the model is unchanged", counts["requested"])
         return model
-    plan = compute_unlearning(train.select("u", "i", "label", "removed"), model, cfg)
+    from spark_unlearn.ifru.data import to_tensors
+
+    # the validation AUC guard scores the validation pairs that are not themselves being erased
+    validation = to_tensors(prepared.val.join(deletions, ["user", "item"], "left_anti"), ["u", "i", "label"])
+    plan = compute_unlearning(train.select("u", "i", "label", "removed"), model, cfg, validation)
     report["unlearning"] = plan.report()
     return apply_unlearning(model, plan)
 

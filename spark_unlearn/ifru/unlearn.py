@@ -172,11 +172,12 @@ class UnlearningPlan:
             "hvps": u.hvps,
             "cg_iterations": u.cg_iterations,
             "newton_steps": u.newton_steps,
-            "newton_rhs_norms": u.step_residuals,
+            "merit_gradient_norms": u.step_residuals,
             "cg_relative_residual": u.cg.rel_residual,
             "cg_converged": u.cg.converged,
             "grad_norm": u.grad_norm,
             "update_norm": float(torch.linalg.vector_norm(u.delta)),
+            "certificate": u.certificate,
             "timings_s": {**self.timings, **{f"driver_{k}": v for k, v in u.timings.items()}},
         }
 
@@ -214,8 +215,48 @@ def select_subgraph(train_terms, model: IFRUModel, cfg: IFRUConfig) -> tuple[Sub
                                  cfg.prune_hops)
 
 
-def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_threshold: float | None = None) -> UnlearningPlan:
-    """Driver: assemble the reduced problem of ``sub`` and solve for the update (the model is not changed)."""
+def validation_auc(model: IFRUModel, removed_u: torch.Tensor, removed_i: torch.Tensor, nodes: torch.Tensor,
+                   validation: dict[str, torch.Tensor]):
+    """``(delta -> validation AUC of the updated model, the original's validation AUC, its standard error)``.
+
+    The updated model is ``E0[nodes] += delta`` on the graph without the
+    removed pairs (``G'``); the original is the model as served, on ``G``.
+    ``validation`` holds dense ``u``, ``i``, ``label``.  Each call propagates
+    the whole graph once (LightGCN) and scores every validation pair.
+    """
+    from spark_unlearn.ifru.evaluate import auc, auc_standard_error
+    from spark_unlearn.ifru.models import build_graph, layer_mean, term_logits
+
+    vu, vi, vl = validation["u"].long(), validation["i"].long() + model.n_users, validation["label"]
+    graph_after = None
+    if model.layers:
+        key = model.pos_u * model.n_items + model.pos_i
+        keep = ~torch.isin(key, removed_u * model.n_items + removed_i)
+        graph_after = build_graph(model.pos_u[keep], model.pos_i[keep], model.n_users, model.n_items, torch.float64)
+    e0 = model.e0.double()
+
+    def validate(delta: torch.Tensor) -> float:
+        e = e0.index_add(0, nodes, delta.to(torch.float64))
+        with torch.no_grad():
+            return auc(term_logits(layer_mean(e, graph_after, model.layers), vu, vi), vl)
+
+    with torch.no_grad():
+        baseline = auc(term_logits(layer_mean(e0, model.graph(torch.float64), model.layers), vu, vi), vl)
+    n_pos = int((vl > 0).sum())
+    return validate, baseline, auc_standard_error(baseline, n_pos, int(vl.numel()) - n_pos)
+
+
+def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_threshold: float | None = None,
+                       validation: dict[str, torch.Tensor] | None = None) -> UnlearningPlan:
+    """Driver: assemble the reduced problem of ``sub`` and solve for the update (the model is not changed).
+
+    With ``validation`` (dense ``u``, ``i``, ``label``) and
+    ``cfg.validation_guard``, the update's validation AUC is never lower than
+    the original's by more than that AUC's standard error (Hanley & McNeil):
+    a smaller drop cannot be told from noise on the validation set, and a
+    deletion of genuine data may lower the AUC of the retrain itself by that
+    much (:func:`validation_auc`).
+    """
     t0 = time.perf_counter()
     n_users, n_items = model.n_users, model.n_items
     ru = sub.removed_u.long()
@@ -234,10 +275,23 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
         loss=cfg.loss, dtype=dtype, hessian_terms=cfg.hessian_terms,
     )
     t1 = time.perf_counter()
+    validate = baseline = None
+    tolerance = 0.0
+    if validation is not None and cfg.validation_guard and validation["u"].numel():
+        nodes = problem.local_nodes.index_select(0, problem.kept)
+        validate, baseline, tolerance = validation_auc(model, ru, ri, nodes, validation)
+        if tolerance != tolerance:  # one label class only: AUC undefined, no guard possible
+            validate = baseline = None
+            tolerance = 0.0
     update = compute_update(
         problem, damping=cfg.damping, tol=cfg.cg_tol, max_iter=cfg.cg_max_iter, precondition=cfg.precondition, dtype=dtype,
-        hessian=cfg.hessian, newton_steps=cfg.newton_steps, normaliser=cfg.normaliser,
+        hessian=cfg.hessian, newton_steps=cfg.newton_steps, normaliser=cfg.normaliser, first_order_steps=cfg.fallback_steps,
+        validate=validate, validate_baseline=baseline, validate_tolerance=tolerance,
     )
+    cert = update.certificate
+    if cert["status"] != "newton" or cert["scale"] < 1:
+        log.warning("IFRU safeguard: %s after %d trust-region trial(s), update scaled by %g (%s)", cert["status"],
+                    len(cert["trials"]), cert["scale"], cert["scaled_by"] or "no scaling")
     if not update.cg.converged:
         log.warning("CG stopped at relative residual %.2e after %d iterations (tol %.1e)",
                     update.cg.rel_residual, update.cg.iterations, cfg.cg_tol)
@@ -255,14 +309,15 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
     )
 
 
-def compute_unlearning(train_terms, model: IFRUModel, cfg: IFRUConfig | None = None) -> UnlearningPlan:
+def compute_unlearning(train_terms, model: IFRUModel, cfg: IFRUConfig | None = None,
+                       validation: dict[str, torch.Tensor] | None = None) -> UnlearningPlan:
     """Spark subgraph + driver update for the training pairs flagged ``removed`` in ``train_terms``.
 
     ``loss="bce"``: every flagged pair is a removed term and Spark selects the
     subgraph.  ``loss="bpr"``: only the flagged pairs are collected; the
     removed terms are every triple whose positive is a flagged pair, and the
     subgraph is selected on the driver from the model's fixed triples
-    (:func:`select_subgraph_bpr`).
+    (:func:`select_subgraph_bpr`).  ``validation``: see :func:`plan_from_subgraph`.
     """
     cfg = cfg or model.config
     if cfg.loss != model.config.loss:
@@ -277,7 +332,7 @@ def compute_unlearning(train_terms, model: IFRUModel, cfg: IFRUConfig | None = N
     else:
         sub, thr = select_subgraph(train_terms, model, cfg)
     t1 = time.perf_counter()
-    plan = plan_from_subgraph(model, sub, cfg, thr)
+    plan = plan_from_subgraph(model, sub, cfg, thr, validation)
     plan.timings["spark_subgraph_s"] = t1 - t0
     return plan
 
