@@ -168,6 +168,11 @@ def removal_scenario(scenario, tr, nu, args):
             removed &= tr["label"] > 0
         return removed, tr["label"]
     pos = tr["label"] > 0
+    if scenario == "users":  # every training term of the listed users (CURE4Rec's user deletion)
+        chosen = torch.zeros(nu, dtype=torch.bool)
+        chosen[args.forget_dense_users] = True
+        removed = chosen[tr["u"]]
+        return (removed & pos if args.loss == "bpr" else removed), tr["label"]
     counts = torch.bincount(tr["u"][pos], minlength=nu)
     eligible = torch.nonzero(counts >= args.min_user_positives).reshape(-1)
     gen = torch.Generator().manual_seed(args.seed)
@@ -205,9 +210,10 @@ def run_model(kind, args, spark, prepared, train_df, tensors):
     affected = aff_u[te["u"]] | aff_i[te["i"]]
     L = cfg.model_layers
     forget = None
-    if args.scenario == "concentrated":
-        forget = (tr["u"][removed], tr["i"][removed], tr["u"][keep], tr["i"][keep])
-    mia = membership_sets(args.scenario, tr, va, te, removed)
+    if args.scenario in ("concentrated", "users"):
+        gone = removed & (tr["label"] > 0)
+        forget = (tr["u"][gone], tr["i"][gone], tr["u"][keep], tr["i"][keep])
+    mia = membership_sets(args.scenario, tr, tensors.get("val_all", va), tensors.get("test_all", te), removed)
 
     def h_of(e0, u, i, label):
         g = build_graph(u[label > 0], i[label > 0], nu, ni) if L else None
@@ -389,6 +395,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the JSON results here")
     ap.add_argument("--models", default="mf,lightgcn")
     ap.add_argument("--flip-fraction", type=float, default=0.02)
+    ap.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold (1 for implicit data)")
+    ap.add_argument("--kcore", type=int, default=5)
+    ap.add_argument("--columns", default=None, help="the file's column names, e.g. user=uid,item=iid,rating=val (adm)")
+    ap.add_argument("--negatives", type=int, default=0,
+                    help="implicit data: unobserved pairs drawn per observed pair, label 0 (data.sample_negatives)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dim", type=int)
     ap.add_argument("--reg", type=float)
@@ -405,9 +416,15 @@ def main(argv=None) -> int:
     ap.add_argument("--precondition", action="store_true", help="block-Jacobi preconditioned CG")
     ap.add_argument("--quantiles", default="0.5,0.8,0.95", help="pruned IFRU entries, one per quantile")
     ap.add_argument("--extra-cg-tols", default="1e-2", help="unpruned IFRU entries with these CG tolerances")
-    ap.add_argument("--scenario", default="random", choices=("random", "concentrated"),
+    ap.add_argument("--scenario", default="random", choices=("random", "concentrated", "users"),
                     help="random: 2%% of training labels flipped (the paper's); concentrated: all positive training "
-                         "pairs of --forget-users users, labels unchanged ('forget my history')")
+                         "pairs of --forget-users users, labels unchanged ('forget my history'); users: every training "
+                         "pair of the users in --forget-file (CURE4Rec's user deletion), their held-out pairs leave "
+                         "the evaluation")
+    ap.add_argument("--forget-file", default=None, help="users scenario: CSV with a uid column (e.g. CURE4Rec's "
+                    "unlearn_set/core_data_5%%.csv)")
+    ap.add_argument("--id-offset", type=int, default=0,
+                    help="added to the --forget-file ids to match --ratings (CURE4Rec's unlearn_set: 1)")
     ap.add_argument("--forget-users", type=int, default=10)
     ap.add_argument("--min-user-positives", type=int, default=20, help="concentrated: only users with this many positives")
     ap.add_argument("--retrain-seeds", default="1,2", help="extra retrains from other initialisations (reference spread)")
@@ -443,8 +460,10 @@ def main(argv=None) -> int:
     spark = get_session("bench_ifru", master="local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.sql.shuffle.partitions": "4"})
     spark.sparkContext.setLogLevel("ERROR")
     with Clock() as prep_clock:
-        ratings = read_ratings(spark, args.ratings)
-        prepared = prepare(ratings, threshold=4.0, k=5, fractions=(0.6, 0.2, 0.2), seed=args.seed)
+        columns = dict(kv.split("=", 1) for kv in args.columns.split(",")) if args.columns else None
+        ratings = read_ratings(spark, args.ratings, columns=columns)
+        prepared = prepare(ratings, threshold=args.threshold, k=args.kcore, fractions=(0.6, 0.2, 0.2), seed=args.seed,
+                           negatives=args.negatives)
         train = flip_labels(prepared.train, args.flip_fraction if args.scenario == "random" else 0.0, args.seed)
         tensors = {
             "train": to_tensors(train.orderBy("u", "i"), ["u", "i", "label", "noisy"]),
@@ -456,6 +475,24 @@ def main(argv=None) -> int:
         part["label"] = part["label"].float()
     tensors["train"]["noisy"] = tensors["train"]["noisy"].bool()
     tr = tensors["train"]
+    forget_users = {}
+    if args.scenario == "users":
+        import numpy as np
+        import pandas as pd
+
+        raw = np.unique(pd.read_csv(args.forget_file)["uid"].to_numpy() + args.id_offset)
+        ids = np.asarray(prepared.user_ids)
+        pos_ = np.searchsorted(ids, raw).clip(0, max(len(ids) - 1, 0))
+        found = ids[pos_] == raw
+        args.forget_dense_users = pos_[found].tolist()
+        forget_users = {"forget_file": os.path.abspath(args.forget_file), "users_in_file": int(raw.size),
+                        "users_after_kcore": int(found.sum())}
+        chosen = torch.zeros(prepared.n_users, dtype=torch.bool)
+        chosen[args.forget_dense_users] = True
+        for part in ("val", "test"):  # CURE4Rec: a deleted user's interactions leave the test data too
+            tensors[f"{part}_all"] = dict(tensors[part])
+            keep_ = ~chosen[tensors[part]["u"]]
+            tensors[part] = {k: v[keep_] for k, v in tensors[part].items()}
     tr["removed"], _ = removal_scenario(args.scenario, tr, prepared.n_users, args)
     flags = spark.createDataFrame(
         [(int(a), int(b)) for a, b in zip(tr["u"][tr["removed"]].tolist(), tr["i"][tr["removed"]].tolist())], "u int, i int"
@@ -474,16 +511,21 @@ def main(argv=None) -> int:
         "removed_users": int(torch.unique(tr["u"][tr["removed"]]).numel()),
         "flipped": int(tr["noisy"].sum()),
         "spark_prepare_s": prep_clock.wall,
+        **forget_users,
     }
     log.info("data: %s", data)
-    protocol = {"random": f"label=rating>=4, 5-core, 60/20/20 per user, {args.flip_fraction:.0%} train labels flipped = D_u",
-                "concentrated": f"label=rating>=4, 5-core, 60/20/20 per user, D_u = all positive training pairs of "
-                                f"{args.forget_users} users with >= {args.min_user_positives} positives"}[args.scenario]
+    prep = f"label=rating>={args.threshold:g}, {args.kcore}-core, " + (
+        f"{args.negatives} sampled negative(s) per observed pair, " if args.negatives else "")
+    protocol = {"random": f"{prep}60/20/20 per user, {args.flip_fraction:.0%} train labels flipped = D_u",
+                "concentrated": f"{prep}60/20/20 per user, D_u = all positive training pairs of "
+                                f"{args.forget_users} users with >= {args.min_user_positives} positives",
+                "users": f"{prep}60/20/20 per user, D_u = every training pair of the users in {args.forget_file} "
+                         f"(ids + {args.id_offset}); their validation and test pairs are left out of the evaluation"}[args.scenario]
     if args.loss == "bpr":
         protocol += (f"; BPR loss on fixed triples ({args.bpr_negatives} seeded negative(s) per positive training pair), "
                      "D_u = the triples of the removed pairs that are training positives")
     out = {"scenario": args.scenario, "loss": args.loss, "protocol": protocol, "command": " ".join(sys.argv),
-           "params": dict(vars(args)), "data": data,
+           "params": {k: v for k, v in vars(args).items() if k != "forget_dense_users"}, "data": data,
            "torch_threads": args.threads, "load_avg_start": os.getloadavg(), "models": {}}
     with Clock() as warm:
         warm_up_torch_func(args.loss)

@@ -115,3 +115,29 @@ def test_kcore_dense_ids_and_split(spark):
     assert (allp.i.map(lambda k: prep.item_ids[k]) == allp.item).all()
     assert ((allp.rating >= 4).astype(int) == allp.label).all()
     assert 0.5 < len(parts[0]) / len(allp) < 0.7
+
+
+def test_sampled_negatives_are_unobserved_pairs_labelled_zero(spark):
+    """Implicit data: prepare(negatives=2) adds label-0 pairs that no user observed, at most 2 per observed pair."""
+    from spark_unlearn.ifru.data import prepare
+
+    rng = np.random.default_rng(4)
+    pairs = rng.choice(12 * 30, size=150, replace=False)
+    pdf = pd.DataFrame({"user": (pairs // 30 + 100).astype("int32"), "item": (pairs % 30 + 500).astype("int32"),
+                        "rating": np.ones(150, dtype="float32")})
+    ratings = spark.createDataFrame(pdf)
+    prep = prepare(ratings, threshold=1.0, k=2, fractions=(0.6, 0.2, 0.2), seed=3, negatives=2)
+    rows = pd.concat([p.toPandas() for p in (prep.train, prep.val, prep.test)])
+    pos, neg = rows[rows.label == 1], rows[rows.label == 0]
+    observed = set(zip(pdf.user, pdf.item))
+    assert len(pos) == 150 and set(zip(pos.user, pos.item)) == observed
+    assert len(neg) > 0 and not (set(zip(neg.user, neg.item)) & observed)
+    assert not neg.duplicated(["user", "item"]).any() and (neg.rating == 0).all()
+    assert len(neg) <= 2 * 150
+    per_user = neg.groupby("user").size()
+    assert (per_user <= 2 * pos.groupby("user").size().reindex(per_user.index)).all()
+    # dense ids agree with the raw ids of the positives
+    assert (np.asarray(prep.item_ids)[neg.i.to_numpy()] == neg.item.to_numpy()).all()
+    again = prepare(ratings, threshold=1.0, k=2, fractions=(0.6, 0.2, 0.2), seed=3, negatives=2)
+    assert set(zip(again.train.toPandas().user, again.train.toPandas().item)) == set(
+        zip(prep.train.toPandas().user, prep.train.toPandas().item))

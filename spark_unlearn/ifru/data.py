@@ -88,16 +88,44 @@ def dense_index(df, column: str, out: str):
     return spark.createDataFrame(ids, f"{column} int, {out} int")
 
 
-def prepare(ratings, *, threshold: float = 4.0, k: int = 5, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> PreparedData:
-    """Binarise, k-core filter, split and index ``ratings`` (``RATINGS_SCHEMA``)."""
+def sample_negatives(indexed, items, n_items: int, per_positive: int, seed: int):
+    """Unobserved pairs labelled 0 for implicit data: ``per_positive`` draws per observed pair, uniform over items.
+
+    Draw ``k`` of observed pair ``(u, i)`` is item ``xxhash64(u, i, k, seed) mod n_items``;
+    draws that hit an observed pair of ``u`` or repeat are dropped, so a user
+    gets at most ``per_positive`` negatives per observed pair.  Rows carry
+    ``rating = 0`` and ``label = 0``; ``items`` maps dense ``i`` to raw ``item``.
+    """
+    F = _F()
+    draws = (indexed.select("u", USER, "i", F.explode(F.sequence(F.lit(0), F.lit(per_positive - 1))).alias("k"))
+             .select("u", USER, F.pmod(F.xxhash64("u", "i", "k", F.lit(int(seed))), F.lit(n_items)).cast("int").alias("i"))
+             .distinct()
+             .join(indexed.select("u", "i"), ["u", "i"], "left_anti"))
+    return draws.join(items, "i").select(USER, ITEM, F.lit(0.0).alias(RATING), "u", "i", F.lit(0).alias("label"))
+
+
+def prepare(ratings, *, threshold: float = 4.0, k: int = 5, fractions=(0.6, 0.2, 0.2), seed: int = 0,
+            negatives: int = 0) -> PreparedData:
+    """Binarise, k-core filter, split and index ``ratings`` (``RATINGS_SCHEMA``).
+
+    ``negatives > 0`` is for implicit data, where every pair is observed:
+    after the k-core, that many unobserved pairs per observed pair are added
+    with label 0 (:func:`sample_negatives`, seeded by ``seed``) and split with
+    the others.
+    """
     from spark_unlearn.data.split import train_val_test_split
 
+    if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
+        raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
     cored, rounds = kcore(ratings.select(USER, ITEM, RATING), k)
     users = dense_index(cored, USER, "u").localCheckpoint()
     items = dense_index(cored, ITEM, "i").localCheckpoint()
     user_ids = _column(users.orderBy("u"), USER).astype(np.int64)
     item_ids = _column(items.orderBy("i"), ITEM).astype(np.int64)
     indexed = binarise(cored, threshold).join(users, USER).join(items, ITEM).localCheckpoint()
+    if negatives:
+        indexed = indexed.select(USER, ITEM, RATING, "u", "i", "label").unionByName(
+            sample_negatives(indexed, items, int(item_ids.size), negatives, seed)).localCheckpoint()
     parts = train_val_test_split(indexed, fractions=tuple(fractions), seed=seed)
     out = [part.select(USER, ITEM, RATING, "u", "i", "label").localCheckpoint() for part in parts]
     return PreparedData(out[0], out[1], out[2], user_ids, item_ids, rounds)

@@ -539,6 +539,7 @@ def compute_update(
     outside = outside_gradient_change(exact, theta64, theta1_64, normaliser)
     certificate = {
         "status": tr.status if scale > 0 else "unchanged",
+        "updated_rows": int(prob.kept.numel()),
         "newton_steps_accepted": tr.newton_steps,
         "first_order_steps": tr.first_order_steps,
         "trials": [t.to_dict() for t in tr.trials],

@@ -81,6 +81,7 @@ def save_model(model: IFRUModel, model_dir: str, keep_previous: int = 1) -> str:
             "refusing to write into it, choose an empty or new --model directory"
         )
     os.makedirs(model_dir, exist_ok=True)
+    parent = current_version(model_dir) if exists(model_dir) else None
     name = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
     tmp = os.path.join(model_dir, f".tmp-{name}")
     final = os.path.join(model_dir, name)
@@ -110,6 +111,7 @@ def save_model(model: IFRUModel, model_dir: str, keep_previous: int = 1) -> str:
             "n_terms": int(model.n_terms),
             "fingerprint": model.fingerprint,
             "history": model.history,
+            "parent": parent,
             "shapes": {k: list(v.shape) for k, v in tensors.items()},
             "weights_sha256": _sha256(wpath),
         }
@@ -143,8 +145,8 @@ def _prune_versions(model_dir: str, live: str, keep_previous: int) -> None:
             shutil.rmtree(os.path.join(model_dir, d), ignore_errors=True)
 
 
-def load_model(model_dir: str) -> IFRUModel:
-    """Load the live version of ``model_dir`` (``weights_only=True``, checksum and shapes checked)."""
+def current_version(model_dir: str) -> str:
+    """Name of the live version (``v-...``) of ``model_dir``."""
     pointer = os.path.join(model_dir, CURRENT)
     if not os.path.isfile(pointer):
         raise StoreError(f"no IFRU model in {model_dir!r} (missing {CURRENT}); train one first")
@@ -152,6 +154,26 @@ def load_model(model_dir: str) -> IFRUModel:
         name = f.read().strip()
     if not name.startswith("v-") or "/" in name or os.sep in name:
         raise StoreError(f"{pointer} names an invalid version {name!r}")
+    return name
+
+
+def version_meta(model_dir: str, version: str) -> dict:
+    """The ``meta.json`` of one version (``parent``: the version it was derived from, ``None`` for a training)."""
+    if not version.startswith("v-") or "/" in version or os.sep in version:
+        raise StoreError(f"invalid IFRU model version {version!r} (expected a name like v-20260101T000000-abcd1234)")
+    mpath = os.path.join(model_dir, version, META)
+    try:
+        with open(mpath) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {mpath}: {exc}; list the versions in {model_dir}") from exc
+
+
+def load_model(model_dir: str, version: str | None = None) -> IFRUModel:
+    """Load the live version of ``model_dir``, or ``version`` (``weights_only=True``, checksum and shapes checked)."""
+    name = current_version(model_dir) if version is None else version
+    if not name.startswith("v-") or "/" in name or os.sep in name:
+        raise StoreError(f"invalid IFRU model version {name!r} (expected a name like v-20260101T000000-abcd1234)")
     vdir = os.path.join(model_dir, name)
     wpath, mpath = os.path.join(vdir, WEIGHTS), os.path.join(vdir, META)
     if not (os.path.isfile(wpath) and os.path.isfile(mpath)):
