@@ -81,3 +81,29 @@ def test_a_training_version_has_nothing_to_verify(prepared):
     model, _ = train_model(prepared, IFRUConfig(**SMALL))
     with pytest.raises(StoreError, match="no IFRU request"):
         check_ifru_claims(model, model, None)
+
+
+def test_verify_a_saved_version_from_its_files(spark, tmp_path):
+    """run_ifru saves a trained and an unlearned version; the verifier re-reads both and the ratings."""
+    from spark_unlearn.ifru.run import run_ifru
+    from spark_unlearn.verify.ifru import verify_ifru_version
+
+    df = ratings_frame(seed=5)
+    csv = tmp_path / "ratings.csv"
+    df.to_csv(csv, index=False)
+    dele = tmp_path / "delete.csv"
+    df.iloc[[1, 7, 19, 33, 50]][["user", "item"]].to_csv(dele, index=False)
+    model_dir = str(tmp_path / "model")
+    conf = {k: v for k, v in SMALL.items()} | {"model_type": "lightgcn"}
+    run_ifru(spark, ratings_path=str(csv), model_dir=model_dir, ifru_conf=conf)
+    with pytest.raises(StoreError, match="no parent"):
+        verify_ifru_version(spark, model_dir, str(csv))
+    report = run_ifru(spark, ratings_path=str(csv), model_dir=model_dir, ifru_conf=conf, delete_path=str(dele))
+    assert report["deletions"]["in_training"] > 0
+    res = verify_ifru_version(spark, model_dir, str(csv))
+    assert res["holds"], res["problems"]
+    assert res["retained_objective_change"]["recomputed"] <= 0
+    # other ratings than the model's: refused, not "verified"
+    df.iloc[:-3].to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(StoreError, match="training split"):
+        verify_ifru_version(spark, model_dir, str(tmp_path / "other.csv"))

@@ -166,3 +166,49 @@ def check_ifru_claims(parent, child, labelled: dict[str, np.ndarray] | None = No
     out["problems"] = problems
     out["holds"] = not problems
     return out
+
+
+def verify_ifru_version(spark, model_dir: str, ratings_path: str | None = None, version: str | None = None,
+                        columns: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check the certificate of ``version`` (default: the live one) of the IFRU model in ``model_dir``.
+
+    BCE models need ``ratings_path``, the ratings the model was trained on
+    (the labels of the training pairs are not saved with the model); the
+    split is rebuilt with the model's own settings and must match the
+    fingerprint the model recorded.  BPR models carry their triples.
+    """
+    from pyspark.sql import functions as F
+
+    from spark_unlearn.data.readers import read_ratings
+    from spark_unlearn.errors import ConfigError
+    from spark_unlearn.ifru import persist
+    from spark_unlearn.ifru.data import prepare, sorted_terms
+
+    name = version or persist.current_version(model_dir)
+    meta = persist.version_meta(model_dir, name)
+    parent_name = meta.get("parent")
+    if not parent_name:
+        raise StoreError(f"version {name} of {model_dir} has no parent version: a training version has no "
+                         "IFRU certificate to check")
+    child = persist.load_model(model_dir, name)
+    try:
+        parent = persist.load_model(model_dir, parent_name)
+    except StoreError as exc:
+        raise StoreError(f"the parent {parent_name} of {name} is no longer in {model_dir} ({exc}); only a version "
+                         "whose parent is kept can be verified") from exc
+    labelled = None
+    if child.neg_j is None:
+        if not ratings_path:
+            raise ConfigError("a BCE model does not save the labels of its training pairs: pass --ratings, the "
+                              "ratings the model was trained on")
+        cfg = child.config
+        prepared = prepare(read_ratings(spark, ratings_path, columns=columns), threshold=cfg.threshold, k=cfg.kcore,
+                           fractions=cfg.fractions, seed=cfg.split_seed)
+        row = prepared.train.agg(F.count("*").alias("n"),
+                                 F.expr("bit_xor(xxhash64(user, item, label))").alias("x")).first()
+        if child.fingerprint and f"{row['n']}:{row['x'] or 0}" != child.fingerprint:
+            raise StoreError(f"--ratings {ratings_path} does not give the training split the model was trained on")
+        t = sorted_terms(prepared.train)
+        labelled = {"u": t["u"].long().numpy(), "i": t["i"].long().numpy(), "label": t["label"].double().numpy()}
+    out = check_ifru_claims(parent, child, labelled)
+    return {"kind": "ifru", "model": model_dir, "version": name, "parent": parent_name, **out}
