@@ -1,0 +1,116 @@
+"""Certificate policies on a tiny implicit ALS model: one deletion, then a neighbour pushed off its bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spark_unlearn.als.kernels import SolveSpec, gram, residuals, solve_rows
+from spark_unlearn.als.policy import CertificatePolicy, residual_floor, strict_tolerance, violations
+from spark_unlearn.errors import ConfigError
+
+SPEC = SolveSpec(reg=0.1, implicit=True, alpha=1.0)
+
+
+def csr(rows, cols, vals, n):
+    order = np.lexsort((cols, rows))
+    return np.searchsorted(rows[order], np.arange(n + 1)), cols[order], vals[order].astype(np.float32)
+
+
+def sides(u, i, r, nu, ni):
+    return {"user": csr(u, i, r, nu), "item": csr(i, u, r, ni)}
+
+
+def solve(data, F, side, targets=None, rows=None):
+    other = "item" if side == "user" else "user"
+    indptr, src, rat = data[side]
+    Y = F[other]
+    t = None if targets is None else (targets[side] if rows is None else targets[side][rows])
+    return solve_rows(indptr, src, rat, Y, SPEC, gram=gram(Y), rows=rows, offsets=t).astype(np.float32)
+
+
+def resid(data, F):
+    out = {}
+    for side, other in (("user", "item"), ("item", "user")):
+        indptr, src, rat = data[side]
+        out[side] = residuals(F[side], indptr, src, rat, F[other], SPEC, gram=gram(F[other]))
+    return out
+
+
+def deviation(data, F, targets):
+    r = resid(data, F)
+    return {s: np.linalg.norm(r[s][0] - targets[s], axis=1) / np.maximum(r[s][1], 1e-300) for s in r}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    rng = np.random.default_rng(2)
+    nu, ni, k = 30, 40, 4
+    pairs = rng.choice(nu * ni, size=320, replace=False)
+    u, i = pairs // ni, pairs % ni
+    r = rng.integers(1, 6, size=u.size).astype(np.float32)
+    data = sides(u, i, r, nu, ni)
+    F = {"user": rng.normal(size=(nu, k)).astype(np.float32) / 2, "item": rng.normal(size=(ni, k)).astype(np.float32) / 2}
+    for _ in range(10):  # Spark's order: items, then users
+        F["item"] = solve(data, F, "item")
+        F["user"] = solve(data, F, "user")
+    res = resid(data, F)
+    rho = {s: np.linalg.norm(res[s][0], axis=1) / res[s][1] for s in res}
+    return u, i, r, nu, ni, F, res, rho
+
+
+def test_one_deletion_certified_then_a_pushed_neighbour_fails_under_both_policies(trained):
+    u, i, r, nu, ni, F0, res, rho = trained
+    gone = np.zeros(u.size, dtype=bool)
+    gone[7] = True
+    u0, i0 = int(u[7]), int(i[7])
+    data = sides(u[~gone], i[~gone], r[~gone], nu, ni)
+    targets = {s: res[s][0].copy() for s in res}
+    targets["user"][u0] = 0.0  # rows whose own data changed are solved exactly
+    targets["item"][i0] = 0.0
+    F = {s: v.copy() for s, v in F0.items()}
+    for _ in range(30):  # warm offset sweeps to the unlearned fixed point
+        F["item"] = solve(data, F, "item", targets)
+        F["user"] = solve(data, F, "user", targets)
+    floor = residual_floor(rho["item"])  # items are solved first in each iteration
+    tol = strict_tolerance(rho)
+    assert float(np.quantile(rho["user"], 0.9)) < 1e-5 < floor  # the side solved last ends at ~0
+    policies = [CertificatePolicy(), CertificatePolicy("strict")]
+    dev = deviation(data, F, targets)
+    for pol in policies:
+        for s in dev:
+            assert violations(dev[s], pol.bounds(rho[s], floor, tol)).size == 0, (pol.name, s)
+
+    # push one neighbour of the deleted cell (another user of item i0) just above both bounds
+    indptr, src, _ = data["item"]
+    neighbour = int(next(x for x in src[indptr[i0]:indptr[i0 + 1]] if x != u0))
+    limit = max(rho["user"][neighbour], floor, tol)
+    direction = np.ones(F["user"].shape[1])
+    scale = 1e-4
+    while True:
+        G = {"user": F["user"].copy(), "item": F["item"]}
+        G["user"][neighbour] += (scale * direction).astype(np.float32)
+        d = deviation(data, G, targets)["user"]
+        if d[neighbour] > 1.05 * limit:
+            break
+        scale *= 1.5
+    for pol in policies:
+        bad = violations(d, pol.bounds(rho["user"], floor, tol))
+        assert bad.tolist() == [neighbour], (pol.name, bad)
+
+
+def test_training_precision_is_row_wise_and_strict_is_uniform(trained):
+    *_, rho = trained
+    floor, tol = residual_floor(rho["item"]), strict_tolerance(rho)
+    b = CertificatePolicy().bounds(rho["item"], floor, tol)
+    assert np.array_equal(b, np.maximum(rho["item"], floor))
+    above = rho["item"] > floor
+    assert above.any() and np.array_equal(b[above], rho["item"][above])  # a row keeps its own, larger residual
+    assert np.all(CertificatePolicy("strict").bounds(rho["item"], floor, tol) == tol)
+    assert violations(np.array([0.0, np.nan, 2.0]), np.array([1.0, 1.0, 1.0])).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "loose"}, {"floor_quantile": 1.5}, {"floor_quantile": True}])
+def test_bad_policies_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        CertificatePolicy(**kwargs)
