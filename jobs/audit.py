@@ -1,15 +1,16 @@
 """spark-submit entry point: audit a deletion request against a model store.
 
     spark-submit jobs/audit.py --model STORE_DIR --delete PATH [--batch-id ID] [--max-users N]
-        [--no-verify] [--require-purged] [--report PATH] [--config conf/local.toml]
+        [--no-verify] [--require-purged] [--report PATH] [--json] [--config conf/local.toml]
     spark-submit jobs/audit.py --model STORE_DIR --verify-certificate [--version V] [--sample N]
 
 Shows whether the batch was applied and in which version, its certificate,
 whether the current version still holds any of it, and for each affected
 user the rank of the deleted items before and after, and which other
 versions of the store still retain the batch's data (with the purge command
-that removes it; see :mod:`spark_unlearn.audit`).  Prints a summary on
-stderr and the report (JSON) on stdout.
+that removes it; see :mod:`spark_unlearn.audit`).  Prints a summary of at
+most 15 lines on stderr; the report (JSON) goes to ``--report PATH`` or, with
+``--json``, to stdout.
 
 ``--verify-certificate`` recomputes a version's certificate from its files
 alone, with code that shares nothing with the unlearning path
@@ -28,14 +29,16 @@ record (the rows are named); 2 bad input or a damaged store.
 import argparse
 import logging
 import sys
+import time
 
 import _bootstrap  # noqa: F401
 
-from spark_unlearn.audit import audit_lines, run_audit
+from spark_unlearn.audit import run_audit
 from spark_unlearn.config import load_config, override
 from spark_unlearn.data.deletions import read_deletions
-from spark_unlearn.cli import print_report, run_job
+from spark_unlearn.cli import add_output_flags, emit, run_job
 from spark_unlearn.logs import configure_logging
+from spark_unlearn.reporting import audit_summary
 from spark_unlearn.session import get_session
 from spark_unlearn.verify import verify_version
 
@@ -49,6 +52,9 @@ EXAMPLES = """examples:
   # recompute the current version's certificate from its files (every row), or a sample of rows
   spark-submit jobs/audit.py --model out/model_store --verify-certificate
   spark-submit jobs/audit.py --model out/model_store --verify-certificate --version v000002 --sample 1000
+
+  # the report (JSON) on stdout, for a pipe
+  spark-submit jobs/audit.py --model out/model_store --delete deletions.csv --json | python -m json.tool
 
 exit codes: 0 applied and proven / verified, 3 not (or retained elsewhere with --require-purged, or a
             certificate that fails its recomputation), 2 bad input
@@ -69,7 +75,7 @@ def parse_args(argv):
                    help="recompute the certificate of a version from its files (independent verifier)")
     p.add_argument("--version", help="with --verify-certificate: the version to verify (default: the current one)")
     p.add_argument("--sample", type=int, help="with --verify-certificate: N random rows per side plus the touched rows")
-    p.add_argument("--report", help="also write the report (JSON) to this path")
+    add_output_flags(p)
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     args = p.parse_args(argv)
@@ -83,6 +89,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
 
     def work():
@@ -96,6 +103,7 @@ def main(argv=None) -> int:
                                verify_files=not args.no_verify)
         if args.verify_certificate:
             report["verification"] = verify_version(spark, cfg["store"]["path"], args.version, sample=args.sample)
+        report["seconds"] = {"end_to_end": round(time.perf_counter() - started, 3)}
         return report
 
     code, report = run_job(log, args.report, work)
@@ -103,24 +111,11 @@ def main(argv=None) -> int:
         return code
     failed = False
     if args.delete:
-        for line in audit_lines(report):
-            print(line, file=sys.stderr)
         failed = not report.get("proof_holds") or (args.require_purged and not report.get("purged"))
     if args.verify_certificate:
-        for line in verification_lines(report["verification"]):
-            print(line, file=sys.stderr)
         failed = failed or report["verification"]["status"] != "verified"
-    print_report(report)
+    emit(report, audit_summary(report), args.json)
     return 3 if failed else 0
-
-
-def verification_lines(v) -> list[str]:
-    rec, got = v["recorded"], v["recomputed"]
-    lines = [f"certificate of {v['version']}: {v['status']} ({v['scope']}, {got['rows']} rows recomputed)",
-             f"recomputed max {got['max']:.6g}, recorded {rec['max']}, tolerance {rec['tolerance']}; "
-             f"targets {v['targets']['source']} ({v['targets']['why']})"]
-    lines += [f"  {reason}" for reason in v["reasons"]]
-    return lines
 
 
 if __name__ == "__main__":

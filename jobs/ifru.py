@@ -2,7 +2,7 @@
 
     spark-submit jobs/ifru.py --ratings PATH --model DIR [--delete PATH]
                               [--model-type mf|lightgcn] [--config conf/ifru.toml]
-                              [--ratings-out PATH]
+                              [--ratings-out PATH] [--report PATH] [--json]
 
 * No model in ``DIR`` yet: Spark prepares the data (binarise, k-core,
   60/20/20 split, dense ids) and the driver trains a model, saved in ``DIR``.
@@ -18,21 +18,23 @@ The TOML config may hold an ``[ifru]`` table (keys of
 :class:`spark_unlearn.ifru.config.IFRUConfig`) and a ``[spark]`` table (Spark
 properties).  For an existing model only the unlearning keys
 (:data:`spark_unlearn.ifru.run.UNLEARNING_KEYS`) may differ from the saved
-ones.  The report is printed as JSON on stdout; logs go to stderr.  The work is
-done by :func:`spark_unlearn.ifru.run.run_ifru`.
+ones.  A summary of at most 15 lines (pairs requested, applied and unknown,
+what changed, the update's certificate, times) and the logs go to stderr; the
+report (JSON) goes to ``--report PATH`` or, with ``--json``, to stdout.  The
+work is done by :func:`spark_unlearn.ifru.run.run_ifru`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 import _bootstrap  # noqa: F401,E402  (source checkout without installation: puts the repo on sys.path)
 
-from spark_unlearn.errors import SparkUnlearnError  # noqa: E402
+from spark_unlearn.cli import add_output_flags, emit, run_job  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
+from spark_unlearn.reporting import ifru_summary  # noqa: E402
 
 log = logging.getLogger("spark_unlearn.jobs.ifru")
 
@@ -40,6 +42,7 @@ log = logging.getLogger("spark_unlearn.jobs.ifru")
 EXAMPLES = """examples:
   spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf                    # train MF
   spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf --delete pairs.csv # unlearn pairs
+  spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf --delete pairs.csv --json | python -m json.tool
 """
 
 
@@ -55,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--ratings-out", help="write the ratings without the deleted pairs here (Parquet)")
     ap.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
     ap.add_argument("--log-level", default="INFO")
+    add_output_flags(ap)
     return ap.parse_args(argv)
 
 
@@ -75,13 +79,10 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
-    try:
-        report = run(args)
-    except SparkUnlearnError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        return 2
-    print(json.dumps(report, indent=2, sort_keys=True, default=float))
-    return 0
+    code, report = run_job(log, args.report, lambda: run(args))
+    if report is not None:
+        emit(report, ifru_summary(report), args.json)
+    return code
 
 
 if __name__ == "__main__":

@@ -2,23 +2,27 @@
 
     spark-submit jobs/train.py [--ratings PATH] [--model STORE_DIR] [--config conf/local.toml]
         [--format auto|movielens-dat|udata|movielens-csv|csv|parquet] [--implicit]
-        [--rank K] [--reg L] [--alpha A] [--iterations N] [--seed S] [--report PATH]
+        [--rank K] [--reg L] [--alpha A] [--iterations N] [--seed S] [--report PATH] [--json]
 
 With no arguments it trains on pyspark's embedded MovieLens sample and
-publishes to ``out/model_store``.  Prints the report (JSON) on stdout.
+publishes to ``out/model_store``.  Prints a short summary on stderr (how many
+ratings trained the model and how many were held out, test metrics, times);
+the report (JSON) goes to ``--report PATH`` or, with ``--json``, to stdout.
 """
 
 import argparse
 import logging
 import sys
+import time
 
 import _bootstrap  # noqa: F401
 
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.config import load_config, override
 from spark_unlearn.data.embedded import sample_movielens_path
-from spark_unlearn.cli import boolean_flag, print_report, run_job
+from spark_unlearn.cli import add_output_flags, boolean_flag, emit, run_job
 from spark_unlearn.logs import configure_logging
+from spark_unlearn.reporting import train_summary
 from spark_unlearn.session import get_session
 from spark_unlearn.train_model import run_training
 
@@ -28,7 +32,8 @@ log = logging.getLogger("spark_unlearn.jobs.train")
 EXAMPLES = """examples:
   spark-submit jobs/train.py                                          # pyspark's sample into out/model_store
   spark-submit jobs/train.py --ratings ../shared/data/ml-latest-small/ratings.csv --implicit --rank 16 \\
-      --model out/ml_small_store
+      --model out/ml_small_store --test-fraction 0 --report out/train.json   # production: every rating
+  spark-submit jobs/train.py --json | python -m json.tool             # the report (JSON) on stdout
 """
 
 
@@ -52,11 +57,12 @@ def parse_args(argv):
     p.add_argument("--test-fraction", type=float,
                    help="share of each user's ratings held out to measure the model (default 0.2); 0 trains on every "
                         "rating: use 0 for a production model")
-    p.add_argument("--report", help="also write the report (JSON) to this path")
+    add_output_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
 
     def work():
@@ -79,12 +85,12 @@ def main(argv=None) -> int:
             test_fraction=cfg["data"]["test_fraction"],
             split_seed=cfg["data"]["split_seed"],
             k=cfg["eval"]["k"],
+            started=started,
         )
 
     code, report = run_job(log, args.report, work)
     if report is not None:
-        log.info("published %s at %s", report["version"], report["path"])
-        print_report(report)
+        emit(report, train_summary(report), args.json)
     return code
 
 

@@ -1,7 +1,7 @@
 """spark-submit entry point: remove a deletion batch from a stored ALS model (Unlearn-ALS).
 
     spark-submit jobs/unlearn.py --model STORE_DIR --delete PATH [--ratings PATH] [--tol T]
-        [--mode frontier|full|paper] [--report PATH] [--strict] [--output-store DIR] [--config conf/local.toml]
+        [--mode frontier|full|paper] [--report PATH] [--json] [--strict] [--output-store DIR] [--config conf/local.toml]
         [--batch-id ID] [--engine auto|targeted|layout]
         [--implicit | --explicit | --implicitPrefs BOOL] [--reg/--regParam L] [--alpha A] [--nonnegative] [--force]
 
@@ -14,7 +14,10 @@ alpha or implicitPrefs, so state ``--implicit``/``--explicit``, ``--reg`` and
 (implicit) ``--alpha``.  The model is then measured under them: if it is not
 stationary (not an ALS fixed point under that objective) the job refuses and
 says which feedback type fits better; ``--force --tol T`` overrides.
-Prints the report (JSON) on stdout.
+Prints a summary of at most 15 lines on stderr (what was deleted, rows
+re-solved, the new version, the certificate, times and the end-to-end
+speed-up); the report (JSON) goes to ``--report PATH`` or, with ``--json``, to
+stdout (``... --json | python -m json.tool``).
 
 Each batch is applied exactly once: re-submitting a batch the current model
 already reflects (same content) is a no-op whose report says
@@ -32,12 +35,14 @@ Exit codes: 0 done, 2 bad input / configuration / store (nothing written),
 import argparse
 import logging
 import sys
+import time
 
 import _bootstrap  # noqa: F401
 
 from spark_unlearn.config import load_config, override, stated_objective
-from spark_unlearn.cli import add_objective_flags, print_report, run_job, stated_objective_flags
+from spark_unlearn.cli import add_objective_flags, add_output_flags, emit, run_job, stated_objective_flags
 from spark_unlearn.logs import configure_logging
+from spark_unlearn.reporting import unlearn_summary
 from spark_unlearn.session import get_session
 from spark_unlearn.unlearn_model import run_unlearning
 
@@ -58,7 +63,7 @@ def parse_args(argv):
                    help="frontier mode: targeted scans with an incremental certificate, or the block layout with a full one")
     p.add_argument("--strict", action="store_true", default=None, help="deletion requests absent from the data are errors")
     p.add_argument("--batch-id", help="id of this deletion request for the ledger (default: hash of its content)")
-    p.add_argument("--report", help="also write the report (JSON) to this path")
+    add_output_flags(p)
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     add_objective_flags(p)
@@ -68,6 +73,10 @@ def parse_args(argv):
 EXAMPLES = """examples:
   # erase what a CSV lists (columns user,item | user | item) from the store jobs/train.py wrote
   spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv
+
+  # the report (JSON) on stdout, for a pipe; or to a file
+  spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv --json | python -m json.tool
+  spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv --report out/unlearn.json
 
   # a model saved by pyspark.ml: state its objective, as given to ALS(...)
   spark-submit jobs/unlearn.py --model mllib_model/ --ratings ratings.csv --output-store out/store \\
@@ -79,6 +88,7 @@ exit codes: 0 done (applied, already_applied or nothing_to_delete), 2 bad input 
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
 
     def work():
@@ -111,11 +121,12 @@ def main(argv=None) -> int:
             expected_params=stated,
             force=args.force,
             max_rebases=u["max_rebases"],
+            started=started,
         )
 
     code, report = run_job(log, args.report, work)
     if report is not None:
-        print_report(report)
+        emit(report, unlearn_summary(report), args.json)
     return code
 
 

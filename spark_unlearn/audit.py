@@ -191,30 +191,3 @@ def _per_user_ranks(spark: SparkSession, store: ModelStore, batch: DataFrame, be
         )
     return out
 
-
-def audit_lines(report: dict[str, Any]) -> list[str]:
-    """A few lines a person reads first."""
-    b = report["batch"]
-    lines = [f"batch {b['batch_id']} ({b['n_requests']} requests, content sha256 {b['content_hash'][:16]}...): {report['status']}"]
-    if report.get("applied"):
-        cert = report.get("certificate") or {}
-        lines.append(
-            f"applied in {report['version']} (from {report['version_before']}) at {report['applied_at']} by {report['method']}; "
-            f"current version {report['current_version']}"
-        )
-        lines.append(
-            f"certificate {cert.get('max_relative_residual', float('nan')):.3g} (tolerance {cert.get('tolerance', float('nan')):.3g}): "
-            f"{'holds' if cert.get('holds') else 'DOES NOT HOLD'}"
-        )
-    else:
-        lines.append(report.get("note", ""))
-    present = report.get("still_present") or {}
-    lines.append("still present in the current version: " + (", ".join(f"{k}={v}" for k, v in present.items() if v) or "nothing"))
-    retained = report.get("retained_in_other_versions") or []
-    if retained:
-        lines.append(f"retained in {len(retained)} other version(s): {', '.join(r['version'] for r in retained)}; "
-                     f"to remove it: {report['purge_command']}")
-    for u in report.get("users", [])[:10]:
-        after = "erased (no factor row)" if u["erased"] else u["rank_percentile_after"]
-        lines.append(f"  user {u['user']}: {u['deleted_items']} deleted items, rank percentile {u['rank_percentile_before']} -> {after}")
-    return lines

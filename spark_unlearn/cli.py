@@ -1,4 +1,11 @@
-"""What every spark-submit job shares: report path checked first, one error line, one exit-code convention.
+"""What every spark-submit job shares: report path checked first, one error line, one exit-code convention,
+one output convention.
+
+Output: a summary of at most 15 lines on stderr (:mod:`spark_unlearn.reporting`);
+the full report as JSON to ``--report PATH`` (written atomically) and/or on
+stdout with ``--json``, and nothing else on stdout, under spark-submit too
+(:func:`spark_unlearn.logs.separate_stderr`), so that
+``spark-submit jobs/unlearn.py ... --json | python -m json.tool`` works.
 
 Exit codes: 0 done; 2 a :class:`~spark_unlearn.errors.SparkUnlearnError`
 (bad input, configuration or store; nothing was written); 4 the store moved
@@ -10,14 +17,14 @@ negative finding (``jobs/audit.py``: 3).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from spark_unlearn.errors import SparkUnlearnError, StoreMovedError
-from spark_unlearn.reporting import check_report_path, write_report
+from spark_unlearn.logs import separate_stderr
+from spark_unlearn.reporting import check_report_path, report_json, write_report
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STORE_MOVED = 0, 2, 4
 
@@ -27,8 +34,9 @@ def run_job(log: logging.Logger, report_path: str | None, work: Callable[[], dic
 
     A :class:`SparkUnlearnError` is logged and printed as one ``error:`` line
     on stderr (exit code 2); anything else is a bug and propagates with its
-    traceback.
+    traceback.  Under spark-submit, stderr is spark-submit's own from here on (:func:`separate_stderr`).
     """
+    separate_stderr()
     try:
         check_report_path(report_path)
         report = work()
@@ -39,6 +47,27 @@ def run_job(log: logging.Logger, report_path: str | None, work: Callable[[], dic
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return (EXIT_STORE_MOVED if isinstance(exc, StoreMovedError) else EXIT_BAD_INPUT), None
     return EXIT_OK, report
+
+
+OUTPUT_HELP = ("A summary of at most 15 lines goes to stderr. The full report (JSON) goes to --report PATH and/or, "
+               "with --json, to stdout, which then holds nothing else (also under spark-submit): "
+               "... --json | python -m json.tool")
+
+
+def add_output_flags(parser) -> None:
+    """``--report PATH`` and ``--json``: where the full report goes (the summary always goes to stderr)."""
+    g = parser.add_argument_group("output", OUTPUT_HELP)
+    g.add_argument("--report", metavar="PATH", help="write the report (JSON) to PATH (atomically: temp file + rename)")
+    g.add_argument("--json", action="store_true", help="print the report (JSON) on stdout, and nothing else there")
+
+
+def emit(report: dict[str, Any], summary: list[str], as_json: bool) -> None:
+    """The summary on stderr; the report as JSON on stdout with ``--json`` (``run_job`` wrote ``--report``)."""
+    for line in summary:
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
+    if as_json:
+        print_report(report)
 
 
 def add_objective_flags(parser) -> None:
@@ -81,4 +110,5 @@ def boolean_flag(text: str) -> bool:
 
 def print_report(report: dict[str, Any]) -> None:
     """The report as sorted JSON on stdout (logs go to stderr, so stdout stays machine-readable)."""
-    print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    print(report_json(report))
+    sys.stdout.flush()

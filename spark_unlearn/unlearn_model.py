@@ -129,6 +129,7 @@ def run_unlearning(
     max_rebases: int = 3,
     engine: str = "auto",
     driver_rows: int | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Apply a deletion batch to the model at ``model_path`` and publish the result.
 
@@ -172,12 +173,19 @@ def run_unlearning(
         then be given, since the training residual failed the check).
     max_rebases
         How many times a request is re-applied on a store that moved.
+    started
+        The ``time.perf_counter()`` at which the job started (default: when
+        this call starts): ``seconds.end_to_end`` counts from it, and
+        ``speedup_end_to_end`` sets it against the end-to-end training time
+        the store records (``training_seconds.end_to_end``, from the training
+        job's start until its version was ready to publish).  ``speedup_solve_only`` compares the
+        training's ALS solve with this request's solve and certificate.
     """
     from spark_unlearn.data.deletions import read_deletions
     from spark_unlearn.data.readers import read_ratings
     from spark_unlearn.store.ledger import batch_identity
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
     if batch is None:
         if delete_path is None:
             raise ConfigError("give a deletion batch: --delete PATH")
@@ -323,11 +331,13 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
 
             report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.k)
             report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, req.k)
-    train_s = (manifest.get("training") or {}).get("seconds")
+    training = manifest.get("training") or {}
     report["seconds"]["unlearning_total"] = round(time.perf_counter() - t0, 3)
-    if train_s:
-        report["training_seconds"] = train_s
-        report["speedup_vs_training"] = round(train_s / max(report["seconds"]["solve"] + report["seconds"]["certificate"], 1e-9), 2)
+    if training.get("seconds"):
+        # The training's ALS solve against this request's solve and certificate: a ratio of solves only.
+        report["training_seconds"] = {"solve": training["seconds"], "end_to_end": training.get("seconds_end_to_end")}
+        report["speedup_solve_only"] = round(
+            training["seconds"] / max(report["seconds"]["solve"] + report["seconds"]["certificate"], 1e-9), 2)
     report["seconds"]["measure"] = round(time.perf_counter() - t_measure, 3)
     report = undefined_as_none(report)
     t_publish = time.perf_counter()
@@ -378,6 +388,10 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     report["parent"] = published.get("parent")
     report["path"] = store.version_path(version)
     report["seconds"]["end_to_end"] = round(time.perf_counter() - t0, 3)
+    train_e2e = (report.get("training_seconds") or {}).get("end_to_end")
+    if train_e2e:
+        # End to end on both sides: this request from its start to publication against the recorded training run.
+        report["speedup_end_to_end"] = round(train_e2e / max(report["seconds"]["end_to_end"], 1e-9), 2)
     log.info("published %s: %d rows re-solved, certificate %.3g (tol %.3g)", version, report["rows_solved"],
              report["certificate"]["max_relative_residual"], report["tolerance"])
     return report

@@ -22,12 +22,12 @@ def test_audit_of_applied_missing_and_purged_requests(spark, store_copy, tmp_pat
     path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in pairs) + "12,\n")
     batch = spark.createDataFrame([(u, i, "interaction") for u, i in pairs] + [(12, None, "user")], "user int, item int, kind string")
 
-    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path)])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--json"])
     assert code == 3, err[-3000:]
     assert json.loads(out)["status"] == "not_applied" and json.loads(out)["still_present"]["pairs_in_data"] == 2
 
     rep = run_unlearning(spark, model_path=store, batch=batch, batch_id="AUD-1", tol=5e-2, measure=False)
-    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--batch-id", "AUD-1"])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--batch-id", "AUD-1", "--json"])
     report = json.loads(out)
     assert code == 0, err
     assert report["status"] == "applied" and report["version"] == rep["version"] and report["proof_holds"]
@@ -47,11 +47,11 @@ def test_audit_of_applied_missing_and_purged_requests(spark, store_copy, tmp_pat
     assert set(retained) == {"v000001"} and retained["v000001"]["pairs_in_data"] == 2
     assert retained["v000001"]["erased_user_factor_rows"] == 1 and not report["purged"]
     assert "jobs/purge.py" in report["purge_command"] and "retained in 1 other version(s): v000001" in err
-    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--require-purged"])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--require-purged", "--json"])
     assert code == 3 and json.loads(out)["proof_holds"], err[-3000:]
 
     ms.purge(keep=1)
-    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--require-purged"])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--require-purged", "--json"])
     assert code == 0, err[-3000:]
     report = json.loads(out)
     assert report["users"] == [] and "purged" in report["users_note"]

@@ -42,7 +42,7 @@ def _start(store, user, batch_id, cfg, tmp_path, point=None):
     if point:
         env[ENV] = point
     cmd = [sys.executable, os.path.join(REPO, "jobs", "unlearn.py"), "--model", store, "--delete", str(delete),
-           "--config", str(cfg), "--batch-id", batch_id, "--tol", "0.05"]
+           "--config", str(cfg), "--batch-id", batch_id, "--tol", "0.05", "--json"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -46,7 +46,7 @@ def _run(store, delete, cfg, batch_id, point=None):
     if point:
         env[ENV] = point
     cmd = [sys.executable, os.path.join(REPO, "jobs", "unlearn.py"), "--model", store, "--delete", delete,
-           "--config", cfg, "--batch-id", batch_id, "--tol", "0.05"]
+           "--config", cfg, "--batch-id", batch_id, "--tol", "0.05", "--json"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -168,7 +168,7 @@ def test_job_end_to_end(spark, tmp_path):
     )
     model_dir = tmp_path / "model"
     argv = ["--ratings", str(csv), "--model", str(model_dir), "--delete", str(dele), "--model-type", "lightgcn",
-            "--config", str(conf), "--master", "local[2]"]
+            "--config", str(conf), "--master", "local[2]", "--json"]
     code, stdout, stderr = run_job(spark, "ifru", argv + ["--ratings-out", str(tmp_path / "remaining")])
     assert code == 0, stderr[-3000:]
     report = json.loads(stdout)

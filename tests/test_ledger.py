@@ -137,7 +137,7 @@ def test_purge_deletes_old_data_but_keeps_the_ledger_working(spark, store):
     first = ms.current()
     r1 = run_unlearning(spark, model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", tol=5e-2,
                         measure=False)
-    code, out, err = run_job(spark, "purge", ["--model", store])
+    code, out, err = run_job(spark, "purge", ["--model", store, "--json"])
     assert code == 0 and json.loads(out)["purged"] == [first], err
     assert sorted(os.listdir(ms.version_path(first))) == ["manifest.json"]  # v1 forgot nothing: no forgotten/ either
     with pytest.raises(StoreError, match="was purged"):

@@ -26,7 +26,7 @@ def _published(spark, store):
 def _unlearn(spark, store, tmp_path, name, text, *extra):
     path = tmp_path / name
     path.write_text(text)
-    code, out, err = run_job(spark, "unlearn", ["--model", store, "--delete", str(path), "--tol", "0.05", *extra])
+    code, out, err = run_job(spark, "unlearn", ["--model", store, "--delete", str(path), "--tol", "0.05", "--json", *extra])
     assert code == 0, err[-3000:]
     return json.loads(out)
 
@@ -79,7 +79,7 @@ def test_a_header_only_deletion_file_is_a_no_op_that_says_so(spark, store_copy, 
 def test_a_production_model_trained_on_every_rating_unlearns_and_verifies(spark, tmp_path, sample_ratings_path):
     store = str(tmp_path / "prod")
     code, out, err = run_job(spark, "train", ["--ratings", sample_ratings_path, "--model", store, "--test-fraction", "0",
-                                              "--rank", "4", "--maxIter", "5", "--regParam", "0.1"])
+                                              "--rank", "4", "--maxIter", "5", "--regParam", "0.1", "--json"])
     assert code == 0, err[-3000:]
     report = json.loads(out)
     assert report["n_test"] == 0 and report["trained_on"] == "every rating given"

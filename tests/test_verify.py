@@ -86,7 +86,7 @@ def test_a_factor_row_scaled_by_one_and_a_half_fails_and_is_named(spark, unlearn
                 os.remove(crc)
             _rehash(vdir, os.path.relpath(part, vdir))
             break
-    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate"])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate", "--json"])
     assert code == 3, err[-3000:]
     report = json.loads(out)["verification"]
     assert report["status"] == "failed"
@@ -102,7 +102,7 @@ def test_an_edited_recorded_certificate_is_reported_as_a_disagreement(spark, unl
     manifest["certificate"]["max_relative_residual"] = true_max / 10
     with open(path, "w") as fh:
         json.dump(manifest, fh, indent=2)
-    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate"])
+    code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate", "--json"])
     assert code == 3, err[-3000:]
     report = json.loads(out)["verification"]
     assert any("disagrees with the recorded" in r for r in report["reasons"]), report["reasons"]

@@ -345,7 +345,7 @@ cmd_smoke() {
     local -a train_args=()
     read -r -a train_args <<<"${SMOKE_TRAIN_ARGS:-}"
     # --verbose: the executor check below reads the driver's INFO lines ("Finished task ... (executor N)").
-    smoke_job driver jobs/train.py --model "$store" --verbose ${train_args[@]+"${train_args[@]}"}
+    smoke_job driver jobs/train.py --model "$store" --verbose --json ${train_args[@]+"${train_args[@]}"}
     say "train job finished in $((SECONDS - t0))s"
 
     # 1. The store got a version that Spark's own ALSModel.load reads.
@@ -403,7 +403,7 @@ EOF
     version="$unlearned"
 
     # 3b. The independent verifier recomputes the new version's certificate on the cluster (exit 3 if it fails).
-    smoke_job verify jobs/audit.py --model "$store" --verify-certificate
+    smoke_job verify jobs/audit.py --model "$store" --verify-certificate --json
     grep -q '"status": "verified"' "$WORK/verify.out" || { tail -n 40 "$WORK/verify.out" >&2; die "the verifier did not verify $version"; }
     say "verifier finished in $((SECONDS - t0))s: the certificate of $version recomputed from its files holds"
 
@@ -416,7 +416,7 @@ EOF
     printf '[ifru]\nkcore = 3\ndim = 8\nepochs = 40\nlr = 0.05\nreg = 0.001\nprune_quantile = 0.5\ndamping = 0.01\n' \
         >"$WORK/ifru.toml"
     smoke_job ifru jobs/ifru.py --ratings "$sample" --model "$WORK/ifru_model" --delete "$WORK/ifru_delete.csv" \
-        --model-type lightgcn --config "$WORK/ifru.toml"
+        --model-type lightgcn --config "$WORK/ifru.toml" --json
     local ifru_summary
     ifru_summary="$("$PYTHON" - "$WORK/ifru.out" <<'EOF'
 import json, sys
@@ -434,8 +434,7 @@ EOF
 
     say "OK: version $version published and loadable; $N_WORKERS workers launched executors;" \
         "tasks ran on $executors executors; total $((SECONDS - t0))s"
-    # spark-submit merges the Python driver's stderr (logs) into its stdout:
-    # the report is the JSON object at the end.
+    # --json: the driver's stdout holds the report only (logs and summary go to spark-submit's stderr).
     "$PYTHON" - "$WORK/driver.out" <<'EOF' || true
 import json, sys
 text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
