@@ -3,6 +3,7 @@
     spark-submit jobs/audit.py --model STORE_DIR --delete PATH [--batch-id ID] [--max-users N]
         [--no-verify] [--require-purged] [--report PATH] [--json] [--config conf/local.toml]
     spark-submit jobs/audit.py --model STORE_DIR --verify-certificate [--version V] [--sample N]
+    spark-submit jobs/audit.py --model IFRU_DIR --verify-certificate [--version V] [--ratings PATH]
 
 Shows whether the batch was applied and in which version, its certificate,
 whether the current version still holds any of it, and for each affected
@@ -41,6 +42,7 @@ from spark_unlearn.logs import configure_logging
 from spark_unlearn.reporting import audit_summary
 from spark_unlearn.session import get_session
 from spark_unlearn.verify import verify_version
+from spark_unlearn.verify.ifru import is_ifru_model, verify_ifru_version
 
 log = logging.getLogger("spark_unlearn.jobs.audit")
 
@@ -52,6 +54,9 @@ EXAMPLES = """examples:
   # recompute the current version's certificate from its files (every row), or a sample of rows
   spark-submit jobs/audit.py --model out/model_store --verify-certificate
   spark-submit jobs/audit.py --model out/model_store --verify-certificate --version v000002 --sample 1000
+
+  # an IFRU model directory: recompute the last request's retained-objective change and merit gradients
+  spark-submit jobs/audit.py --model out/ifru_model --verify-certificate --ratings ratings.csv
 
   # the report (JSON) on stdout, for a pipe
   spark-submit jobs/audit.py --model out/model_store --delete deletions.csv --json | python -m json.tool
@@ -75,6 +80,8 @@ def parse_args(argv):
                    help="recompute the certificate of a version from its files (independent verifier)")
     p.add_argument("--version", help="with --verify-certificate: the version to verify (default: the current one)")
     p.add_argument("--sample", type=int, help="with --verify-certificate: N random rows per side plus the touched rows")
+    p.add_argument("--ratings", help="with --verify-certificate on an IFRU model trained with BCE: the ratings it was "
+                                     "trained on (the labels of its training pairs are not saved with it)")
     add_output_flags(p)
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
@@ -101,7 +108,9 @@ def main(argv=None) -> int:
             batch = read_deletions(spark, args.delete)
             report = run_audit(spark, cfg["store"]["path"], batch, batch_id=args.batch_id, max_users=args.max_users,
                                verify_files=not args.no_verify)
-        if args.verify_certificate:
+        if args.verify_certificate and is_ifru_model(cfg["store"]["path"]):
+            report["verification"] = verify_ifru_version(spark, cfg["store"]["path"], args.ratings, args.version)
+        elif args.verify_certificate:
             report["verification"] = verify_version(spark, cfg["store"]["path"], args.version, sample=args.sample)
         report["seconds"] = {"end_to_end": round(time.perf_counter() - started, 3)}
         return report

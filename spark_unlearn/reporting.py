@@ -156,7 +156,15 @@ def audit_summary(report: dict[str, Any]) -> list[str]:
             lines.append(f"retained in {len(retained)} other version(s): {', '.join(r['version'] for r in retained)}; "
                          f"to remove it: {report['purge_command']}")
     v = report.get("verification")
-    if v:
+    if v and v.get("kind") == "ifru":
+        change = v["retained_objective_change"]
+        lines.append(f"IFRU certificate of {v['version']} (parent {v['parent']}): {v['status']}")
+        lines.append(f"retained-objective change recomputed {_g(change['recomputed'], 6)}, recorded "
+                     f"{_g(change['recorded'], 6)} (tolerance {_g(change['tolerance'], 2)}); merit gradient "
+                     f"{_g(v['merit_gradient_before']['recomputed'], 4)} -> {_g(v['merit_gradient_after']['recomputed'], 4)}"
+                     f" over {v['changed_rows']} changed rows")
+        lines += [f"  {p}" for p in v["problems"][:3]]
+    elif v:
         rec, got = v["recorded"], v["recomputed"]
         lines.append(f"certificate of {v['version']}: {v['status']} ({v['scope']}, {got['rows']} rows recomputed)")
         lines.append(f"recomputed max {_g(got['max'], 6)}, recorded {_g(rec['max'], 6)}, tolerance {_g(rec['tolerance'], 6)}; "

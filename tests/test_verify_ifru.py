@@ -103,6 +103,24 @@ def test_verify_a_saved_version_from_its_files(spark, tmp_path):
     res = verify_ifru_version(spark, model_dir, str(csv))
     assert res["holds"], res["problems"]
     assert res["retained_objective_change"]["recomputed"] <= 0
+    # the audit job: exit 0 and "verified"; then a meta.json whose recorded change was edited: exit 3, named
+    import json as _json
+    import os as _os
+
+    from job_helpers import run_job
+
+    argv = ["--model", model_dir, "--verify-certificate", "--ratings", str(csv), "--json"]
+    code, out, err = run_job(spark, "audit", argv)
+    assert code == 0, err[-2000:]
+    assert _json.loads(out)["verification"]["status"] == "verified"
+    assert "IFRU certificate of" in err
+    meta_path = _os.path.join(model_dir, res["version"], "meta.json")
+    meta = _json.load(open(meta_path))
+    meta["history"][-1]["certificate"]["retained_objective_change"] *= 3
+    with open(meta_path, "w") as f:
+        _json.dump(meta, f)
+    code, out, err = run_job(spark, "audit", argv)
+    assert code == 3 and "retained-objective change recomputed" in err
     # other ratings than the model's: refused, not "verified"
     df.iloc[:-3].to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(StoreError, match="training split"):

@@ -168,6 +168,16 @@ def check_ifru_claims(parent, child, labelled: dict[str, np.ndarray] | None = No
     return out
 
 
+def is_ifru_model(path: str) -> bool:
+    """Whether ``path`` is an IFRU model directory (its live version's meta has the IFRU format)."""
+    from spark_unlearn.ifru import persist
+
+    try:
+        return persist.version_meta(path, persist.current_version(path)).get("format") == persist.FORMAT
+    except StoreError:
+        return False
+
+
 def verify_ifru_version(spark, model_dir: str, ratings_path: str | None = None, version: str | None = None,
                         columns: dict[str, str] | None = None) -> dict[str, Any]:
     """Check the certificate of ``version`` (default: the live one) of the IFRU model in ``model_dir``.
@@ -211,4 +221,5 @@ def verify_ifru_version(spark, model_dir: str, ratings_path: str | None = None, 
         t = sorted_terms(prepared.train)
         labelled = {"u": t["u"].long().numpy(), "i": t["i"].long().numpy(), "label": t["label"].double().numpy()}
     out = check_ifru_claims(parent, child, labelled)
-    return {"kind": "ifru", "model": model_dir, "version": name, "parent": parent_name, **out}
+    return {"kind": "ifru", "model": model_dir, "version": name, "parent": parent_name,
+            "status": "verified" if out["holds"] else "failed", **out}
