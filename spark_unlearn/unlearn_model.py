@@ -329,7 +329,12 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         if holdout is not None:
             from spark_unlearn.train_model import evaluate_model
 
-            report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.k)
+            recorded = recorded_metrics(manifest, req.k)
+            if recorded is not None:  # the parent's own metrics, measured on this holdout when it was published
+                report["metrics_before"] = recorded
+                report["metrics_before_source"] = "recorded when the parent version was published"
+            else:
+                report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.k)
             report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, req.k)
     training = manifest.get("training") or {}
     report["seconds"]["unlearning_total"] = round(time.perf_counter() - t0, 3)
@@ -475,3 +480,20 @@ def forgetting_report(before, after, deleted: DataFrame) -> dict[str, Any]:
         "rank_percentile_after": mean_rank_percentile(after.user_factors, after.item_factors, pairs),
         "convention": "0 = top of the user's list, 1 = bottom",
     }
+
+
+def recorded_metrics(manifest: dict, k: int) -> dict | None:
+    """The test metrics a version recorded about itself when it was published, if they are at ``k``.
+
+    An unlearned version records ``metrics_after`` (its model on its remaining
+    data and holdout); a trained one its training's test metrics.  Either is
+    exactly what the next request would measure as "before", so it is reused
+    instead of scoring the holdout again.  ``None`` when nothing usable is
+    recorded (measuring was off, another ``k``, nothing held out).
+    """
+    if "unlearning" in manifest:
+        rec = (manifest.get("unlearning") or {}).get("metrics_after")
+    else:
+        rec = manifest.get("metrics")
+    return dict(rec) if rec and f"test_ndcg@{k}" in rec else None
+

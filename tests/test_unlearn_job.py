@@ -100,3 +100,18 @@ def test_a_pair_found_only_in_the_holdout_is_still_removed_and_published(spark, 
     _, after = _published(spark, store_copy)
     assert after["holdout"] == before["holdout"] - {(user, item)} and after["pairs"] == before["pairs"]
     assert_verified(spark, store_copy)
+
+
+def test_metrics_before_are_the_parents_recorded_metrics_and_equal_a_fresh_measurement(spark, store_copy, tmp_path):
+    """The "before" test metrics are not measured again: the parent recorded them, on the same holdout."""
+    from spark_unlearn.train_model import evaluate_model
+
+    loaded, _ = _published(spark, store_copy)
+    first = _unlearn(spark, store_copy, tmp_path, "one.csv", "user\n3\n")
+    fresh = evaluate_model(loaded.model, loaded.ratings, loaded.holdout, loaded.model.params.implicit, 20)
+    assert first["metrics_before_source"].startswith("recorded")
+    assert set(first["metrics_before"]) == set(fresh)
+    for key, value in fresh.items():
+        assert abs(first["metrics_before"][key] - value) <= 1e-9 * max(1.0, abs(value)), key
+    second = _unlearn(spark, store_copy, tmp_path, "two.csv", "user\n5\n")
+    assert second["metrics_before"] == first["metrics_after"]
