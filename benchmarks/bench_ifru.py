@@ -397,6 +397,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flip-fraction", type=float, default=0.02)
     ap.add_argument("--threshold", type=float, default=4.0, help="label = rating >= threshold (1 for implicit data)")
     ap.add_argument("--kcore", type=int, default=5)
+    ap.add_argument("--format", default="auto", help="format of --ratings (parquet for benchmarks/expand_data.py output)")
     ap.add_argument("--columns", default=None, help="the file's column names, e.g. user=uid,item=iid,rating=val (adm)")
     ap.add_argument("--negatives", type=int, default=0,
                     help="implicit data: unobserved pairs drawn per observed pair, label 0 (data.sample_negatives)")
@@ -461,7 +462,7 @@ def main(argv=None) -> int:
     spark.sparkContext.setLogLevel("ERROR")
     with Clock() as prep_clock:
         columns = dict(kv.split("=", 1) for kv in args.columns.split(",")) if args.columns else None
-        ratings = read_ratings(spark, args.ratings, columns=columns)
+        ratings = read_ratings(spark, args.ratings, format=args.format, columns=columns)
         prepared = prepare(ratings, threshold=args.threshold, k=args.kcore, fractions=(0.6, 0.2, 0.2), seed=args.seed,
                            negatives=args.negatives)
         train = flip_labels(prepared.train, args.flip_fraction if args.scenario == "random" else 0.0, args.seed)
