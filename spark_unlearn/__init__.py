@@ -10,3 +10,18 @@ Two methods:
 """
 
 __version__ = "0.1.0"
+
+_API = ("ALSUnlearner", "UnlearnResult", "UnlearnReport", "unlearn_store", "ModelStore")
+
+
+def __getattr__(name: str):
+    """``ALSUnlearner`` and friends, imported on first use (:mod:`spark_unlearn.api`), so that importing the
+    package stays cheap; ``ModelStore`` from here carries the ``unlearn`` method the API module attaches."""
+    if name in _API:
+        from spark_unlearn import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'spark_unlearn' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_API]
