@@ -190,3 +190,26 @@ def test_auc_standard_error_matches_the_bootstrap():
     ref = float(torch.tensor(boot).std())
     assert auc_standard_error(value, 200, 300) == pytest.approx(ref, rel=0.15)
     assert math.isnan(auc_standard_error(value, 0, 300))
+
+
+def test_tensor_mib_counts_every_reachable_tensor_once():
+    from dataclasses import dataclass as _dc
+
+    from spark_unlearn.ifru.unlearn import peak_rss_mib, tensor_mib
+
+    shared = torch.zeros(1024, 256, dtype=torch.float32)  # 1 MiB
+
+    @_dc
+    class Inner:
+        a: torch.Tensor
+        b: list
+
+    @_dc
+    class Outer:
+        inner: Inner
+        again: torch.Tensor
+        extra: dict
+
+    obj = Outer(Inner(shared, [torch.zeros(512, 512, dtype=torch.float64)]), shared, {"x": torch.zeros(256, 1024, dtype=torch.float32)})
+    assert tensor_mib(obj) == pytest.approx(1 + 2 + 1)  # the shared tensor once; float64 512x512 = 2 MiB
+    assert peak_rss_mib() > 10

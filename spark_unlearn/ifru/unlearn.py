@@ -153,6 +153,7 @@ class UnlearningPlan:
     prune_threshold: float | None
     timings: dict[str, float] = field(default_factory=dict)
     removed_terms: int = -1  # objective terms removed (|D_u|): the pairs (BCE) or their triples (BPR)
+    driver_memory: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.removed_terms < 0:
@@ -178,6 +179,7 @@ class UnlearningPlan:
             "grad_norm": u.grad_norm,
             "update_norm": float(torch.linalg.vector_norm(u.delta)),
             "certificate": u.certificate,
+            "driver_memory_mib": self.driver_memory,
             "timings_s": {**self.timings, **{f"driver_{k}": v for k, v in u.timings.items()}},
         }
 
@@ -246,6 +248,30 @@ def validation_auc(model: IFRUModel, removed_u: torch.Tensor, removed_i: torch.T
     return validate, baseline, auc_standard_error(baseline, n_pos, int(vl.numel()) - n_pos)
 
 
+def tensor_mib(obj: Any, seen: set[int] | None = None) -> float:
+    """MiB held by the torch tensors reachable through ``obj``'s fields (dataclasses, lists, tuples, dicts)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0.0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size() / 2**20
+    if isinstance(obj, dict):
+        return sum(tensor_mib(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_mib(v, seen) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return sum(tensor_mib(v, seen) for v in vars(obj).values())
+    return 0.0
+
+
+def peak_rss_mib() -> float:
+    """The driver process's peak resident memory so far (MiB; ``ru_maxrss`` is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_threshold: float | None = None,
                        validation: dict[str, torch.Tensor] | None = None) -> UnlearningPlan:
     """Driver: assemble the reduced problem of ``sub`` and solve for the update (the model is not changed).
@@ -306,6 +332,9 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
         prune_threshold=prune_threshold,
         timings={"assemble_s": t1 - t0, "update_s": time.perf_counter() - t1},
         removed_terms=sub.removed_terms,
+        # what the request holds on the driver (bounded by the subgraph) and the process's peak so far
+        driver_memory={"subgraph_problem": round(tensor_mib(problem), 3), "model": round(tensor_mib(model), 3),
+                       "process_peak_rss": round(peak_rss_mib(), 1)},
     )
 
 
