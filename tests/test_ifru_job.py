@@ -186,6 +186,12 @@ def test_job_end_to_end(spark, tmp_path):
     assert cert["retained_objective_change"] <= 0 and cert["merit_change"] <= 0
     assert cert["validation_auc_after"] >= cert["validation_auc_before"] - cert["validation_auc_tolerance"]
     assert cert["merit_gradient_after"] < cert["merit_gradient_before"]
+    # ... and recomputed from the saved files by the independent verifier, not taken from the report
+    from spark_unlearn.verify.ifru import verify_ifru_version
+
+    checked = verify_ifru_version(spark, str(model_dir), str(csv))
+    assert checked["holds"], checked["problems"]
+    assert checked["retained_objective_change"]["recomputed"] <= 0
     remaining = pd.read_parquet(tmp_path / "remaining")
     assert len(remaining) == len(df) - 4
     # a second deletion on the saved model: loaded, checked against the ratings, earlier removals kept out

@@ -206,6 +206,9 @@ def run_ifru(
     if model is None:
         model, res = train_model(prepared, cfg, fingerprint=fingerprint(prepared.train))
         report["training"] = {"epochs": res.epochs, "objective": res.final_loss, "grad_norm": res.grad_norm, "wall_s": res.wall_s}
+        if delete_path:
+            # the trained model is a version of its own, so the unlearned one has a parent to be verified against
+            report["trained_version"] = persist.save_model(model, model_dir)
     else:
         _check_same_data(model, prepared, ratings_path, model_dir)
     report.update({"model_type": cfg.model_type, "n_users": model.n_users, "n_items": model.n_items})
@@ -220,7 +223,9 @@ def run_ifru(
         if ratings_out:
             write_remaining(ratings, deletions, ratings_out)
             report["ratings_out"] = ratings_out
-    if report["trained"] or "unlearning" in report:
+    if "unlearning" in report or (report["trained"] and "trained_version" not in report):
         report["saved_version"] = persist.save_model(model, model_dir)
+    elif "trained_version" in report:  # trained, then nothing to unlearn: the trained version is the result
+        report["saved_version"] = report["trained_version"]
     report["wall_s"] = time.perf_counter() - t_start
     return report
