@@ -521,13 +521,14 @@ def compute_update(
         if not bool(delta.any()):
             break
         th64 = theta64 + delta.to(torch.float64)
-        ok = float(l_rem64(th64)) <= base64
+        objective_ok = float(l_rem64(th64)) <= base64
+        ok = objective_ok
         if ok and validate is not None:
             auc_after = validate(delta.view(-1, prob.dim))
             ok = not auc_after < base_auc - validate_tolerance
         if ok:
             break
-        decided = "retained_objective" if float(l_rem64(th64)) > base64 else "validation_auc"
+        decided = "validation_auc" if objective_ok else "retained_objective"
         delta, scale = 0.5 * delta, 0.5 * scale
     else:
         delta, scale, auc_after = torch.zeros_like(delta), 0.0, base_auc

@@ -217,24 +217,20 @@ def select_subgraph(train_terms, model: IFRUModel, cfg: IFRUConfig) -> tuple[Sub
                                  cfg.prune_hops)
 
 
-def validation_auc(model: IFRUModel, removed_u: torch.Tensor, removed_i: torch.Tensor, nodes: torch.Tensor,
-                   validation: dict[str, torch.Tensor]):
+def validation_auc(model: IFRUModel, graphs: tuple | None, nodes: torch.Tensor, validation: dict[str, torch.Tensor]):
     """``(delta -> validation AUC of the updated model, the original's validation AUC, its standard error)``.
 
     The updated model is ``E0[nodes] += delta`` on the graph without the
     removed pairs (``G'``); the original is the model as served, on ``G``.
+    ``graphs`` is ``(G, G')`` as the update uses them (``None`` for MF).
     ``validation`` holds dense ``u``, ``i``, ``label``.  Each call propagates
     the whole graph once (LightGCN) and scores every validation pair.
     """
     from spark_unlearn.ifru.evaluate import auc, auc_standard_error
-    from spark_unlearn.ifru.models import build_graph, layer_mean, term_logits
+    from spark_unlearn.ifru.models import layer_mean, term_logits
 
     vu, vi, vl = validation["u"].long(), validation["i"].long() + model.n_users, validation["label"]
-    graph_after = None
-    if model.layers:
-        key = model.pos_u * model.n_items + model.pos_i
-        keep = ~torch.isin(key, removed_u * model.n_items + removed_i)
-        graph_after = build_graph(model.pos_u[keep], model.pos_i[keep], model.n_users, model.n_items, torch.float64)
+    graph_before, graph_after = (None, None) if graphs is None else (g.to(torch.float64) for g in graphs)
     e0 = model.e0.double()
 
     def validate(delta: torch.Tensor) -> float:
@@ -243,7 +239,7 @@ def validation_auc(model: IFRUModel, removed_u: torch.Tensor, removed_i: torch.T
             return auc(term_logits(layer_mean(e, graph_after, model.layers), vu, vi), vl)
 
     with torch.no_grad():
-        baseline = auc(term_logits(layer_mean(e0, model.graph(torch.float64), model.layers), vu, vi), vl)
+        baseline = auc(term_logits(layer_mean(e0, graph_before, model.layers), vu, vi), vl)
     n_pos = int((vl > 0).sum())
     return validate, baseline, auc_standard_error(baseline, n_pos, int(vl.numel()) - n_pos)
 
@@ -305,7 +301,7 @@ def plan_from_subgraph(model: IFRUModel, sub: Subgraph, cfg: IFRUConfig, prune_t
     tolerance = 0.0
     if validation is not None and cfg.validation_guard and validation["u"].numel():
         nodes = problem.local_nodes.index_select(0, problem.kept)
-        validate, baseline, tolerance = validation_auc(model, ru, ri, nodes, validation)
+        validate, baseline, tolerance = validation_auc(model, (g, gp) if model.layers else None, nodes, validation)
         if tolerance != tolerance:  # one label class only: AUC undefined, no guard possible
             validate = baseline = None
             tolerance = 0.0

@@ -187,12 +187,11 @@ def verify_ifru_version(spark, model_dir: str, ratings_path: str | None = None, 
     split is rebuilt with the model's own settings and must match the
     fingerprint the model recorded.  BPR models carry their triples.
     """
-    from pyspark.sql import functions as F
-
     from spark_unlearn.data.readers import read_ratings
     from spark_unlearn.errors import ConfigError
     from spark_unlearn.ifru import persist
     from spark_unlearn.ifru.data import prepare, sorted_terms
+    from spark_unlearn.ifru.run import fingerprint  # the data's identity as the model recorded it
 
     name = version or persist.current_version(model_dir)
     meta = persist.version_meta(model_dir, name)
@@ -214,9 +213,7 @@ def verify_ifru_version(spark, model_dir: str, ratings_path: str | None = None, 
         cfg = child.config
         prepared = prepare(read_ratings(spark, ratings_path, columns=columns), threshold=cfg.threshold, k=cfg.kcore,
                            fractions=cfg.fractions, seed=cfg.split_seed)
-        row = prepared.train.agg(F.count("*").alias("n"),
-                                 F.expr("bit_xor(xxhash64(user, item, label))").alias("x")).first()
-        if child.fingerprint and f"{row['n']}:{row['x'] or 0}" != child.fingerprint:
+        if child.fingerprint and fingerprint(prepared.train) != child.fingerprint:
             raise StoreError(f"--ratings {ratings_path} does not give the training split the model was trained on")
         t = sorted_terms(prepared.train)
         labelled = {"u": t["u"].long().numpy(), "i": t["i"].long().numpy(), "label": t["label"].double().numpy()}
