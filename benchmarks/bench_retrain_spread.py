@@ -45,9 +45,10 @@ def objective(model):
 
 out = {"original_model_on_final_holdout": float(rmse(v.model, hold)), "sequential_final": seq["final_rmse"], "retrains": []}
 out["original_objective_on_final_data"] = objective(v.model)
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.als.options import UnlearnOptions
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 batch = spark.createDataFrame([(u, None, "user") for u in seq["users"]], "user int, item int, kind string")
-rep = run_unlearning(spark, model_path=root, batch=batch, measure=False, tol_factor=0.25)
+rep = run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False, options=UnlearnOptions(tol_factor=0.25)))
 ob = ModelStore(root).load(spark)
 out["one_batch"] = {"rmse": float(rmse(ob.model, hold)), "objective": objective(ob.model), "mode": rep["mode"],
                     "certificate": rep["certificate"]["max_relative_residual"], "tol": rep["tolerance"]}

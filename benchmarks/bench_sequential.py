@@ -37,7 +37,8 @@ from spark_unlearn.eval.metrics import rmse  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 from spark_unlearn.store.model_store import ModelStore  # noqa: E402
 from spark_unlearn.train_model import run_training  # noqa: E402
-from spark_unlearn.unlearn_model import run_unlearning  # noqa: E402
+from spark_unlearn.als.options import UnlearnOptions  # noqa: E402
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning  # noqa: E402
 
 log = logging.getLogger("bench_sequential")
 
@@ -99,8 +100,7 @@ def main(argv=None) -> int:
     for n, user in enumerate(chosen[: args.steps or len(chosen)], 1):
         batch = spark.createDataFrame([(user, None, "user")], "user int, item int, kind string")
         t = time.perf_counter()
-        rep = run_unlearning(spark, model_path=root, batch=batch, measure=False, batch_id=f"seq-{n:04d}",
-                             tol_factor=args.tol_factor)
+        rep = run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False, batch_id=f"seq-{n:04d}", options=UnlearnOptions(tol_factor=args.tol_factor)))
         wall = time.perf_counter() - t
         jrss, heap = jvm_memory(spark) if n % 10 == 0 or n == 1 else (None, None)
         step = {
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     one = os.path.join(snapshot, "s")
     batch = spark.createDataFrame([(u, None, "user") for u in chosen], "user int, item int, kind string")
     t = time.perf_counter()
-    rep = run_unlearning(spark, model_path=one, batch=batch, measure=False, tol_factor=args.tol_factor)
+    rep = run_unlearning(spark, UnlearnRequest(model_path=one, batch=batch, measure=False, options=UnlearnOptions(tol_factor=args.tol_factor)))
     out["one_batch"] = {"wall_s": time.perf_counter() - t, "rows_solved": rep["rows_solved"], "mode": rep["mode"],
                         "certificate": rep["certificate"]["max_relative_residual"]}
     one_v = ModelStore(one).load(spark)

@@ -44,7 +44,10 @@ from pyspark.sql import functions as F  # noqa: E402
 from spark_unlearn.als.model import FactorModel  # noqa: E402
 from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import train_als  # noqa: E402
-from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als  # noqa: E402
+from spark_unlearn.als.plan import remove_batch  # noqa: E402
+from spark_unlearn.als.certify import residual_summary  # noqa: E402
+from spark_unlearn.als.options import UnlearnOptions, VersionFacts  # noqa: E402
+from spark_unlearn.als.unlearn import unlearn_als  # noqa: E402
 from spark_unlearn.data.split import train_test_split  # noqa: E402
 from spark_unlearn.eval.forgetting import mean_rank_percentile  # noqa: E402
 from spark_unlearn.eval.metrics import ranking_metrics, rmse  # noqa: E402
@@ -89,8 +92,11 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"])
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"],
                    help="mllib_retrain retrain retrain_seedN (another initialisation) paper_full full (offset sweeps to "
-                        "tol) frontier (targeted engine for small batches) frontier_layout")
+                        "the certificate) frontier (targeted engine for small batches) frontier_layout; a suffix "
+                        "_strict runs full/frontier/frontier_layout under the strict certificate policy")
     p.add_argument("--tol", type=float)
+    p.add_argument("--certificate-policy", choices=["training-precision", "strict"], default="training-precision",
+                   help="policy of the methods without the _strict suffix")
     p.add_argument("--fallback-fraction", type=float, default=0.5,
                    help="frontier: fall back to full sweeps beyond this fraction of all rows ([unlearn] full_fallback_fraction)")
     p.add_argument("--out", required=True)
@@ -136,7 +142,7 @@ def main(argv=None) -> int:
             if method not in args.methods and method != "retrain":
                 continue
             t = time.perf_counter()
-            cert = None
+            cert = sweeps = None
             if method == "mllib_retrain":
                 from pyspark.ml.recommendation import ALS
 
@@ -152,22 +158,28 @@ def main(argv=None) -> int:
                 model.user_factors.cache().count()
                 solved = params.iterations * rows_total
             else:
-                mode = {"paper_full": "paper", "full": "full"}.get(method, "frontier")
-                out = unlearn_als(train, original.model, offsets, batch, mode=mode,
-                                  tol=args.tol, training_residual=tr, full_iterations=args.paper_sweeps,
-                                  full_fallback_fraction=args.fallback_fraction,
-                                  engine="layout" if method == "frontier_layout" else "auto", counts=known,
-                                  drift_bound={"user": 0.0, "item": 0.0}, grams=grams, x_ratio=x_ratio, x_watch=x_watch)
+                base = method[: -len("_strict")] if method.endswith("_strict") else method
+                mode = {"paper_full": "paper", "full": "full"}.get(base, "frontier")
+                options = UnlearnOptions(
+                    mode=mode, tol=args.tol, full_fallback_fraction=args.fallback_fraction,
+                    full_iterations=args.paper_sweeps if mode == "paper" else max(args.iterations, 10),
+                    engine="layout" if base == "frontier_layout" else "auto",
+                    certificate_policy="strict" if method.endswith("_strict") else args.certificate_policy)
+                facts = VersionFacts(training_residual=tr, counts=known, drift_bound={"user": 0.0, "item": 0.0}, grams=grams,
+                                     x_ratio=x_ratio, x_watch=x_watch)
+                out = unlearn_als(train, original.model, offsets, batch, options, facts)
                 model = out.model
                 model.user_factors.cache().count()
                 solved = out.report["rows_solved"]
                 cert = out.report["certificate"]["max_relative_residual"]
+                sweeps = out.report.get("sweeps")
                 results.setdefault("reports", {})[f"{size}/{method}"] = out.report
             wall = time.perf_counter() - t
             pct = forget_pct(model, pairs) if n_pairs else float("nan")
             per_method[method] = {"size": size, "method": method, "wall_s": wall, "rows_solved": int(solved),
                                   "test_metric": test_metric(model, remaining, test_r, implicit), "forget_rank_pct": pct,
-                                  "certificate": cert, "deleted_ratings": train.count() - n_remaining, "ranked_pairs": n_pairs}
+                                  "certificate": cert, "sweeps": sweeps, "deleted_ratings": train.count() - n_remaining,
+                                  "ranked_pairs": n_pairs}
             log.info("%s %s: %s", size, method, per_method[method])
         ref = per_method["retrain"]["forget_rank_pct"]
         for entry in per_method.values():

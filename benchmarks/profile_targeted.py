@@ -37,7 +37,10 @@ from common import add_data_args, bench_session, load_data  # noqa: E402
 from spark_unlearn.als.model import FactorModel  # noqa: E402
 from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import train_als  # noqa: E402
-from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als  # noqa: E402
+from spark_unlearn.als.plan import remove_batch  # noqa: E402
+from spark_unlearn.als.certify import residual_summary  # noqa: E402
+from spark_unlearn.als.options import UnlearnOptions, VersionFacts  # noqa: E402
+from spark_unlearn.als.unlearn import unlearn_als  # noqa: E402
 from spark_unlearn.data.split import train_test_split  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 from spark_unlearn.train_model import implicit_manifest_state  # noqa: E402
@@ -119,10 +122,7 @@ def main(argv=None) -> int:
             print(json.dumps({"size": size, "mllib_retrain_s": out["mllib_retrain"][size]}), flush=True)
         for rep in range(args.repeat):
             t = time.perf_counter()
-            res = unlearn_als(tables["train"], model, offsets, batch, mode="frontier",
-                              training_residual=meta["training_residual"], counts=meta["counts"],
-                              drift_bound={"user": 0.0, "item": 0.0}, grams=recorded.get("grams"),
-                              x_ratio=recorded.get("x_ratio"), x_watch=recorded.get("x_watch"))
+            res = unlearn_als(tables["train"], model, offsets, batch, options=UnlearnOptions(mode="frontier"), facts=VersionFacts(training_residual=meta["training_residual"], counts=meta["counts"], drift_bound={"user": 0.0, "item": 0.0}, grams=recorded.get("grams"), x_ratio=recorded.get("x_ratio"), x_watch=recorded.get("x_watch")))
             wall = time.perf_counter() - t
             t = time.perf_counter()
             written = sum(df.count() for df in res.offsets)

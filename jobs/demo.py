@@ -19,6 +19,7 @@ import tempfile
 
 import _bootstrap  # noqa: F401
 
+from spark_unlearn.als.options import UnlearnOptions
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.cli import add_output_flags, emit, run_job
 from spark_unlearn.config import load_config
@@ -28,7 +29,7 @@ from spark_unlearn.logs import configure_logging
 from spark_unlearn.reporting import demo_summary
 from spark_unlearn.session import get_session
 from spark_unlearn.train_model import run_training
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 
 log = logging.getLogger("spark_unlearn.jobs.demo")
 
@@ -61,8 +62,9 @@ def main(argv=None) -> int:
                                k=cfg["eval"]["k"])
         log.info("trained %s: %s", trained["version"], {k: v for k, v in trained.items() if k.startswith("test_")})
         batch = demo_batch(spark, store)
-        unlearned = run_unlearning(spark, model_path=store, batch=batch, mode=cfg["unlearn"]["mode"],
-                                   tol=cfg["unlearn"]["tol"], tol_factor=cfg["unlearn"]["tol_factor"], k=cfg["eval"]["k"])
+        request = UnlearnRequest(model_path=store, batch=batch, k=cfg["eval"]["k"],
+                                 options=UnlearnOptions.from_config(cfg["unlearn"]))
+        unlearned = run_unlearning(spark, request)
         return {"training": trained, "unlearning": unlearned}
 
     try:

@@ -44,7 +44,8 @@ from spark_unlearn.cli import add_objective_flags, add_output_flags, emit, run_j
 from spark_unlearn.logs import configure_logging
 from spark_unlearn.reporting import unlearn_summary
 from spark_unlearn.session import get_session
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.als.options import UnlearnOptions
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 
 log = logging.getLogger("spark_unlearn.jobs.unlearn")
 
@@ -58,6 +59,9 @@ def parse_args(argv):
     p.add_argument("--format", help="format of --ratings (default auto-detect)")
     p.add_argument("--output-store", help="store for the new version (default: the --model store)")
     p.add_argument("--tol", type=float, help="certificate tolerance (default: relative to the model's training residual)")
+    p.add_argument("--certificate-policy", choices=["training-precision", "strict"],
+                   help="how far each row may stay from the unlearned fixed point: its own training residual "
+                        "(default) or one tolerance for every row")
     p.add_argument("--mode", choices=["frontier", "full", "paper"])
     p.add_argument("--engine", choices=["auto", "targeted", "layout"],
                    help="frontier mode: targeted scans with an incremental certificate, or the block layout with a full one")
@@ -93,36 +97,28 @@ def main(argv=None) -> int:
 
     def work():
         cfg = load_config(args.config)
-        cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict, engine=args.engine)
+        cfg = override(cfg, "unlearn", tol=args.tol, mode=args.mode, strict=args.strict, engine=args.engine,
+                       certificate_policy=args.certificate_policy)
         stated = {**stated_objective(args.config), **stated_objective_flags(args)}
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
         u = cfg["unlearn"]
         spark = get_session("spark_unlearn-unlearn", conf=cfg["spark"], quiet=not args.verbose)
-        return run_unlearning(
-            spark,
+        request = UnlearnRequest(
             model_path=cfg["store"]["path"],
             delete_path=args.delete,
             ratings_path=args.ratings,
             ratings_format=args.format or cfg["data"]["format"],
             output_store=args.output_store,
-            mode=u["mode"],
-            tol=u["tol"],
-            tol_factor=u["tol_factor"],
-            strict=u["strict"],
-            max_rounds=u["max_rounds"],
-            full_fallback_fraction=u["full_fallback_fraction"],
-            full_iterations=u["full_iterations"],
+            options=UnlearnOptions.from_config(u),
             k=cfg["eval"]["k"],
-            batch_id=args.batch_id,
-            engine=u["engine"],
             measure=u["measure"],
-            driver_rows=u["driver_rows"],
+            batch_id=args.batch_id,
             expected_params=stated,
             force=args.force,
             max_rebases=u["max_rebases"],
-            started=started,
         )
+        return run_unlearning(spark, request, started=started)
 
     code, report = run_job(log, args.report, work)
     if report is not None:

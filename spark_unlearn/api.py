@@ -27,16 +27,19 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_unlearn.als.options import MODES, UnlearnOptions
+from spark_unlearn.als.policy import POLICIES
 from spark_unlearn.errors import ConfigError, ObjectiveError, SchemaError
 from spark_unlearn.reporting import report_json, unlearn_summary
 from spark_unlearn.schema import ITEM, RATING, USER
 from spark_unlearn.store.model_store import ModelStore
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 
-MODES = ("frontier", "full", "paper")
-_PARAMS = ("regParam", "alpha", "implicitPrefs", "userCol", "itemCol", "ratingCol", "tol", "maxRounds", "mode")
+_PARAMS = ("regParam", "alpha", "implicitPrefs", "userCol", "itemCol", "ratingCol", "tol", "maxRounds", "mode",
+           "certificatePolicy")
 _DEFAULTS: dict[str, Any] = dict(regParam=None, alpha=None, implicitPrefs=None, userCol="user", itemCol="item",
-                                 ratingCol="rating", tol=None, maxRounds=50, mode="frontier")
+                                 ratingCol="rating", tol=None, maxRounds=50, mode="frontier",
+                                 certificatePolicy="training-precision")
 _PENDING: set[str] = set()  # work directories of results not closed yet: removed at interpreter exit
 
 
@@ -123,6 +126,8 @@ def _check(name: str, value: Any) -> Any:
         raise ConfigError(f"ALSUnlearner: implicitPrefs={value!r} is invalid; give True or False, as given to ALS(...)")
     if name == "mode" and value not in MODES:
         raise ConfigError(f"ALSUnlearner: mode={value!r} is invalid; choose one of {', '.join(MODES)}")
+    if name == "certificatePolicy" and value not in POLICIES:
+        raise ConfigError(f"ALSUnlearner: certificatePolicy={value!r} is invalid; choose one of {', '.join(POLICIES)}")
     if name.endswith("Col") and (not isinstance(value, str) or not value):
         raise ConfigError(f"ALSUnlearner: {name}={value!r} is invalid; give a column name")
     return value
@@ -137,7 +142,9 @@ class ALSUnlearner:
     guessed: :meth:`fromALS` copies them from the estimator); ``userCol``,
     ``itemCol``, ``ratingCol`` name the DataFrames' columns; ``tol`` the
     certificate's tolerance (``None``: derived from the training residual);
-    ``maxRounds`` the frontier's rounds; ``mode`` ``frontier`` | ``full`` | ``paper``.
+    ``maxRounds`` the frontier's rounds; ``mode`` ``frontier`` | ``full`` | ``paper``;
+    ``certificatePolicy`` ``training-precision`` (each row within its own
+    training residual, floored) | ``strict`` (one tolerance for every row).
 
     :meth:`unlearn` writes ``model.save``, the ratings and the deletions as
     Parquet into a fresh directory (under ``workDir``, default the system's
@@ -176,8 +183,9 @@ class ALSUnlearner:
         stated = {"reg": p["regParam"], "implicit": p["implicitPrefs"], "alpha": p["alpha"] if p["implicitPrefs"] else None}
         return {k: v for k, v in stated.items() if v is not None}
 
-    def _options(self) -> dict[str, Any]:
-        return dict(tol=self._params["tol"], max_rounds=self._params["maxRounds"], mode=self._params["mode"])
+    def _options(self) -> UnlearnOptions:
+        p = self._params
+        return UnlearnOptions(tol=p["tol"], max_rounds=p["maxRounds"], mode=p["mode"], certificate_policy=p["certificatePolicy"])
 
     def unlearn(self, model: ALSModel, ratings: DataFrame, deletions: DataFrame, *, workDir: str | None = None,
                 measure: bool = True) -> UnlearnResult:
@@ -215,8 +223,10 @@ class ALSUnlearner:
             model.save(src)
             ratings.select(*(F.col(c).alias(o) for c, o in zip(cols, (USER, ITEM, RATING)))).write.parquet(rat)
             store = os.path.join(work, "store")
-            report = run_unlearning(spark, model_path=src, delete_path=dels, ratings_path=rat, ratings_format="parquet",
-                                    output_store=store, expected_params=self._stated(), measure=measure, **self._options())
+            request = UnlearnRequest(model_path=src, delete_path=dels, ratings_path=rat, ratings_format="parquet",
+                                     output_store=store, expected_params=self._stated(), measure=measure,
+                                     options=self._options())
+            report = run_unlearning(spark, request)
             if report.get("status") != "applied":
                 shutil.rmtree(work, ignore_errors=True)
                 _PENDING.discard(work)
@@ -247,8 +257,9 @@ class ALSUnlearner:
                 path = os.fspath(deletions)
             else:
                 raise ConfigError(f"unlearn: deletions must be a DataFrame or a path, got {type(deletions).__name__}")
-            report = run_unlearning(spark, model_path=store, delete_path=path, output_store=store, batch_id=batchId,
-                                    expected_params=self._stated() or None, measure=measure, **self._options())
+            request = UnlearnRequest(model_path=store, delete_path=path, output_store=store, batch_id=batchId,
+                                     expected_params=self._stated() or None, measure=measure, options=self._options())
+            report = run_unlearning(spark, request)
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)

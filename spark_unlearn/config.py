@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "engine": (str, "auto"),  # auto | targeted | layout (frontier mode)
         "tol": (float, None),  # None = relative to the model's own training residual
         "tol_factor": (float, 1.0),
+        "certificate_policy": (str, "training-precision"),  # training-precision | strict (spark_unlearn.als.policy)
         "strict": (bool, False),
         "max_rounds": (int, 50),
         "full_fallback_fraction": (float, 0.5),

@@ -304,8 +304,14 @@ def _changed_line(report: dict[str, Any]) -> str:
 
 def _certificate_line(cert: dict[str, Any]) -> str:
     verdict = "holds" if cert.get("holds") else "DOES NOT HOLD"
-    return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))} vs tolerance "
-            f"{_g(cert.get('tolerance'))}: {verdict}")
+    policy = cert.get("policy") or {}
+    if policy.get("own_residual_weight"):
+        bound = f"each row's bound max({_g(policy.get('floor'))}, its training residual)"
+    else:
+        bound = f"tolerance {_g(cert.get('tolerance'))}"
+    ratio = f", worst row at {_g(cert['max_bound_ratio'])}x its bound" if cert.get("max_bound_ratio") is not None else ""
+    return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))} vs {bound}{ratio} "
+            f"({policy.get('name', 'strict')} policy): {verdict}")
 
 
 def _speedup_line(report: dict[str, Any]) -> str:

@@ -19,11 +19,17 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_unlearn.als.unlearn import remove_batch, residual_summary, unlearn_als
+from spark_unlearn.als.plan import remove_batch
+from spark_unlearn.als.certify import residual_summary
+from spark_unlearn.als.options import UnlearnOptions, VersionFacts
+from spark_unlearn.als.unlearn import unlearn_als
 from spark_unlearn.errors import ConfigError, ObjectiveError, StoreError, StoreMovedError
 from spark_unlearn.faults import failpoint
 from spark_unlearn.request_caches import releases_caches
-from spark_unlearn.store.model_store import HOLDOUT_DIR, RATINGS_DIR, ModelStore, fingerprint_ratings, load_spark_als_model
+from spark_unlearn.store.fingerprint import fingerprint_ratings
+from spark_unlearn.store.model_store import ModelStore
+from spark_unlearn.store.spark_layout import load_spark_als_model
+from spark_unlearn.store.tables import HOLDOUT_DIR, RATINGS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -104,33 +110,71 @@ def _version_counts(manifest: dict) -> dict | None:
     return out or None
 
 
+@dataclass(frozen=True)
+class UnlearnRequest:
+    """One deletion request: what to forget, from which model, where to publish, and how.
+
+    Attributes
+    ----------
+    model_path
+        The model store (or a Spark ALSModel directory, then with
+        ``output_store``).
+    delete_path, batch
+        The deletion batch, as a file or a DataFrame (``user``, ``item``,
+        ``kind``; :func:`~spark_unlearn.data.deletions.read_deletions`).
+    ratings_path, ratings_format
+        The ratings the model was trained on (default: the store's data version).
+    output_store
+        Where the new version is published (default: ``model_path``).
+    options
+        How it is solved and certified (:class:`~spark_unlearn.als.options.UnlearnOptions`).
+    k, measure
+        The cut-off of the before/after metrics, and whether to measure them.
+    batch_id
+        The request's id for the ledger (e.g. a ticket number); default:
+        derived from the batch's content hash.
+    expected_params
+        Hyperparameters the caller states (``rank``, ``reg``, ``alpha``,
+        ``implicit``, ``nonnegative``; from flags or the config's ``[als]``).
+        A store version that records other values is refused; for a Spark
+        MLlib model, which records none, they are required (``reg``,
+        ``implicit``, and ``alpha`` if implicit) and then measured
+        (:mod:`spark_unlearn.als.objective_check`).
+    force
+        Unlearn a Spark MLlib model even if it is not stationary under the
+        stated hyperparameters (the report records the override; ``tol`` must
+        then be given, since the training residual failed the check).
+    max_rebases
+        How many times a request is re-applied on a store that moved.
+    """
+
+    model_path: str
+    delete_path: str | None = None
+    batch: DataFrame | None = None
+    ratings_path: str | None = None
+    ratings_format: str = "auto"
+    output_store: str | None = None
+    options: UnlearnOptions = UnlearnOptions()
+    k: int = 20
+    measure: bool = True
+    batch_id: str | None = None
+    expected_params: dict[str, Any] | None = None
+    force: bool = False
+    max_rebases: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_path, str) or not self.model_path:
+            raise ConfigError(f"model_path must be a store path, got {self.model_path!r}")
+        if not isinstance(self.options, UnlearnOptions):
+            raise ConfigError(f"options must be an UnlearnOptions, got {type(self.options).__name__}")
+        if isinstance(self.max_rebases, bool) or not isinstance(self.max_rebases, int) or self.max_rebases < 0:
+            raise ConfigError(f"max_rebases must be a non-negative integer, got {self.max_rebases!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"k must be a positive integer, got {self.k!r}")
+
+
 @releases_caches("unlearning request")
-def run_unlearning(
-    spark: SparkSession,
-    *,
-    model_path: str,
-    delete_path: str | None = None,
-    batch: DataFrame | None = None,
-    ratings_path: str | None = None,
-    ratings_format: str = "auto",
-    output_store: str | None = None,
-    mode: str = "frontier",
-    tol: float | None = None,
-    tol_factor: float = 1.0,
-    strict: bool = False,
-    max_rounds: int = 50,
-    full_fallback_fraction: float = 0.5,
-    full_iterations: int = 10,
-    k: int = 20,
-    measure: bool = True,
-    batch_id: str | None = None,
-    expected_params: dict[str, Any] | None = None,
-    force: bool = False,
-    max_rebases: int = 3,
-    engine: str = "auto",
-    driver_rows: int | None = None,
-    started: float | None = None,
-) -> dict[str, Any]:
+def run_unlearning(spark: SparkSession, request: UnlearnRequest, *, started: float | None = None) -> dict[str, Any]:
     """Apply a deletion batch to the model at ``model_path`` and publish the result.
 
     Returns the report (JSON-serialisable).  Nothing is written until the
@@ -151,28 +195,8 @@ def run_unlearning(
 
     Parameters
     ----------
-    batch_id
-        The request's id for the ledger (e.g. a ticket number); default:
-        derived from the batch's content hash.
-    engine
-        Frontier mode: ``auto`` | ``targeted`` | ``layout``
-        (:func:`spark_unlearn.als.unlearn.unlearn_als`).
-    driver_rows
-        Targeted engine: neighbours of a round's solves beyond this many stay
-        in Spark (:mod:`spark_unlearn.als.neighbour_pass`; ``None``: its default).
-    expected_params
-        Hyperparameters the caller states (``rank``, ``reg``, ``alpha``,
-        ``implicit``, ``nonnegative``; from flags or the config's ``[als]``).
-        A store version that records other values is refused; for a Spark
-        MLlib model, which records none, they are required (``reg``,
-        ``implicit``, and ``alpha`` if implicit) and then measured
-        (:mod:`spark_unlearn.als.objective_check`).
-    force
-        Unlearn a Spark MLlib model even if it is not stationary under the
-        stated hyperparameters (the report records the override; ``tol`` must
-        then be given, since the training residual failed the check).
-    max_rebases
-        How many times a request is re-applied on a store that moved.
+    request
+        The request (:class:`UnlearnRequest`).
     started
         The ``time.perf_counter()`` at which the job started (default: when
         this call starts): ``seconds.end_to_end`` counts from it, and
@@ -186,27 +210,23 @@ def run_unlearning(
     from spark_unlearn.store.ledger import batch_identity
 
     t0 = time.perf_counter() if started is None else started
+    model_path, output_store, batch = request.model_path, request.output_store, request.batch
     if batch is None:
-        if delete_path is None:
+        if request.delete_path is None:
             raise ConfigError("give a deletion batch: --delete PATH")
-        batch = read_deletions(spark, delete_path)
-    ratings = read_ratings(spark, ratings_path, format=ratings_format) if ratings_path else None
+        batch = read_deletions(spark, request.delete_path)
+    ratings = read_ratings(spark, request.ratings_path, format=request.ratings_format) if request.ratings_path else None
     if output_store is None:
         if _is_spark_model_dir(model_path):
             raise ConfigError(f"{model_path} is a Spark MLlib model directory; pass --output-store DIR for the unlearned versions")
         output_store = model_path
-    if not isinstance(max_rebases, int) or max_rebases < 0:
-        raise ConfigError(f"max_rebases must be a non-negative integer, got {max_rebases!r}")
     store = ModelStore(output_store)  # checks the output path before any work
     store.reconcile()
-    identity = batch_identity(batch, batch_id)
+    identity = batch_identity(batch, request.batch_id)
     if identity.n_requests == 0:
         log.info("deletion batch %s holds no request: nothing to do, nothing published", identity.batch_id)
         return _nothing_report(identity, store, "the deletion batch holds no request (e.g. a header-only file)", t0)
-    request = _Request(batch, identity, dict(
-        mode=mode, tol=tol, tol_factor=tol_factor, strict=strict, max_rounds=max_rounds,
-        full_fallback_fraction=full_fallback_fraction, full_iterations=full_iterations, engine=engine,
-        driver_rows=driver_rows), k, measure, expected_params, force)
+    req = _Request(batch, identity, request)
     source, source_ratings = model_path, ratings
     holding = store.current()
     if holding is not None and not _same_path(model_path, store.root):
@@ -215,9 +235,9 @@ def run_unlearning(
         log.warning("%s already holds %s: applying the request on it rather than on %s", store.root, holding, model_path)
         source, source_ratings = output_store, None
     rebases: list[dict[str, Any]] = []
-    for _ in range(max_rebases + 1):
+    for _ in range(request.max_rebases + 1):
         try:
-            report = _apply_once(spark, store, source, source_ratings, request, t0)
+            report = _apply_once(spark, store, source, source_ratings, req, t0)
         except StoreMovedError as moved:
             rebases.append({"based_on": moved.expected, "current_was": moved.current})
             log.warning("store %s moved from %s to %s while this request was computed: re-applying it on %s",
@@ -245,15 +265,19 @@ def _same_path(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class _Request:
-    """One deletion request's inputs and options, as they stay across rebases."""
+    """A request with its batch read and its ledger identity, as they stay across rebases."""
 
     batch: DataFrame
     identity: Any
-    engine_options: dict[str, Any]
-    k: int
-    measure: bool
-    stated: dict[str, Any] | None
-    force: bool
+    request: UnlearnRequest
+
+    @property
+    def options(self) -> UnlearnOptions:
+        return self.request.options
+
+    @property
+    def stated(self) -> dict[str, Any] | None:
+        return self.request.expected_params
 
 
 def _nothing_report(identity, store: ModelStore, why: str, t0: float) -> dict[str, Any]:
@@ -286,10 +310,9 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             "note": "this batch (same content) was applied before; nothing was recomputed or written",
         }
 
-    src = load_source_model(spark, model_path, ratings, stated=req.stated, force=req.force)
+    src = load_source_model(spark, model_path, ratings, stated=req.stated, force=req.request.force)
     model, offsets, data, holdout, manifest, parent = src.model, src.offsets, src.ratings, src.holdout, src.manifest, src.parent
-    opts = dict(req.engine_options)
-    if src.objective_check is not None and src.objective_check["forced"] and opts["tol"] is None:
+    if src.objective_check is not None and src.objective_check["forced"] and req.options.tol is None:
         raise ObjectiveError(
             f"--force unlearns {model_path} although it is not stationary under the stated hyperparameters; the "
             "certificate's tolerance cannot come from that failed training residual: give --tol as well"
@@ -299,16 +322,13 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     forgotten = (lambda: store.forgotten(spark)) if same_store else None
     training_residual = manifest.get("training_residual") or residual_summary(offsets)
     spark_source = src.objective_check is not None
-    result = unlearn_als(
-        data, model, offsets, batch, training_residual=training_residual, forgotten=forgotten,
-        grams=manifest.get("grams"),
-        # A Spark-trained model's offsets were just computed: no drift.
+    facts = VersionFacts(
+        training_residual=training_residual, forgotten=forgotten, grams=manifest.get("grams"),
         drift_bound={"user": 0.0, "item": 0.0} if spark_source else manifest.get("drift_max"),
-        counts=_version_counts(manifest),
-        x_ratio=None if spark_source else manifest.get("x_ratio"),
+        counts=_version_counts(manifest), x_ratio=None if spark_source else manifest.get("x_ratio"),
         x_watch=None if spark_source else manifest.get("x_watch"),
-        **opts,
     )
+    result = unlearn_als(data, model, offsets, batch, req.options, facts)
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
     if src.objective_check is not None:
@@ -324,18 +344,18 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         out["deletion"], out["not_found"] = report["deletion"], report.get("not_found")
         return out
     t_measure = time.perf_counter()
-    if req.measure:
+    if req.request.measure:
         report["forgetting"] = forgetting_report(model, result.model, result.deleted)
         if holdout is not None:
             from spark_unlearn.train_model import evaluate_model
 
-            recorded = recorded_metrics(manifest, req.k)
+            recorded = recorded_metrics(manifest, req.request.k)
             if recorded is not None:  # the parent's own metrics, measured on this holdout when it was published
                 report["metrics_before"] = recorded
                 report["metrics_before_source"] = "recorded when the parent version was published"
             else:
-                report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.k)
-            report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, req.k)
+                report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.request.k)
+            report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, req.request.k)
     training = manifest.get("training") or {}
     report["seconds"]["unlearning_total"] = round(time.perf_counter() - t0, 3)
     if training.get("seconds"):

@@ -10,7 +10,8 @@ import pytest
 from als_helpers import factors_dict
 from job_helpers import run_job
 from spark_unlearn.store.model_store import ModelStore
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.als.options import UnlearnOptions
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 
 
 def test_audit_of_applied_missing_and_purged_requests(spark, store_copy, tmp_path):
@@ -26,7 +27,7 @@ def test_audit_of_applied_missing_and_purged_requests(spark, store_copy, tmp_pat
     assert code == 3, err[-3000:]
     assert json.loads(out)["status"] == "not_applied" and json.loads(out)["still_present"]["pairs_in_data"] == 2
 
-    rep = run_unlearning(spark, model_path=store, batch=batch, batch_id="AUD-1", tol=5e-2, measure=False)
+    rep = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch, batch_id="AUD-1", measure=False, options=UnlearnOptions(tol=5e-2)))
     code, out, err = run_job(spark, "audit", ["--model", store, "--delete", str(path), "--batch-id", "AUD-1", "--json"])
     report = json.loads(out)
     assert code == 0, err

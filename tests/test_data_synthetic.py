@@ -68,7 +68,7 @@ def test_expected_distinct_matches_exact_sum():
 
 
 def test_zipf_ranks_follow_power_law():
-    u = synthetic._uniform(synthetic._hash(np.uint64(1), 1, np.arange(200_000, dtype=np.uint64)))
+    u = synthetic.uniform_from_hash(synthetic._hash(np.uint64(1), 1, np.arange(200_000, dtype=np.uint64)))
     ranks = synthetic._zipf_rank(u, 1000, 1.0)
     assert ranks.min() == 1 and ranks.max() <= 1000
     expected = np.diff(synthetic._zipf_cdf(np.array([1.0, 2.0, 3.0]), 1000, 1.0))

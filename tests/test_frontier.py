@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_unlearn.als.frontier import frontier_unlearn, neighbour_drift, neighbour_drift_reference
+from spark_unlearn.als.drift import neighbour_drift, neighbour_drift_reference
+from spark_unlearn.als.frontier import frontier_unlearn
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.local_source import LocalSource, certificate, offset_sweeps, offsets_of
 from spark_unlearn.als.train import init_factors

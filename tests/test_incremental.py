@@ -8,7 +8,9 @@ import pytest
 from als_helpers import factors_dict, load_sample
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.train import ALSState, offsets_for, train_als
-from spark_unlearn.als.unlearn import remove_batch, unlearn_als
+from spark_unlearn.als.plan import remove_batch
+from spark_unlearn.als.options import UnlearnOptions, VersionFacts
+from spark_unlearn.als.unlearn import unlearn_als
 
 
 def batch(spark, rows):
@@ -51,7 +53,7 @@ def test_targeted_offsets_and_certificate_match_a_recomputation(spark, trained, 
     monkeypatch.setattr("spark_unlearn.als.ratio_watch.WATCH_SIZE", 0)
     present = [(r[0], r[1]) for r in ratings.filter("user in (1, 2) and item < 40").orderBy("user", "item").limit(3).collect()]
     rows = [(7, None, "user"), (None, 50, "item"), (3, 99999, "interaction")] + [(u, i, "interaction") for u, i in present]
-    out = unlearn_als(ratings, model, offsets, batch(spark, rows), tol=5e-2, engine="targeted", full_fallback_fraction=1.0)
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(tol=5e-2, engine="targeted", full_fallback_fraction=1.0))
     rep = out.report
     if model.params.implicit:
         assert any(how.startswith("exact") for how in rep["certificate"]["untouched_rows"].values())
@@ -100,6 +102,7 @@ def test_sequential_requests_never_absorb_drift(spark, trained, monkeypatch):
         raise AssertionError("a pass over a side the driver already holds")
 
     monkeypatch.setattr("spark_unlearn.als.incremental.gram_moved", no_pass)
+    monkeypatch.setattr("spark_unlearn.als.table_source.gram_moved", no_pass)
     train = [_offsets_dict(df) for df in offsets]
     tol = 8e-2  # loose, so that many rows keep sub-tolerance drift between requests
     data, cur_model, cur_offsets, changed = ratings, model, offsets, (set(), set())
@@ -110,8 +113,7 @@ def test_sequential_requests_never_absorb_drift(spark, trained, monkeypatch):
         c = _changed_rows(data, rows)
         changed = (changed[0] | c[0], changed[1] | c[1])
         counts = {"n_ratings": data.count(), "n_users": cur_model.user_factors.count(), "n_items": cur_model.item_factors.count()}
-        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), tol=tol, engine="targeted", full_fallback_fraction=1.0,
-                          counts=counts)
+        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), options=UnlearnOptions(tol=tol, engine="targeted", full_fallback_fraction=1.0), facts=VersionFacts(counts=counts))
         assert out.report["certificate"]["holds"]
         hows.update(out.report["certificate"]["untouched_rows"].values())
         data = remove_batch(data, batch(spark, rows)).cache()
@@ -140,8 +142,7 @@ def test_full_sweeps_stopped_above_tol_are_finished_by_the_frontier(spark, train
     # One sweep leaves 0.018 (explicit) / 0.024 (implicit); tighter tolerances make the repair outgrow its budget
     # on these 128 densely coupled rows (the frontier is meant for sparse data).
     tol = 2e-2 if model.params.implicit else 1e-2
-    out = unlearn_als(ratings, model, offsets, batch(spark, rows), mode="full", full_iterations=1, tol=tol,
-                      full_fallback_fraction=1.0)
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(mode="full", full_iterations=1, tol=tol, full_fallback_fraction=1.0))
     rep = out.report
     assert rep["mode"] == "full" and rep["sweeps"] == 1
     assert rep["repair"]["certificates"][0] > tol  # the sweep alone stopped above tol (else the test proves nothing)
@@ -169,8 +170,7 @@ def test_the_certificate_computed_inside_the_sweeps_equals_a_recomputation(spark
     """
     ratings, model, offsets = trained
     rows = [(3, None, "user"), (None, 10, "item"), (5, 7, "interaction")]
-    out = unlearn_als(ratings, model, offsets, batch(spark, rows), mode="full", full_iterations=2, tol=tol,
-                      full_fallback_fraction=1e-9)
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(mode="full", full_iterations=2, tol=tol, full_fallback_fraction=1e-9))
     rep = out.report
     assert rep["mode"] == "full" and rep["sweeps"] == sweeps
     assert rep.get("repair", {"converged": False})["converged"] is False
@@ -202,7 +202,7 @@ def test_paper_sweeps_equal_warm_started_numpy_sweeps_on_the_remaining_data(spar
 
     ratings, model, offsets = trained
     rows = [(3, None, "user"), (None, 10, "item")]
-    out = unlearn_als(ratings, model, offsets, batch(spark, rows), mode="paper", full_iterations=2, tol=5e-2)
+    out = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(mode="paper", full_iterations=2, tol=5e-2))
     assert out.report["mode"] == "paper" and out.report["sweeps"] == 2
 
     pdf = remove_batch(ratings, batch(spark, rows)).toPandas()
@@ -228,8 +228,8 @@ def test_paper_sweeps_equal_warm_started_numpy_sweeps_on_the_remaining_data(spar
 def test_targeted_and_layout_engines_agree(spark, trained):
     ratings, model, offsets = trained
     rows = [(11, None, "user")] + [(r[0], r[1], "interaction") for r in ratings.filter("user = 4").limit(1).collect()]
-    a = unlearn_als(ratings, model, offsets, batch(spark, rows), tol=5e-2, engine="targeted", full_fallback_fraction=1.0)
-    b = unlearn_als(ratings, model, offsets, batch(spark, rows), tol=5e-2, engine="layout", full_fallback_fraction=1.0)
+    a = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(tol=5e-2, engine="targeted", full_fallback_fraction=1.0))
+    b = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(tol=5e-2, engine="layout", full_fallback_fraction=1.0))
     assert a.report["rows_solved"] == b.report["rows_solved"]
     assert a.report["deletion"]["deleted_ratings"] == b.report["deletion"]["deleted_ratings"]
     for side in ("user_factors", "item_factors"):
@@ -251,10 +251,10 @@ def _row_ratios(factors, offsets) -> dict[int, float]:
 def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp_path, monkeypatch):
     """Training stores F^T F per side (implicit); the targeted engine then starts from them instead of two passes."""
     from spark_unlearn.als import ratio_watch
-    from spark_unlearn.als.incremental import gram_of
+    from spark_unlearn.als.factor_passes import gram_of
     from spark_unlearn.store.model_store import ModelStore
     from spark_unlearn.train_model import run_training
-    from spark_unlearn.unlearn_model import run_unlearning
+    from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
     from als_helpers import sample_movielens_path
 
     monkeypatch.setattr(ratio_watch, "WATCH_SIZE", 5)  # the sample has 30 users: list a few, bound the rest
@@ -269,8 +269,7 @@ def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp
         assert np.allclose(np.asarray(manifest["grams"][side]), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
     assert manifest["drift_max"] == {"user": 0.0, "item": 0.0}
     pair = loaded.ratings.orderBy("user", "item").first()
-    report = run_unlearning(spark, model_path=store_dir, batch=batch(spark, [(pair[0], pair[1], "interaction")]), tol=5e-2,
-                            measure=False)
+    report = run_unlearning(spark, UnlearnRequest(model_path=store_dir, batch=batch(spark, [(pair[0], pair[1], "interaction")]), measure=False, options=UnlearnOptions(tol=5e-2)))
     assert report["engine"] == "targeted" and report["certificate"]["holds"]
     after = store.read_manifest(report["version"])
     assert after["drift_max"] == report["certificate"]["per_side"]
@@ -294,7 +293,7 @@ def test_an_implicit_version_records_its_grams_and_unlearns_from_them(spark, tmp
         assert all(r <= listed.get(i, w1["rest"]) + 1e-12 for i, r in now.items())
 
 def test_id_selection_gives_the_same_rows_as_a_filter_and_as_a_join(spark, monkeypatch):
-    from spark_unlearn.als import table_source
+    from spark_unlearn.als import selection as table_source
 
     df = spark.range(0, 50).selectExpr("cast(id as int) as id", "cast(id * 2 as int) as v")
     ids = [3, 7, 7, 48, 99]

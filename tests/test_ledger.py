@@ -9,7 +9,8 @@ import pytest
 from spark_unlearn.errors import ConfigError, StoreError
 from spark_unlearn.store import ledger as L
 from spark_unlearn.store.model_store import ModelStore
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.als.options import UnlearnOptions
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 from verify_helpers import assert_verified
 
 
@@ -40,30 +41,29 @@ def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, st
     ms = ModelStore(store)
     pairs = [(r["user"], r["item"]) for r in ms.load(spark).ratings.filter("user = 2").orderBy("item").limit(2).collect()]
     first = [(u, i, "interaction") for u, i in pairs] + [(5, None, "user")]
-    r1 = run_unlearning(spark, model_path=store, batch=batch(spark, first), batch_id="REQ-1", tol=5e-2, measure=False,
-                        engine=engine)
+    r1 = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, first), batch_id="REQ-1", measure=False, options=UnlearnOptions(tol=5e-2, engine=engine)))
     assert r1["status"] == "applied" and r1["batch"]["batch_id"] == "REQ-1"
 
     # Same content again (another order, another repeat): a no-op that names the version holding it.
     again = list(reversed(first)) + [first[0]]
-    r2 = run_unlearning(spark, model_path=store, batch=batch(spark, again), batch_id="REQ-1", measure=False)
+    r2 = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, again), batch_id="REQ-1", measure=False))
     assert r2["status"] == "already_applied" and r2["version"] == r1["version"]
     assert ms.versions() == ["v000001", "v000002"]
 
     # The same id with other content is refused before any work.
     with pytest.raises(ConfigError, match="REQ-1.*different content"):
-        run_unlearning(spark, model_path=store, batch=batch(spark, first[:1]), batch_id="REQ-1", measure=False)
+        run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, first[:1]), batch_id="REQ-1", measure=False))
 
     # A new batch naming a forgotten pair, a pair of the erased user, the erased user, and an unknown pair:
     # it removes nothing, so it publishes nothing.
     later = [(pairs[0][0], pairs[0][1], "interaction"), (5, 1, "interaction"), (5, None, "user"), (1, 987654, "interaction")]
-    r0 = run_unlearning(spark, model_path=store, batch=batch(spark, later), tol=5e-2, measure=False, engine=engine)
+    r0 = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, later), measure=False, options=UnlearnOptions(tol=5e-2, engine=engine)))
     assert r0["status"] == "nothing_to_delete" and r0["deletion"]["deleted_ratings"] == 0
     assert ms.versions() == ["v000001", "v000002"] and [e["batch_id"] for e in ms.ledger()] == ["REQ-1"]
     # With one pair still in the data beside them, it is applied, and says what was already forgotten.
     fresh = ms.load(spark).ratings.filter("user = 1").orderBy("item").first()
     later.append((fresh["user"], fresh["item"], "interaction"))
-    r3 = run_unlearning(spark, model_path=store, batch=batch(spark, later), tol=5e-2, measure=False, engine=engine)
+    r3 = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, later), measure=False, options=UnlearnOptions(tol=5e-2, engine=engine)))
     d = r3["deletion"]
     assert r3["status"] == "applied" and d["deleted_ratings"] == 1
     assert r3["engine"] == ("layout" if engine == "layout" else "targeted")
@@ -85,7 +85,7 @@ def test_batch_is_applied_once_and_later_batches_see_what_is_forgotten(spark, st
 
 def test_reconcile_recovers_a_missing_entry_and_a_tampered_ledger_is_refused(spark, store):
     ms = ModelStore(store)
-    rep = run_unlearning(spark, model_path=store, batch=batch(spark, [(7, None, "user")]), tol=5e-2, measure=False)
+    rep = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, [(7, None, "user")]), measure=False, options=UnlearnOptions(tol=5e-2)))
     path = L.ledger_path(store)
     (entry,) = ms.ledger()
     # As if the job died between moving CURRENT and appending the entry.
@@ -110,7 +110,7 @@ def test_reconcile_recovers_a_missing_entry_and_a_tampered_ledger_is_refused(spa
     with pytest.raises(StoreError, match="line 2 does not chain"):
         ms.ledger()
     with pytest.raises(StoreError, match="ledger was edited"):
-        run_unlearning(spark, model_path=store, batch=batch(spark, [(8, None, "user")]), measure=False)
+        run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, [(8, None, "user")]), measure=False))
 
 
 def test_abandoned_staging_is_removed_but_live_staging_is_kept(store):
@@ -135,8 +135,7 @@ def test_purge_deletes_old_data_but_keeps_the_ledger_working(spark, store):
 
     ms = ModelStore(store)
     first = ms.current()
-    r1 = run_unlearning(spark, model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", tol=5e-2,
-                        measure=False)
+    r1 = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", measure=False, options=UnlearnOptions(tol=5e-2)))
     code, out, err = run_job(spark, "purge", ["--model", store, "--json"])
     assert code == 0 and json.loads(out)["purged"] == [first], err
     assert sorted(os.listdir(ms.version_path(first))) == ["manifest.json"]  # v1 forgot nothing: no forgotten/ either
@@ -144,7 +143,7 @@ def test_purge_deletes_old_data_but_keeps_the_ledger_working(spark, store):
         ms.load(spark, first)
     ms.verify(first)  # what is left is still checksummed
     # Exactly-once and already-forgotten still work across the purged history.
-    again = run_unlearning(spark, model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", measure=False)
+    again = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, [(9, None, "user")]), batch_id="P-1", measure=False))
     assert again["status"] == "already_applied" and again["version"] == r1["version"]
     assert ms.reconcile() == [] and [e["batch_id"] for e in ms.ledger()] == ["P-1"]
     code, _, err = run_job(spark, "purge", ["--model", store, "--keep", "0"])

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from spark_unlearn.als import neighbour_pass
-from spark_unlearn.als.frontier import edge_drift_reference
+from spark_unlearn.als.drift import edge_drift_reference
 from spark_unlearn.als.kernels import SolveSpec, normal_equations
 from spark_unlearn.als.neighbour_pass import Moves, lazy_rows, partial_normal_equations, spark_normal_equations
 from spark_unlearn.als.train import ALSState, offsets_for
-from spark_unlearn.als.unlearn import remove_batch, unlearn_als
+from spark_unlearn.als.plan import remove_batch
+from spark_unlearn.als.options import UnlearnOptions, VersionFacts
+from spark_unlearn.als.unlearn import unlearn_als
 from test_incremental import _changed_rows, _check_offsets, _offsets_dict, batch, trained  # noqa: F401  (fixture)
 
 SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.1, implicit=True, alpha=2.0)]
@@ -120,8 +122,7 @@ def test_lazy_neighbours_give_the_offsets_and_certificate_of_a_recomputation(spa
     for rows in requests:
         c = _changed_rows(data, rows)
         changed = (changed[0] | c[0], changed[1] | c[1])
-        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), tol=tol, engine="targeted",
-                          full_fallback_fraction=1.0, x_watch=x_watch)
+        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), options=UnlearnOptions(tol=tol, engine="targeted", full_fallback_fraction=1.0), facts=VersionFacts(x_watch=x_watch))
         rep = out.report
         assert rep["engine"] == "targeted" and rep["driver_rows_limit"] == 0 and rep["certificate"]["holds"]
         assert sum(rep["certificate"]["spark_rows"].values()) > 0
@@ -146,4 +147,4 @@ def test_a_negative_driver_rows_is_refused_before_any_work():
     from spark_unlearn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"driver_rows=-1 is negative; give a number of rows >= 0"):
-        unlearn_als(None, None, None, None, driver_rows=-1)
+        unlearn_als(None, None, None, None, options=UnlearnOptions(driver_rows=-1))

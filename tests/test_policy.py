@@ -114,3 +114,63 @@ def test_training_precision_is_row_wise_and_strict_is_uniform(trained):
 def test_bad_policies_are_refused(kwargs):
     with pytest.raises(ConfigError):
         CertificatePolicy(**kwargs)
+
+
+# ----------------------------------------------------------------------------- the engine's row tolerance
+
+
+def test_row_tolerance_is_one_number_under_strict_and_the_own_residual_floored_under_training_precision():
+    from spark_unlearn.als.policy import RowTolerance
+
+    t_norm, bnorm = np.array([0.0, 0.3, 2.0]), np.array([1.0, 1.0, 4.0])
+    assert RowTolerance(0.1).bounds(t_norm, bnorm).tolist() == [0.1, 0.1, 0.1]
+    # own residual |t|/|b|: 0, 0.3, 0.5; floored at 0.1; weight 2 doubles it.
+    assert RowTolerance(0.1, 1.0, "training-precision").bounds(t_norm, bnorm).tolist() == pytest.approx([0.1, 0.3, 0.5])
+    assert RowTolerance(0.1, 2.0, "training-precision").bounds(t_norm, bnorm).tolist() == pytest.approx([0.1, 0.6, 1.0])
+
+
+def test_the_request_tolerance_comes_from_the_recorded_training_residual():
+    from spark_unlearn.als.policy import row_tolerance
+
+    tr = {"p90": 0.02, "by_side": {"user": {"p90": 0.0}, "item": {"p90": 0.05}}}
+    strict = row_tolerance("strict", tr, None, 2.0)
+    assert (strict.floor, strict.own) == (pytest.approx(0.04), 0.0)
+    tp = row_tolerance("training-precision", tr, None, 2.0)
+    assert (tp.floor, tp.own) == (pytest.approx(0.1), 2.0) and "item side" in tp.source
+    given = row_tolerance("training-precision", tr, 0.3, 1.0)
+    assert (given.floor, given.own, given.source) == (0.3, 1.0, "given")
+    # A model recorded before per-side residuals: the pooled percentile, said so.
+    old = row_tolerance("training-precision", {"p90": 0.02}, None, 1.0)
+    assert old.floor == pytest.approx(0.02) and "no per-side record" in old.source
+    assert row_tolerance("strict", None, None, 1.0).floor == pytest.approx(1e-2)
+    with pytest.raises(ConfigError, match="certificate policy"):
+        row_tolerance("lenient", tr, None, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "fast"}, "unknown unlearning mode 'fast'"),
+    ({"engine": "gpu"}, "unknown unlearning engine 'gpu'"),
+    ({"certificate_policy": "loose"}, "unknown certificate policy 'loose'"),
+    ({"tol": 1e-9}, "below what float32 factors can certify"),
+    ({"tol": "0.1"}, "tol must be a number"),
+    ({"tol_factor": 0}, "tol_factor=0 must be > 0"),
+    ({"max_rounds": 0}, "max_rounds=0 must be >= 1"),
+    ({"full_fallback_fraction": 1.5}, r"full_fallback_fraction=1.5 must be in \(0, 1\]"),
+    ({"driver_rows": -1}, "driver_rows=-1 is negative"),
+    ({"strict": "yes"}, "strict must be true or false"),
+])
+def test_bad_request_options_are_refused_where_they_enter(kwargs, match):
+    from spark_unlearn.als.options import UnlearnOptions
+
+    with pytest.raises(ConfigError, match=match):
+        UnlearnOptions(**kwargs)
+
+
+def test_options_from_a_config_section_keep_only_their_own_keys():
+    from spark_unlearn.als.options import UnlearnOptions
+    from spark_unlearn.config import defaults
+
+    section = defaults()["unlearn"]
+    opts = UnlearnOptions.from_config({**section, "tol": 0.05, "certificate_policy": "strict"})
+    assert (opts.tol, opts.certificate_policy, opts.mode) == (0.05, "strict", "frontier")
+    assert UnlearnOptions.from_config(section) == UnlearnOptions()  # the config's defaults are the options' defaults

@@ -15,13 +15,10 @@ from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError, ObjectiveError, OutputPathError, SchemaError, StoreError, StoreMovedError
 from spark_unlearn.schema import FACTORS_SCHEMA, OFFSETS_SCHEMA, RATINGS_SCHEMA
-from spark_unlearn.store import model_store
-from spark_unlearn.store.model_store import (
-    SPARK_ALS_MODEL_CLASS,
-    ModelStore,
-    fingerprint_ratings,
-    load_spark_als_model,
-)
+from spark_unlearn.store import model_store, tables
+from spark_unlearn.store.fingerprint import fingerprint_ratings
+from spark_unlearn.store.model_store import ModelStore
+from spark_unlearn.store.spark_layout import SPARK_ALS_MODEL_CLASS, load_spark_als_model
 
 RANK = 3
 USERS = [0, 1, 2, 3, 7]
@@ -308,7 +305,7 @@ def test_empty_store_and_bad_root(spark, tmp_path):
 def test_failed_parquet_write_leaves_store_untouched(spark, store_copy, monkeypatch):
     store, _ = store_copy
     before = _state(store.root)
-    real = model_store._write_parquet
+    real = tables.write_parquet
     calls = []
 
     def flaky(df, path):
@@ -317,7 +314,7 @@ def test_failed_parquet_write_leaves_store_untouched(spark, store_copy, monkeypa
             raise OSError("disk full (injected)")
         real(df, path)
 
-    monkeypatch.setattr(model_store, "_write_parquet", flaky)
+    monkeypatch.setattr(tables, "write_parquet", flaky)
     with pytest.raises(OSError, match="injected"):
         store.publish(_model(spark), ratings=_ratings(spark))
     assert len(calls) == 2

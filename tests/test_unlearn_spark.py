@@ -9,7 +9,8 @@ from als_helpers import factors_dict, load_sample
 from spark_unlearn.errors import ConfigError, UnknownIdError
 from spark_unlearn.request_caches import persistent_rdd_ids
 from spark_unlearn.store.model_store import ModelStore
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.als.options import UnlearnOptions
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 from verify_helpers import assert_verified
 
 
@@ -29,11 +30,11 @@ def test_an_empty_batch_publishes_nothing_and_says_so(spark, trained_store, tmp_
 
     store = copy_store(trained_store, tmp_path / "s")
     before = tree_digest(store)
-    report = run_unlearning(spark, model_path=store, batch=batch(spark, []), measure=False)
+    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, []), measure=False))
     assert report["status"] == "nothing_to_delete" and report["version"] == "v000001"
     assert "holds no request" in report["note"]
     # A batch whose requests match nothing in the data publishes nothing either.
-    report = run_unlearning(spark, model_path=store, batch=batch(spark, [(1, 987654, "interaction")]), measure=False)
+    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, [(1, 987654, "interaction")]), measure=False))
     assert report["status"] == "nothing_to_delete" and report["deletion"]["deleted_ratings"] == 0
     assert tree_digest(store) == before
 
@@ -51,7 +52,7 @@ def test_erasing_users_removes_their_rows_and_their_ratings(spark, trained_store
     assert orphan
     rows = [(u, None, "user") for u in sorted(erased)]
     # Most items lose a rating: let the frontier solve them rather than fall back to full sweeps.
-    report = run_unlearning(spark, model_path=store, batch=batch(spark, rows), full_fallback_fraction=1.0, measure=False)
+    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, rows), measure=False, options=UnlearnOptions(full_fallback_fraction=1.0)))
     assert report["mode"] == "frontier"
     after = ModelStore(store).load(spark)
     assert not erased & set(factors_dict(after.model.user_factors))
@@ -72,9 +73,9 @@ def test_forgetting_interactions_reports_missing_pairs_and_strict_rejects_them(s
     present = [(r["user"], r["item"]) for r in data.orderBy("user", "item").limit(3).collect()]
     rows = [(u, i, "interaction") for u, i in present] + [(1, 987654, "interaction")]
     with pytest.raises(UnknownIdError, match="987654"):
-        run_unlearning(spark, model_path=store, batch=batch(spark, rows), strict=True, measure=False)
+        run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, rows), measure=False, options=UnlearnOptions(strict=True)))
     assert ModelStore(store).versions() == ["v000001"]  # a failed run publishes nothing
-    report = run_unlearning(spark, model_path=store, batch=batch(spark, rows), measure=False)
+    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, rows), measure=False))
     assert report["deletion"]["deleted_ratings"] == 3
     assert report["deletion"]["not_found_interactions"] == 1
     assert report["not_found"]["interactions"] == [(1, 987654)]
@@ -87,8 +88,8 @@ def test_full_mode_and_frontier_meet_the_same_certificate(spark, trained_store, 
     store_f = copy_store(trained_store, tmp_path / "f")
     store_s = copy_store(trained_store, tmp_path / "s")
     before = persistent_rdd_ids(spark)
-    f = run_unlearning(spark, model_path=store_f, batch=batch(spark, rows), tol=tol, measure=False)
-    s = run_unlearning(spark, model_path=store_s, batch=batch(spark, rows), mode="full", tol=tol, measure=False)
+    f = run_unlearning(spark, UnlearnRequest(model_path=store_f, batch=batch(spark, rows), measure=False, options=UnlearnOptions(tol=tol)))
+    s = run_unlearning(spark, UnlearnRequest(model_path=store_s, batch=batch(spark, rows), measure=False, options=UnlearnOptions(mode="full", tol=tol)))
     assert f["mode"] == "frontier" and s["mode"] == "full"
     for report, store in ((f, store_f), (s, store_s)):
         assert report["tolerance"] == tol
@@ -111,21 +112,15 @@ def test_spark_mllib_model_unlearns_and_loads_with_alsmodel(spark, tmp_path):
     ratings.toPandas().to_csv(csv, index=False)
     out = str(tmp_path / "out")
     with pytest.raises(ConfigError, match="output-store"):
-        run_unlearning(spark, model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), measure=False)
-    report = run_unlearning(
-        spark, model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), ratings_format="csv",
-        output_store=out, tol=5e-2, measure=False, expected_params={"implicit": False, "reg": 0.1},
-    )
+        run_unlearning(spark, UnlearnRequest(model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), measure=False))
+    report = run_unlearning(spark, UnlearnRequest(model_path=src, batch=batch(spark, [(5, None, "user")]), ratings_path=str(csv), ratings_format="csv", output_store=out, measure=False, expected_params={"implicit": False, "reg": 0.1}, options=UnlearnOptions(tol=5e-2)))
     assert report["objective_check"]["holds"] and not report["objective_check"]["forced"]
     loaded = ALSModel.load(report["path"])
     assert loaded.userFactors.filter("id = 5").count() == 0
     assert loaded.userFactors.count() == ratings.select("user").distinct().count() - 1
     # The same command for the next request applies it on the store's lineage, not on the MLlib model again
     # (which would bring user 5 back).
-    again = run_unlearning(
-        spark, model_path=src, batch=batch(spark, [(6, None, "user")]), ratings_path=str(csv), ratings_format="csv",
-        output_store=out, tol=5e-2, measure=False, expected_params={"implicit": False, "reg": 0.1},
-    )
+    again = run_unlearning(spark, UnlearnRequest(model_path=src, batch=batch(spark, [(6, None, "user")]), ratings_path=str(csv), ratings_format="csv", output_store=out, measure=False, expected_params={"implicit": False, "reg": 0.1}, options=UnlearnOptions(tol=5e-2)))
     assert again["status"] == "applied" and again["parent"] == report["version"]
     users = {r["id"] for r in ALSModel.load(again["path"]).userFactors.select("id").collect()}
     assert not {5, 6} & users and len(users) == ratings.select("user").distinct().count() - 2

@@ -19,7 +19,8 @@ import pytest
 
 from job_helpers import run_job
 from spark_unlearn.store.model_store import ModelStore
-from spark_unlearn.unlearn_model import run_unlearning
+from spark_unlearn.als.options import UnlearnOptions
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 from spark_unlearn.verify import verify_version
 
 
@@ -33,8 +34,7 @@ def unlearned(spark, trained_store, tmp_path_factory):
     store = str(shutil.copytree(trained_store, tmp_path_factory.mktemp("verify") / "store"))
     data = ModelStore(store).load(spark).ratings
     item = data.filter("user = 8").orderBy("item").first()["item"]
-    run_unlearning(spark, model_path=store, batch=_batch(spark, [(3, None, "user"), (8, item, "interaction")]),
-                   tol=5e-2, measure=False)
+    run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(3, None, "user"), (8, item, "interaction")]), measure=False, options=UnlearnOptions(tol=5e-2)))
     return store
 
 
@@ -90,7 +90,8 @@ def test_a_factor_row_scaled_by_one_and_a_half_fails_and_is_named(spark, unlearn
     assert code == 3, err[-3000:]
     report = json.loads(out)["verification"]
     assert report["status"] == "failed"
-    assert report["worst_rows"][0] == {"side": "user", "id": victim, "deviation": report["worst_rows"][0]["deviation"]}
+    worst = report["worst_rows"][0]
+    assert (worst["side"], worst["id"]) == ("user", victim) and worst["bound_ratio"] > 1.0
     assert any(f"user {victim} (" in r for r in report["reasons"]), report["reasons"]
 
 
@@ -116,8 +117,7 @@ def test_an_implicit_store_verifies_after_an_item_withdrawal(spark, tmp_path, sa
     store = str(tmp_path / "implicit")
     run_training(spark, ratings_path=sample_ratings_path, store_path=store,
                  params=ALSParams(rank=4, reg=0.1, alpha=2.0, implicit=True, iterations=5, seed=1, num_blocks=3))
-    run_unlearning(spark, model_path=store, batch=_batch(spark, [(None, 5, "item"), (2, None, "user")]), tol=5e-2,
-                   measure=False)
+    run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(None, 5, "item"), (2, None, "user")]), measure=False, options=UnlearnOptions(tol=5e-2)))
     for version in ("v000001", "v000002"):
         report = verify_version(spark, store, version)
         assert report["status"] == "verified", (version, report["reasons"])

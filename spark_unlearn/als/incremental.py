@@ -49,9 +49,13 @@ from pyspark.sql import functions as F
 from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
-from spark_unlearn.als.neighbour_pass import arrow_matrix
+from spark_unlearn.als.certify import certificate_record
+from spark_unlearn.als.factor_passes import arrow_matrix, gram_moved, gram_of, vector_norm
+from spark_unlearn.als.plan import already_forgotten, plan_counts, unknown_requests
+from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
-from spark_unlearn.als.table_source import TableRowSource, pair_keys, select_ids, select_rows, unique_ratings
+from spark_unlearn.als.selection import pair_keys, select_ids, select_rows, unique_ratings
+from spark_unlearn.als.table_source import TableRowSource
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
 from spark_unlearn.worker_heap import freeze_worker_heap
@@ -59,66 +63,6 @@ from spark_unlearn.worker_heap import freeze_worker_heap
 log = logging.getLogger(__name__)
 
 SIDES = ("user", "item")
-
-
-# ---------------------------------------------------------------------------
-# Passes over a factor table (rows, never ratings)
-# ---------------------------------------------------------------------------
-
-
-def gram_of(factors: DataFrame) -> np.ndarray:
-    """``F^T F`` of a factor DataFrame (distributed; returns k x k)."""
-    def part(batches):
-        freeze_worker_heap()
-        import pyarrow as pa
-
-        for batch in batches:
-            col = batch.column("features")
-            n = len(col)
-            if n == 0:
-                continue
-            X = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
-            G = X.T @ X
-            yield pa.RecordBatch.from_arrays([pa.array([G.reshape(-1).tobytes()], pa.binary())], names=["g"])
-
-    parts = factors.select("features").mapInArrow(part, "g binary").collect()
-    if not parts:
-        return np.zeros((0, 0))
-    mats = [np.frombuffer(r[0], dtype=np.float64) for r in parts]
-    k = int(round(np.sqrt(mats[0].size)))
-    return sum(m.reshape(k, k) for m in mats)
-
-
-def _with_offsets(factors: DataFrame, offsets: DataFrame) -> DataFrame:
-    return factors.select("id", "features").join(with_drift(offsets).select("id", "residual", "bnorm", "drift"), "id")
-
-
-def _norm(column: str):
-    return F.sqrt(F.aggregate(column, F.lit(0.0), lambda acc, x: acc + x.cast("double") * x.cast("double")))
-
-
-def gram_moved(factors: DataFrame, offsets: DataFrame, delta_gram: np.ndarray) -> DataFrame:
-    """``id``, ``moved = |d + delta_gram x|``, ``bnorm`` and ``xnorm = |x|`` for every row (one pass over the
-    factor and offsets tables).
-
-    ``d`` is the row's stored drift: the residual it will have once the other
-    side's Gram has moved by ``delta_gram``, if the row is not re-solved.
-    """
-    dg = np.asarray(delta_gram, dtype=np.float64)
-
-    def part(batches):
-        freeze_worker_heap()
-        import pyarrow as pa
-
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            X = arrow_matrix(batch, "features")
-            moved = np.linalg.norm(arrow_matrix(batch, "drift") + X @ dg.T, axis=1)
-            yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(moved), batch.column("bnorm"),
-                                              pa.array(np.linalg.norm(X, axis=1))], names=["id", "moved", "bnorm", "xnorm"])
-
-    return _with_offsets(factors, offsets).mapInArrow(part, "id int, moved double, bnorm double, xnorm double")
 
 
 def drift_pass(spark, offsets: dict[str, DataFrame], tol: float) -> tuple[dict[str, float], dict[str, set[int]]]:
@@ -129,7 +73,7 @@ def drift_pass(spark, offsets: dict[str, DataFrame], tol: float) -> tuple[dict[s
     is below the tolerance the version was certified at).  The seeds are
     re-solved; every other row keeps ``|d|/|b| <= bound``.
     """
-    ratio = _norm("drift") / F.greatest(F.col("bnorm"), F.lit(1e-300))
+    ratio = vector_norm("drift") / F.greatest(F.col("bnorm"), F.lit(1e-300))
     both = None
     for s in SIDES:
         part = with_drift(offsets[s]).select(F.lit(s).alias("side"), "id", ratio.alias("ratio"))
@@ -175,8 +119,6 @@ def plan_targeted(source: TableRowSource, batch, *, strict: bool = False, forgot
     or a zero-argument callable returning them, called only if some request
     matches nothing.
     """
-    # Imported here: spark_unlearn.als.unlearn imports this module.
-    from spark_unlearn.als.unlearn import _already_forgotten, plan_counts, unknown_requests
 
     rows = batch.select("user", "item", "kind").collect() if isinstance(batch, DataFrame) else list(batch)
     pairs = {(r[0], r[1]) for r in rows if r[2] == "interaction"}
@@ -212,7 +154,7 @@ def plan_targeted(source: TableRowSource, batch, *, strict: bool = False, forgot
     if forgotten is not None and not callable(forgotten) and (missing_pairs or missing_users or missing_items):
 
         mp = spark.createDataFrame(missing_pairs, "user int, item int")
-        found = _already_forgotten(mp, missing_users, missing_items, forgotten, examples)
+        found = already_forgotten(mp, missing_users, missing_items, forgotten, examples)
         already = {**found, "keys": {(r_[0], r_[1]) for r_ in found["pairs"].collect()}}
     unknown_pairs = [p for p in missing_pairs if p not in already["keys"]]
     unknown_users, unknown_items = missing_users - already["users"], missing_items - already["items"]
@@ -384,8 +326,13 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
                      drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
                      x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
-                     table_rows: dict[str, int] | None = None, driver_rows: int | None = None) -> TargetedResult:
+                     table_rows: dict[str, int] | None = None, driver_rows: int | None = None,
+                     policy: RowTolerance | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
+
+    ``tol``: every row is solved until its deviation is at most ``tol``
+    (the floor of ``policy``, the request's row tolerance, which the certificate
+    records; default: strict at ``tol``).
 
     ``grams``: per side, the Gram of the version's factor tables if known
     (stored in the manifest); computed (one pass per side) otherwise, in
@@ -532,20 +479,19 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     grams_out = None
     if spec.implicit:
         grams_out = {s: result.grams_final[s].tolist() for s in SIDES}
-    cert = {
-        "max_relative_residual": max(per_side.values()),
-        "per_side": per_side,
-        "tolerance": tol,
-        "holds": bool(max(per_side.values()) <= tol),
-        "method": "incremental",
-        "touched_rows": {s: int(touched[s]["ids"].size) for s in SIDES},
-        "untouched_rows_max": untouched,
-        "untouched_rows": {s: UNTOUCHED_CERTIFICATE[untouched_how[s]] for s in SIDES},
-        "spark_rows": {s: int(lazy_ids[s].size) for s in SIDES},
-        "spark_rows_max": {s: float(lazy[s]["check"].max_ratio) if s in lazy else None for s in SIDES},
-        "definition": "max over rows r of |A'_r x_r - b'_r - t_r| / |b'_r|, t_r = 0 for rows whose data ever changed, else "
-        "the training residual e_r; touched rows from exact drift bookkeeping with |b'| bounded below",
-    }
+    policy = policy or RowTolerance(tol)
+    worst = max(per_side.values())
+    # Every row's bound is at least the floor the frontier used: worst / floor bounds each row's own ratio.
+    cert = certificate_record(
+        worst, per_side, worst / policy.floor, policy, method="incremental",
+        method_note="touched rows from exact drift bookkeeping with |b'| bounded below; the ratio is against the floor "
+        "(an upper bound of every row's ratio to its own bound)",
+        touched_rows={s: int(touched[s]["ids"].size) for s in SIDES},
+        untouched_rows_max=untouched,
+        untouched_rows={s: UNTOUCHED_CERTIFICATE[untouched_how[s]] for s in SIDES},
+        spark_rows={s: int(lazy_ids[s].size) for s in SIDES},
+        spark_rows_max={s: float(lazy[s]["check"].max_ratio) if s in lazy else None for s in SIDES},
+    )
     report = {
         "engine": "targeted",
         "remaining_ratings": n_remaining,

@@ -45,7 +45,7 @@ class SolveSpec:
     alpha: float = 1.0
 
 
-def _weights(ratings: np.ndarray, spec: SolveSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def confidence_weights(ratings: np.ndarray, spec: SolveSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-rating weight of ``y y^T`` in A, coefficient of ``y`` in b, and counted-for-reg flag."""
     r = ratings.astype(np.float64, copy=False)
     if spec.implicit:
@@ -205,7 +205,7 @@ def _padded_batch(indptr, src, ratings, Y, spec, rows):
     offs = np.arange(_bucket_width(counts))
     valid = offs[None, :] < counts[:, None]
     pos = np.where(valid, starts[:, None] + offs[None, :], 0)
-    wA, wb, _ = _weights(ratings[pos], spec)
+    wA, wb, _ = confidence_weights(ratings[pos], spec)
     G = Y[src[pos]].astype(np.float64)
     return G, np.where(valid, wA, 0.0), np.where(valid, wb, 0.0)
 
@@ -314,7 +314,7 @@ def residuals(
         seg = np.cumsum(n_c) - n_c  # where each row's ratings start in the chunk
         owner = np.repeat(np.arange(rated.size), n_c)
         pos = np.repeat(indptr[rows_c] - seg, n_c) + np.arange(int(n_c.sum()))
-        wA, wb, _ = _weights(ratings[pos], spec)
+        wA, wb, _ = confidence_weights(ratings[pos], spec)
         Yp = Y[src[pos]].astype(np.float64)
         dots = np.einsum("nk,nk->n", Yp, Xd[sl][rated][owner])
         b = np.add.reduceat(wb[:, None] * Yp, seg, axis=0)

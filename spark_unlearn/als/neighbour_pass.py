@@ -41,8 +41,11 @@ from dataclasses import dataclass
 import numpy as np
 from pyspark.sql import DataFrame
 
-from spark_unlearn.als.kernels import SolveSpec, _weights, normal_equations
+from spark_unlearn.als.kernels import SolveSpec, confidence_weights, normal_equations
+from spark_unlearn.als.drift import neighbour_drift
+from spark_unlearn.als.factor_passes import arrow_matrix
 from spark_unlearn.als.row_table import ranges
+from spark_unlearn.als.selection import id_condition, select_ids
 from spark_unlearn.worker_heap import freeze_worker_heap
 
 log = logging.getLogger(__name__)
@@ -112,8 +115,6 @@ def lazy_rows(ids: np.ndarray, X: np.ndarray, drift: np.ndarray, bnorm: np.ndarr
     xratio)``: the new drift, the lower bound of ``|b'|``, ``|drift'| /
     bnorm'`` and ``|x| / bnorm'``.
     """
-    from spark_unlearn.als.frontier import neighbour_drift
-
     ids = np.asarray(ids, np.int64)
     at, row, rating = _edges_of(moves, ids)
     # neighbour_drift wants the CSR of the moving rows over the neighbours.
@@ -152,17 +153,9 @@ def partial_normal_equations(rows: np.ndarray, Y: np.ndarray, ratings: np.ndarra
 # ---------------------------------------------------------------------------
 
 
-def arrow_matrix(batch, column: str) -> np.ndarray:
-    """A list column of an Arrow record batch as an ``(n, k)`` float64 matrix."""
-    n = batch.num_rows
-    return batch.column(column).flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
-
-
 def _restrict(df: DataFrame, ids: np.ndarray, scan_whole: bool) -> DataFrame:
     """``df``'s rows ``ids``; when ``scan_whole`` (they are most of the table) the caller filters them itself:
     a semi-join with that many ids costs more than the rows it saves (0.7-1.0 s more for 98,000 of 100,000)."""
-    from spark_unlearn.als.table_source import select_ids
-
     return df if scan_whole else select_ids(df, "id", ids.tolist())
 
 
@@ -255,7 +248,6 @@ def lazy_check(frame: DataFrame, ids: np.ndarray, tol: float, watch_above: float
     """One job over :func:`lazy_frame`: violators, the others' largest ratio and the rows a ratio watch must see."""
     from pyspark.sql import functions as F
 
-    from spark_unlearn.als.table_source import id_condition
 
     over = F.col("ratio") > F.lit(tol)
     watched = F.lit(False) if watch_above is None else F.col("xratio") > F.lit(float(watch_above))
@@ -333,7 +325,7 @@ def spark_normal_equations(factors: DataFrame, rows: np.ndarray, indptr: np.ndar
     for r in got:
         A[r[0]] += np.frombuffer(r[1], np.float64).reshape(k, k)
         b[r[0]] += np.frombuffer(r[2], np.float64)
-    _, _, counted = _weights(np.asarray(ratings, np.float32), spec)
+    _, _, counted = confidence_weights(np.asarray(ratings, np.float32), spec)
     n_reg = np.bincount(row, weights=counted.astype(np.float64), minlength=n)
     if spec.implicit:
         A += gram

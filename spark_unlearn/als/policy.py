@@ -81,3 +81,70 @@ def violations(deviation: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Indices of the rows whose deviation exceeds their bound (NaN deviations fail)."""
     dev = np.asarray(deviation, dtype=np.float64)
     return np.flatnonzero(~(dev <= bounds))
+
+
+# Factors are float32: below this relative residual rounding alone breaks the
+# certificate, so a smaller tolerance can never be met.
+TOL_FLOOR = 1e-5
+# The side ALS solves first in each iteration (Spark MLlib and this package: items, then users).
+FIRST_SIDE = "item"
+
+
+@dataclass(frozen=True)
+class RowTolerance:
+    """The bound a request holds every row to: ``bound_r = max(floor, own * |t_r| / |b'_r|)``.
+
+    ``t_r`` is the row's stored target (its training residual, 0 once its own
+    data changed) and ``b'_r`` its right-hand side on the remaining data, so
+    ``|t_r| / |b'_r|`` is the row's own training residual at today's scale.
+    ``strict`` has ``own = 0`` (one number for every row); ``training-precision``
+    has ``own = tol_factor``.  Every row's bound is at least ``floor``, so a
+    check against ``floor`` alone is conservative under either policy (the
+    solve stages use it where a row's target is not at hand).
+    """
+
+    floor: float
+    own: float = 0.0
+    policy: str = "strict"
+    source: str = ""
+
+    def bounds(self, target_norm: np.ndarray, bnorm: np.ndarray) -> np.ndarray:
+        """Each row's bound, from ``|t_r|`` and ``|b'_r|``."""
+        t = np.asarray(target_norm, dtype=np.float64)
+        if not self.own:
+            return np.full(t.shape, self.floor)
+        return np.maximum(self.floor, self.own * t / np.maximum(np.asarray(bnorm, dtype=np.float64), 1e-300))
+
+    def to_dict(self) -> dict:
+        return {"name": self.policy, "floor": self.floor, "own_residual_weight": self.own, "floor_source": self.source,
+                "bound": "max(floor, own_residual_weight * |t_r| / |b'_r|) per row"}
+
+
+def row_tolerance(policy: str, training_residual: dict | None, tol: float | None, tol_factor: float = 1.0) -> RowTolerance:
+    """The :class:`RowTolerance` of a request (see the module docstring for the two policies).
+
+    ``training_residual`` holds the model's training residual ``|e_r|/|b_r|``:
+    pooled percentiles (``p90``, ...) and per side (``by_side``).  A given
+    ``tol`` is the floor under either policy.
+    """
+    CertificatePolicy(policy)  # validates the name
+    own = float(tol_factor) if policy == "training-precision" else 0.0
+    if tol is not None:
+        return RowTolerance(float(tol), own, policy, "given")
+    tr = training_residual or {}
+    if policy == "strict":
+        if tr.get("p90"):
+            p90 = float(tr["p90"])
+            return RowTolerance(max(TOL_FLOOR, tol_factor * p90), own, policy,
+                                f"{tol_factor} x the 90th percentile of the model's training residual ({p90:.3g})")
+        return RowTolerance(1e-2 * tol_factor, own, policy, "1e-2 (no training residual recorded for this model)")
+    side = (tr.get("by_side") or {}).get(FIRST_SIDE) or {}
+    q = side.get("p90")
+    if q:
+        return RowTolerance(max(TOL_FLOOR, tol_factor * float(q)), own, policy,
+                            f"{tol_factor} x the 90th percentile of the {FIRST_SIDE} side's training residual ({float(q):.3g})")
+    if tr.get("p90"):  # a model recorded before per-side residuals: the pooled percentile, a lower floor
+        p90 = float(tr["p90"])
+        return RowTolerance(max(TOL_FLOOR, tol_factor * p90), own, policy,
+                            f"{tol_factor} x the pooled 90th percentile of the training residual ({p90:.3g}; no per-side record)")
+    return RowTolerance(1e-2 * tol_factor, own, policy, "1e-2 (no training residual recorded for this model)")

@@ -28,6 +28,8 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from spark_unlearn.als.factor_passes import vector_norm
+
 #: Rows listed per side: the manifest holds two lists of this length, and a request reads at most this many
 #: rows per side to check them exactly (one ``IN`` scan of the factor and offsets tables).
 WATCH_SIZE = 1000
@@ -84,10 +86,8 @@ class RatioWatch:
 
 def ratio_watch(factors: DataFrame, offsets: DataFrame, size: int | None = None) -> RatioWatch:
     """The exact watch of a version's side: one join of its factor and offsets tables and a top-``size + 1``."""
-    from spark_unlearn.als.incremental import _norm  # incremental imports this module
-
     size = WATCH_SIZE if size is None else int(size)
-    ratio = _norm("features") / F.greatest(F.col("bnorm"), F.lit(1e-300))
+    ratio = vector_norm("features") / F.greatest(F.col("bnorm"), F.lit(1e-300))
     rows = (factors.select("id", "features").join(offsets.select("id", "bnorm"), "id")
             .select("id", ratio.alias("ratio")).orderBy(F.desc("ratio"), "id").limit(size + 1).collect())
     ids = np.array([r["id"] for r in rows], np.int64)

@@ -84,7 +84,7 @@ class SparkRowSource:
     @classmethod
     def from_blocks(cls, state: ALSState, factors: dict[str, RDD], offsets: dict[str, RDD], rank: int) -> "SparkRowSource":
         """A source over block-aligned RDDs already in the layout: ``factors[side]`` of ``(ids, float32 X)`` and
-        ``offsets[side]`` of ``(ids, [t | |b| | d])`` (what :func:`~spark_unlearn.als.unlearn.certify` leaves as
+        ``offsets[side]`` of ``(ids, [t | |b| | d])`` (what :func:`~spark_unlearn.als.certify.certify` leaves as
         ``residual_blocks``), e.g. to continue from the factors of full sweeps."""
         self = cls.__new__(cls)
         self.state, self.rank, self.sc = state, rank, state.spark.sparkContext

@@ -31,6 +31,7 @@ from spark_unlearn.als.blocks import SideBlock, align_pieces, dataframe_to_facto
 from spark_unlearn.als.kernels import SolveSpec, gram, residuals, solve_rows
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
+from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.errors import ConfigError
 from spark_unlearn.progress import stage_progress
 from spark_unlearn.worker_heap import freeze_worker_heap
@@ -105,6 +106,11 @@ class _Target:
 MAX_VIOLATORS = 10_000
 
 
+def row_bounds(tol: float, own: float, T: np.ndarray, bnorm: np.ndarray) -> np.ndarray:
+    """Each row's certificate bound ``max(tol, own * |t| / |b|)`` (:class:`~spark_unlearn.als.policy.RowTolerance`)."""
+    return RowTolerance(tol, own).bounds(np.linalg.norm(T, axis=1), bnorm)
+
+
 def certificate_rows(R: np.ndarray, bnorm: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row relative residual ``|R - T| / |b|`` and the offsets rows ``[T | |b| | R - T]`` a version stores.
 
@@ -125,23 +131,28 @@ class ResidualCheck:
     ``own``), against the same incoming factors, before they are replaced:
     the residual of the previous sweep's rows.  A row's relative residual is
     ``|A x - b - t| / |b|`` (``t`` the row's target, zero without targets);
-    ``tol`` and ``max_violators`` shape the per-block summary.
+    its bound is ``max(tol, own * |t| / |b|)``
+    (:class:`~spark_unlearn.als.policy.RowTolerance`); the per-block summary
+    lists at most ``max_violators`` rows above their bound.
     """
 
     side: str
     when: str
     tol: float
+    own: float = 0.0
     max_violators: int = MAX_VIOLATORS
 
 
 @dataclass
 class CheckStats:
-    """A block's certificate summary: the largest relative residual and the first rows above tol."""
+    """A block's certificate summary: the largest relative residual, the largest ratio of a row's residual to its
+    bound, and the first rows above their bound."""
 
     side: str
     block: int
     max_relative: float
     violators: list
+    max_ratio: float = 0.0
 
 
 def _gather(it):
@@ -289,9 +300,12 @@ class ALSState:
 
         def checked(F, static, Y, G, T):
             R, bnorm = residuals(F, static.indptr, static.src_local, static.ratings, Y, spec, gram=G)
-            rel, stored = certificate_rows(R, bnorm, np.zeros_like(R) if T is None else T)
+            T = np.zeros_like(R) if T is None else T
+            rel, stored = certificate_rows(R, bnorm, T)
+            ratio = rel / row_bounds(check.tol, check.own, T, bnorm)
             stats = CheckStats(check.side, static.block, float(rel.max()) if rel.size else 0.0,
-                               static.ids[rel > check.tol][: check.max_violators].tolist())
+                               static.ids[~(ratio <= 1.0)][: check.max_violators].tolist(),
+                               float(ratio.max()) if ratio.size else 0.0)
             return stored, stats
 
         def solve_partition(it):

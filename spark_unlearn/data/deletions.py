@@ -45,7 +45,7 @@ from pyspark.sql.types import (
 )
 
 from spark_unlearn.data.readers import (
-    _strip_compression,
+    strip_compression,
     csv_line,
     list_dir,
     read_csv_strings,
@@ -138,7 +138,7 @@ def read_deletions(
 
 
 def _detect(spark: SparkSession, path: str) -> str:
-    name = _strip_compression(posixpath.basename(path.rstrip("/")))
+    name = strip_compression(posixpath.basename(path.rstrip("/")))
     if name.endswith(".csv"):
         return "csv"
     if name.endswith(".parquet"):

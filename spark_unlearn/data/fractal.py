@@ -72,7 +72,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_unlearn.data.synthetic import _splitmix, _uniform
+from spark_unlearn.data.synthetic import splitmix, uniform_from_hash
 from spark_unlearn.errors import ConfigError, EmptyInputError, OutputPathError
 from spark_unlearn.schema import INT32_MAX, ITEM, RATING, RATINGS_SCHEMA, USER
 from spark_unlearn.worker_heap import freeze_worker_heap
@@ -98,9 +98,9 @@ def keep_uniforms(users, items, cells, seed: int) -> np.ndarray:
     result xor the cell index ``c = a l + b``, with ``s`` a mix of the seed;
     ``U`` takes the top 53 bits.  Dense ids must be in ``[0, 2^31)``.
     """
-    s = _splitmix(np.array([(seed & _MASK64) ^ _KEEP_STREAM], dtype=np.uint64))[0]
+    s = splitmix(np.array([(seed & _MASK64) ^ _KEEP_STREAM], dtype=np.uint64))[0]
     pair = (np.asarray(users).astype(np.uint64) << np.uint64(32)) | np.asarray(items).astype(np.uint64)
-    return _uniform(_splitmix(_splitmix(pair ^ s) ^ np.asarray(cells).astype(np.uint64)))
+    return uniform_from_hash(splitmix(splitmix(pair ^ s) ^ np.asarray(cells).astype(np.uint64)))
 
 
 def expand_pairs(

@@ -166,7 +166,7 @@ def detect_format(spark: SparkSession, path: str, delimiter: str | None = None) 
     SchemaError
         None of the rules applies; pass ``format=`` explicitly.
     """
-    name = _strip_compression(posixpath.basename(path.rstrip("/")))
+    name = strip_compression(posixpath.basename(path.rstrip("/")))
     if name.endswith(".parquet"):
         return "parquet"
     children = list_dir(spark, path)
@@ -197,7 +197,8 @@ def detect_format(spark: SparkSession, path: str, delimiter: str | None = None) 
     )
 
 
-def _strip_compression(name: str) -> str:
+def strip_compression(name: str) -> str:
+    """``name`` without a compression suffix Spark reads transparently (``.gz``, ``.bz2``, ...)."""
     for suffix in _COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]

@@ -139,8 +139,8 @@ class _Params:
 
     def batch(self, rows: np.ndarray) -> pa.RecordBatch:
         """The draws of row indices ``rows`` (uint64) as a RATINGS_SCHEMA batch."""
-        user_rank = _zipf_rank(_uniform(_hash(self.seed, _S_USER_RANK, rows)), self.n_users, self.user_zipf)
-        item_rank = _zipf_rank(_uniform(_hash(self.seed, _S_ITEM_RANK, rows)), self.n_items, self.item_zipf)
+        user_rank = _zipf_rank(uniform_from_hash(_hash(self.seed, _S_USER_RANK, rows)), self.n_users, self.user_zipf)
+        item_rank = _zipf_rank(uniform_from_hash(_hash(self.seed, _S_ITEM_RANK, rows)), self.n_items, self.item_zipf)
         users = _permute(user_rank, self.n_users, *self.user_perm)
         items = _permute(item_rank, self.n_items, *self.item_perm)
         ratings = self._ratings(users, items)
@@ -169,7 +169,7 @@ class _Params:
 # --------------------------------------------------------------------------- hashing
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
+def splitmix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
         z = x + np.uint64(0x9E3779B97F4A7C15)
@@ -179,10 +179,10 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 
 def _hash(seed: np.uint64, stream: int, values: np.ndarray) -> np.ndarray:
-    return _splitmix(_splitmix(seed ^ np.uint64(stream)) ^ values.astype(np.uint64))
+    return splitmix(splitmix(seed ^ np.uint64(stream)) ^ values.astype(np.uint64))
 
 
-def _uniform(h: np.ndarray) -> np.ndarray:
+def uniform_from_hash(h: np.ndarray) -> np.ndarray:
     """Uniform in (0, 1) from the top 53 bits of a hash."""
     return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
@@ -219,7 +219,7 @@ def _zipf_cdf(x: np.ndarray, n: int, s: float) -> np.ndarray:
 
 def _affine(n: int, seed: int, salt: int) -> tuple[int, int]:
     """Multiplier (coprime to ``n``) and offset of the rank -> id bijection."""
-    mix = int(_splitmix(np.array([(seed * 8 + salt) & _MASK64], dtype=np.uint64))[0])
+    mix = int(splitmix(np.array([(seed * 8 + salt) & _MASK64], dtype=np.uint64))[0])
     a = max(1, int(n * _GOLDEN)) + mix % 97
     while math.gcd(a, n) != 1:
         a += 1

@@ -34,7 +34,7 @@ class DerivedTable:
     ``batch``: the requests (``user``, ``item``, ``kind``) as read by
     :func:`spark_unlearn.data.deletions.read_deletions`; a row goes if its
     pair, its user (``kind = user``) or its item (``kind = item``) is named
-    (:func:`spark_unlearn.als.unlearn.remove_batch`).
+    (:func:`spark_unlearn.als.plan.remove_batch`).
     """
 
     parent_dir: str
@@ -54,7 +54,7 @@ def touched_files(spark: SparkSession, parent_dirs: list[str], batch: DataFrame)
     Returns ``parent_dir -> paths``; the directories must hold tables with
     ``user`` and ``item`` columns (a version's ratings and holdout).
     """
-    from spark_unlearn.als.unlearn import batch_requests
+    from spark_unlearn.als.plan import batch_requests
 
     table = spark.read.parquet(*parent_dirs).select("user", "item").withColumn(_FILE, F.input_file_name())
     pairs, users, items = batch_requests(batch)
@@ -80,7 +80,7 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str, touche
     writes its own.  ``touched``: the parent's part files holding a deleted
     row, when :func:`touched_files` already found them (with other tables').
     """
-    from spark_unlearn.als.unlearn import remove_batch
+    from spark_unlearn.als.plan import remove_batch
 
     parent = table.parent_dir
     if not os.path.isdir(parent):

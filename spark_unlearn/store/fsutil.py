@@ -1,4 +1,4 @@
-"""Small local-filesystem helpers for the model store: checksums, fsync, atomic replace, locking."""
+"""Small local-filesystem helpers for the model store: paths, checksums, fsync, atomic replace, locking."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
+
+from spark_unlearn.errors import OutputPathError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,29 @@ def atomic_write_text(path: str, text: str) -> None:
             os.remove(tmp)
         raise
     fsync_dir(parent)
+
+
+def local_path(path: str) -> str:
+    """The absolute local path of ``path`` (a plain path or a ``file:`` URI).
+
+    Raises
+    ------
+    OutputPathError
+        If ``path`` is a URI of another scheme (the model store needs a local or NFS path).
+    """
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    elif path.startswith("file:"):
+        path = path[len("file:") :]
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+        raise OutputPathError(f"{path!r}: the model store needs a local or NFS filesystem path, not a remote URI")
+    return os.path.abspath(path)
+
+
+def file_uri(path: str) -> str:
+    """The ``file://`` URI Spark reads or writes ``path`` through."""
+    # Explicit file:// so a cluster whose default filesystem is HDFS still uses the local/NFS path.
+    return "file://" + os.path.abspath(path)
 
 
 LOCK_MODE_ENV = "SPARK_UNLEARN_STORE_LOCK"

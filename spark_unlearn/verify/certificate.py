@@ -20,8 +20,9 @@ derived ones (``targets.mismatched_rows``).  When the base's tables were
 purged, the recorded targets are used and the report says so.  A version
 unlearned in paper mode is certified against ``t = 0``.
 
-**Verdict** (``status``): ``verified`` when the recomputed maximum is within
-the recorded tolerance, agrees with the recorded certificate to float32 noise
+**Verdict** (``status``): ``verified`` when every row's recomputed deviation
+is within its bound under the recorded policy (:func:`recorded_policy`:
+``max(floor, own * |t_r| / |b'_r|)`` with the derived target), the maximum agrees with the recorded certificate to float32 noise
 (:data:`AGREEMENT`; a certificate the targeted engine recorded is an upper
 bound, and must only not fall below the recomputation), every target agrees, every rated row has a factor row
 and vice versa, and the version's data holds nothing its lineage erased;
@@ -57,7 +58,25 @@ still catches a certificate edited by more than rounding."""
 TRAINING_TOLERANCE = 1e-5
 """A training version's rows must equal their recorded targets (``t = e``) to this (float32 noise)."""
 
-RESULT_SCHEMA = "side string, id int, deviation double, bnorm double, target_agrees boolean, problem string"
+RESULT_SCHEMA = ("side string, id int, deviation double, bnorm double, ratio double, target_agrees boolean, "
+                 "problem string")
+
+
+def recorded_policy(manifest: dict) -> tuple[float | None, float, str]:
+    """``(floor, own weight, name)`` of the bound a version's certificate holds each row to.
+
+    ``bound_r = max(floor, own * |t_r| / |b'_r|)``: ``own = 0`` for the
+    ``strict`` policy (and for certificates recorded before policies), where
+    the floor is the recorded tolerance.  A training version: its targets
+    to float32 noise.
+    """
+    cert = manifest.get("certificate")
+    if cert is None:
+        return TRAINING_TOLERANCE, 0.0, "training"
+    policy = cert.get("policy") or {}
+    floor = policy.get("floor", cert.get("tolerance"))
+    return (None if floor is None else float(floor)), float(policy.get("own_residual_weight") or 0.0), \
+        str(policy.get("name") or "strict")
 
 
 def verify_version(spark: SparkSession, store_path: str, version: str | None = None, *, sample: int | None = None,
@@ -103,6 +122,7 @@ def verify_version(spark: SparkSession, store_path: str, version: str | None = N
     params = manifest["params"]
     spec = {"reg": float(params["reg"]), "implicit": bool(params["implicit"]), "alpha": float(params["alpha"])}
     targets, target_source = _targets(spark, store, name, manifest, loaded)
+    floor, own, _ = recorded_policy(manifest)
     # A paper-mode version stores its absorbed residuals as the next targets, by design: nothing to compare with 0.
     recorded_targets = _recorded_targets(loaded) if target_source["source"] != "zero" else {"user": None, "item": None}
     chosen = _sample_ids(spark, store, name, manifest, loaded, sample, seed) if sample else None
@@ -111,7 +131,8 @@ def verify_version(spark: SparkSession, store_path: str, version: str | None = N
     for side, me, other, mine, theirs in (("user", "user", "item", loaded.model.user_factors, loaded.model.item_factors),
                                           ("item", "item", "user", loaded.model.item_factors, loaded.model.user_factors)):
         sides.append(_side_deviations(spark, side, me, other, mine, theirs, loaded.ratings, targets[side],
-                                      recorded_targets[side], spec, chosen[side] if chosen else None))
+                                      recorded_targets[side], spec, chosen[side] if chosen else None,
+                                      (floor if floor is not None else float("nan"), own)))
     rows = functools.reduce(DataFrame.unionByName, sides).cache()
     try:
         summary = _summarise(rows, worst)
@@ -205,8 +226,9 @@ def _gram(factors: DataFrame) -> np.ndarray:
     return factors.select("features").rdd.mapPartitions(partial).reduce(lambda a, b: a + b)
 
 
-def _side_deviations(spark, side, me, other, mine, theirs, ratings, targets, recorded, spec, chosen) -> DataFrame:
-    """One row per id of this side: its deviation, |b|, whether its recorded target agrees, and any problem."""
+def _side_deviations(spark, side, me, other, mine, theirs, ratings, targets, recorded, spec, chosen, bound) -> DataFrame:
+    """One row per id of this side: its deviation, |b|, the deviation over the row's bound, whether its recorded
+    target agrees, and any problem.  ``bound``: ``(floor, own)`` of :func:`recorded_policy`."""
     gram = _gram(theirs) if spec["implicit"] else None
     obs = (ratings.select(F.col(me).alias("id"), F.col(other).alias("oid"), "rating")
            .join(theirs.select(F.col("id").alias("oid"), F.col("features").alias("y")), "oid", "left"))
@@ -219,35 +241,40 @@ def _side_deviations(spark, side, me, other, mine, theirs, ratings, targets, rec
     table = table.join(targets, "id", "left") if targets is not None else table.withColumn("t", none)
     table = (table.join(recorded.withColumnRenamed("t", "t_rec"), "id", "left") if recorded is not None
              else table.withColumn("t_rec", none))
-    kernel = functools.partial(_deviations_of_batches, side=side, spec=spec, gram=gram)
+    kernel = functools.partial(_deviations_of_batches, side=side, spec=spec, gram=gram, bound=bound)
     return table.select("id", "x", "obs", "t", "t_rec").mapInPandas(kernel, RESULT_SCHEMA)
 
 
-def _deviations_of_batches(batches, *, side, spec, gram):
+def _deviations_of_batches(batches, *, side, spec, gram, bound):
+    floor, own = bound
+    nan = float("nan")
     for pdf in batches:
         out = []
         for row in pdf.itertuples(index=False):
             if row.x is None:
-                out.append((side, row.id, float("nan"), float("nan"), True, "rated row without a factor row"))
+                out.append((side, row.id, nan, nan, nan, True, "rated row without a factor row"))
                 continue
             if row.obs is None or len(row.obs) == 0:
-                out.append((side, row.id, float("nan"), float("nan"), True, "factor row without ratings"))
+                out.append((side, row.id, nan, nan, nan, True, "factor row without ratings"))
                 continue
             if any(o["y"] is None for o in row.obs):
-                out.append((side, row.id, float("nan"), float("nan"), True, "rates a row the other side lacks"))
+                out.append((side, row.id, nan, nan, nan, True, "rates a row the other side lacks"))
                 continue
             q = np.array([o["rating"] for o in row.obs], dtype=np.float64)
             Y = np.array([np.asarray(o["y"], dtype=np.float64) for o in row.obs])
             t = None if row.t is None else np.asarray(row.t, dtype=np.float64)
             rho, bnorm = row_deviation(np.asarray(row.x), t, q, Y, gram=gram, **spec)
             if not np.isfinite(rho):
-                out.append((side, row.id, float("nan"), float("nan"), True, "non-finite deviation (a factor or rating "
-                                                                          "is not a finite number)"))
+                out.append((side, row.id, nan, nan, nan, True, "non-finite deviation (a factor or rating "
+                                                               "is not a finite number)"))
                 continue
             t_rec = None if row.t_rec is None else np.asarray(row.t_rec, dtype=np.float64)
             diff = np.linalg.norm((t if t is not None else 0.0) - (t_rec if t_rec is not None else 0.0))
-            out.append((side, row.id, rho, bnorm, bool(diff <= AGREEMENT * max(bnorm, 1e-300)), None))
-        yield pd.DataFrame(out, columns=["side", "id", "deviation", "bnorm", "target_agrees", "problem"])
+            # The row's own bound, from the target its lineage owes it (not the recorded one).
+            own_part = own * (np.linalg.norm(t) if t is not None else 0.0) / max(bnorm, 1e-300)
+            ratio = rho / max(floor, own_part)
+            out.append((side, row.id, rho, bnorm, ratio, bool(diff <= AGREEMENT * max(bnorm, 1e-300)), None))
+        yield pd.DataFrame(out, columns=["side", "id", "deviation", "bnorm", "ratio", "target_agrees", "problem"])
 
 
 def _summarise(rows: DataFrame, worst: int) -> dict[str, Any]:
@@ -255,7 +282,7 @@ def _summarise(rows: DataFrame, worst: int) -> dict[str, Any]:
     ok = F.col("problem").isNull()
     dev = F.when(ok, F.col("deviation"))
     agg = rows.agg(
-        F.max(dev).alias("max"), F.count(dev).alias("rows"),
+        F.max(dev).alias("max"), F.count(dev).alias("rows"), F.max(F.when(ok, F.col("ratio"))).alias("max_ratio"),
         F.percentile_approx(dev, [0.5, 0.9], 10000).alias("q"),
         F.max(F.when(ok & (F.col("side") == "user"), F.col("deviation"))).alias("user"),
         F.max(F.when(ok & (F.col("side") == "item"), F.col("deviation"))).alias("item"),
@@ -263,12 +290,14 @@ def _summarise(rows: DataFrame, worst: int) -> dict[str, Any]:
         F.sum(F.when(~ok, 1).otherwise(0)).alias("problems"),
     ).first()
     q = agg["q"] or [0.0, 0.0]
-    worst_rows = [{"side": r["side"], "id": r["id"], "deviation": r["deviation"]}
-                  for r in rows.filter(ok).orderBy(F.desc("deviation")).limit(worst).collect()]
+    worst_rows = [{"side": r["side"], "id": r["id"], "deviation": r["deviation"], "bound_ratio": r["ratio"]}
+                  for r in rows.filter(ok).orderBy(F.desc("ratio"), F.desc("deviation")).limit(worst).collect()]
     odd = rows.filter(~ok | ~F.col("target_agrees")).limit(2 * worst).collect() if agg["problems"] or agg["mismatched"] else []
     problems = [{"side": r["side"], "id": r["id"], "problem": r["problem"]} for r in odd if r["problem"]][:worst]
     mismatched = [{"side": r["side"], "id": r["id"]} for r in odd if not r["problem"]][:worst]
+    max_ratio = agg["max_ratio"]
     return {"max": float(agg["max"] or 0.0), "rows": int(agg["rows"]), "p50": float(q[0]), "p90": float(q[1]),
+            "max_bound_ratio": float(max_ratio) if max_ratio is not None else 0.0,
             "per_side": {side: float(agg[side]) for side in ("user", "item") if agg[side] is not None},
             "worst_rows": worst_rows, "problems": problems, "n_problems": int(agg["problems"] or 0),
             "mismatched_targets": int(agg["mismatched"] or 0), "mismatched_examples": mismatched}
@@ -327,18 +356,20 @@ def _data_side(spark, store, name, loaded) -> dict[str, Any]:
 
 def _verdict(name, manifest, summary, target_source, data, sample, files) -> dict[str, Any]:
     cert = manifest.get("certificate")
+    floor, own, policy = recorded_policy(manifest)
     if cert is None:  # a training version: every row is at its target by construction
-        recorded = {"max": 0.0, "tolerance": TRAINING_TOLERANCE, "holds": True,
+        recorded = {"max": 0.0, "tolerance": TRAINING_TOLERANCE, "holds": True, "policy": policy,
                     "note": "a training version records no certificate: its rows must equal their targets (t = e)"}
     else:
-        recorded = {"max": cert.get("max_relative_residual"), "tolerance": cert.get("tolerance"), "holds": cert.get("holds")}
+        recorded = {"max": cert.get("max_relative_residual"), "tolerance": cert.get("tolerance"), "holds": cert.get("holds"),
+                    "policy": policy, "floor": floor, "own_residual_weight": own}
     reasons = [] if files["verified"] else [f"checksums: {files['problem']}"]
-    tol = recorded["tolerance"]
     # The targeted engine records an upper bound (|b'| of rows it did not re-solve is bounded below); a bound may
     # exceed the truth but never fall below it.  Every other certificate is an exact maximum.
-    recorded["kind"] = "upper bound" if cert is not None and cert.get("method") == "incremental" else "exact"
-    if tol is None or not summary["max"] <= tol:  # NaN fails too
-        reasons.append(f"the recomputed maximum {summary['max']:.6g} exceeds the tolerance {tol}")
+    recorded["kind"] = "upper bound" if cert is not None and str(cert.get("method", "")).startswith("incremental") else "exact"
+    if floor is None or not summary["max_bound_ratio"] <= 1.0:  # NaN fails too
+        reasons.append(f"a row's recomputed deviation is {summary['max_bound_ratio']:.6g} x its bound under the "
+                       f"{policy} policy (floor {floor}, own-residual weight {own})")
     if sample is None and recorded["max"] is not None:
         below = summary["max"] > recorded["max"] + AGREEMENT
         if below or (recorded["kind"] == "exact" and abs(summary["max"] - recorded["max"]) > AGREEMENT):
@@ -353,15 +384,16 @@ def _verdict(name, manifest, summary, target_source, data, sample, files) -> dic
         reasons.append(f"{summary['n_problems']} row(s) with inconsistent tables (e.g. {summary['problems'][0]})")
     if not data["clean"]:
         reasons.append(f"the version still holds erased data: {data['still_present']}")
-    if reasons and summary["worst_rows"] and summary["max"] > (tol or 0):
-        bad = [f"{w['side']} {w['id']} ({w['deviation']:.4g})" for w in summary["worst_rows"] if w["deviation"] > (tol or 0)]
-        reasons.append("rows above the tolerance: " + ", ".join(bad))
+    if reasons and summary["worst_rows"] and summary["max_bound_ratio"] > 1.0:
+        bad = [f"{w['side']} {w['id']} ({w['deviation']:.4g}, {w['bound_ratio']:.3g} x its bound)"
+               for w in summary["worst_rows"] if w["bound_ratio"] > 1.0]
+        reasons.append("rows above their bound: " + ", ".join(bad))
     return {
         "version": name,
         "status": "failed" if reasons else "verified",
         "reasons": reasons,
         "scope": "every row" if sample is None else f"{sample} random rows per side and every row the request touched",
-        "recomputed": {k: summary[k] for k in ("max", "p50", "p90", "rows", "per_side")},
+        "recomputed": {k: summary[k] for k in ("max", "p50", "p90", "rows", "per_side", "max_bound_ratio")},
         "recorded": recorded,
         "agreement": AGREEMENT,
         "worst_rows": summary["worst_rows"],
@@ -371,5 +403,5 @@ def _verdict(name, manifest, summary, target_source, data, sample, files) -> dic
         "files": files,
         "data": data,
         "definition": "rho_r = |A'_r x_r - b'_r - t_r| / |b'_r| on the version's remaining ratings "
-                      "(spark_unlearn.verify.reference)",
+                      "(spark_unlearn.verify.reference), held to max(floor, own_residual_weight * |t_r| / |b'_r|)",
     }

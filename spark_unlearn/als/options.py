@@ -1,0 +1,146 @@
+"""A request's options, as one typed object, checked where they enter.
+
+:class:`UnlearnOptions` says how a deletion is solved and certified; the
+job, the Python API and the engine all take it.  :class:`VersionFacts` is
+what the version's manifest already knows about the model (saves passes
+over its tables).  Both are frozen: a request cannot change them half-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from spark_unlearn.als.policy import POLICIES, TOL_FLOOR
+from spark_unlearn.errors import ConfigError
+
+MODES = ("frontier", "full", "paper")
+ENGINES = ("auto", "targeted", "layout")
+
+
+def _number(name: str, value: Any, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class UnlearnOptions:
+    """How a deletion is solved and certified.
+
+    Attributes
+    ----------
+    mode
+        ``frontier`` (re-solve the rows the deletion reaches), ``full``
+        (offset sweeps over every row) or ``paper`` (Xu et al.'s plain
+        warm sweeps).
+    engine
+        Frontier mode: ``targeted`` (scans of the stored tables, driver-side
+        rows), ``layout`` (cached block layout) or ``auto`` (targeted for
+        small batches).
+    tol
+        Certificate tolerance; ``None``: ``tol_factor`` times the 90th
+        percentile of the model's training residual, never below
+        :data:`TOL_FLOOR`.
+    certificate_policy
+        ``strict`` (every row's deviation at most ``tol``) or
+        ``training-precision`` (see :mod:`spark_unlearn.als.policy`).
+    strict
+        Deletion requests that match nothing are errors (else reported).
+    max_rounds, full_fallback_fraction, full_iterations
+        Frontier rounds; the share of all rows beyond which the frontier
+        falls back to full sweeps; the most sweeps.
+    driver_rows
+        Targeted engine: neighbours beyond this many stay in Spark
+        (``None``: the engine's default).
+    num_blocks
+        Block layout: blocks per side (``None``: the model's).
+    """
+
+    mode: str = "frontier"
+    engine: str = "auto"
+    tol: float | None = None
+    tol_factor: float = 1.0
+    certificate_policy: str = "training-precision"
+    strict: bool = False
+    max_rounds: int = 50
+    full_fallback_fraction: float = 0.5
+    full_iterations: int = 10
+    driver_rows: int | None = None
+    num_blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown unlearning mode {self.mode!r}; use one of {list(MODES)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown unlearning engine {self.engine!r}; use one of {list(ENGINES)}")
+        if self.certificate_policy not in POLICIES:
+            raise ConfigError(f"unknown certificate policy {self.certificate_policy!r}; use one of {list(POLICIES)}")
+        if self.tol is not None:
+            _number("tol", self.tol)
+            if not self.tol >= TOL_FLOOR:
+                raise ConfigError(f"tol={self.tol} is below what float32 factors can certify ({TOL_FLOOR}); "
+                                  f"use tol >= {TOL_FLOOR}")
+        _number("tol_factor", self.tol_factor)
+        if not self.tol_factor > 0:
+            raise ConfigError(f"tol_factor={self.tol_factor} must be > 0")
+        if not isinstance(self.strict, bool):
+            raise ConfigError(f"strict must be true or false, got {self.strict!r}")
+        _number("max_rounds", self.max_rounds, integer=True)
+        if self.max_rounds < 1:
+            raise ConfigError(f"max_rounds={self.max_rounds} must be >= 1")
+        _number("full_fallback_fraction", self.full_fallback_fraction)
+        if not 0 < self.full_fallback_fraction <= 1:
+            raise ConfigError(f"full_fallback_fraction={self.full_fallback_fraction} must be in (0, 1]")
+        _number("full_iterations", self.full_iterations, integer=True)
+        if self.full_iterations < 1:
+            raise ConfigError(f"full_iterations={self.full_iterations} must be >= 1")
+        if self.driver_rows is not None:
+            _number("driver_rows", self.driver_rows, integer=True)
+            if self.driver_rows < 0:
+                raise ConfigError(f"driver_rows={self.driver_rows} is negative; give a number of rows >= 0 "
+                                  "(0 keeps every neighbour in Spark)")
+        if self.num_blocks is not None:
+            _number("num_blocks", self.num_blocks, integer=True)
+            if self.num_blocks < 1:
+                raise ConfigError(f"num_blocks={self.num_blocks} must be >= 1")
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "UnlearnOptions":
+        """The options named in a config's ``[unlearn]`` section (other keys are the job's)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in section.items() if k in names and v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """What a version's manifest knows about its model; every field is optional (``None``: computed).
+
+    Attributes
+    ----------
+    training_residual
+        Percentiles of the model's training residual ``|e_r|/|b_r|``.
+    forgotten
+        Requests earlier batches applied (``user``, ``item``, ``kind``,
+        ``version``), or a zero-argument callable returning them.
+    grams
+        Per side, the Gram ``F^T F`` of the factor table.
+    drift_bound
+        Per side, an upper bound of the stored ``|d|/|b|``.
+    counts
+        ``n_ratings``, ``n_users``, ``n_items``.
+    x_ratio, x_watch
+        Implicit mode: per side, a bound of ``max |x|/|b|``, and the
+        :class:`~spark_unlearn.als.ratio_watch.RatioWatch` as JSON.
+    """
+
+    training_residual: dict[str, float] | None = None
+    forgotten: Any = None
+    grams: dict[str, Any] | None = None
+    drift_bound: dict[str, float] | None = None
+    counts: dict[str, int] | None = None
+    x_ratio: dict[str, float] | None = None
+    x_watch: dict[str, dict] | None = None

@@ -1,0 +1,160 @@
+"""Writing a complete version into a staging directory, before it is committed.
+
+:meth:`spark_unlearn.store.model_store.ModelStore.publish` first writes the
+new version under ``.staging/<uuid>/``: the Spark ``ALSModel`` metadata and
+factor tables (validated by scanning what was written), the optional
+offsets, ratings, holdout and forgotten tables, and the checksum of every
+file.  :func:`canonical_inputs` casts the inputs to the shared schemas;
+:func:`stage_version` writes them and returns the manifest body;
+the store then takes its lock, names the version, writes the manifest and
+renames the directory into ``versions/`` (the commit).  Nothing here touches
+``CURRENT`` or ``versions/``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from spark_unlearn.als.model import FactorModel
+from spark_unlearn.als.params import ALSParams
+from spark_unlearn.errors import SchemaError
+from spark_unlearn.faults import failpoint
+from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATINGS_SCHEMA, USER, with_drift
+from spark_unlearn.store import ledger, tables
+from spark_unlearn.store.derived import DerivedTable
+from spark_unlearn.store.fingerprint import fingerprint_and_count
+from spark_unlearn.store.fsutil import file_uri, list_files, sha256_file
+from spark_unlearn.store.manifest import CONVENTIONS, FORMAT_VERSION
+from spark_unlearn.store.spark_layout import (
+    ITEM_FACTORS,
+    METADATA_DIR,
+    USER_FACTORS,
+    spark_als_metadata,
+    write_spark_metadata,
+)
+from spark_unlearn.store.tables import FORGOTTEN_DIR, HOLDOUT_DIR, ITEM_OFFSETS, RATINGS_DIR, USER_OFFSETS, canon_to_schema
+
+
+def canonical_inputs(model: FactorModel, offsets: tuple[DataFrame, DataFrame] | None, ratings, holdout,
+                     forgotten: DataFrame | None) -> tuple:
+    """``(user_f, item_f, offs, rats, hold, gone)``: ``ModelStore.publish``'s inputs cast to the shared schemas.
+
+    Factors to ``FACTORS_SCHEMA``, offsets to ``OFFSETS_SCHEMA`` (with their
+    drift column), ratings and holdout to ``RATINGS_SCHEMA`` (a
+    :class:`~spark_unlearn.store.derived.DerivedTable` is kept as it is), and
+    forgotten to its ``user``, ``item``, ``kind`` columns; ``None`` stays ``None``.
+
+    Raises
+    ------
+    SchemaError
+        A column is missing or of the wrong type, or ``offsets`` is not a pair.
+    """
+    user_f = canon_to_schema(model.user_factors, FACTORS_SCHEMA, "user_factors")
+    item_f = canon_to_schema(model.item_factors, FACTORS_SCHEMA, "item_factors")
+    offs = None
+    if offsets is not None:
+        if not (isinstance(offsets, tuple) and len(offsets) == 2):
+            raise SchemaError("offsets must be a tuple (user_offsets, item_offsets) of DataFrames")
+        offs = (
+            canon_to_schema(with_drift(offsets[0]), OFFSETS_SCHEMA, "user offsets"),
+            canon_to_schema(with_drift(offsets[1]), OFFSETS_SCHEMA, "item offsets"),
+        )
+    rats, hold = (
+        t if t is None or isinstance(t, DerivedTable) else canon_to_schema(t, RATINGS_SCHEMA, what)
+        for t, what in ((ratings, "ratings"), (holdout, "holdout"))
+    )
+    gone = forgotten.select(USER, ITEM, "kind") if forgotten is not None else None
+    return user_f, item_f, offs, rats, hold, gone
+
+
+def stage_version(
+    staging: str,
+    spark: SparkSession,
+    params: ALSParams,
+    model_params: dict[str, Any] | None,
+    user_f: DataFrame,
+    item_f: DataFrame,
+    offs: tuple[DataFrame, DataFrame] | None,
+    rats,
+    hold,
+    gone: DataFrame | None,
+    extra: dict[str, Any],
+    parent: str | None,
+    request: dict | None,
+) -> dict[str, Any]:
+    """Write a version's files into the existing directory ``staging``; return its manifest body.
+
+    The inputs are already cast to the shared schemas (``rats`` and ``hold``
+    may be :class:`~spark_unlearn.store.derived.DerivedTable`\\ s).  ``extra``
+    holds the caller's manifest keys (its ``data_fingerprint``, if any, is
+    taken out of it).  The body's ``"version"`` is left ``None``: the version
+    is named under the store lock.  The tables are written through
+    :mod:`spark_unlearn.store.tables`' module-level functions, so tests can
+    inject failures there.
+    """
+    write_spark_metadata(
+        os.path.join(staging, METADATA_DIR),
+        spark_als_metadata(params, spark_version=spark.version, model_params=model_params),
+    )
+    # The factor tables are validated by scanning what was written
+    # (cheap Parquet reads, both tables in one job) rather than the
+    # input, whose lineage may be expensive to recompute.
+    counts: dict[str, int] = {}
+    tables.write_parquet(user_f, os.path.join(staging, USER_FACTORS))
+    tables.write_parquet(item_f, os.path.join(staging, ITEM_FACTORS))
+    written = {"user": os.path.join(staging, USER_FACTORS), "item": os.path.join(staging, ITEM_FACTORS)}
+    checked = tables.check_written_factors(spark, written, params.rank)
+    counts["n_users"], counts["n_items"] = checked["user"], checked["item"]
+    failpoint("after_factors_written")
+    if offs is not None:
+        tables.write_parquet(offs[0], os.path.join(staging, USER_OFFSETS))
+        tables.write_parquet(offs[1], os.path.join(staging, ITEM_OFFSETS))
+    fingerprint = extra.pop("data_fingerprint", None)
+    linked: dict[str, dict[str, int]] = {}
+    touched = tables.touched_together(spark, rats, hold)
+    if rats is not None:
+        linked.update(tables.write_table(spark, rats, staging, RATINGS_DIR, touched))
+        written_fp, counts["n_ratings"] = fingerprint_and_count(
+            spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR)))
+        )
+        if fingerprint is None:
+            fingerprint = written_fp
+    if hold is not None:
+        linked.update(tables.write_table(spark, hold, staging, HOLDOUT_DIR, touched))
+    if gone is not None:
+        tables.write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
+    failpoint("after_ratings_written")
+
+    files = {rel: sha256_file(os.path.join(staging, rel), fsync=True) for rel in list_files(staging)}
+    body: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "version": None,  # set under the lock
+        "parent": parent,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "params": params.to_dict(),
+        "rank": params.rank,
+        "conventions": dict(CONVENTIONS),
+        "counts": counts,
+        "data_fingerprint": fingerprint,
+        "contents": {
+            "offsets": offs is not None,
+            "ratings": rats is not None,
+            "holdout": hold is not None,
+            "forgotten": gone is not None,
+        },
+        "spark_version": spark.version,
+    }
+    if linked:
+        body["copy_on_write"] = linked
+    body.update(extra)
+    if request is not None:
+        body[ledger.REQUEST_KEY] = request
+    body["files"] = files
+    return body
+
+
+__all__ = ["canonical_inputs", "stage_version"]
