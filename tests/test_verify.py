@@ -123,3 +123,35 @@ def test_an_implicit_store_verifies_after_an_item_withdrawal(spark, tmp_path, sa
         assert report["status"] == "verified", (version, report["reasons"])
     code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate", "--sample", "4"])
     assert code == 0, err[-3000:]
+
+
+def test_the_training_precision_policy_holds_each_row_to_its_own_bound_and_the_verifier_reads_it(spark, trained_store,
+                                                                                                 tmp_path):
+    """Full sweeps under both policies at one floor (5e-3, below most rows' training residual): training-precision
+    stops no later than strict, both verify, and the
+    verifier holds each row to the bound the manifest records (a record edited to drop the own-residual term fails
+    on the rows that needed it)."""
+    reports = {}
+    for policy in ("strict", "training-precision"):
+        store = str(shutil.copytree(trained_store, tmp_path / policy))
+        request = UnlearnRequest(model_path=store, batch=_batch(spark, [(3, None, "user"), (11, None, "user")]),
+                                 measure=False, options=UnlearnOptions(mode="full", certificate_policy=policy, tol=5e-3))
+        reports[policy] = run_unlearning(spark, request)
+        verdict = verify_version(spark, store)
+        assert verdict["status"] == "verified", (policy, verdict["reasons"])
+        assert verdict["recorded"]["policy"] == policy and verdict["recomputed"]["max_bound_ratio"] <= 1.0
+        reports[policy]["verdict"] = verdict
+    strict, tp = reports["strict"], reports["training-precision"]
+    assert tp["sweeps"] <= strict["sweeps"], (tp["sweeps"], strict["sweeps"])
+    assert tp["certificate"]["policy"]["own_residual_weight"] == 1.0 and strict["certificate"]["policy"]["own_residual_weight"] == 0.0
+    # Some row is above the floor and within its own training residual: the row-wise bound was used ...
+    floor = tp["certificate"]["policy"]["floor"]
+    assert tp["verdict"]["recomputed"]["max"] > floor, (tp["verdict"]["recomputed"], floor)
+    # ... and a record that drops it (strict at the same floor) fails on those rows.
+    path = os.path.join(ModelStore(str(tmp_path / "training-precision")).version_path("v000002"), "manifest.json")
+    manifest = json.load(open(path))
+    manifest["certificate"]["policy"]["own_residual_weight"] = 0.0
+    with open(path, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    edited = verify_version(spark, str(tmp_path / "training-precision"))
+    assert edited["status"] == "failed" and any("x its bound" in r for r in edited["reasons"]), edited["reasons"]
