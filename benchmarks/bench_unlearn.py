@@ -60,6 +60,15 @@ log = logging.getLogger("spark_unlearn.bench.unlearn")
 def make_batch(spark, train, size: str, seed: int):
     """Deletion batch of the given size, drawn deterministically from the training data."""
     rng = np.random.default_rng(seed)
+    if size.startswith("users:"):
+        # users:PATH[:OFFSET]: erase every user named in PATH's first column (e.g. CURE4Rec's 0-based unlearn sets,
+        # OFFSET 1), as user requests.
+        _, path, *offset = size.split(":")
+        shift = int(offset[0]) if offset else 0
+        ids = spark.read.csv(path, header=True, inferSchema=True)
+        first = ids.columns[0]
+        return ids.select((F.col(first).cast("int") + shift).alias("user")).distinct().select(
+            "user", F.lit(None).cast("int").alias("item"), F.lit("user").alias("kind"))
     if size == "1u":
         users = [r[0] for r in train.groupBy("user").count().filter("count >= 20").orderBy("user").select("user").collect()]
         return spark.createDataFrame([(int(rng.choice(users)), None, "user")], "user int, item int, kind string")
@@ -89,7 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--paper-sweeps", type=int, default=5)
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--blocks", type=int, default=4)
-    p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"])
+    p.add_argument("--sizes", nargs="+", default=["1i", "1u", "100i", "1%"],
+                   help="1i 1u 100i P%% (random interactions) users:PATH[:OFFSET] (erase the users PATH lists)")
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "paper_full", "frontier"],
                    help="mllib_retrain retrain retrain_seedN (another initialisation) paper_full full (offset sweeps to "
                         "the certificate) frontier (targeted engine for small batches) frontier_layout; a suffix "

@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession  # noqa: E402
 def add_data_args(parser) -> None:
     parser.add_argument("--ratings", help="ratings file (any format read_ratings knows)")
     parser.add_argument("--format", default="auto")
+    parser.add_argument("--columns", help="user,item,rating column names of --ratings (e.g. uid,iid,val)")
     parser.add_argument("--synthetic", type=int, help="use a synthetic Zipf set with this many ratings instead")
     parser.add_argument("--master", default="local[2]")
 
@@ -38,4 +39,8 @@ def load_data(spark, args):
         n = args.synthetic
         ratings = synthetic_ratings(spark, n_users=max(1000, n // 50), n_items=max(500, n // 250), n_ratings=n, seed=0, partitions=8)
         return ratings, f"synthetic Zipf, {n} ratings requested"
-    return read_ratings(spark, args.ratings, format=args.format), args.ratings
+    columns = None
+    if getattr(args, "columns", None):
+        user, item, rating = args.columns.split(",")
+        columns = {"user": user, "item": item, "rating": rating}
+    return read_ratings(spark, args.ratings, format=args.format, columns=columns), args.ratings

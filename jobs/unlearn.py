@@ -62,7 +62,7 @@ def parse_args(argv):
     p.add_argument("--certificate-policy", choices=["training-precision", "strict"],
                    help="how far each row may stay from the unlearned fixed point: its own training residual "
                         "(default) or one tolerance for every row")
-    p.add_argument("--mode", choices=["frontier", "full", "paper"])
+    p.add_argument("--mode", choices=["frontier", "full", "paper", "retrain"])
     p.add_argument("--engine", choices=["auto", "targeted", "layout"],
                    help="frontier mode: targeted scans with an incremental certificate, or the block layout with a full one")
     p.add_argument("--strict", action="store_true", default=None, help="deletion requests absent from the data are errors")

@@ -46,6 +46,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "store": {"path": (str, "out/model_store")},
     "unlearn": {
         "mode": (str, "frontier"),
+        "fallback": (str, "retrain"),  # what a frontier beyond full_fallback_fraction falls back to: retrain | full
         "engine": (str, "auto"),  # auto | targeted | layout (frontier mode)
         "tol": (float, None),  # None = relative to the model's own training residual
         "tol_factor": (float, 1.0),

@@ -386,7 +386,8 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             manifest={
                 "unlearning": {k_: v for k_, v in report.items() if k_ not in ("certificate",)},
                 "certificate": report["certificate"],
-                "training_residual": training_residual,
+                # A retrain's own residual replaces the parent's (its rows' targets are new).
+                "training_residual": result.report.get("training_residual") or training_residual,
                 "training": manifest.get("training"),
                 **({"grams": result.grams} if result.grams else {}),
                 "drift_max": result.report["drift_max"],

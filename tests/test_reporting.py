@@ -72,7 +72,7 @@ def test_unlearn_summary_says_what_was_deleted_changed_certified_and_how_fast():
     assert "3 request(s) not in the data, 1 already forgotten" in text
     assert "52 of 129 rows re-solved" in text and "published v000003 (from v000002)" in text
     assert "1 user and 1 item rows left the model" in text
-    assert "= 0.0105 vs tolerance 0.0119: holds" in text
+    assert "= 0.0105 vs tolerance 0.0119 (strict policy): holds" in text
     assert "20.0 s end to end" in text
     # the speed-up is end to end against the recorded training, and the solve ratio is labelled as such
     assert "speed-up end to end: 2.00x against the training's 40.0 s" in text and "solve only: 4.78x" in text
@@ -91,7 +91,7 @@ def test_a_failed_certificate_an_item_deletion_and_no_recorded_training_time_are
     text = _short(unlearn_summary(report))
     assert "1 of 1 requests applied (0 users, 1 item, 0 interactions requested); 12 ratings removed" in text
     assert "0 user and 1 item rows left the model" in text
-    assert "= 0.2 vs tolerance 0.0119: DOES NOT HOLD" in text
+    assert "= 0.2 vs tolerance 0.0119 (strict policy): DOES NOT HOLD" in text
     assert "speed-up end to end: unavailable" in text and "solve only: 4.78x" in text
     assert "full mode, fell back from frontier" in text
     assert "undefined: no deleted pair" in text

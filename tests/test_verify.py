@@ -155,3 +155,38 @@ def test_the_training_precision_policy_holds_each_row_to_its_own_bound_and_the_v
         json.dump(manifest, fh, indent=2)
     edited = verify_version(spark, str(tmp_path / "training-precision"))
     assert edited["status"] == "failed" and any("x its bound" in r for r in edited["reasons"]), edited["reasons"]
+
+
+def test_a_frontier_past_its_budget_falls_back_to_a_retrain_equal_to_training_on_the_remaining_data(spark, trained_store,
+                                                                                                    tmp_path):
+    """The retrain strategy publishes what jobs/train.py would train on the remaining data (same seed), its own
+    residual becomes the targets, the verifier accepts it, and the next request starts from it."""
+    import numpy as np
+
+    from spark_unlearn.als.train import train_als
+
+    store = str(shutil.copytree(trained_store, tmp_path / "s"))
+    batch = _batch(spark, [(3, None, "user"), (8, None, "user")])
+    before = ModelStore(store).load(spark)
+    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch, measure=False,
+                                                  options=UnlearnOptions(full_fallback_fraction=1e-6)))
+    assert (report["mode"], report["requested_mode"]) == ("retrain", "frontier") and report["certificate"]["holds"]
+    after = ModelStore(store).load(spark)
+    remaining = before.ratings.filter("user not in (3, 8)")
+    assert after.ratings.count() == remaining.count() == before.ratings.count() - report["deletion"]["deleted_ratings"]
+    want = train_als(remaining, before.model.params).model
+    for side in ("user_factors", "item_factors"):
+        got = {r["id"]: np.array(r["features"]) for r in getattr(after.model, side).collect()}
+        ref = {r["id"]: np.array(r["features"]) for r in getattr(want, side).collect()}
+        assert got.keys() == ref.keys()
+        assert max(np.abs(got[i] - ref[i]).max() for i in ref) <= 1e-5
+    assert 3 not in {r["id"] for r in after.model.user_factors.collect()}
+    verdict = verify_version(spark, store)
+    assert verdict["status"] == "verified", verdict["reasons"]
+    assert verdict["targets"]["source"] == "recorded" and verdict["recomputed"]["max"] <= 1e-5
+    # The next request's tolerance comes from the retrained model's own residual, recorded in its manifest.
+    manifest = ModelStore(store).read_manifest()
+    assert manifest["training_residual"] == report["training_residual"] != before.manifest.get("training_residual")
+    nxt = run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(12, None, "user")]), measure=False))
+    assert nxt["mode"] == "frontier" and nxt["certificate"]["holds"]
+    assert verify_version(spark, store)["status"] == "verified"

@@ -14,7 +14,8 @@ from typing import Any
 from spark_unlearn.als.policy import POLICIES, TOL_FLOOR
 from spark_unlearn.errors import ConfigError
 
-MODES = ("frontier", "full", "paper")
+MODES = ("frontier", "full", "paper", "retrain")
+FALLBACKS = ("retrain", "full")
 ENGINES = ("auto", "targeted", "layout")
 
 
@@ -32,8 +33,13 @@ class UnlearnOptions:
     ----------
     mode
         ``frontier`` (re-solve the rows the deletion reaches), ``full``
-        (offset sweeps over every row) or ``paper`` (Xu et al.'s plain
-        warm sweeps).
+        (offset sweeps over every row), ``paper`` (Xu et al.'s plain
+        warm sweeps) or ``retrain`` (train again on the remaining data).
+    fallback
+        What a frontier that outgrows ``full_fallback_fraction`` of the rows
+        falls back to: ``retrain`` (default; measured faster than warm
+        offset sweeps on ml-latest-small and ADM, docs/BENCHMARKS.md) or
+        ``full`` sweeps.
     engine
         Frontier mode: ``targeted`` (scans of the stored tables, driver-side
         rows), ``layout`` (cached block layout) or ``auto`` (targeted for
@@ -58,6 +64,7 @@ class UnlearnOptions:
     """
 
     mode: str = "frontier"
+    fallback: str = "retrain"
     engine: str = "auto"
     tol: float | None = None
     tol_factor: float = 1.0
@@ -72,6 +79,8 @@ class UnlearnOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"unknown unlearning mode {self.mode!r}; use one of {list(MODES)}")
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"unknown fallback {self.fallback!r}; use one of {list(FALLBACKS)}")
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown unlearning engine {self.engine!r}; use one of {list(ENGINES)}")
         if self.certificate_policy not in POLICIES:

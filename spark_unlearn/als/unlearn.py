@@ -1,25 +1,31 @@
-"""Unlearn-ALS on Spark: frontier re-solves (default), offset full sweeps, or the paper's plain sweeps.
+"""Unlearn-ALS on Spark: the strategy choice between frontier re-solves, sweeps and a retrain.
 
-Modes
+Modes (:class:`~spark_unlearn.als.options.UnlearnOptions`)
 -----
 ``frontier``
     Re-solve the rows whose own data changed, then only the rows their change
-    reaches beyond the tolerance (:mod:`spark_unlearn.als.frontier`), with
-    the data read from cached blocks of the remaining ratings.  Falls back to
-    ``full`` when the frontier would cover more than
+    reaches beyond the floor (:mod:`spark_unlearn.als.frontier`): by targeted
+    scans of the stored tables for small batches
+    (:mod:`spark_unlearn.als.incremental`), else on cached blocks of the
+    remaining ratings.  Falls back to ``options.fallback`` (a retrain, or
+    ``full``) when the frontier would cover more than
     ``full_fallback_fraction`` of all rows.
 ``full``
     Offset ALS over every row (``A'x = b' + t``), warm-started from the
     model, until the certificate holds or ``full_iterations`` sweeps: the
-    same fixed point the frontier targets, computed the expensive way.
+    same fixed point the frontier targets (:mod:`spark_unlearn.als.sweeps`).
 ``paper``
     Xu et al. (2023): plain ALS sweeps over every row, warm-started, for
     ``full_iterations`` sweeps (no offsets).  Kept for comparison.
+``retrain``
+    ALS from scratch on the remaining data (:mod:`spark_unlearn.als.retrain`).
 
-Every result carries a certificate computed over all rows in Spark:
-``max_r |A'_r x_r - b'_r - t_r| / |b'_r|`` with ``t_r = 0`` for rows whose
-own data changed and the training residual ``e_r`` otherwise (``t = 0``
-everywhere in ``paper`` mode, whose fixed point is plain stationarity).
+Every result carries a certificate (:mod:`spark_unlearn.als.certify`): each
+row's ``|A'_r x_r - b'_r - t_r| / |b'_r|`` within its bound under the
+request's policy (:mod:`spark_unlearn.als.policy`), with ``t_r = 0`` for
+rows whose own data changed and the training residual ``e_r`` otherwise
+(``t = 0`` everywhere in ``paper`` mode, whose fixed point is plain
+stationarity).
 
 Compute is separate from apply: :func:`unlearn_als` returns new tables and
 a report and stores nothing; the job publishes them.
@@ -29,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from pyspark import StorageLevel
@@ -43,6 +48,8 @@ from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.options import UnlearnOptions, VersionFacts
 from spark_unlearn.als.plan import plan_deletion, remove_batch
+from spark_unlearn.als.result import UnlearnResult
+from spark_unlearn.als.retrain import retrained
 from spark_unlearn.als.policy import RowTolerance, row_tolerance
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.sweeps import apply_updates, full_sweeps, repair
@@ -64,24 +71,6 @@ TARGETED_MAX_REQUESTS = 10_000
 # ---------------------------------------------------------------------------
 # Unlearning
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class UnlearnResult:
-    """New tables (lazy DataFrames) and the report.  Nothing has been stored."""
-
-    model: FactorModel
-    offsets: tuple[DataFrame, DataFrame]
-    remaining: DataFrame
-    deleted: DataFrame
-    report: dict[str, Any]
-    state: ALSState | None
-    grams: dict[str, list] | None = None  # per side, the Gram of the new factor tables, if known
-    x_watch: dict[str, dict] | None = None  # implicit, targeted engine: per side, the new version's RatioWatch (JSON)
-
-    def release(self) -> None:
-        if self.state is not None:
-            self.state.unpersist()
 
 
 def unlearn_als(
@@ -143,9 +132,9 @@ def unlearn_als(
                                     training_residual, o, f, t0, batch)
             if out is not None:
                 return out
-            log.warning("the frontier outgrew %.0f%% of the rows: falling back to the block layout and full sweeps",
-                        100 * full_fallback_fraction)
-            mode = "full"
+            log.warning("the frontier outgrew %.0f%% of the rows: falling back to %s", 100 * full_fallback_fraction,
+                        "a retrain" if o.fallback == "retrain" else "the block layout and full sweeps")
+            mode = o.fallback
     plan = plan_deletion(ratings, batch, strict=strict, forgotten=forgotten)
     remaining = plan.remaining.persist(StorageLevel.MEMORY_AND_DISK)
     n_remaining = remaining.count()
@@ -155,15 +144,19 @@ def unlearn_als(
 
     t = time.perf_counter()
     state = ALSState.build(remaining, num_blocks or params.num_blocks)
-    source = SparkRowSource(state, {"user": model.user_factors, "item": model.item_factors}, {"user": offsets[0], "item": offsets[1]}, params.rank)
+    source = (None if mode == "retrain" else
+              SparkRowSource(state, {"user": model.user_factors, "item": model.item_factors},
+                             {"user": offsets[0], "item": offsets[1]}, params.rank))
     n_rows = {s: state.side(s).map(lambda kv: kv[1].n_rows).sum() for s in ("user", "item")}
     timings["layout"] = time.perf_counter() - t
     total_rows = n_rows["user"] + n_rows["item"]
 
     t = time.perf_counter()
     frontier_info: dict[str, Any] = {}
-    users, items = source.factors["user"], source.factors["item"]
     used_mode = mode
+    if mode == "retrain":
+        return retrained(remaining, plan, state, params, bound, o.mode, timings, t0, total_rows, 0, frontier_info)
+    users, items = source.factors["user"], source.factors["item"]
     cert: Certificate | None = None
     if mode == "frontier":
         grams_train = grams_now = None
@@ -194,10 +187,14 @@ def unlearn_als(
         frontier_info = {"engine": "layout", "rounds": rounds, "frontier_sizes": sizes, "spark_jobs": source.jobs,
                          "converged": converged}
         if not converged:
-            log.warning("frontier would exceed %.0f%% of rows (%d solves); falling back to full sweeps",
-                        100 * full_fallback_fraction, rows_solved)
-            used_mode = "full"
+            log.warning("frontier would exceed %.0f%% of rows (%d solves); falling back to %s",
+                        100 * full_fallback_fraction, rows_solved, o.fallback)
+            used_mode = o.fallback
             cert = None
+            if used_mode == "retrain":
+                timings["solve"] = time.perf_counter() - t
+                return retrained(remaining, plan, state, params, bound, o.mode, timings, t0, total_rows, rows_solved,
+                                 frontier_info)
     else:
         rows_solved = 0
     if used_mode in ("full", "paper"):
@@ -228,7 +225,7 @@ def unlearn_als(
     new_offsets = tuple(offsets_frame(state.spark, cert.residual_blocks[s], params.rank, with_drift=True) for s in ("user", "item"))
     report = {
         "mode": used_mode,
-        "requested_mode": mode,
+        "requested_mode": o.mode,
         "tolerance": tol,
         "tolerance_source": tol_source,
         "certificate_policy": bound.policy,

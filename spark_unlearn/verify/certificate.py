@@ -12,7 +12,8 @@ store's file reading.
 
 **Targets** ``t_r`` are derived, not trusted.  The *base* of a version is
 its nearest ancestor (or itself) that set targets: a training version
-(``t = e``, its own training residual), a paper-mode version (its absorbed
+(``t = e``, its own training residual), a retrain of the remaining data (the
+same), a paper-mode version (its absorbed
 residuals) or a lineage root.  A row keeps the base's target while its
 rating count is the base's, and owes 0 once its data changed (deletions only
 remove ratings).  The version's own recorded targets are compared with the
@@ -157,7 +158,7 @@ def _lineage(store: ModelStore, name: str) -> list[tuple[str, dict]]:
 
 def _sets_targets(manifest: dict) -> bool:
     unl = manifest.get("unlearning") or {}
-    return "request" not in manifest or unl.get("mode") == "paper" or manifest.get("parent") is None
+    return "request" not in manifest or unl.get("mode") in ("paper", "retrain") or manifest.get("parent") is None
 
 
 def _targets(spark, store, name, manifest, loaded) -> tuple[dict[str, DataFrame | None], dict[str, Any]]:
@@ -167,7 +168,12 @@ def _targets(spark, store, name, manifest, loaded) -> tuple[dict[str, DataFrame 
         return {"user": None, "item": None}, {"source": "zero", "why": "a paper-mode version is certified against t = 0"}
     base_name, base_manifest = next((v, m) for v, m in _lineage(store, name) if _sets_targets(m))
     if base_name == name:
-        kind = "training version" if "request" not in manifest else "lineage root (its source model is not in the store)"
+        if "request" not in manifest:
+            kind = "training version"
+        elif mode == "retrain":
+            kind = "retrain of the remaining data (its own training residual is every row's target)"
+        else:
+            kind = "lineage root (its source model is not in the store)"
         return _recorded_targets(loaded), {"source": "recorded", "base": name, "why": f"{name} is a {kind}"}
     contents = base_manifest.get("contents") or {}
     if base_manifest.get("purged") or not (contents.get("offsets") and contents.get("ratings")):
