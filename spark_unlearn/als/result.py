@@ -8,6 +8,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 
 from spark_unlearn.als.model import FactorModel
+from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.train import ALSState
 
 
@@ -27,3 +28,21 @@ class UnlearnResult:
     def release(self) -> None:
         if self.state is not None:
             self.state.unpersist()
+
+
+def report_head(mode: str, requested_mode: str, bound: RowTolerance, training_residual: dict[str, Any] | None,
+                plan: Any) -> dict[str, Any]:
+    """The fields every strategy's report starts with: what ran, the certificate's policy and floor, and what the
+    deletion plan found (``plan``: a :class:`~spark_unlearn.als.plan.DeletionPlan` or the targeted engine's plan)."""
+    return {
+        "mode": mode,
+        "requested_mode": requested_mode,
+        "tolerance": bound.floor,
+        "tolerance_source": bound.source,
+        "certificate_policy": bound.policy,
+        "training_residual": training_residual,
+        "deletion": plan.counts,
+        "not_found": plan.not_found,
+        "erased_users": sorted(plan.erased_users)[:20],
+        "withdrawn_items": sorted(plan.withdrawn_items)[:20],
+    }

@@ -23,7 +23,7 @@ from spark_unlearn.als.certify import certificate_record, residual_summary
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.plan import DeletionPlan
 from spark_unlearn.als.policy import RowTolerance
-from spark_unlearn.als.result import UnlearnResult
+from spark_unlearn.als.result import UnlearnResult, report_head
 from spark_unlearn.als.train import ALSState, train_als
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,7 @@ def retrained(remaining: DataFrame, plan: DeletionPlan, state: ALSState, params:
         method_note="a new training run on the remaining data: each row's training residual is its target, so every "
         "deviation is 0 up to float32 rounding (the verifier recomputes it)")
     report = {
-        "mode": "retrain",
-        "requested_mode": requested_mode,
-        "tolerance": bound.floor,
-        "tolerance_source": bound.source,
-        "certificate_policy": bound.policy,
-        "training_residual": residual,
-        "deletion": plan.counts,
-        "not_found": plan.not_found,
-        "erased_users": sorted(plan.erased_users)[:20],
-        "withdrawn_items": sorted(plan.withdrawn_items)[:20],
+        **report_head("retrain", requested_mode, bound, residual, plan),
         "rows_total": total_rows,
         "rows_solved": int(rows_tried + params.iterations * total_rows),
         "remaining_ratings": remaining.count(),

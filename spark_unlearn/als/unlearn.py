@@ -48,7 +48,7 @@ from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.options import UnlearnOptions, VersionFacts
 from spark_unlearn.als.plan import plan_deletion, remove_batch
-from spark_unlearn.als.result import UnlearnResult
+from spark_unlearn.als.result import UnlearnResult, report_head
 from spark_unlearn.als.retrain import retrained
 from spark_unlearn.als.policy import RowTolerance, row_tolerance
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
@@ -224,16 +224,7 @@ def unlearn_als(
     )
     new_offsets = tuple(offsets_frame(state.spark, cert.residual_blocks[s], params.rank, with_drift=True) for s in ("user", "item"))
     report = {
-        "mode": used_mode,
-        "requested_mode": o.mode,
-        "tolerance": tol,
-        "tolerance_source": tol_source,
-        "certificate_policy": bound.policy,
-        "training_residual": training_residual,
-        "deletion": plan.counts,
-        "not_found": plan.not_found,
-        "erased_users": sorted(plan.erased_users)[:20],
-        "withdrawn_items": sorted(plan.withdrawn_items)[:20],
+        **report_head(used_mode, o.mode, bound, training_residual, plan),
         "rows_total": total_rows,
         "rows_solved": int(rows_solved),
         "remaining_ratings": n_remaining,
@@ -268,16 +259,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
         return None
     remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
     report = {
-        "mode": "frontier",
-        "requested_mode": "frontier",
-        "tolerance": bound.floor,
-        "tolerance_source": bound.source,
-        "certificate_policy": bound.policy,
-        "training_residual": training_residual,
-        "deletion": out.plan.counts,
-        "not_found": out.plan.not_found,
-        "erased_users": sorted(out.plan.erased_users)[:20],
-        "withdrawn_items": sorted(out.plan.withdrawn_items)[:20],
+        **report_head("frontier", "frontier", bound, training_residual, out.plan),
         "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
         **out.report,
     }
