@@ -26,6 +26,12 @@ cannot hide behind the untouched rows.
 
 Rows whose own data changed are solved exactly under both policies; a policy
 only decides how far their neighbours may lag.
+
+In the engine (:class:`RowTolerance`, :func:`row_tolerance`) a row's own
+residual is taken at today's scale, ``|t_r| / |b'_r|`` (its stored target
+over its right-hand side on the remaining data), times ``tol_factor``; a row
+whose data changed has ``t_r = 0`` and is held to the floor.  ``--tol`` sets
+the floor under either policy.
 """
 
 from __future__ import annotations
