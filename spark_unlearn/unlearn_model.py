@@ -271,14 +271,6 @@ class _Request:
     identity: Any
     request: UnlearnRequest
 
-    @property
-    def options(self) -> UnlearnOptions:
-        return self.request.options
-
-    @property
-    def stated(self) -> dict[str, Any] | None:
-        return self.request.expected_params
-
 
 def _nothing_report(identity, store: ModelStore, why: str, t0: float) -> dict[str, Any]:
     return {
@@ -310,9 +302,9 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             "note": "this batch (same content) was applied before; nothing was recomputed or written",
         }
 
-    src = load_source_model(spark, model_path, ratings, stated=req.stated, force=req.request.force)
+    src = load_source_model(spark, model_path, ratings, stated=req.request.expected_params, force=req.request.force)
     model, offsets, data, holdout, manifest, parent = src.model, src.offsets, src.ratings, src.holdout, src.manifest, src.parent
-    if src.objective_check is not None and src.objective_check["forced"] and req.options.tol is None:
+    if src.objective_check is not None and src.objective_check["forced"] and req.request.options.tol is None:
         raise ObjectiveError(
             f"--force unlearns {model_path} although it is not stationary under the stated hyperparameters; the "
             "certificate's tolerance cannot come from that failed training residual: give --tol as well"
@@ -328,7 +320,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         counts=_version_counts(manifest), x_ratio=None if spark_source else manifest.get("x_ratio"),
         x_watch=None if spark_source else manifest.get("x_watch"),
     )
-    result = unlearn_als(data, model, offsets, batch, req.options, facts)
+    result = unlearn_als(data, model, offsets, batch, req.request.options, facts)
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
     if src.objective_check is not None:
@@ -386,8 +378,8 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             manifest={
                 "unlearning": {k_: v for k_, v in report.items() if k_ not in ("certificate",)},
                 "certificate": report["certificate"],
-                # A retrain's own residual replaces the parent's (its rows' targets are new).
-                "training_residual": result.report.get("training_residual") or training_residual,
+                # The strategy's: the parent's, or a retrain's own (its rows' targets are new).
+                "training_residual": result.report["training_residual"],
                 "training": manifest.get("training"),
                 **({"grams": result.grams} if result.grams else {}),
                 "drift_max": result.report["drift_max"],

@@ -44,18 +44,20 @@ class UnlearnOptions:
         Frontier mode: ``targeted`` (scans of the stored tables, driver-side
         rows), ``layout`` (cached block layout) or ``auto`` (targeted for
         small batches).
-    tol
-        Certificate tolerance; ``None``: ``tol_factor`` times the 90th
-        percentile of the model's training residual, never below
-        :data:`TOL_FLOOR`.
+    tol, tol_factor
+        The certificate's floor; ``None``: ``tol_factor`` times the 90th
+        percentile of the training residual (pooled under ``strict``, of the
+        item side under ``training-precision``), never below
+        :data:`TOL_FLOOR` (:func:`~spark_unlearn.als.policy.row_tolerance`).
     certificate_policy
-        ``strict`` (every row's deviation at most ``tol``) or
-        ``training-precision`` (see :mod:`spark_unlearn.als.policy`).
+        ``strict`` (every row's deviation at most the floor) or
+        ``training-precision`` (at most ``max(floor, tol_factor`` times the
+        row's own training residual), :mod:`spark_unlearn.als.policy`).
     strict
         Deletion requests that match nothing are errors (else reported).
     max_rounds, full_fallback_fraction, full_iterations
         Frontier rounds; the share of all rows beyond which the frontier
-        falls back to full sweeps; the most sweeps.
+        falls back to ``fallback``; the most sweeps.
     driver_rows
         Targeted engine: neighbours beyond this many stay in Spark
         (``None``: the engine's default).

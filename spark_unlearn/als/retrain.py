@@ -4,7 +4,7 @@ When a deletion reaches most rows (the frontier outgrows its budget), warm
 offset sweeps cost more than a retrain: a certified sweep reads the routed
 factors twice, and on ml-latest-small and ADM three to six of them took
 longer than ten training iterations from scratch (docs/BENCHMARKS.md,
-"Certificate policies in the engine").  The result is a training version
+"Certificate policies").  The result is a training version
 of the remaining data: its own training residual becomes every row's target
 (as after ``jobs/train.py``), so the certificate is zero by construction and
 the next request's tolerance comes from this model's residual.
@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def retrained(remaining: DataFrame, plan: DeletionPlan, state: ALSState, params: ALSParams, bound: RowTolerance,
-              requested_mode: str, timings: dict[str, float], t0: float, total_rows: int, rows_tried: int,
-              info: dict[str, Any]) -> UnlearnResult:
-    """ALS from scratch (the model's hyperparameters and seed) on ``remaining``, laid out as ``state``."""
+              requested_mode: str, timings: dict[str, float], t0: float, total_rows: int, n_remaining: int,
+              rows_tried: int, info: dict[str, Any]) -> UnlearnResult:
+    """ALS from scratch (the model's hyperparameters and seed) on ``remaining`` (``n_remaining`` ratings), laid out
+    as ``state``."""
     t = time.perf_counter()
     result = train_als(remaining, params, state=state)
     offsets = tuple(df.persist(StorageLevel.MEMORY_AND_DISK) for df in result.offsets())
@@ -48,7 +49,7 @@ def retrained(remaining: DataFrame, plan: DeletionPlan, state: ALSState, params:
         **report_head("retrain", requested_mode, bound, residual, plan),
         "rows_total": total_rows,
         "rows_solved": int(rows_tried + params.iterations * total_rows),
-        "remaining_ratings": remaining.count(),
+        "remaining_ratings": n_remaining,
         "certificate": cert,
         "drift_max": {"user": 0.0, "item": 0.0},
         "iterations": params.iterations,

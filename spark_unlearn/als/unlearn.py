@@ -155,7 +155,8 @@ def unlearn_als(
     frontier_info: dict[str, Any] = {}
     used_mode = mode
     if mode == "retrain":
-        return retrained(remaining, plan, state, params, bound, o.mode, timings, t0, total_rows, 0, frontier_info)
+        return retrained(remaining, plan, state, params, bound, o.mode, timings, t0, total_rows, n_remaining, 0,
+                         frontier_info)
     users, items = source.factors["user"], source.factors["item"]
     cert: Certificate | None = None
     if mode == "frontier":
@@ -193,7 +194,8 @@ def unlearn_als(
             cert = None
             if used_mode == "retrain":
                 timings["solve"] = time.perf_counter() - t
-                return retrained(remaining, plan, state, params, bound, o.mode, timings, t0, total_rows, rows_solved,
+                return retrained(remaining, plan, state, params, bound, o.mode, timings, t0, total_rows, n_remaining,
+                                 rows_solved,
                                  frontier_info)
     else:
         rows_solved = 0
