@@ -59,6 +59,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "driver_rows": (int, None),  # targeted engine: neighbours beyond this stay in Spark (None: 20,000)
         "max_rebases": (int, 3),  # re-apply a request on a store that moved at most this many times
     },
+    "serve": {  # jobs/serve.py (spark_unlearn.service.serve.ServiceOptions)
+        "max_batch": (int, 100),  # at most this many queued requests per micro-batch (one version)
+        "poll_seconds": (float, 1.0),
+        "max_attempts": (int, 3),  # a request failing for a non-data reason is retried this often
+        "measure": (bool, False),  # before/after metrics per micro-batch
+    },
     # [ifru] is validated by spark_unlearn.ifru.config.IFRUConfig (one source of truth for its keys).
     "ifru": {},
     "logging": {"level": (str, "INFO")},

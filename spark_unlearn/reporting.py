@@ -200,6 +200,17 @@ def purge_summary(report: dict[str, Any]) -> list[str]:
     return _cap(lines)
 
 
+def serve_summary(report: dict[str, Any]) -> list[str]:
+    """jobs/serve.py: what the service settled before it stopped, and where it left the store."""
+    lines = [f"service on {report.get('store')} stopped after {_s(report.get('seconds'))}; current version "
+             f"{report.get('current')}"]
+    lines.append(f"requests from {report.get('requests')}: {report.get('settled', 0)} settled in "
+                 f"{report.get('micro_batches', 0)} micro-batch(es), {report.get('versions', 0)} version(s) published, "
+                 f"{report.get('rejected', 0)} rejected, {report.get('failed', 0)} failed")
+    lines.append("receipts: <requests>/receipts/<id>.json")
+    return _cap(lines)
+
+
 def ifru_summary(report: dict[str, Any]) -> list[str]:
     """jobs/ifru.py: pairs requested / applied / unknown, what the update changed, its certificate, times."""
     kind = report.get("model_type", "?")

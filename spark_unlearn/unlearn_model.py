@@ -146,6 +146,10 @@ class UnlearnRequest:
         then be given, since the training residual failed the check).
     max_rebases
         How many times a request is re-applied on a store that moved.
+    members
+        The ids of the requests this batch coalesces (the service's
+        micro-batches): recorded in the version's ``request.members`` and the
+        ledger, so each is known to be applied by that version.
     """
 
     model_path: str
@@ -161,6 +165,7 @@ class UnlearnRequest:
     expected_params: dict[str, Any] | None = None
     force: bool = False
     max_rebases: int = 3
+    members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
@@ -171,6 +176,8 @@ class UnlearnRequest:
             raise ConfigError(f"max_rebases must be a non-negative integer, got {self.max_rebases!r}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"k must be a positive integer, got {self.k!r}")
+        if not isinstance(self.members, tuple) or not all(isinstance(m, str) and m for m in self.members):
+            raise ConfigError(f"members must be a tuple of request ids, got {self.members!r}")
 
 
 @releases_caches("unlearning request")
@@ -389,7 +396,8 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             },
             parent=parent if same_store else None,
             forgotten=applied_requests(batch, result.deleted),
-            request=request_record(identity, method=f"unlearn-als/{report['mode']}"),
+            request=request_record(identity, method=f"unlearn-als/{report['mode']}",
+                                   **({"members": list(req.request.members)} if req.request.members else {})),
             expect_current=parent if same_store else observed,
         )
     finally:

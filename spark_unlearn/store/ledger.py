@@ -191,6 +191,8 @@ def ledger_entry(manifest: dict[str, Any], *, recovered: bool = False) -> dict[s
         "certificate_holds": cert.get("holds"),
         "tolerance": cert.get("tolerance"),
     }
+    if req.get("members"):
+        entry["members"] = req["members"]
     if recovered:
         entry["recovered"] = True
     return entry
