@@ -399,6 +399,8 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             request=request_record(identity, method=f"unlearn-als/{report['mode']}",
                                    **({"members": list(req.request.members)} if req.request.members else {})),
             expect_current=parent if same_store else observed,
+            # Copy-on-write of the factor and offsets blocks the request touched (the parent is in this store).
+            deltas=table_deltas(result.changes) if same_store and result.changes else None,
         )
     finally:
         report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
@@ -421,6 +423,24 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     log.info("published %s: %d rows re-solved, certificate %.3g (tol %.3g)", version, report["rows_solved"],
              report["certificate"]["max_relative_residual"], report["tolerance"])
     return report
+
+
+def table_deltas(changes: dict[str, Any]) -> dict[str, Any]:
+    """The store's per-table deltas (:class:`~spark_unlearn.store.blocked.TableDelta`) of a strategy's row changes
+    (:class:`~spark_unlearn.als.result.RowChanges` per side); a side whose offsets changed beyond them has no
+    offsets delta (that table is written in full)."""
+    from spark_unlearn.store.blocked import TableDelta
+    from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
+    from spark_unlearn.store.tables import ITEM_OFFSETS, USER_OFFSETS
+
+    out = {}
+    for side, factors, offsets in (("user", USER_FACTORS, USER_OFFSETS), ("item", ITEM_FACTORS, ITEM_OFFSETS)):
+        c = changes[side]
+        out[factors] = TableDelta(removed=c.removed, updates=((c.factor_ids, {"features": c.factors}),))
+        if c.offset_ids is not None:
+            out[offsets] = TableDelta(removed=c.removed, updates=(
+                (c.offset_ids, {"bnorm": c.bnorm, "drift": c.drift}), (c.target_ids, {"residual": c.targets})))
+    return out
 
 
 def undefined_as_none(report: Any, path: str = "", found: list[str] | None = None) -> Any:

@@ -390,7 +390,7 @@ def test_truncated_file_is_named(spark, store_copy):
 
 def test_missing_and_extra_files_are_named(spark, store_copy, published, tmp_path):
     store, name = store_copy
-    full, rel = _a_parquet(store, name, "itemFactors")
+    full, rel = _a_parquet(store, name, "ratings")  # a table of several files (the factors here are one block)
     os.remove(full)
     with pytest.raises(StoreError, match="missing.*" + rel.replace(".", r"\.")):
         store.load(spark)

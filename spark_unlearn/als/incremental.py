@@ -46,6 +46,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from spark_unlearn.als.result import RowChanges
 from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
@@ -319,6 +320,7 @@ class TargetedResult:
     converged: bool
     grams: dict[str, list] | None
     x_watch: dict[str, dict] | None = None  # implicit: per side, the new version's RatioWatch (as JSON)
+    changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (for copy-on-write publication)
 
 
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
@@ -509,8 +511,28 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "converged": True,
     }
     new_model = FactorModel(user_factors=new_factors["user"], item_factors=new_factors["item"], params=model.params)
+    changes = {s: row_changes(result, touched[s], plan.removed[s], s, exact_offsets=not spec.implicit and s not in lazy)
+               for s in SIDES}
     return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out,
-                          new_watch or None)
+                          new_watch or None, changes)
+
+
+def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, exact_offsets: bool) -> RowChanges:
+    """The rows :func:`patched_factors` and :func:`patched_offsets` change, as arrays (see :class:`RowChanges`).
+
+    ``exact_offsets``: explicit feedback with no row left in Spark, where an
+    untouched row's offsets do not change; otherwise the offsets are left to a full write.
+    """
+    ids, X = result.changed(side)
+    gone = np.asarray(sorted(removed), np.int64)
+    if not exact_offsets:
+        return RowChanges(gone, np.asarray(ids, np.int64), np.asarray(X, np.float32))
+    solved = np.asarray(touched["solved"], bool)
+    return RowChanges(gone, np.asarray(ids, np.int64), np.asarray(X, np.float32),
+                      offset_ids=np.asarray(touched["ids"], np.int64), bnorm=np.asarray(touched["bnorm"], np.float64),
+                      drift=np.asarray(touched["drift"], np.float64),
+                      target_ids=np.asarray(touched["ids"], np.int64)[solved],
+                      targets=np.asarray(touched["target"], np.float64)[solved])
 
 
 def watched_term(source, side: str, watch: RatioWatch, delta_gram: np.ndarray, skip: np.ndarray, drift_bound: float,

@@ -5,11 +5,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pyspark.sql import DataFrame
 
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.train import ALSState
+
+
+@dataclass(frozen=True)
+class RowChanges:
+    """What a strategy changed in one side's factor and offsets tables, exactly, as arrays on the driver.
+
+    ``removed``: ids whose rows left the side.  ``factor_ids``/``factors``:
+    rows whose factor changed, and the new factors.  ``offset_ids`` with
+    ``bnorm`` and ``drift``: rows whose offsets changed, and ``target_ids``
+    with ``targets`` the rows that also got a new target (``residual``);
+    ``offset_ids`` is ``None`` when offsets changed beyond the driver's
+    arrays (implicit feedback moves every row's drift by ``ΔG x``; rows left
+    in Spark).  The store then writes that table in full.
+    """
+
+    removed: np.ndarray
+    factor_ids: np.ndarray
+    factors: np.ndarray
+    offset_ids: np.ndarray | None = None
+    bnorm: np.ndarray | None = None
+    drift: np.ndarray | None = None
+    target_ids: np.ndarray | None = None
+    targets: np.ndarray | None = None
 
 
 @dataclass
@@ -24,6 +49,7 @@ class UnlearnResult:
     state: ALSState | None
     grams: dict[str, list] | None = None  # per side, the Gram of the new factor tables, if known
     x_watch: dict[str, dict] | None = None  # implicit, targeted engine: per side, the new version's RatioWatch (JSON)
+    changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (targeted engine), for copy-on-write
 
     def release(self) -> None:
         if self.state is not None:

@@ -266,6 +266,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
         **out.report,
     }
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
-    return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams, out.x_watch)
+    return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams, out.x_watch,
+                         out.changes)
 
 

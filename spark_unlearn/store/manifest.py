@@ -52,6 +52,7 @@ _RESERVED_KEYS = frozenset(
         "spark_version",
         "files",
         "request",
+        "blocks",
     }
 )
 

@@ -85,6 +85,8 @@ from spark_unlearn.store.spark_layout import (
     read_spark_metadata,
     spark_model_params,
 )
+from spark_unlearn.store.blocked import TableDelta
+from spark_unlearn.store.side_tables import ParentLayout
 from spark_unlearn.store.staging import canonical_inputs, stage_version
 from spark_unlearn.store.tables import (
     FORGOTTEN_DIR,
@@ -353,6 +355,7 @@ class ModelStore:
         forgotten: DataFrame | None = None,
         request: dict | None = None,
         expect_current: str | None | object = PARENT,
+        deltas: dict[str, TableDelta] | None = None,
     ) -> str:
         """Write ``model`` as a new version and make it current.
 
@@ -401,6 +404,14 @@ class ModelStore:
             default, :data:`PARENT`, expects ``parent`` when one is given and
             anything when not (a training run starts a new lineage).
             :data:`ANY_CURRENT` never checks.
+        deltas
+            Per table (``userFactors``, ``itemFactors``, ``offsets/users``,
+            ``offsets/items``), what the model changed from ``parent``
+            (:class:`~spark_unlearn.store.blocked.TableDelta`): those tables
+            are written copy-on-write from the parent's blocks (only the files
+            of touched blocks are written, the rest hard-linked).  The caller
+            vouches that the delta is exactly the difference between the
+            parent's table and the new one.
 
         Returns
         -------
@@ -417,8 +428,9 @@ class ModelStore:
         extra = check_extra_manifest(manifest)
         if expect_current is PARENT:
             expect_current = parent if parent is not None else ANY_CURRENT
+        layout = None
         if parent is not None:
-            self.version_path(parent)
+            layout = ParentLayout.of(self.version_path(parent), self.read_manifest(parent))
         params = model.params
         user_f, item_f, offs, rats, hold, gone = canonical_inputs(model, offsets, ratings, holdout, forgotten)
         spark = model.user_factors.sparkSession
@@ -430,15 +442,16 @@ class ModelStore:
             os.mkdir(staging)
             return self._publish_staged(
                 staging, spark, params, model_params_of(model), user_f, item_f, offs, rats, hold, gone, extra, parent,
-                request, expect_current,
+                request, expect_current, layout, deltas,
             )
 
     def _publish_staged(self, staging, spark, params, model_params, user_f, item_f, offs, rats, hold, gone, extra, parent,
-                        request, expect_current) -> str:
+                        request, expect_current, layout=None, deltas=None) -> str:
         log.info("publishing to %s (staging %s)", self._root, staging)
         try:
             body = stage_version(
-                staging, spark, params, model_params, user_f, item_f, offs, rats, hold, gone, extra, parent, request
+                staging, spark, params, model_params, user_f, item_f, offs, rats, hold, gone, extra, parent, request,
+                layout, deltas,
             )
             with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
                 failpoint("before_commit_check")

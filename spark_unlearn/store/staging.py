@@ -36,6 +36,8 @@ from spark_unlearn.store.spark_layout import (
     spark_als_metadata,
     write_spark_metadata,
 )
+from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta
+from spark_unlearn.store.side_tables import ParentLayout, write_factor_tables, write_offsets_tables
 from spark_unlearn.store.tables import FORGOTTEN_DIR, HOLDOUT_DIR, ITEM_OFFSETS, RATINGS_DIR, USER_OFFSETS, canon_to_schema
 
 
@@ -85,11 +87,16 @@ def stage_version(
     extra: dict[str, Any],
     parent: str | None,
     request: dict | None,
+    layout: ParentLayout | None = None,
+    deltas: dict[str, TableDelta] | None = None,
 ) -> dict[str, Any]:
     """Write a version's files into the existing directory ``staging``; return its manifest body.
 
     The inputs are already cast to the shared schemas (``rats`` and ``hold``
-    may be :class:`~spark_unlearn.store.derived.DerivedTable`\\ s).  ``extra``
+    may be :class:`~spark_unlearn.store.derived.DerivedTable`\\ s).
+    ``layout``: the parent's blocks, if it is in this store and blocked;
+    ``deltas``: per table (``userFactors``, ``offsets/users``, ...), what
+    the request changed in it, for copy-on-write (:mod:`spark_unlearn.store.side_tables`).  ``extra``
     holds the caller's manifest keys (its ``data_fingerprint``, if any, is
     taken out of it).  The body's ``"version"`` is left ``None``: the version
     is named under the store lock.  The tables are written through
@@ -100,19 +107,14 @@ def stage_version(
         os.path.join(staging, METADATA_DIR),
         spark_als_metadata(params, spark_version=spark.version, model_params=model_params),
     )
-    # The factor tables are validated by scanning what was written
-    # (cheap Parquet reads, both tables in one job) rather than the
-    # input, whose lineage may be expensive to recompute.
-    counts: dict[str, int] = {}
-    tables.write_parquet(user_f, os.path.join(staging, USER_FACTORS))
-    tables.write_parquet(item_f, os.path.join(staging, ITEM_FACTORS))
-    written = {"user": os.path.join(staging, USER_FACTORS), "item": os.path.join(staging, ITEM_FACTORS)}
-    checked = tables.check_written_factors(spark, written, params.rank)
-    counts["n_users"], counts["n_items"] = checked["user"], checked["item"]
+    # Factor and offsets tables are blocked; where the parent is blocked and the caller knows a table's delta, only
+    # the files of touched blocks are written (side_tables).  Factors are validated from what was written.
+    written = write_factor_tables(spark, staging, {USER_FACTORS: user_f, ITEM_FACTORS: item_f}, params.rank, layout,
+                                  deltas)
+    counts: dict[str, int] = {"n_users": written.counts["user"], "n_items": written.counts["item"]}
     failpoint("after_factors_written")
     if offs is not None:
-        tables.write_parquet(offs[0], os.path.join(staging, USER_OFFSETS))
-        tables.write_parquet(offs[1], os.path.join(staging, ITEM_OFFSETS))
+        write_offsets_tables(spark, staging, {USER_OFFSETS: offs[0], ITEM_OFFSETS: offs[1]}, written, layout, deltas)
     fingerprint = extra.pop("data_fingerprint", None)
     linked: dict[str, dict[str, int]] = {}
     touched = tables.touched_together(spark, rats, hold)
@@ -129,7 +131,9 @@ def stage_version(
         tables.write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
     failpoint("after_ratings_written")
 
-    files = {rel: sha256_file(os.path.join(staging, rel), fsync=True) for rel in list_files(staging)}
+    # Files linked from the parent keep the checksums it recorded (same bytes, already durable).
+    files = {rel: written.checksums.get(rel) or sha256_file(os.path.join(staging, rel), fsync=True)
+             for rel in list_files(staging)}
     body: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "version": None,  # set under the lock
@@ -150,6 +154,7 @@ def stage_version(
     }
     if linked:
         body["copy_on_write"] = linked
+    body[BLOCKS_KEY] = {**written.blocks, "io": written.io}
     body.update(extra)
     if request is not None:
         body[ledger.REQUEST_KEY] = request

@@ -1,0 +1,151 @@
+"""Writing a version's factor and offsets tables: blocked, and copy-on-write from the parent where a delta is known.
+
+Per table (``userFactors``, ``itemFactors``, ``offsets/users``,
+``offsets/items``), one of two paths:
+
+* **copy-on-write** (:func:`~spark_unlearn.store.blocked.patch_blocked`), when
+  the parent version in this store is blocked and the caller knows the
+  table's :class:`~spark_unlearn.store.blocked.TableDelta`: only the files of
+  touched blocks are rewritten, on the driver; the others are hard-linked and
+  keep the checksums the parent recorded.  Written factor rows are validated
+  on the driver (rank, finite values).
+* **full**: a Spark write of the whole table, arranged in blocks, its file
+  map read back (one aggregation for all full tables) and its factor tables
+  validated by one scan (:func:`~spark_unlearn.store.tables.check_written_factors`).
+
+A lineage keeps its first version's number of blocks per side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+
+from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
+from spark_unlearn.store import tables
+from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta, arrange, blocks_for, file_maps, patch_blocked
+from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
+from spark_unlearn.store.tables import ITEM_OFFSETS, USER_OFFSETS
+
+SIDE_OF = {USER_FACTORS: "user", ITEM_FACTORS: "item", USER_OFFSETS: "user", ITEM_OFFSETS: "item"}
+FACTOR_TABLES = (USER_FACTORS, ITEM_FACTORS)
+
+
+@dataclass(frozen=True)
+class ParentLayout:
+    """A blocked parent version: its directory, blocks per side, file maps and recorded checksums."""
+
+    path: str
+    n_blocks: dict[str, int]
+    files: dict[str, dict[str, dict]]
+    checksums: dict[str, str]
+
+    @classmethod
+    def of(cls, path: str, manifest: dict[str, Any]) -> "ParentLayout | None":
+        """The layout ``manifest`` records, or ``None`` (a version written before blocks, or purged)."""
+        blocks = manifest.get(BLOCKS_KEY)
+        if not blocks or manifest.get("purged"):
+            return None
+        return cls(path, {s: int(blocks["n_blocks"][s]) for s in ("user", "item")}, blocks["files"],
+                   manifest.get("files") or {})
+
+
+@dataclass
+class SideTablesWritten:
+    """What :func:`write_side_tables` wrote: counts, the manifest's ``blocks`` record, reused checksums, I/O."""
+
+    counts: dict[str, int]
+    blocks: dict[str, Any]
+    checksums: dict[str, str] = field(default_factory=dict)  # rel path -> sha256 of files linked from the parent
+    io: dict[str, dict[str, int]] = field(default_factory=dict)  # table -> files linked/written, bytes read/written
+
+
+def write_factor_tables(spark: SparkSession, staging: str, frames: dict[str, DataFrame], rank: int,
+                        layout: ParentLayout | None, deltas: dict[str, TableDelta] | None) -> SideTablesWritten:
+    """Write and validate ``userFactors`` and ``itemFactors`` (``frames``: table -> DataFrame)."""
+    if layout is not None:
+        n_blocks = dict(layout.n_blocks)
+    else:  # a new lineage: its sizes fix the blocks for good
+        n_blocks = {SIDE_OF[t]: blocks_for(frames[t].count()) for t in FACTOR_TABLES}
+    out = SideTablesWritten(counts={}, blocks={"n_blocks": n_blocks, "files": {}})
+    full = _write(spark, staging, frames, layout, deltas, out)
+    if full:
+        checked = tables.check_written_factors(spark, {SIDE_OF[t]: os.path.join(staging, t) for t in full}, rank)
+        for t in full:
+            out.counts[SIDE_OF[t]] = checked[SIDE_OF[t]]
+    for t in FACTOR_TABLES:
+        if t not in full:
+            out.counts[SIDE_OF[t]] = _check_patched_factors(staging, t, out, rank)
+    return out
+
+
+def write_offsets_tables(spark: SparkSession, staging: str, frames: dict[str, DataFrame], written: SideTablesWritten,
+                         layout: ParentLayout | None, deltas: dict[str, TableDelta] | None) -> None:
+    """Write ``offsets/users`` and ``offsets/items`` with the factor tables' blocks; adds to ``written``."""
+    _write(spark, staging, frames, layout, deltas, written)
+
+
+def _write(spark, staging, frames, layout, deltas, out: SideTablesWritten) -> list[str]:
+    """Patch what can be patched, write the rest in full; returns the tables written in full."""
+    n_blocks = out.blocks["n_blocks"]
+    full = []
+    for t, df in frames.items():
+        delta = (deltas or {}).get(t)
+        if layout is not None and delta is not None and t in layout.files:
+            src = os.path.join(layout.path, t)
+            files, io = patch_blocked(src, layout.files[t], n_blocks[SIDE_OF[t]], delta, os.path.join(staging, t))
+            out.blocks["files"][t] = files
+            out.io[t] = io
+            for name in set(files) & set(layout.files[t]):  # kept names are hard links of the parent's files
+                for rel in (f"{t}/{name}", f"{t}/.{name}.crc"):
+                    if os.path.exists(os.path.join(staging, rel)):
+                        if rel not in layout.checksums:
+                            raise StoreError(f"{layout.path}: its manifest has no checksum of {rel}; the version is "
+                                             "damaged (check it with jobs/audit.py --verify-certificate)")
+                        out.checksums[rel] = layout.checksums[rel]
+        else:
+            tables.write_parquet(arrange(df, n_blocks[SIDE_OF[t]]), os.path.join(staging, t))
+            full.append(t)
+    if full:
+        maps = file_maps(spark, {t: (os.path.join(staging, t), n_blocks[SIDE_OF[t]]) for t in full})
+        for t in full:
+            out.blocks["files"][t] = maps[t]
+            out.io[t] = {"files_written": len(maps[t]), "files_linked": 0,
+                         "bytes_written": _dir_bytes(os.path.join(staging, t))}
+    return full
+
+
+def _check_patched_factors(staging: str, table: str, out: SideTablesWritten, rank: int) -> int:
+    """Rank and finiteness of the factor rows a patch wrote (linked files were checked when first published)."""
+    import pyarrow.parquet as pq
+
+    from spark_unlearn.store.blocked import apply_delta
+
+    files = out.blocks["files"][table]
+    n = sum(int(info["rows"]) for info in files.values())
+    if n == 0:
+        raise EmptyInputError(f"{table} has no rows; refusing to publish an empty model")
+    for name in files:
+        path = os.path.join(staging, table, name)
+        if f"{table}/{name}" in out.checksums:  # linked from the parent, checked when it was published
+            continue
+        # apply_delta with nothing to apply converts the columns and checks the lists' lengths.
+        t = apply_delta(pq.read_table(path), np.zeros(0, np.int64), [])
+        feats = np.asarray(t.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False))
+        if feats.size != t.num_rows * rank:
+            raise SchemaError(f"{table}/{name}: factor rows do not have {rank} features (params.rank)")
+        if not np.isfinite(feats).all():
+            raise StoreError(f"{table}/{name}: factor rows hold NaN or infinite features; refusing to publish")
+    return n
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+__all__ = ["FACTOR_TABLES", "ParentLayout", "SIDE_OF", "SideTablesWritten", "write_factor_tables",
+           "write_offsets_tables"]

@@ -1,0 +1,128 @@
+"""Blocked tables and their copy-on-write: the driver's patch against a slow reference, on pyarrow files.
+
+The Spark side (a full blocked write read back by ``ALSModel.load``, and a
+published version patched instead of rewritten) is in tests/test_store.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spark_unlearn.store.blocked import (
+    TableDelta,
+    apply_delta,
+    block_of,
+    blocks_for,
+    patch_blocked,
+    patch_reference,
+    touched_files,
+)
+
+SCHEMA = pa.schema([
+    pa.field("id", pa.int32(), nullable=False),
+    pa.field("features", pa.list_(pa.field("element", pa.float32(), nullable=False))),
+    pa.field("bnorm", pa.float64()),
+])
+
+
+def _table(ids, rng, rank=3):
+    ids = np.sort(np.asarray(ids))
+    feats = rng.standard_normal((ids.size, rank)).astype(np.float32)
+    return pa.Table.from_pydict({"id": ids.astype(np.int32), "features": [list(f) for f in feats],
+                                 "bnorm": rng.random(ids.size)}, schema=SCHEMA)
+
+
+def _rows(table):
+    d = table.to_pydict()
+    return {i: {"features": np.asarray(f, np.float32), "bnorm": b} for i, f, b in zip(d["id"], d["features"], d["bnorm"])}
+
+
+def _blocked_dir(path, ids, n_blocks, rng, per_file=2):
+    """A table directory whose files hold whole blocks (``per_file`` blocks each), as write_blocked writes it."""
+    os.makedirs(path)
+    files = {}
+    ids = np.asarray(ids)
+    blocks = list(range(n_blocks))
+    for k in range(0, n_blocks, per_file):
+        mine = blocks[k:k + per_file]
+        sel = ids[np.isin(block_of(ids, n_blocks), mine)]
+        if sel.size == 0:
+            continue
+        name = f"part-{k:05d}-x-c000.snappy.parquet"
+        pq.write_table(_table(sel, rng), os.path.join(path, name))
+        files[name] = {"blocks": mine, "rows": int(sel.size)}
+    return files
+
+
+def _read_dir(path):
+    return _rows(pq.read_table(path, schema=SCHEMA))
+
+
+def test_blocks_per_side():
+    assert blocks_for(0) == 1 and blocks_for(4096) == 1 and blocks_for(4097) == 2
+    assert block_of(np.array([0, 5, 9]), 4).tolist() == [0, 1, 1]
+
+
+def test_apply_delta_matches_the_reference_on_random_deltas():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        ids = rng.choice(200, size=rng.integers(1, 60), replace=False)
+        table = _table(ids, rng)
+        removed = rng.choice(ids, size=min(ids.size - 1, int(rng.integers(0, 5))), replace=False)
+        kept = np.setdiff1d(ids, removed)
+        upd = rng.choice(kept, size=min(kept.size, int(rng.integers(0, 6))), replace=False)
+        feats = rng.standard_normal((upd.size, 3)).astype(np.float32)
+        upd2 = rng.choice(kept, size=min(kept.size, 3), replace=False)
+        delta = TableDelta(removed=removed, updates=((upd, {"features": feats}), (upd2, {"bnorm": rng.random(upd2.size)})))
+        got = _rows(apply_delta(table, delta.removed, list(delta.updates)))
+        want = patch_reference(_rows(table), delta)
+        assert sorted(got) == sorted(want), trial
+        for i in got:
+            np.testing.assert_array_equal(got[i]["features"], np.asarray(want[i]["features"], np.float32))
+            assert got[i]["bnorm"] == want[i]["bnorm"]
+
+
+def test_an_update_of_an_unknown_id_is_ignored_as_the_engines_left_join_does():
+    rng = np.random.default_rng(1)
+    table = _table([1, 2, 3], rng)
+    out = apply_delta(table, np.array([2]), [(np.array([2, 3, 9]), {"bnorm": np.array([5.0, 6.0, 7.0])})])
+    assert out.column("id").to_pylist() == [1, 3] and out.column("bnorm").to_pylist()[1] == 6.0
+    assert out.schema == table.schema
+
+
+def test_patch_rewrites_only_the_files_of_touched_blocks_and_links_the_rest(tmp_path):
+    rng = np.random.default_rng(2)
+    ids = np.arange(0, 300, 3)
+    files = _blocked_dir(tmp_path / "parent", ids, 8, rng)
+    before = _read_dir(tmp_path / "parent")
+    delta = TableDelta(removed=np.array([9]), updates=((np.array([12, 30]), {"bnorm": np.array([7.0, 8.0])}),))
+    hit = touched_files(files, 8, delta.ids())
+    new_files, stats = patch_blocked(str(tmp_path / "parent"), files, 8, delta, str(tmp_path / "child"))
+
+    after = _read_dir(tmp_path / "child")
+    want = patch_reference(before, delta)
+    assert sorted(after) == sorted(want) and after[12]["bnorm"] == 7.0 and 9 not in after
+    assert stats["files_written"] == len(hit) and stats["files_linked"] == len(files) - len(hit)
+    for name in files:
+        child = tmp_path / "child" / name
+        if name in hit:
+            assert not child.exists()
+        else:
+            assert os.stat(child).st_ino == os.stat(tmp_path / "parent" / name).st_ino
+    assert sum(v["rows"] for v in new_files.values()) == len(after)
+    for name, info in new_files.items():  # each file still holds whole blocks, sorted by id
+        got = pq.read_table(tmp_path / "child" / name).column("id").to_numpy()
+        assert set(block_of(got, 8).tolist()) <= set(info["blocks"]) and (np.diff(got) > 0).all()
+
+
+def test_an_update_in_a_block_no_file_holds_changes_nothing(tmp_path):
+    rng = np.random.default_rng(3)
+    files = _blocked_dir(tmp_path / "parent", np.array([0, 8, 16]), 8, rng, per_file=1)  # only block 0 exists
+    new_files, stats = patch_blocked(str(tmp_path / "parent"), files, 8,
+                                     TableDelta(updates=((np.array([3]), {"bnorm": np.array([1.0])}),)),
+                                     str(tmp_path / "child"))
+    assert new_files == files and stats["files_written"] == 0
