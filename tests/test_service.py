@@ -202,36 +202,32 @@ def test_a_service_killed_after_publishing_settles_its_requests_once_on_restart_
     assert len(inbox.queued()) == 3 and not os.listdir(os.path.join(req, "receipts"))  # killed before any receipt
 
     inbox.submit_rows([{"user": 20}], "user-20")  # arrives while the service is down
-    restarted = _serve(store_copy, req, str(cfg), "--exit-when-idle", "1", "--json")
-    out, err = restarted.communicate(timeout=600)
-    assert restarted.returncode == 0, err[-3000:]
-    report = json.loads(out)
-    receipts = {r: inbox.read_receipt(r) for r in ("user-3", "user-7", "pair-11", "user-20")}
+    restarted = _serve(store_copy, req, str(cfg), "--json")
+    names = ("user-3", "user-7", "pair-11", "user-20")
+    deadline = time.time() + 300
+    while not all(inbox.has_receipt(r) for r in names) and time.time() < deadline and restarted.poll() is None:
+        time.sleep(0.1)
+    receipts = {r: inbox.read_receipt(r) for r in names}
     for r in ("user-3", "user-7", "pair-11"):
         assert receipts[r]["status"] == "applied" and receipts[r]["version"] == published and receipts[r]["recovered"]
     assert receipts["user-20"]["status"] == "applied" and receipts["user-20"]["version"] == ms.current() != published
-    assert report["versions"] == 1 and report["settled"] == 4
+
+    # SIGTERM in the middle of a micro-batch: it is finished and published, then the service exits 0.
+    inbox.submit_rows([{"user": 25}], "user-25")
+    while not any(n.startswith(".microbatch-") for n in os.listdir(req)) and time.time() < deadline:
+        time.sleep(0.01)
+    restarted.send_signal(signal.SIGTERM)
+    out, err = restarted.communicate(timeout=600)
+    assert restarted.returncode == 0, err[-3000:]
+    report = json.loads(out)
+    receipt = inbox.read_receipt("user-25")
+    assert receipt["status"] == "applied" and receipt["version"] == ms.current()
+    assert report["versions"] == 2 and report["settled"] == 5 and _heartbeat(req)["stopping"] is True
     members = [m for e in ms.ledger() for m in e.get("members", [e["batch_id"]])]
-    assert sorted(members) == ["pair-11", "user-20", "user-3", "user-7"]  # each applied once; the ledger reconciled
+    assert sorted(members) == ["pair-11", "user-20", "user-25", "user-3", "user-7"]  # each once; the ledger reconciled
+    assert inbox.queued() == []
     assert_verified(spark, store_copy, published)
     assert_verified(spark, store_copy)
-
-    # SIGTERM: the micro-batch under way is finished and published, then the service exits 0.
-    inbox.submit_rows([{"user": 25}], "user-25")
-    live = _serve(store_copy, req, str(cfg))
-    deadline = time.time() + 300
-    while _heartbeat(req).get("pid") != live.pid and time.time() < deadline:  # its first beat precedes its first step
-        time.sleep(0.05)
-    live.send_signal(signal.SIGTERM)
-    out, err = live.communicate(timeout=600)
-    assert live.returncode == 0, err[-3000:]
-    receipt = inbox.read_receipt("user-25")
-    applied = AppliedIndex().refresh(ms)
-    if receipt is None:  # the signal came before the micro-batch began: still queued, not applied
-        assert [q.request_id for q in inbox.queued()] == ["user-25"] and "user-25" not in applied
-    else:
-        assert receipt["status"] == "applied" and applied["user-25"] == receipt["version"] == ms.current()
-    assert _heartbeat(req)["stopping"] is True
 
 
 def _heartbeat(req):

@@ -378,6 +378,25 @@ def test_tampered_file_is_named(spark, store_copy):
         store.verify()
 
 
+def test_a_load_rehashes_a_changed_file_and_an_audit_rehashes_every_file(spark, store_copy):
+    store, name = store_copy
+    store.verify()  # this process now knows every file's checksum
+    full, rel = _a_parquet(store, name)
+    st = os.stat(full)
+    with open(full, "r+b") as fh:  # same size, then the mtime put back: invisible to the identity cache
+        fh.seek(st.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns))
+    store.verify()  # cached: not read again
+    with pytest.raises(StoreError, match="checksum mismatch.*" + rel.replace(".", r"\.")):
+        store.verify(cached=False)
+    os.utime(full)  # a normal write moves the mtime: the cache reads it again
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        store.verify()
+
+
 def test_truncated_file_is_named(spark, store_copy):
     store, name = store_copy
     full, rel = _a_parquet(store, name, "ratings")

@@ -140,8 +140,12 @@ def check_extra_manifest(manifest: dict | None) -> dict[str, Any]:
     return dict(manifest)
 
 
-def verify_files(name: str, path: str, manifest: dict) -> None:
-    """Recompute the checksum of every file of version ``name`` at ``path``; raise :class:`StoreError` on any difference."""
+def verify_files(name: str, path: str, manifest: dict, *, cached: bool = True) -> None:
+    """Recompute the checksum of every file of version ``name`` at ``path``; raise :class:`StoreError` on any difference.
+
+    ``cached``: a file this process already hashed, unchanged in identity, size and mtime, is not read again
+    (:func:`_checksum`); ``False`` reads every byte.
+    """
     expected = manifest.get("files")
     if not isinstance(expected, dict) or not (expected or manifest.get("purged")):
         raise StoreError(f"{os.path.join(path, MANIFEST_FILE)} has no 'files' checksums; cannot verify version {name}")
@@ -152,12 +156,38 @@ def verify_files(name: str, path: str, manifest: dict) -> None:
     extra = sorted(actual - set(expected))
     if extra:
         raise StoreError(f"version {name} at {path} holds file(s) not in its manifest: {_short(extra)}")
-    changed = [rel for rel in sorted(expected) if sha256_file(os.path.join(path, rel)) != expected[rel]]
+    digest = _checksum if cached else sha256_file
+    changed = [rel for rel in sorted(expected) if digest(os.path.join(path, rel)) != expected[rel]]
     if changed:
         raise StoreError(
             f"version {name} at {path}: checksum mismatch (file modified or truncated) in {_short(changed)}"
         )
     log.debug("verified %d files of %s", len(expected), name)
+
+
+_VERIFIED: dict[tuple[int, int, int, int], str] = {}
+_VERIFIED_MAX = 200_000
+
+
+def _checksum(path: str) -> str:
+    """SHA-256 of ``path``, remembered per file identity (device, inode, size, mtime) for this process.
+
+    Versions share their unchanged block files by hard links, so a long-lived
+    driver (jobs/serve.py) that loads each new version would otherwise hash
+    the whole store again per request.  A file rewritten in place changes
+    its size or mtime and is hashed again; a file replaced is a new inode.
+    What this does not see (bytes changed with the mtime restored) the
+    independent verifier, which always reads, does.
+    """
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _VERIFIED.get(key)
+    if digest is None:
+        digest = sha256_file(path)
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[key] = digest
+    return digest
 
 
 def _short(items: list[str], limit: int = 10) -> str:

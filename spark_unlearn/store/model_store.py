@@ -225,11 +225,14 @@ class ModelStore:
         name = self._resolve(version)
         return read_manifest_at(name, self.version_path(name))
 
-    def verify(self, version: str | None = None) -> None:
-        """Recompute every file checksum of ``version``; raise :class:`StoreError` on any difference."""
+    def verify(self, version: str | None = None, *, cached: bool = True) -> None:
+        """Recompute every file checksum of ``version``; raise :class:`StoreError` on any difference.
+
+        ``cached=False`` reads every byte, even of files this process already hashed (an audit).
+        """
         name = self._resolve(version)
         path = self.version_path(name)
-        verify_files(name, path, read_manifest_at(name, path))
+        verify_files(name, path, read_manifest_at(name, path), cached=cached)
 
     # ----------------------------------------------------------------- load
     def load(self, spark: SparkSession, version: str | None = None, verify: bool = True) -> LoadedVersion:

@@ -113,7 +113,7 @@ def verify_version(spark: SparkSession, store_path: str, version: str | None = N
     if manifest.get("purged"):
         raise StoreError(f"version {name} of {store.root} was purged: its tables are gone, nothing to recompute")
     try:
-        store.verify(name)  # every file's checksum; a mismatch fails the verdict, and the arithmetic still runs
+        store.verify(name, cached=False)  # every file's checksum, every byte read; a mismatch fails the verdict, and the arithmetic still runs
         files = {"verified": True}
     except StoreError as exc:
         files = {"verified": False, "problem": str(exc)}
