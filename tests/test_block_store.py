@@ -61,11 +61,12 @@ def test_a_blocked_training_version_loads_in_spark_and_records_whole_blocks(spar
     blocks = manifest["blocks"]
     assert blocks["n_blocks"] == {"user": 4, "item": 13}
     for table, files in blocks["files"].items():
-        n_blocks = blocks["n_blocks"][SIDE_OF[table]]
+        n_blocks = blocks["n_blocks"][SIDE_OF.get(table, "user")]  # ratings: the user side's blocks
+        key = "id" if table in SIDE_OF else "user"
         held = [b for info in files.values() for b in info["blocks"]]
         assert len(held) == len(set(held))  # a block lives in one file
         for name, info in files.items():
-            ids = pq.read_table(os.path.join(ms.version_path(), table, name)).column("id").to_numpy()
+            ids = pq.read_table(os.path.join(ms.version_path(), table, name)).column(key).to_numpy()
             assert len(ids) == info["rows"] and set((ids % n_blocks).tolist()) <= set(info["blocks"])
     model = ALSModel.load(ms.version_path())
     assert model.userFactors.count() == manifest["counts"]["n_users"]
@@ -88,11 +89,13 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
         assert _rows(spark, os.path.join(a.version_path(), table)) == _rows(spark, os.path.join(b.version_path(), table)), table
     # Explicit feedback: both sides' factors and offsets were patched; a parent file was rewritten exactly when
     # one of its blocks holds a row that changed or left, and hard-linked otherwise.
-    assert set(io) == {"userFactors", "itemFactors", "offsets/users", "offsets/items"}
+    assert set(io) == {"userFactors", "itemFactors", "offsets/users", "offsets/items", "ratings"}
     child, parent_dir = a.version_path(), a.version_path(parent)
     manifest_before, manifest_after = a.read_manifest(parent)["blocks"], a.read_manifest()["blocks"]
     n_linked = 0
     for table, files in manifest_before["files"].items():
+        if table == "ratings":
+            continue
         before = _rows(spark, os.path.join(parent_dir, table))
         after = _rows(spark, os.path.join(child, table))
         changed = {i for i in before if after.get(i) != before[i]}
@@ -106,6 +109,15 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
                 assert manifest_after["files"][table][name] == info
         assert io[table]["files_linked"] == sum(os.path.exists(os.path.join(child, table, n)) for n in files)
     assert n_linked > 0
+    # The ratings are blocked by user: only user 7's block was filtered (on the driver), every other file is linked.
+    ratings_before = pq.read_table(os.path.join(parent_dir, "ratings")).to_pylist()
+    ratings_after = pq.read_table(os.path.join(child, "ratings")).to_pylist()
+    assert sorted(map(tuple, map(dict.values, ratings_after))) == sorted(
+        tuple(r.values()) for r in ratings_before if r["user"] != 7)
+    b_user = manifest_before["n_blocks"]["user"]
+    for name, info in manifest_before["files"]["ratings"].items():
+        assert os.path.exists(os.path.join(child, "ratings", name)) == (7 % b_user not in info["blocks"])
+    assert io["ratings"]["files_written"] == 1
     a.verify()  # every checksum, the reused ones included
     model = ALSModel.load(child)  # Spark reads the pyarrow-written files beside its own
     assert 7 not in {r.id for r in model.userFactors.collect()}

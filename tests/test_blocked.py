@@ -11,12 +11,15 @@ import os
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from spark_unlearn.store.blocked import (
+    RowFilter,
     TableDelta,
     apply_delta,
     block_of,
     blocks_for,
+    filter_blocked,
     patch_blocked,
     patch_reference,
     touched_files,
@@ -126,3 +129,46 @@ def test_an_update_in_a_block_no_file_holds_changes_nothing(tmp_path):
                                      TableDelta(updates=((np.array([3]), {"bnorm": np.array([1.0])}),)),
                                      str(tmp_path / "child"))
     assert new_files == files and stats["files_written"] == 0
+
+
+RATINGS = pa.schema([pa.field("user", pa.int32(), nullable=False), pa.field("item", pa.int32(), nullable=False),
+                     pa.field("rating", pa.float32())])
+
+
+def _ratings_dir(path, rows, n_blocks):
+    """A ratings directory blocked by user, one file per block."""
+    os.makedirs(path)
+    files = {}
+    rows = np.asarray(rows)
+    for b in range(n_blocks):
+        mine = rows[rows[:, 0] % n_blocks == b]
+        if mine.size == 0:
+            continue
+        name = f"part-{b:05d}-r-c000.snappy.parquet"
+        pq.write_table(pa.Table.from_pydict({"user": mine[:, 0].astype(np.int32), "item": mine[:, 1].astype(np.int32),
+                                             "rating": mine[:, 2].astype(np.float32)}, schema=RATINGS), path / name)
+        files[name] = {"blocks": [b], "rows": int(len(mine))}
+    return files
+
+
+def test_row_filter_matches_the_batch_semantics_and_names_the_blocks_it_can_touch():
+    f = RowFilter(users=np.array([3]), items=np.zeros(0, np.int64), pairs=np.array([[5, 7]]))
+    keep = f.keep(np.array([3, 5, 5, 6]), np.array([1, 7, 8, 7]))
+    assert keep.tolist() == [False, False, True, True]
+    assert f.keys().tolist() == [3, 5]
+    assert RowFilter(items=np.array([7])).keys() is None  # a withdrawn item can be in any block
+
+
+def test_filter_blocked_rewrites_only_the_named_users_blocks(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = np.array([(u, i, float(rng.integers(1, 6))) for u in range(40) for i in rng.choice(50, 5, replace=False)])
+    files = _ratings_dir(tmp_path / "parent", rows, 8)
+    rule = RowFilter(users=np.array([3]), pairs=np.array([[12, int(rows[rows[:, 0] == 12][0, 1])]]))
+    new_files, io = filter_blocked(str(tmp_path / "parent"), files, 8, rule, str(tmp_path / "child"))
+    got = pq.read_table(tmp_path / "child").to_pydict()
+    kept = {(u, i) for u, i in zip(got["user"], got["item"])}
+    want = {(int(u), int(i)) for u, i, _ in rows if rule.keep(np.array([u]), np.array([i]))[0]}
+    assert kept == want and io["files_written"] == 2 and io["files_linked"] == len(files) - 2  # blocks 3 and 4
+    assert sum(v["rows"] for v in new_files.values()) == len(want)
+    with pytest.raises(ValueError, match="touched files"):
+        filter_blocked(str(tmp_path / "parent"), files, 8, RowFilter(items=np.array([1])), str(tmp_path / "other"))

@@ -15,7 +15,7 @@ from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError, ObjectiveError, OutputPathError, SchemaError, StoreError, StoreMovedError
 from spark_unlearn.schema import FACTORS_SCHEMA, OFFSETS_SCHEMA, RATINGS_SCHEMA
-from spark_unlearn.store import model_store, tables
+from spark_unlearn.store import blocked, model_store, tables
 from spark_unlearn.store.fingerprint import fingerprint_ratings
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.store.spark_layout import SPARK_ALS_MODEL_CLASS, load_spark_als_model
@@ -77,15 +77,17 @@ def _state(root):
 
 @pytest.fixture(scope="module")
 def published(spark, tmp_path_factory):
-    """A store with one version holding factors, offsets and ratings."""
+    """A store with one version holding factors, offsets and ratings (blocks of 2 rows: several files per table)."""
     root = str(tmp_path_factory.mktemp("store") / "store")
     store = ModelStore(root)
-    name = store.publish(
-        _model(spark),
-        offsets=_offsets(spark),
-        ratings=_ratings(spark),
-        manifest={"training": {"job": "unit-test"}, "certificate": {"eps": 0.0}},
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blocked, "BLOCK_ROWS", 2)
+        name = store.publish(
+            _model(spark),
+            offsets=_offsets(spark),
+            ratings=_ratings(spark),
+            manifest={"training": {"job": "unit-test"}, "certificate": {"eps": 0.0}},
+        )
     return root, name
 
 
@@ -409,7 +411,7 @@ def test_truncated_file_is_named(spark, store_copy):
 
 def test_missing_and_extra_files_are_named(spark, store_copy, published, tmp_path):
     store, name = store_copy
-    full, rel = _a_parquet(store, name, "ratings")  # a table of several files (the factors here are one block)
+    full, rel = _a_parquet(store, name, "itemFactors")
     os.remove(full)
     with pytest.raises(StoreError, match="missing.*" + rel.replace(".", r"\.")):
         store.load(spark)
@@ -447,8 +449,10 @@ def test_fingerprint_order_and_partitioning_invariant(spark):
         fingerprint_ratings(base.drop("rating"))
 
 
-def test_a_derived_data_version_links_untouched_files_and_rewrites_the_rest(spark, tmp_path):
+def test_a_derived_data_version_links_untouched_files_and_rewrites_the_rest(spark, tmp_path, monkeypatch):
     from spark_unlearn.store.derived import DerivedTable
+
+    monkeypatch.setattr(blocked, "BLOCK_ROWS", 2)  # 8 users in 4 blocks: several files, most without a named row
 
     store = ModelStore(str(tmp_path / "store"))
     rows = [(u, i, float(1 + (u + i) % 5)) for u in range(8) for i in range(10, 16)]

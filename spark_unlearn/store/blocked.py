@@ -66,23 +66,20 @@ class TableDelta:
         parts = [np.asarray(self.removed, np.int64)] + [np.asarray(ids, np.int64) for ids, _ in self.updates]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
-    @property
-    def empty(self) -> bool:
-        return self.ids().size == 0
-
 
 # --------------------------------------------------------------------------- full writes (Spark)
 
 
-def arrange(df, n_blocks: int):
-    """``df`` (with an ``id`` column) arranged for a blocked write: whole blocks per partition, sorted by id."""
+def arrange(df, n_blocks: int, key: str = "id"):
+    """``df`` arranged for a blocked write by its ``key`` column: whole blocks per partition, sorted by the key."""
     from pyspark.sql import functions as F
 
-    return df.repartition(int(n_blocks), F.pmod(F.col("id"), F.lit(int(n_blocks)))).sortWithinPartitions("id")
+    order = [key] + (["item"] if key == "user" and "item" in df.columns else [])
+    return df.repartition(int(n_blocks), F.pmod(F.col(key), F.lit(int(n_blocks)))).sortWithinPartitions(*order)
 
 
-def file_maps(spark, tables: dict[str, tuple[str, int]]) -> dict[str, dict[str, dict]]:
-    """``{table: {file name: {"blocks": [...], "rows": n}}}`` of written blocked tables (``table: (path, B)``).
+def file_maps(spark, tables: dict[str, tuple[str, int, str]]) -> dict[str, dict[str, dict]]:
+    """``{table: {file name: {"blocks": [...], "rows": n}}}`` of written blocked tables (``table: (path, B, key)``).
 
     One aggregation over all of them.
     """
@@ -94,8 +91,8 @@ def file_maps(spark, tables: dict[str, tuple[str, int]]) -> dict[str, dict[str, 
     from spark_unlearn.store.fsutil import file_uri
 
     parts = [spark.read.parquet(file_uri(path)).select(
-        F.lit(name).alias("t"), F.input_file_name().alias("f"), F.pmod(F.col("id"), F.lit(int(b))).alias("b"))
-        for name, (path, b) in tables.items()]
+        F.lit(name).alias("t"), F.input_file_name().alias("f"), F.pmod(F.col(key), F.lit(int(b))).alias("b"))
+        for name, (path, b, key) in tables.items()]
     if not parts:
         return {}
     rows = (functools.reduce(DataFrame.unionByName, parts).groupBy("t", "f")
@@ -137,10 +134,7 @@ def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta:
     for name, info in sorted(files.items()):
         src = os.path.join(parent_dir, name)
         if name not in touched:
-            os.link(src, os.path.join(out_dir, name))
-            crc = os.path.join(parent_dir, f".{name}.crc")
-            if os.path.exists(crc):
-                os.link(crc, os.path.join(out_dir, f".{name}.crc"))
+            _link_with_crc(parent_dir, out_dir, name)
             out[name] = dict(info)
             stats["files_linked"] += 1
             continue
@@ -157,6 +151,79 @@ def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta:
         out[new] = {"blocks": list(info["blocks"]), "rows": int(patched.num_rows)}
     open(os.path.join(out_dir, "_SUCCESS"), "w").close()
     return out, stats
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """The rows a deletion batch removes from a ratings table: erased users, withdrawn items, forgotten pairs."""
+
+    users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+
+    def keys(self) -> np.ndarray | None:
+        """The users whose blocks can hold a removed row, or ``None`` when any block can (items withdrawn)."""
+        if np.asarray(self.items).size:
+            return None
+        return np.unique(np.concatenate([np.asarray(self.users, np.int64), np.asarray(self.pairs, np.int64)[:, 0]]))
+
+    def keep(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Mask of the rows ``(user, item)`` that stay (as :func:`spark_unlearn.als.plan.remove_batch` keeps them)."""
+        user, item = np.asarray(user, np.int64), np.asarray(item, np.int64)
+        gone = np.isin(user, np.asarray(self.users, np.int64)) | np.isin(item, np.asarray(self.items, np.int64))
+        pairs = np.asarray(self.pairs, np.int64)
+        if pairs.size:
+            code = (user << 32) | item
+            gone |= np.isin(code, (pairs[:, 0] << 32) | pairs[:, 1])
+        return ~gone
+
+
+def filter_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, rows: RowFilter, out_dir: str,
+                   touched: set[str] | None = None) -> tuple[dict[str, dict], dict[str, int]]:
+    """Write the ratings table ``parent_dir`` (blocked by ``user``) without the rows ``rows`` removes.
+
+    The files to rewrite are those holding a block of a named user, or
+    ``touched`` (file names; when items are withdrawn, any block can hold one,
+    and the caller found them by a scan).  They are filtered on the driver
+    (row order kept); the others are hard-linked.  Returns the new file map
+    and the I/O counts, as :func:`patch_blocked`.
+    """
+    import pyarrow.parquet as pq
+
+    keys = rows.keys()
+    if touched is None:
+        if keys is None:
+            raise ValueError("withdrawn items can be in any block: give the touched files")
+        touched = set(touched_files(files, n_blocks, keys))
+    os.makedirs(out_dir)
+    out: dict[str, dict] = {}
+    stats = {"files_linked": 0, "files_written": 0, "bytes_read": 0, "bytes_written": 0}
+    for name, info in sorted(files.items()):
+        src = os.path.join(parent_dir, name)
+        if name not in touched:
+            _link_with_crc(parent_dir, out_dir, name)
+            out[name] = dict(info)
+            stats["files_linked"] += 1
+            continue
+        stats["bytes_read"] += os.path.getsize(src)
+        table = pq.read_table(src)
+        kept = table.filter(rows.keep(table.column("user").to_numpy(), table.column("item").to_numpy()))
+        if kept.num_rows == 0:
+            continue
+        new = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
+        pq.write_table(kept, os.path.join(out_dir, new), compression="snappy")
+        stats["bytes_written"] += os.path.getsize(os.path.join(out_dir, new))
+        stats["files_written"] += 1
+        out[new] = {"blocks": list(info["blocks"]), "rows": int(kept.num_rows)}
+    open(os.path.join(out_dir, "_SUCCESS"), "w").close()
+    return out, stats
+
+
+def _link_with_crc(parent_dir: str, out_dir: str, name: str) -> None:
+    os.link(os.path.join(parent_dir, name), os.path.join(out_dir, name))
+    crc = os.path.join(parent_dir, f".{name}.crc")
+    if os.path.exists(crc):
+        os.link(crc, os.path.join(out_dir, f".{name}.crc"))
 
 
 def _subset(ids: np.ndarray, cols: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
@@ -238,5 +305,5 @@ def patch_reference(rows: dict[int, dict], delta: TableDelta) -> dict[int, dict]
     return out
 
 
-__all__ = ["BLOCKS_KEY", "BLOCK_ROWS", "TableDelta", "apply_delta", "block_of", "blocks_for", "patch_blocked",
+__all__ = ["BLOCKS_KEY", "BLOCK_ROWS", "RowFilter", "TableDelta", "filter_blocked", "apply_delta", "block_of", "blocks_for", "patch_blocked",
            "patch_reference", "touched_files", "arrange", "file_maps"]

@@ -100,18 +100,12 @@ def _write(spark, staging, frames, layout, deltas, out: SideTablesWritten) -> li
             files, io = patch_blocked(src, layout.files[t], n_blocks[SIDE_OF[t]], delta, os.path.join(staging, t))
             out.blocks["files"][t] = files
             out.io[t] = io
-            for name in set(files) & set(layout.files[t]):  # kept names are hard links of the parent's files
-                for rel in (f"{t}/{name}", f"{t}/.{name}.crc"):
-                    if os.path.exists(os.path.join(staging, rel)):
-                        if rel not in layout.checksums:
-                            raise StoreError(f"{layout.path}: its manifest has no checksum of {rel}; the version is "
-                                             "damaged (check it with jobs/audit.py --verify-certificate)")
-                        out.checksums[rel] = layout.checksums[rel]
+            _reuse_checksums(staging, out, layout, t, set(files) & set(layout.files[t]))  # kept names: hard links
         else:
             tables.write_parquet(arrange(df, n_blocks[SIDE_OF[t]]), os.path.join(staging, t))
             full.append(t)
     if full:
-        maps = file_maps(spark, {t: (os.path.join(staging, t), n_blocks[SIDE_OF[t]]) for t in full})
+        maps = file_maps(spark, {t: (os.path.join(staging, t), n_blocks[SIDE_OF[t]], "id") for t in full})
         for t in full:
             out.blocks["files"][t] = maps[t]
             out.io[t] = {"files_written": len(maps[t]), "files_linked": 0,
@@ -147,5 +141,101 @@ def _dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-__all__ = ["FACTOR_TABLES", "ParentLayout", "SIDE_OF", "SideTablesWritten", "write_factor_tables",
-           "write_offsets_tables"]
+
+
+DATA_DRIVER_MAX_BYTES = 256 << 20
+"""At most this many bytes of touched ratings files are filtered on the driver; beyond, Spark rewrites them."""
+DATA_DRIVER_MAX_REQUESTS = 100_000
+"""At most this many deletion requests are brought to the driver to filter ratings blocks."""
+
+
+def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], written: SideTablesWritten,
+                      layout: ParentLayout | None) -> dict[str, dict[str, int]]:
+    """Write the ratings and holdout tables (``rel -> DataFrame or DerivedTable``), blocked by user.
+
+    A full table is arranged in the user side's blocks.  A derived one (the
+    parent's minus a deletion batch) whose parent is blocked is filtered on
+    the driver in the files that can hold a removed row: the blocks of the
+    named users, or, when items are withdrawn, the files one scan finds.  When
+    that is too much for the driver, or the parent is not blocked, Spark
+    rewrites the touched files (:mod:`spark_unlearn.store.derived`) and the
+    table has no block map in this version.  Returns the ``copy_on_write``
+    counts (``rel -> {"linked", "rewritten"}``).
+    """
+    from spark_unlearn.store.blocked import RowFilter, filter_blocked
+    from spark_unlearn.store.derived import DerivedTable, touched_files
+
+    b_user = written.blocks["n_blocks"]["user"]
+    out: dict[str, dict[str, int]] = {}
+    spark_derived = {}
+    rows_of_batch: dict[int, RowFilter | None] = {}
+    for rel, table in data.items():
+        if not isinstance(table, DerivedTable):
+            tables.write_parquet(arrange(table, b_user, "user"), os.path.join(staging, rel))
+            written.blocks["files"][rel] = file_maps(spark, {rel: (os.path.join(staging, rel), b_user, "user")})[rel]
+            continue
+        files = layout.files.get(rel) if layout is not None else None
+        if files is None:
+            spark_derived[rel] = table
+            continue
+        if id(table.batch) not in rows_of_batch:
+            rows_of_batch[id(table.batch)] = _row_filter(table.batch)
+        rows = rows_of_batch[id(table.batch)]
+        touched = None
+        if rows is not None and rows.keys() is None:  # withdrawn items: any block, found by one scan
+            found = touched_files(spark, [table.parent_dir], table.batch)[table.parent_dir]
+            touched = {os.path.basename(p) for p in found}
+        if rows is None or _bytes(table.parent_dir, touched if touched is not None else
+                                  _names_holding(files, b_user, rows)) > DATA_DRIVER_MAX_BYTES:
+            spark_derived[rel] = table
+            continue
+        new_files, io = filter_blocked(table.parent_dir, files, b_user, rows, os.path.join(staging, rel), touched)
+        written.blocks["files"][rel] = new_files
+        written.io[rel] = io
+        _reuse_checksums(staging, written, layout, rel, set(new_files) & set(files))
+        out[rel] = {"linked": io["files_linked"], "rewritten": io["files_written"]}
+    if spark_derived:
+        touched_all = tables.touched_together(spark, *spark_derived.values())
+        for rel, table in spark_derived.items():
+            out.update(tables.write_table(spark, table, staging, rel, touched_all))
+    return out
+
+
+def _row_filter(batch: DataFrame):
+    """The batch's requests on the driver as a :class:`~spark_unlearn.store.blocked.RowFilter` (``None``: too many)."""
+    from spark_unlearn.store.blocked import RowFilter
+
+    rows = batch.select("user", "item", "kind").limit(DATA_DRIVER_MAX_REQUESTS + 1).collect()
+    if len(rows) > DATA_DRIVER_MAX_REQUESTS:
+        return None
+    users = [r["user"] for r in rows if r["kind"] == "user"]
+    items = [r["item"] for r in rows if r["kind"] == "item"]
+    pairs = [(r["user"], r["item"]) for r in rows if r["kind"] == "interaction"]
+    return RowFilter(np.asarray(users, np.int64), np.asarray(items, np.int64),
+                     np.asarray(pairs, np.int64).reshape(-1, 2))
+
+
+def _names_holding(files: dict[str, dict], n_blocks: int, rows) -> set[str]:
+    from spark_unlearn.store.blocked import touched_files
+
+    return set(touched_files(files, n_blocks, rows.keys()))
+
+
+def _bytes(parent_dir: str, names: set[str]) -> int:
+    return sum(os.path.getsize(os.path.join(parent_dir, n)) for n in names)
+
+
+def _reuse_checksums(staging: str, written: SideTablesWritten, layout: ParentLayout, table: str,
+                     linked: set[str]) -> None:
+    """Record the parent's checksums for the files of ``table`` hard-linked from it (and their ``.crc`` side files)."""
+    for name in linked:
+        for rel in (f"{table}/{name}", f"{table}/.{name}.crc"):
+            if os.path.exists(os.path.join(staging, rel)):
+                if rel not in layout.checksums:
+                    raise StoreError(f"{layout.path}: its manifest has no checksum of {rel}; the version is damaged "
+                                     "(check it with jobs/audit.py --verify-certificate)")
+                written.checksums[rel] = layout.checksums[rel]
+
+
+__all__ = ["DATA_DRIVER_MAX_BYTES", "DATA_DRIVER_MAX_REQUESTS", "FACTOR_TABLES", "ParentLayout", "SIDE_OF",
+           "SideTablesWritten", "write_data_tables", "write_factor_tables", "write_offsets_tables"]

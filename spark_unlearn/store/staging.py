@@ -37,7 +37,7 @@ from spark_unlearn.store.spark_layout import (
     write_spark_metadata,
 )
 from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta
-from spark_unlearn.store.side_tables import ParentLayout, write_factor_tables, write_offsets_tables
+from spark_unlearn.store.side_tables import ParentLayout, write_data_tables, write_factor_tables, write_offsets_tables
 from spark_unlearn.store.tables import FORGOTTEN_DIR, HOLDOUT_DIR, ITEM_OFFSETS, RATINGS_DIR, USER_OFFSETS, canon_to_schema
 
 
@@ -116,17 +116,15 @@ def stage_version(
     if offs is not None:
         write_offsets_tables(spark, staging, {USER_OFFSETS: offs[0], ITEM_OFFSETS: offs[1]}, written, layout, deltas)
     fingerprint = extra.pop("data_fingerprint", None)
-    linked: dict[str, dict[str, int]] = {}
-    touched = tables.touched_together(spark, rats, hold)
+    # Ratings and holdout are blocked by user; a deletion filters the parent's touched blocks (side_tables).
+    data = {rel: t for rel, t in ((RATINGS_DIR, rats), (HOLDOUT_DIR, hold)) if t is not None}
+    linked: dict[str, dict[str, int]] = write_data_tables(spark, staging, data, written, layout)
     if rats is not None:
-        linked.update(tables.write_table(spark, rats, staging, RATINGS_DIR, touched))
         written_fp, counts["n_ratings"] = fingerprint_and_count(
             spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR)))
         )
         if fingerprint is None:
             fingerprint = written_fp
-    if hold is not None:
-        linked.update(tables.write_table(spark, hold, staging, HOLDOUT_DIR, touched))
     if gone is not None:
         tables.write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
     failpoint("after_ratings_written")
