@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             version_dir = ModelStore(store).version_path()
             per["frontier"] = {"wall_s": sec["end_to_end"] - sec["session_start"], "process_s": process_s,
                                "session_start_s": sec["session_start"], "rows_solved": rep.get("rows_solved"),
-                               "spark_jobs": rep.get("spark_jobs"),
+                               "engine_spark_jobs": rep.get("spark_jobs"),  # the engine's own scans, not every job of the process
                                "certificate": (rep.get("certificate") or {}).get("holds"),
                                "bytes_written": written_bytes(version_dir), "store_bytes": store_bytes(store)}
         if "service" in args.methods:

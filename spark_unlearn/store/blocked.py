@@ -124,11 +124,25 @@ def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta:
     An update of an id that no file holds is ignored (as the engine's own
     patch, a left join, ignores it).
     """
+    touched = set(touched_files(files, n_blocks, delta.ids()))
+
+    def patch(table, info):
+        mine = [(ids[np.isin(block_of(ids, n_blocks), info["blocks"])], ids, cols) for ids, cols in delta.updates]
+        return apply_delta(table, delta.removed, [(sel, _subset(ids, cols, sel)) for sel, ids, cols in mine])
+
+    return rewrite_touched(parent_dir, files, touched, out_dir, patch)
+
+
+def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], out_dir: str,
+                    transform) -> tuple[dict[str, dict], dict[str, int]]:
+    """Write ``out_dir``: each file of ``touched`` read, ``transform(table, info)``-ed and written under a new name
+    with the same blocks (dropped if empty); every other file of ``files`` hard-linked with its ``.crc``.
+
+    Returns the new file map and ``{"files_linked", "files_written", "bytes_read", "bytes_written"}``.
+    """
     import pyarrow.parquet as pq
 
     os.makedirs(out_dir)
-    changed = delta.ids()
-    touched = set(touched_files(files, n_blocks, changed))
     out: dict[str, dict] = {}
     stats = {"files_linked": 0, "files_written": 0, "bytes_read": 0, "bytes_written": 0}
     for name, info in sorted(files.items()):
@@ -139,16 +153,14 @@ def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta:
             stats["files_linked"] += 1
             continue
         stats["bytes_read"] += os.path.getsize(src)
-        table = pq.read_table(src)
-        mine = [(ids[np.isin(block_of(ids, n_blocks), info["blocks"])], ids, cols) for ids, cols in delta.updates]
-        patched = apply_delta(table, delta.removed, [(sel, _subset(ids, cols, sel)) for sel, ids, cols in mine])
-        if patched.num_rows == 0:
+        table = transform(pq.read_table(src), info)
+        if table.num_rows == 0:
             continue
         new = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
-        pq.write_table(patched, os.path.join(out_dir, new), compression="snappy")
+        pq.write_table(table, os.path.join(out_dir, new), compression="snappy")
         stats["bytes_written"] += os.path.getsize(os.path.join(out_dir, new))
         stats["files_written"] += 1
-        out[new] = {"blocks": list(info["blocks"]), "rows": int(patched.num_rows)}
+        out[new] = {"blocks": list(info["blocks"]), "rows": int(table.num_rows)}
     open(os.path.join(out_dir, "_SUCCESS"), "w").close()
     return out, stats
 
@@ -188,35 +200,16 @@ def filter_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, rows:
     (row order kept); the others are hard-linked.  Returns the new file map
     and the I/O counts, as :func:`patch_blocked`.
     """
-    import pyarrow.parquet as pq
-
     keys = rows.keys()
     if touched is None:
         if keys is None:
             raise ValueError("withdrawn items can be in any block: give the touched files")
         touched = set(touched_files(files, n_blocks, keys))
-    os.makedirs(out_dir)
-    out: dict[str, dict] = {}
-    stats = {"files_linked": 0, "files_written": 0, "bytes_read": 0, "bytes_written": 0}
-    for name, info in sorted(files.items()):
-        src = os.path.join(parent_dir, name)
-        if name not in touched:
-            _link_with_crc(parent_dir, out_dir, name)
-            out[name] = dict(info)
-            stats["files_linked"] += 1
-            continue
-        stats["bytes_read"] += os.path.getsize(src)
-        table = pq.read_table(src)
-        kept = table.filter(rows.keep(table.column("user").to_numpy(), table.column("item").to_numpy()))
-        if kept.num_rows == 0:
-            continue
-        new = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
-        pq.write_table(kept, os.path.join(out_dir, new), compression="snappy")
-        stats["bytes_written"] += os.path.getsize(os.path.join(out_dir, new))
-        stats["files_written"] += 1
-        out[new] = {"blocks": list(info["blocks"]), "rows": int(kept.num_rows)}
-    open(os.path.join(out_dir, "_SUCCESS"), "w").close()
-    return out, stats
+
+    def keep(table, _info):
+        return table.filter(rows.keep(table.column("user").to_numpy(), table.column("item").to_numpy()))
+
+    return rewrite_touched(parent_dir, files, touched, out_dir, keep)
 
 
 def _link_with_crc(parent_dir: str, out_dir: str, name: str) -> None:
@@ -306,4 +299,4 @@ def patch_reference(rows: dict[int, dict], delta: TableDelta) -> dict[int, dict]
 
 
 __all__ = ["BLOCKS_KEY", "BLOCK_ROWS", "RowFilter", "TableDelta", "filter_blocked", "apply_delta", "block_of", "blocks_for", "patch_blocked",
-           "patch_reference", "touched_files", "arrange", "file_maps"]
+           "patch_reference", "rewrite_touched", "touched_files", "arrange", "file_maps"]
