@@ -172,9 +172,11 @@ class UnlearnService:
                     members += group
                     continue
                 except SparkUnlearnError as exc:
-                    if len(group) > 1:
-                        log.warning("%d requests read together failed validation (%s): reading them one by one",
-                                    len(group), exc)
+                    if len(group) == 1:
+                        receipts.append(self._reject(group[0], exc))
+                        continue
+                    log.warning("%d requests read together failed validation (%s): reading them one by one",
+                                len(group), exc)
                 for req in group:
                     try:
                         frames.append(self._read(req.path, req.format))

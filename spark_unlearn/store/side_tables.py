@@ -1,4 +1,4 @@
-"""Writing a version's factor and offsets tables: blocked, and copy-on-write from the parent where a delta is known.
+"""Writing a version's factor, offsets, ratings and holdout tables: blocked, and copy-on-write from the parent.
 
 Per table (``userFactors``, ``itemFactors``, ``offsets/users``,
 ``offsets/items``), one of two paths:
@@ -13,7 +13,9 @@ Per table (``userFactors``, ``itemFactors``, ``offsets/users``,
   map read back (one aggregation for all full tables) and its factor tables
   validated by one scan (:func:`~spark_unlearn.store.tables.check_written_factors`).
 
-A lineage keeps its first version's number of blocks per side.
+Ratings and holdout are blocked by user (:func:`write_data_tables`): a
+deletion filters the parent's files holding the named users' blocks.  A
+lineage keeps its first version's number of blocks per side.
 """
 
 from __future__ import annotations
@@ -141,8 +143,6 @@ def _dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-
-
 DATA_DRIVER_MAX_BYTES = 256 << 20
 """At most this many bytes of touched ratings files are filtered on the driver; beyond, Spark rewrites them."""
 DATA_DRIVER_MAX_REQUESTS = 100_000
@@ -175,8 +175,8 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
             written.blocks["files"][rel] = file_maps(spark, {rel: (os.path.join(staging, rel), b_user, "user")})[rel]
             continue
         files = layout.files.get(rel) if layout is not None else None
-        if files is None:
-            spark_derived[rel] = table
+        if files is None or not os.path.samefile(table.parent_dir, os.path.join(layout.path, rel)):
+            spark_derived[rel] = table  # the parent is not blocked, or is not the version the layout describes
             continue
         if id(table.batch) not in rows_of_batch:
             rows_of_batch[id(table.batch)] = _row_filter(table.batch)
