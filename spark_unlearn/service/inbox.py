@@ -273,13 +273,5 @@ def _header_line(path: str) -> str:
         return ""
 
 
-def link_or_copy(src: str, dst: str) -> None:
-    """Hard-link ``src`` to ``dst`` (same file system), or copy it."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()

@@ -47,7 +47,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_unlearn.als.options import UnlearnOptions
 from spark_unlearn.errors import ConfigError, SparkUnlearnError, StoreMovedError
-from spark_unlearn.service.inbox import Inbox, QueuedRequest, link_or_copy, same_layout_groups
+from spark_unlearn.service.inbox import Inbox, QueuedRequest, same_layout_groups
+from spark_unlearn.store.fsutil import link_or_copy
 from spark_unlearn.store.ledger import REQUEST_KEY
 from spark_unlearn.store.model_store import ModelStore
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_unlearn.store.fsutil import link_or_copy
+
 log = logging.getLogger(__name__)
 
 _FILE = "_spark_unlearn_file"
@@ -96,7 +98,7 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str, touche
         for side in (name, f".{name}.crc"):
             path = os.path.join(parent, side)
             if os.path.exists(path):
-                _link_or_copy(path, os.path.join(out_dir, side))
+                link_or_copy(path, os.path.join(out_dir, side))
         linked += 1
     rewritten = sorted(hit)
     if rewritten:
@@ -112,10 +114,3 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str, touche
     open(os.path.join(out_dir, "_SUCCESS"), "w").close()
     log.info("data version from %s: %d part files linked, %d rewritten without the batch's rows", parent, linked, len(rewritten))
     return {"linked": linked, "rewritten": len(rewritten)}
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not allowed: the same bytes, copied
-        shutil.copy2(src, dst)

@@ -98,6 +98,16 @@ def atomic_write_text(path: str, text: str) -> None:
     fsync_dir(parent)
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst`` (same bytes, no copy), or copy it where the file system cannot link."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def local_path(path: str) -> str:
     """The absolute local path of ``path`` (a plain path or a ``file:`` URI).
 
