@@ -23,7 +23,9 @@
 Each entry: ``size``, ``method``, ``wall_s``, ``spark_jobs``, ``bytes_written``
 (files of the new version not shared with its parent by a hard link),
 ``store_bytes`` (distinct bytes in the store), ``certificate`` and
-``speedup_vs_mllib``.  ``bytes_read`` is not measured (``null``).
+``speedup_vs_mllib``.  ``bytes_read`` (``frontier``, ``service``): bytes of
+block files read on the driver, from disk (not the service's cache), and by
+the publication's copy-on-write; ``null`` for the retrains (Spark's reads).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import train_als  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 from spark_unlearn.service.inbox import Inbox  # noqa: E402
+from spark_unlearn.store.block_reader import FILE_CACHE  # noqa: E402
+from spark_unlearn.unlearn_model import request_io  # noqa: E402
 from spark_unlearn.service.serve import ServiceOptions, UnlearnService  # noqa: E402
 from spark_unlearn.als.options import UnlearnOptions  # noqa: E402
 from spark_unlearn.store.model_store import ModelStore  # noqa: E402
@@ -184,6 +188,7 @@ def main(argv=None) -> int:
             sec = rep["seconds"]
             version_dir = ModelStore(store).version_path()
             per["frontier"] = {"wall_s": sec["end_to_end"] - sec["session_start"], "process_s": process_s,
+                               "bytes_read": (rep.get("io") or {}).get("bytes_read"),
                                "session_start_s": sec["session_start"], "rows_solved": rep.get("rows_solved"),
                                "engine_spark_jobs": rep.get("spark_jobs"),  # the engine's own scans, not every job of the process
                                "certificate": (rep.get("certificate") or {}).get("holds"),
@@ -193,8 +198,9 @@ def main(argv=None) -> int:
             shutil.copytree(base, store, copy_function=os.link)
             inbox = Inbox(os.path.join(work, f"requests_{size}"))
             service = UnlearnService(spark, store, inbox, ServiceOptions(measure=False, unlearn=UnlearnOptions()))
-            walls, jobs, written, holds = [], [], [], []
+            walls, jobs, written, read, holds = [], [], [], [], []
             for k, req in enumerate(rest):
+                read_before = FILE_CACHE.bytes_read
                 t = time.perf_counter()
                 rid = inbox.submit_rows([req], f"r{k:04d}")
                 receipts = service.step()
@@ -205,15 +211,17 @@ def main(argv=None) -> int:
                 jobs.append(receipt["micro_batch"]["spark_jobs"])
                 holds.append(bool((receipt.get("certificate") or {}).get("holds")))
                 written.append(written_bytes(service.store.version_path(receipt["version"])))
+                read.append(request_io(service.store.read_manifest(receipt["version"]), read_before)["bytes_read"])
                 log.info("%s service request %d: %.3f s, %d Spark jobs", size, k, walls[-1], jobs[-1])
             qs = statistics.quantiles(walls, n=10)
             per["service"] = {"wall_s": statistics.median(walls), "p90_s": qs[-1], "max_s": max(walls),
                               "first_s": walls[0], "n_requests": len(walls), "spark_jobs": statistics.median(jobs),
                               "certificate": all(holds), "bytes_written": statistics.median(written),
+                              "bytes_read": statistics.median(read),
                               "store_bytes": store_bytes(store), "walls": [round(w, 3) for w in walls]}
         mllib = per.get("mllib_retrain", {}).get("wall_s")
         for method, entry in per.items():
-            entry = {"size": size, "method": method, "bytes_read": None, **entry}
+            entry = {"size": size, "method": method, "bytes_read": None, **entry}  # None: Spark's reads, not counted
             entry["speedup_vs_mllib"] = mllib / entry["wall_s"] if mllib else None
             results["entries"].append(entry)
             log.info("%s %s: %s", size, method, {k: v for k, v in entry.items() if k != "walls"})

@@ -14,7 +14,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -23,9 +24,19 @@ from spark_unlearn.als.plan import remove_batch
 from spark_unlearn.als.certify import residual_summary
 from spark_unlearn.als.options import UnlearnOptions, VersionFacts
 from spark_unlearn.als.unlearn import unlearn_als
+from spark_unlearn.deferred import Deferred, force
 from spark_unlearn.errors import ConfigError, ObjectiveError, StoreError, StoreMovedError
 from spark_unlearn.faults import failpoint
 from spark_unlearn.request_caches import releases_caches
+from spark_unlearn.publication import (
+    applied_requests,
+    applied_requests_local,
+    derived_fingerprint,
+    driver_rows,
+    request_io,
+    table_deltas,
+)
+from spark_unlearn.store.block_reader import FILE_CACHE, BlockReader
 from spark_unlearn.store.fingerprint import fingerprint_ratings
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.store.spark_layout import load_spark_als_model
@@ -150,6 +161,10 @@ class UnlearnRequest:
         The ids of the requests this batch coalesces (the service's
         micro-batches): recorded in the version's ``request.members`` and the
         ledger, so each is known to be applied by that version.
+    batch_rows
+        ``batch``'s ``(user, item, kind)`` rows when the caller read them on
+        the driver (:func:`~spark_unlearn.data.plain_deletions.read_deletion_rows`):
+        the request then runs no job to collect them.
     """
 
     model_path: str
@@ -166,6 +181,7 @@ class UnlearnRequest:
     force: bool = False
     max_rebases: int = 3
     members: tuple[str, ...] = ()
+    batch_rows: tuple | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
@@ -212,16 +228,17 @@ def run_unlearning(spark: SparkSession, request: UnlearnRequest, *, started: flo
         job's start until its version was ready to publish).  ``speedup_solve_only`` compares the
         training's ALS solve with this request's solve and certificate.
     """
-    from spark_unlearn.data.deletions import read_deletions
+    from spark_unlearn.data.plain_deletions import read_deletion_rows
     from spark_unlearn.data.readers import read_ratings
     from spark_unlearn.store.ledger import batch_identity
 
     t0 = time.perf_counter() if started is None else started
     model_path, output_store, batch = request.model_path, request.output_store, request.batch
+    rows = list(request.batch_rows) if request.batch_rows is not None else None
     if batch is None:
         if request.delete_path is None:
             raise ConfigError("give a deletion batch: --delete PATH")
-        batch = read_deletions(spark, request.delete_path)
+        batch, rows = read_deletion_rows(spark, request.delete_path)
     ratings = read_ratings(spark, request.ratings_path, format=request.ratings_format) if request.ratings_path else None
     if output_store is None:
         if _is_spark_model_dir(model_path):
@@ -229,11 +246,13 @@ def run_unlearning(spark: SparkSession, request: UnlearnRequest, *, started: flo
         output_store = model_path
     store = ModelStore(output_store)  # checks the output path before any work
     store.reconcile()
-    identity = batch_identity(batch, request.batch_id)
+    if rows is None:
+        rows = driver_rows(batch)
+    identity = batch_identity(batch, request.batch_id, rows=rows)
     if identity.n_requests == 0:
         log.info("deletion batch %s holds no request: nothing to do, nothing published", identity.batch_id)
         return _nothing_report(identity, store, "the deletion batch holds no request (e.g. a header-only file)", t0)
-    req = _Request(batch, identity, request)
+    req = _Request(batch, identity, request, rows)
     source, source_ratings = model_path, ratings
     holding = store.current()
     if holding is not None and not _same_path(model_path, store.root):
@@ -277,6 +296,7 @@ class _Request:
     batch: DataFrame
     identity: Any
     request: UnlearnRequest
+    rows: list | None = None  # the batch's (user, item, kind) rows on the driver, when it is small
 
 
 def _nothing_report(identity, store: ModelStore, why: str, t0: float) -> dict[str, Any]:
@@ -309,6 +329,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
             "note": "this batch (same content) was applied before; nothing was recomputed or written",
         }
 
+    read_before = FILE_CACHE.bytes_read
     src = load_source_model(spark, model_path, ratings, stated=req.request.expected_params, force=req.request.force)
     model, offsets, data, holdout, manifest, parent = src.model, src.offsets, src.ratings, src.holdout, src.manifest, src.parent
     if src.objective_check is not None and src.objective_check["forced"] and req.request.options.tol is None:
@@ -326,17 +347,21 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         drift_bound={"user": 0.0, "item": 0.0} if spark_source else manifest.get("drift_max"),
         counts=_version_counts(manifest), x_ratio=None if spark_source else manifest.get("x_ratio"),
         x_watch=None if spark_source else manifest.get("x_watch"),
+        # The stored data version's blocks, read on the driver (not when other ratings were given).
+        blocks=BlockReader.of(ModelStore(model_path).version_path(parent), manifest)
+        if parent is not None and ratings is None else None,
     )
-    result = unlearn_als(data, model, offsets, batch, req.request.options, facts)
+    result = unlearn_als(data, model, offsets, batch, req.request.options, facts, batch_rows=req.rows)
     failpoint("after_solve")
     report = {"status": "applied", "batch": identity.to_dict(), **result.report}
     if src.objective_check is not None:
         report["objective_check"] = src.objective_check
     new_holdout = None
     if holdout is not None:
-        new_holdout = remove_batch(holdout, batch)
+        new_holdout = Deferred(partial(remove_batch, holdout, batch))  # built if read (a full write, metrics)
     # Only when the training data lost nothing: the held-out split may still hold what the batch names.
-    if not report["deletion"].get("deleted_ratings") and (new_holdout is None or holdout.count() == new_holdout.count()):
+    if not report["deletion"].get("deleted_ratings") and (new_holdout is None or
+                                                          holdout.count() == force(new_holdout).count()):
         result.release()
         log.info("batch %s removes no rating from %s: nothing published", identity.batch_id, model_path)
         out = _nothing_report(identity, store, "no request of the batch matches a rating of the model's data", t0)
@@ -354,7 +379,8 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
                 report["metrics_before_source"] = "recorded when the parent version was published"
             else:
                 report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.request.k)
-            report["metrics_after"] = evaluate_model(result.model, result.remaining, new_holdout, model.params.implicit, req.request.k)
+            report["metrics_after"] = evaluate_model(result.model, result.remaining, force(new_holdout),
+                                                     model.params.implicit, req.request.k)
     training = manifest.get("training") or {}
     report["seconds"]["unlearning_total"] = round(time.perf_counter() - t0, 3)
     if training.get("seconds"):
@@ -365,20 +391,29 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     report["seconds"]["measure"] = round(time.perf_counter() - t_measure, 3)
     report = undefined_as_none(report)
     t_publish = time.perf_counter()
-    out_ratings, out_holdout = result.remaining, new_holdout
+    out_ratings = out_holdout = None
+    fingerprint: dict[str, Any] = {}
     if same_store:
         # The data versions derive from the parent's files: only part files holding a deleted row are rewritten.
         from spark_unlearn.store.derived import DerivedTable
 
         parent_dir = store.version_path(parent)
         contents = manifest.get("contents") or {}
+        rows = tuple(req.rows) if req.rows is not None else None
         if contents.get("ratings"):
-            out_ratings = DerivedTable(os.path.join(parent_dir, RATINGS_DIR), batch)
+            out_ratings = DerivedTable(os.path.join(parent_dir, RATINGS_DIR), batch, rows)
+            fingerprint = derived_fingerprint(manifest, result.deleted_local)
         if contents.get("holdout") and new_holdout is not None:
-            out_holdout = DerivedTable(os.path.join(parent_dir, HOLDOUT_DIR), batch)
+            out_holdout = DerivedTable(os.path.join(parent_dir, HOLDOUT_DIR), batch, rows)
+    if out_ratings is None:
+        out_ratings = result.remaining
+    if out_holdout is None and new_holdout is not None:
+        out_holdout = force(new_holdout)
+    new_model = result.model  # its tables stay unbuilt where the publication patches them from row changes
+    new_model.model_params = model.model_params
     try:
         version = store.publish(
-            replace(result.model, model_params=model.model_params),
+            new_model,
             offsets=result.offsets,
             ratings=out_ratings,
             holdout=out_holdout,
@@ -393,9 +428,12 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
                 # Implicit, targeted engine only: the bound max |x|/|b| the next request starts from.
                 **({"x_ratio": result.report["x_ratio"]} if result.report.get("x_ratio") else {}),
                 **({"x_watch": result.x_watch} if result.x_watch else {}),
+                **fingerprint,
             },
             parent=parent if same_store else None,
-            forgotten=applied_requests(batch, result.deleted),
+            forgotten=(applied_requests_local(req.rows, result.deleted_local)
+                       if req.rows is not None and result.deleted_local is not None
+                       else applied_requests(batch, result.deleted)),
             request=request_record(identity, method=f"unlearn-als/{report['mode']}",
                                    **({"members": list(req.request.members)} if req.request.members else {})),
             expect_current=parent if same_store else observed,
@@ -405,9 +443,11 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     finally:
         report["seconds"]["publish"] = round(time.perf_counter() - t_publish, 3)
         result.release()
-        for df in (result.remaining, result.deleted):  # their cache-manager entries; the blocks go with the scope
-            df.unpersist()
+        for name in ("remaining", "deleted"):  # their cache-manager entries; the blocks go with the scope
+            if result.is_built(name):
+                getattr(result, name).unpersist()
     published = store.read_manifest(version)
+    report["io"] = request_io(published, read_before)
     if report.get("remaining_ratings") is None:
         report["remaining_ratings"] = published["counts"].get("n_ratings")
     if published.get("copy_on_write"):
@@ -423,24 +463,6 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     log.info("published %s: %d rows re-solved, certificate %.3g (tol %.3g)", version, report["rows_solved"],
              report["certificate"]["max_relative_residual"], report["tolerance"])
     return report
-
-
-def table_deltas(changes: dict[str, Any]) -> dict[str, Any]:
-    """The store's per-table deltas (:class:`~spark_unlearn.store.blocked.TableDelta`) of a strategy's row changes
-    (:class:`~spark_unlearn.als.result.RowChanges` per side); a side whose offsets changed beyond them has no
-    offsets delta (that table is written in full)."""
-    from spark_unlearn.store.blocked import TableDelta
-    from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
-    from spark_unlearn.store.tables import ITEM_OFFSETS, USER_OFFSETS
-
-    out = {}
-    for side, factors, offsets in (("user", USER_FACTORS, USER_OFFSETS), ("item", ITEM_FACTORS, ITEM_OFFSETS)):
-        c = changes[side]
-        out[factors] = TableDelta(removed=c.removed, updates=((c.factor_ids, {"features": c.factors}),))
-        if c.offset_ids is not None:
-            out[offsets] = TableDelta(removed=c.removed, updates=(
-                (c.offset_ids, {"bnorm": c.bnorm, "drift": c.drift}), (c.target_ids, {"residual": c.targets})))
-    return out
 
 
 def undefined_as_none(report: Any, path: str = "", found: list[str] | None = None) -> Any:
@@ -481,18 +503,6 @@ def check_model_matches(params, expected: dict[str, Any] | None, where: str) -> 
             f"the model at {where} was trained with other hyperparameters than stated ({detail}); "
             "unlearning keeps the model's own objective, so fix the flags or config (or drop those keys) or pick the right model"
         )
-
-
-def applied_requests(batch: DataFrame, deleted: DataFrame) -> DataFrame:
-    """The requests of ``batch`` that removed something (``user``, ``item``, ``kind``): what the ledger remembers."""
-    from pyspark.sql import functions as F
-
-    pairs = batch.filter(F.col("kind") == "interaction").join(deleted.select("user", "item"), ["user", "item"], "left_semi")
-    users = batch.filter(F.col("kind") == "user").join(deleted.select("user").distinct(), ["user"], "left_semi")
-    items = batch.filter(F.col("kind") == "item").join(deleted.select("item").distinct(), ["item"], "left_semi")
-    return pairs.select("user", "item", "kind").unionByName(users.select("user", "item", "kind")).unionByName(
-        items.select("user", "item", "kind")
-    )
 
 
 def forgetting_report(before, after, deleted: DataFrame) -> dict[str, Any]:

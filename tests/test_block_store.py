@@ -23,6 +23,7 @@ from spark_unlearn.als.options import UnlearnOptions
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.store import blocked
 from spark_unlearn.store.model_store import ModelStore
+from spark_unlearn.store.block_reader import TABLE_KEYS
 from spark_unlearn.store.side_tables import SIDE_OF
 from spark_unlearn.train_model import run_training
 from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
@@ -60,9 +61,10 @@ def test_a_blocked_training_version_loads_in_spark_and_records_whole_blocks(spar
     manifest = ms.read_manifest()
     blocks = manifest["blocks"]
     assert blocks["n_blocks"] == {"user": 4, "item": 13}
+    assert set(blocks["files"]) == set(TABLE_KEYS) - {"holdout"}
     for table, files in blocks["files"].items():
-        n_blocks = blocks["n_blocks"][SIDE_OF.get(table, "user")]  # ratings: the user side's blocks
-        key = "id" if table in SIDE_OF else "user"
+        side, key = TABLE_KEYS[table]  # ratings: by user, and a copy by item
+        n_blocks = blocks["n_blocks"][side]
         held = [b for info in files.values() for b in info["blocks"]]
         assert len(held) == len(set(held))  # a block lives in one file
         for name, info in files.items():
@@ -80,8 +82,13 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
     parent = ModelStore(cow).current()
     report = _erase(spark, cow, 7)
     assert report["status"] == "applied" and report["engine"] == "targeted"
+    assert report["spark_jobs"] == 0  # the engine read every row from the files of its blocks, on the driver
+    # The reference: rows read by Spark scans (no block reader) and every table written in full.
     monkeypatch.setattr(unlearn_model, "table_deltas", lambda changes: None)
-    assert _erase(spark, full, 7)["status"] == "applied"
+    monkeypatch.setattr(unlearn_model.BlockReader, "of", classmethod(lambda cls, *a, **k: None))
+    reference = _erase(spark, full, 7)
+    assert reference["status"] == "applied" and reference["spark_jobs"] > 0
+    monkeypatch.undo()
 
     a, b = ModelStore(cow), ModelStore(full)
     io = a.read_manifest()["blocks"]["io"]
@@ -89,12 +96,12 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
         assert _rows(spark, os.path.join(a.version_path(), table)) == _rows(spark, os.path.join(b.version_path(), table)), table
     # Explicit feedback: both sides' factors and offsets were patched; a parent file was rewritten exactly when
     # one of its blocks holds a row that changed or left, and hard-linked otherwise.
-    assert set(io) == {"userFactors", "itemFactors", "offsets/users", "offsets/items", "ratings"}
+    assert set(io) == {"userFactors", "itemFactors", "offsets/users", "offsets/items", "ratings", "ratings_by_item"}
     child, parent_dir = a.version_path(), a.version_path(parent)
     manifest_before, manifest_after = a.read_manifest(parent)["blocks"], a.read_manifest()["blocks"]
     n_linked = 0
     for table, files in manifest_before["files"].items():
-        if table == "ratings":
+        if table.startswith("ratings"):
             continue
         before = _rows(spark, os.path.join(parent_dir, table))
         after = _rows(spark, os.path.join(child, table))
@@ -118,6 +125,13 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
     for name, info in manifest_before["files"]["ratings"].items():
         assert os.path.exists(os.path.join(child, "ratings", name)) == (7 % b_user not in info["blocks"])
     assert io["ratings"]["files_written"] == 1
+    # The item copy holds the same rows; only the files of the blocks of the items user 7 rated were rewritten.
+    by_item = pq.read_table(os.path.join(child, "ratings_by_item")).select(["user", "item", "rating"]).to_pylist()
+    assert sorted(tuple(r.values()) for r in by_item) == sorted(map(tuple, map(dict.values, ratings_after)))
+    b_item = manifest_before["n_blocks"]["item"]
+    hit = {r["item"] % b_item for r in ratings_before if r["user"] == 7}
+    for name, info in manifest_before["files"]["ratings_by_item"].items():
+        assert os.path.exists(os.path.join(child, "ratings_by_item", name)) == (not hit & set(info["blocks"]))
     a.verify()  # every checksum, the reused ones included
     model = ALSModel.load(child)  # Spark reads the pyarrow-written files beside its own
     assert 7 not in {r.id for r in model.userFactors.collect()}
@@ -126,3 +140,25 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
     # A second request patches the patched version; the verifier checks the result from its files.
     assert _erase(spark, cow, 11)["status"] == "applied"
     assert_verified(spark, cow)
+
+
+def test_a_withdrawn_item_is_found_in_its_blocks_and_leaves_both_copies(spark, small_block_store, tmp_path):
+    root = str(tmp_path / "store")
+    shutil.copytree(small_block_store, root)
+    ms = ModelStore(root)
+    before = pq.read_table(os.path.join(ms.version_path(), "ratings")).to_pylist()
+    item = 2
+    batch = spark.createDataFrame([(None, item, "item"), (5, 9, "interaction")], "user int, item int, kind string")
+    report = run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False,
+                                                  options=UnlearnOptions(engine="targeted")))
+    assert report["status"] == "applied" and report["deletion"]["deleted_ratings"] == sum(
+        r["item"] == item or (r["user"], r["item"]) == (5, 9) for r in before) > 1
+    expected = sorted((r["user"], r["item"], r["rating"]) for r in before
+                      if r["item"] != item and (r["user"], r["item"]) != (5, 9))
+    for table in ("ratings", "ratings_by_item"):
+        got = pq.read_table(os.path.join(ms.version_path(), table)).select(["user", "item", "rating"]).to_pylist()
+        assert sorted(tuple(r.values()) for r in got) == expected, table
+    # Filtered on the driver in the blocks of the removed rows (no Spark rewrite: the tables keep their block map).
+    blocks = ms.read_manifest()["blocks"]
+    assert {"ratings", "ratings_by_item"} <= set(blocks["io"]) and blocks["io"]["ratings_by_item"]["files_linked"] > 0
+    assert_verified(spark, root)

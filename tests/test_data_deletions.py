@@ -91,3 +91,79 @@ def test_bad_arguments_and_paths(spark, tmp_path):
         read_deletions(spark, str(tmp_path / "missing.csv"))
     with pytest.raises(SchemaError, match="format='csv'"):
         read_deletions(spark, _write(tmp_path, "batch.txt", "user\n1\n"))
+
+
+# --------------------------------------------------------------------------- the driver's fast path
+
+
+PLAIN_CASES = [
+    ("mixed.csv", "user,item,reason\n1,2,gdpr\n1,2,again\n3,,erase\n,4,withdrawn\n 5 , 6 ,\n"),
+    ("users.csv", "user\n7\n8\n7\n"),
+    ("signs.csv", "item,user\n+3,007\n2147483647,0\n"),
+    ("no_newline.csv", "user,item\n1,2"),
+    ("extra_cols.csv", "ts,user,item\n100,4,5\n"),
+    ("empty_body.csv", "user,item\n"),
+]
+DOUBTFUL_CASES = [
+    ("quoted.csv", 'user,item\n"1",2\n'),
+    ("crlf.csv", "user,item\r\n1,2\r\n"),
+    ("blank_line.csv", "user,item\n1,2\n\n3,4\n"),
+    ("fields.csv", "user,item\n1,2,3\n"),
+    ("negative.csv", "user,item\n-1,2\n"),
+    ("too_big.csv", "user,item\n2147483648,2\n"),
+    ("decimal.csv", "user,item\n1.0,2\n"),
+    ("neither.csv", "user,item\n,\n"),
+    ("tab.csv", "user,item\n1\t,2\n"),
+    ("bom.csv", "\ufeffuser,item\n1,2\n"),
+    ("empty.csv", ""),
+]
+
+
+@pytest.mark.parametrize("name,text", PLAIN_CASES)
+def test_a_plain_file_read_on_the_driver_gives_what_spark_reads(spark, tmp_path, name, text):
+    from spark_unlearn.data.plain_deletions import read_deletion_rows, read_plain_deletions
+
+    path = _write(tmp_path, name, text)
+    rows = read_plain_deletions(path)
+    assert rows is not None, "a plain file takes the driver's path"
+    assert sorted(rows, key=repr) == _rows(read_deletions(spark, path))
+    batch, got = read_deletion_rows(spark, path)
+    assert got == rows and _rows(batch) == sorted(rows, key=repr) and batch.schema == DELETIONS_SCHEMA
+
+
+@pytest.mark.parametrize("name,text", DOUBTFUL_CASES)
+def test_a_doubtful_file_is_left_to_spark_and_gets_its_answer(spark, tmp_path, name, text):
+    from spark_unlearn.data.plain_deletions import read_deletion_rows, read_plain_deletions
+
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    assert read_plain_deletions(str(path)) is None
+    try:
+        expected = _rows(read_deletions(spark, str(path)))
+    except (SchemaError, InvalidIdError) as exc:
+        with pytest.raises(type(exc)):
+            read_deletion_rows(spark, str(path))
+    else:
+        batch, rows = read_deletion_rows(spark, str(path))
+        assert rows is None and _rows(batch) == expected
+
+
+def test_plain_parquet_on_the_driver_and_a_wrong_column_mapping_fails_the_same_way(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_unlearn.data.plain_deletions import read_plain_deletions
+
+    path = str(tmp_path / "batch.parquet")
+    pq.write_table(pa.table({"user": pa.array([1, None, 3, 1], pa.int64()), "item": pa.array([2, 5, None, 2], pa.int16())}),
+                   path)
+    assert sorted(read_plain_deletions(path), key=repr) == _rows(read_deletions(spark, path))
+    floats = str(tmp_path / "floats.parquet")
+    pq.write_table(pa.table({"user": pa.array([1.0])}), floats)
+    assert read_plain_deletions(floats) is None  # Spark decides what a float id means
+    csv = _write(tmp_path, "b.csv", "uid,sku\n1,2\n")
+    with pytest.raises(SchemaError) as driver:
+        read_plain_deletions(csv, columns={"user": "nope"})
+    with pytest.raises(SchemaError) as spark_err:
+        read_deletions(spark, csv, columns={"user": "nope"})
+    assert str(driver.value) == str(spark_err.value)

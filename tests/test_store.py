@@ -428,6 +428,36 @@ def test_missing_and_extra_files_are_named(spark, store_copy, published, tmp_pat
 # --------------------------------------------------------------------------- fingerprint
 
 
+def test_driver_row_hashes_are_sparks_xxhash64(spark):
+    from spark_unlearn.store.fingerprint import _FP_SALT, row_hashes
+
+    rng = np.random.default_rng(3)
+    rows = [(int(u), int(i), float(r)) for u, i, r in zip(rng.integers(0, 2**31 - 1, 300), rng.integers(0, 2**31 - 1, 300),
+                                                          rng.normal(0, 3, 300).astype(np.float32))]
+    rows += [(0, 0, 0.0), (1, 2, -0.0), (2**31 - 1, 5, 1e30), (7, 8, float("nan"))]
+    df = spark.createDataFrame(rows, RATINGS_SCHEMA)
+    got = df.select(F.xxhash64("user", "item", "rating"), F.xxhash64(F.lit(_FP_SALT), "user", "item", "rating")).collect()
+    h1, h2 = row_hashes(*(np.array([r[k] for r in rows]) for k in range(3)))
+    mask = (1 << 64) - 1
+    assert [g[0] & mask for g in got] == h1.tolist() and [g[1] & mask for g in got] == h2.tolist()
+
+
+def test_fingerprint_without_some_rows_equals_the_fingerprint_of_what_remains(spark):
+    from spark_unlearn.store.fingerprint import fingerprint_state, fingerprint_without, state_count
+
+    rng = np.random.default_rng(4)
+    rows = [(int(u), int(i), float(r)) for u, i, r in zip(rng.integers(0, 50, 400), rng.integers(0, 80, 400),
+                                                          rng.integers(1, 10, 400) / 2)]
+    rows = list({(u, i): (u, i, r) for u, i, r in rows}.values())
+    fp, state = fingerprint_state(_ratings(spark, rows))
+    assert fp == fingerprint_ratings(_ratings(spark, rows)) and state_count(state) == len(rows)
+    gone = [rows[k] for k in rng.choice(len(rows), 37, replace=False)]
+    left = [r for r in rows if r not in gone]
+    got, got_state = fingerprint_without(state, *(np.array([r[k] for r in gone]) for k in range(3)))
+    assert got == fingerprint_ratings(_ratings(spark, left)) != fp
+    assert got_state == fingerprint_state(_ratings(spark, left))[1]
+
+
 def test_fingerprint_order_and_partitioning_invariant(spark):
     base = _ratings(spark)
     fp = fingerprint_ratings(base)

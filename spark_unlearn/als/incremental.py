@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_unlearn.als.result import RowChanges
+from spark_unlearn.als.block_source import BlockRowSource
 from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
@@ -55,8 +57,9 @@ from spark_unlearn.als.factor_passes import arrow_matrix, gram_moved, gram_of, v
 from spark_unlearn.als.plan import already_forgotten, plan_counts, unknown_requests
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
-from spark_unlearn.als.selection import pair_keys, select_ids, select_rows, unique_ratings
+from spark_unlearn.als.selection import pair_keys, select_ids
 from spark_unlearn.als.table_source import TableRowSource
+from spark_unlearn.deferred import Deferred
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
 from spark_unlearn.worker_heap import freeze_worker_heap
@@ -131,10 +134,7 @@ def plan_targeted(source: TableRowSource, batch, *, strict: bool = False, forgot
 
     spark = source.spark
     if pair_users | erased | item_rows:
-        got = select_rows(source.ratings, sorted(pair_users | erased), sorted(item_rows)).toArrow()
-        source.jobs += 1
-        u, i, r = unique_ratings(got.column("user").to_numpy(zero_copy_only=False), got.column("item").to_numpy(zero_copy_only=False),
-                                 got.column("rating").to_numpy(zero_copy_only=False))
+        u, i, r = source.read_ratings(np.array(sorted(pair_users | erased), np.int64), np.array(sorted(item_rows), np.int64))
     else:
         u = i = np.zeros(0, np.int64)
         r = np.zeros(0, np.float32)
@@ -321,6 +321,7 @@ class TargetedResult:
     grams: dict[str, list] | None
     x_watch: dict[str, dict] | None = None  # implicit: per side, the new version's RatioWatch (as JSON)
     changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (for copy-on-write publication)
+    deleted_local: Any = None  # the deleted ratings (Arrow: user, item, rating)
 
 
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
@@ -329,7 +330,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
                      x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
                      table_rows: dict[str, int] | None = None, driver_rows: int | None = None,
-                     policy: RowTolerance | None = None) -> TargetedResult:
+                     policy: RowTolerance | None = None, reader=None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``tol``: every row is solved until its deviation is at most ``tol``
@@ -352,6 +353,10 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     side's rows that are not re-solved stay in Spark
     (:mod:`~spark_unlearn.als.neighbour_pass`; default
     :data:`~spark_unlearn.als.neighbour_pass.DRIVER_ROWS`).
+    ``reader``: reads the version's blocked files by id (see
+    :class:`~spark_unlearn.als.block_source.BlockRowSource`); then the
+    request's rows come from the files of their blocks, on the driver,
+    instead of filtered Spark scans.
     ``converged=False`` means the frontier outgrew
     ``max_rows``: the caller falls back to the layout engine.
 
@@ -368,7 +373,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     timings: dict[str, float] = {}
     factors = {"user": model.user_factors, "item": model.item_factors}
     offs = {"user": offsets[0], "item": offsets[1]}
-    source = TableRowSource(ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows, driver_rows)
+    args = (ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows, driver_rows)
+    source = TableRowSource(*args) if reader is None else BlockRowSource(reader, *args)
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
     n_remaining = (ratings.count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
@@ -409,7 +415,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     t = time.perf_counter()
     touched = touched_rows(result, source, plan.direct, plan.removed, spec)
     per_side = {s: float(touched[s]["relative"].max()) if touched[s]["relative"].size else 0.0 for s in SIDES}
-    new_factors = {s: patched_factors(spark, factors[s], *result.changed(s), plan.removed[s]) for s in SIDES}
+    # The new tables as Spark plans, built only if read (a copy-on-write publication reads the row changes instead).
+    new_factors = {s: Deferred(partial(patched_factors, spark, factors[s], *result.changed(s), plan.removed[s]))
+                   for s in SIDES}
     delta = {s: (result.grams_final[other(s)] - gram_train[other(s)]) if spec.implicit else None for s in SIDES}
     # Lazy sides: rows next to moved rows that were not re-solved stayed in Spark; the last check of the frontier
     # (after its last move) gives their certificate term and what the ratio watch must learn.
@@ -421,7 +429,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         if s in lazy:
             frame = source.lazy_frame(s, lazy[s]["moves"], touched[s]["ids"], spec, delta[s], every_row=True,
                                       keep_skipped=True)
-        new_offsets[s] = patched_offsets(spark, offs[s], factors[s], touched[s], plan.removed[s], delta[s], frame)
+        new_offsets[s] = Deferred(partial(patched_offsets, spark, offs[s], factors[s], touched[s], plan.removed[s],
+                                          delta[s], frame))
     # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
     untouched_how = {s: "stored" for s in SIDES}
@@ -477,7 +486,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     for s in SIDES:
         per_side[s] = max(per_side[s], untouched[s], lazy[s]["check"].max_ratio if s in lazy else 0.0)
     timings["certificate"] = time.perf_counter() - t
-    deleted = spark.createDataFrame(_deleted_table(plan), "user int, item int, rating float")
+    deleted_local = _deleted_table(plan)
+    deleted = Deferred(partial(spark.createDataFrame, deleted_local, "user int, item int, rating float"))
     grams_out = None
     if spec.implicit:
         grams_out = {s: result.grams_final[s].tolist() for s in SIDES}
@@ -514,7 +524,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     changes = {s: row_changes(result, touched[s], plan.removed[s], s, exact_offsets=not spec.implicit and s not in lazy)
                for s in SIDES}
     return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out,
-                          new_watch or None, changes)
+                          new_watch or None, changes, deleted_local)
 
 
 def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, exact_offsets: bool) -> RowChanges:

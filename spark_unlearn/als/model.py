@@ -8,10 +8,11 @@ from typing import Any
 from pyspark.sql import DataFrame
 
 from spark_unlearn.als.params import ALSParams
+from spark_unlearn.deferred import ForcesDeferred
 
 
 @dataclass
-class FactorModel:
+class FactorModel(ForcesDeferred):
     """A bi-linear model ``r_ui ~ x_u . y_i``.
 
     Attributes

@@ -146,6 +146,10 @@ class VersionFacts:
     x_ratio, x_watch
         Implicit mode: per side, a bound of ``max |x|/|b|``, and the
         :class:`~spark_unlearn.als.ratio_watch.RatioWatch` as JSON.
+    blocks
+        A reader of the version's blocked files by id
+        (:class:`~spark_unlearn.store.block_reader.BlockReader`): the
+        targeted engine then reads its rows on the driver, without Spark.
     """
 
     training_residual: dict[str, float] | None = None
@@ -155,3 +159,4 @@ class VersionFacts:
     counts: dict[str, int] | None = None
     x_ratio: dict[str, float] | None = None
     x_watch: dict[str, dict] | None = None
+    blocks: Any = None

@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.train import ALSState
+from spark_unlearn.deferred import ForcesDeferred
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,12 @@ class RowChanges:
 
 
 @dataclass
-class UnlearnResult:
-    """New tables (lazy DataFrames) and the report.  Nothing has been stored."""
+class UnlearnResult(ForcesDeferred):
+    """New tables (lazy DataFrames) and the report.  Nothing has been stored.
+
+    ``remaining`` and ``deleted`` may be :class:`~spark_unlearn.deferred.Deferred`
+    (built when first read; :meth:`is_built` tells without building).
+    """
 
     model: FactorModel
     offsets: tuple[DataFrame, DataFrame]
@@ -50,6 +55,7 @@ class UnlearnResult:
     grams: dict[str, list] | None = None  # per side, the Gram of the new factor tables, if known
     x_watch: dict[str, dict] | None = None  # implicit, targeted engine: per side, the new version's RatioWatch (JSON)
     changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (targeted engine), for copy-on-write
+    deleted_local: Any = None  # the deleted ratings as an Arrow table (user, item, rating) on the driver, if held there
 
     def release(self) -> None:
         if self.state is not None:

@@ -111,11 +111,30 @@ class TableRowSource:
         need = {s: v for s, v in need.items() if v.size}
         if not need:
             return
-        rows = select_rows(self.ratings, need.get("user", []), need.get("item", [])).toArrow()
-        self.jobs += 1
-        u, i, r = unique_ratings(rows.column("user").to_numpy(zero_copy_only=False), rows.column("item").to_numpy(zero_copy_only=False),
-                                 rows.column("rating").to_numpy(zero_copy_only=False))
+        u, i, r = self.read_ratings(need.get("user", np.zeros(0, np.int64)), need.get("item", np.zeros(0, np.int64)))
         self.add_ratings(u, i, r, need)
+
+    def read_ratings(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored rating (deleted ones included) of ``users`` or ``items``, each pair once: one scan."""
+        rows = select_rows(self.ratings, list(users), list(items)).toArrow()
+        self.jobs += 1
+        return unique_ratings(rows.column("user").to_numpy(zero_copy_only=False),
+                              rows.column("item").to_numpy(zero_copy_only=False),
+                              rows.column("rating").to_numpy(zero_copy_only=False))
+
+    def read_values(self, parts: list[tuple[str, str, np.ndarray]]):
+        """Stored rows for ``parts`` (``(side, what, ids)``, ``what`` a driver cache: ``factors``, ``targets``,
+        ``state``) as one Arrow table (``side``, ``id`` and the columns each read; the others null).
+
+        One scan: a union of the tables' filtered reads, no join, nothing shuffled.
+        """
+        scan = None
+        for s, what, ids in parts:
+            part = self._scan(s, what, ids).select(F.lit(s).alias("side"), "*")
+            scan = part if scan is None else scan.unionByName(part, allowMissingColumns=True)
+        got = scan.toArrow()
+        self.jobs += 1
+        return got
 
     def prefetch(self, frontier: dict[str, np.ndarray]) -> None:
         """Everything a frontier round reads, in at most two scans (one of the ratings, one of factors and offsets).
@@ -157,17 +176,11 @@ class TableRowSource:
             need_t = with_t[~self._targets[s].contains(with_t)]
             need_d = np.setdiff1d(ids[~self._state[s].contains(ids)], need_t)
             asked[s] = (need_f, need_t, need_d)
-            for what, need in (("factors", need_f), ("targets", need_t), ("state", need_d)):
-                if need.size:
-                    parts.append(self._scan(s, what, need).select(F.lit(s).alias("side"), "*"))
+            parts += [(s, what, need) for what, need in (("factors", need_f), ("targets", need_t), ("state", need_d))
+                      if need.size]
         if not parts:
             return
-        # A union, not a join: each table is read with its own filter and nothing is shuffled.
-        scan = parts[0]
-        for part in parts[1:]:
-            scan = scan.unionByName(part, allowMissingColumns=True)
-        got = scan.toArrow()
-        self.jobs += 1
+        got = self.read_values(parts)
         names = got.schema.names
         side = got.column("side").to_numpy(zero_copy_only=False)
         ids_got = got.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
@@ -225,8 +238,7 @@ class TableRowSource:
         need = ids[~cache.contains(ids)]
         if not need.size:
             return
-        got = self._scan(side, what, need).toArrow()
-        self.jobs += 1
+        got = self.read_values([(side, what, need)])
         self._put(side, what, got.column("id").to_numpy(zero_copy_only=False).astype(np.int64), got)
         missing = need[~cache.contains(need)]
         if missing.size:

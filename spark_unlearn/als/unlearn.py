@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from pyspark import StorageLevel
@@ -54,6 +55,7 @@ from spark_unlearn.als.policy import RowTolerance, row_tolerance
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.sweeps import apply_updates, full_sweeps, repair
 from spark_unlearn.als.train import ALSState, offsets_frame
+from spark_unlearn.deferred import Deferred
 from spark_unlearn.errors import EmptyInputError
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ def unlearn_als(
     batch: DataFrame,
     options: UnlearnOptions | None = None,
     facts: VersionFacts | None = None,
+    batch_rows: list | None = None,
 ) -> UnlearnResult:
     """Remove a deletion batch from an ALS model trained on ``ratings``.
 
@@ -107,6 +110,10 @@ def unlearn_als(
     facts
         What the version's manifest knows (:class:`~spark_unlearn.als.options.VersionFacts`):
         each known fact saves a pass over a table.
+    batch_rows
+        The batch's ``(user, item, kind)`` rows, when the caller holds them
+        on the driver already (at most ``TARGETED_MAX_REQUESTS``): not
+        collected again.
     """
     o = options or UnlearnOptions()
     f = facts or VersionFacts()
@@ -126,7 +133,9 @@ def unlearn_als(
 
     if mode == "frontier" and engine != "layout":
         # One job: a small batch is collected anyway, a large one is not (it goes to the layout engine).
-        rows = batch.select("user", "item", "kind").limit(TARGETED_MAX_REQUESTS + 1).collect() if engine == "auto" else None
+        rows = batch_rows
+        if rows is None and engine == "auto":
+            rows = batch.select("user", "item", "kind").limit(TARGETED_MAX_REQUESTS + 1).collect()
         if engine == "targeted" or len(rows) <= TARGETED_MAX_REQUESTS:
             out = _unlearn_targeted(ratings, model, offsets, rows if rows is not None else batch, spec, bound,
                                     training_residual, o, f, t0, batch)
@@ -256,10 +265,10 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=bound.floor, policy=bound, max_rounds=o.max_rounds,
                            max_rows=int(o.full_fallback_fraction * total_rows), strict=o.strict, forgotten=f.forgotten,
                            grams=f.grams, drift_bound=f.drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=f.x_ratio,
-                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows)
+                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks)
     if not out.converged:
         return None
-    remaining = remove_batch(ratings, batch_frame if batch_frame is not None else batch)
+    remaining = Deferred(partial(remove_batch, ratings, batch_frame if batch_frame is not None else batch))
     report = {
         **report_head("frontier", "frontier", bound, training_residual, out.plan),
         "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
@@ -267,6 +276,6 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
     }
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
     return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams, out.x_watch,
-                         out.changes)
+                         out.changes, out.deleted_local)
 
 

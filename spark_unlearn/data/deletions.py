@@ -151,7 +151,7 @@ def _detect(spark: SparkSession, path: str) -> str:
     )
 
 
-def _mapping(
+def column_mapping(
     columns: dict[str, str | None] | None, found: list[str], source: str, shown: str
 ) -> dict[str, str | None]:
     """Our name -> the file's column (``None``: absent), requiring at least one of them."""
@@ -180,7 +180,7 @@ def _stage_csv(spark: SparkSession, path: str, columns) -> tuple[DataFrame, list
         df, header, corrupt = read_csv_strings(spark, path, ",")
     except EmptyInputError:
         return None
-    mapping = _mapping(columns, header, path, str(header))
+    mapping = column_mapping(columns, header, path, str(header))
     line = F.concat(F.lit("line '"), F.substring(csv_line(header, corrupt, ","), 1, _EXAMPLE_CHARS), F.lit("'"))
     user_s = F.col(f"`{mapping[USER]}`") if mapping[USER] else F.lit(None).cast("string")
     item_s = F.col(f"`{mapping[ITEM]}`") if mapping[ITEM] else F.lit(None).cast("string")
@@ -204,7 +204,7 @@ def _stage_csv(spark: SparkSession, path: str, columns) -> tuple[DataFrame, list
 def _stage_parquet(spark: SparkSession, path: str, columns) -> tuple[DataFrame, list[Problem], Column, Column]:
     """Problems and id columns of a parquet batch (ids must be numeric)."""
     df = spark.read.parquet(path)
-    mapping = _mapping(columns, df.columns, path, describe_columns(df))
+    mapping = column_mapping(columns, df.columns, path, describe_columns(df))
     fields = {f.name: f.dataType for f in df.schema.fields}
     for ours, theirs in mapping.items():
         if theirs is not None and not isinstance(fields[theirs], _NUMERIC_TYPES):

@@ -220,34 +220,46 @@ class UnlearnService:
                 break
         return batch
 
-    def _read(self, path: str, fmt: str) -> DataFrame:
-        from spark_unlearn.data.deletions import read_deletions
+    def _read(self, path: str, fmt: str) -> tuple[DataFrame, list | None]:
+        """A request file as ``(batch, rows)``; a small plain file is read on the driver (``rows``), without Spark."""
+        from spark_unlearn.data.plain_deletions import read_deletion_rows
 
-        return read_deletions(self.spark, path, format=fmt)
+        return read_deletion_rows(self.spark, path, format=fmt)
 
-    def _read_together(self, group: list[QueuedRequest], staging: str) -> DataFrame:
-        """One validated read of requests sharing a format and CSV header: linked into one directory."""
+    def _read_together(self, group: list[QueuedRequest], staging: str) -> tuple[DataFrame, list | None]:
+        """One validated read of requests sharing a format and CSV header: on the driver when every file is small
+        and plain, else linked into one directory and read by Spark."""
+        from spark_unlearn.data.deletions import DELETIONS_SCHEMA
+        from spark_unlearn.data.plain_deletions import read_plain_deletions
+
         if len(group) == 1:
             return self._read(group[0].path, group[0].format)
+        plain = [read_plain_deletions(req.path, req.format) for req in group]
+        if all(rows is not None for rows in plain):
+            rows = sorted({r for part in plain for r in part}, key=str)
+            return self.spark.createDataFrame(rows, DELETIONS_SCHEMA), rows
         folder = os.path.join(staging, f"group-{uuid.uuid4().hex[:8]}")
         os.makedirs(folder)
         for req in group:
             link_or_copy(req.path, os.path.join(folder, req.name))
-        return self._read(folder, group[0].format)
+        return self._read(folder, group[0].format)[0], None
 
-    def _apply_members(self, members: list[QueuedRequest], frames: list[DataFrame]) -> list[dict[str, Any]]:
+    def _apply_members(self, members: list[QueuedRequest], frames: list[tuple[DataFrame, list | None]]
+                       ) -> list[dict[str, Any]]:
         from functools import reduce
 
         from spark_unlearn.unlearn_model import UnlearnRequest
 
         ids = [r.request_id for r in members]
-        batch = reduce(DataFrame.unionByName, frames)
+        batch = reduce(DataFrame.unionByName, [df for df, _ in frames])
+        rows = None if any(r is None for _, r in frames) else tuple(sorted({x for _, r in frames for x in r}, key=str))
         group = f"spark_unlearn-microbatch-{self.stats['micro_batches'] + 1}"
         self.spark.sparkContext.setJobGroup(group, f"{len(ids)} deletion request(s)")
         t0 = time.perf_counter()
         try:
             report = self._apply(self.spark, UnlearnRequest(
-                model_path=self.store.root, batch=batch, options=self.options.unlearn, measure=self.options.measure,
+                model_path=self.store.root, batch=batch, batch_rows=rows, options=self.options.unlearn,
+                measure=self.options.measure,
                 batch_id=micro_batch_id(ids), members=tuple(ids), max_rebases=self.options.max_rebases))
         except StoreMovedError as exc:
             log.warning("micro-batch of %d request(s): %s; retrying on the next step", len(ids), exc)

@@ -74,7 +74,9 @@ def arrange(df, n_blocks: int, key: str = "id"):
     """``df`` arranged for a blocked write by its ``key`` column: whole blocks per partition, sorted by the key."""
     from pyspark.sql import functions as F
 
-    order = [key] + (["item"] if key == "user" and "item" in df.columns else [])
+    # Ratings: the other id second, so each copy is sorted the way it is looked up.
+    second = {"user": "item", "item": "user"}.get(key)
+    order = [key] + ([second] if second in df.columns else [])
     return df.repartition(int(n_blocks), F.pmod(F.col(key), F.lit(int(n_blocks)))).sortWithinPartitions(*order)
 
 

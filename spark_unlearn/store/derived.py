@@ -41,6 +41,7 @@ class DerivedTable:
 
     parent_dir: str
     batch: DataFrame
+    rows: tuple | None = None  # the batch's (user, item, kind) rows, when the caller holds them on the driver
 
 
 def _local(uri: str) -> str:

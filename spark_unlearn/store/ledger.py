@@ -72,11 +72,13 @@ class BatchIdentity:
         return {"batch_id": self.batch_id, "content_hash": self.content_hash, "n_requests": self.n_requests}
 
 
-def batch_identity(batch: DataFrame, batch_id: str | None = None) -> BatchIdentity:
+def batch_identity(batch: DataFrame, batch_id: str | None = None, rows: list | None = None) -> BatchIdentity:
     """Hash a deletion batch (``DELETIONS_SCHEMA``) by its normalised content.
 
     The rows are sorted in Spark and streamed to the driver one partition at
     a time (``toLocalIterator``), so a large batch is never held whole.
+    ``rows``: the batch already on the driver (``(user, item, kind)``
+    tuples); the same hash, computed there without Spark.
 
     Parameters
     ----------
@@ -94,8 +96,14 @@ def batch_identity(batch: DataFrame, batch_id: str | None = None) -> BatchIdenti
         _check_batch_id(batch_id)
     digest = hashlib.sha256()
     n = 0
-    rows = batch.select("kind", "user", "item").distinct().orderBy("kind", F.col("user").asc_nulls_first(), F.col("item").asc_nulls_first())
-    for kind, user, item in rows.toLocalIterator():
+    if rows is not None:
+        # The same order as Spark's below: kind, then user and item with nulls first.
+        ordered = sorted({(kind, user, item) for user, item, kind in rows},
+                         key=lambda r: (r[0], r[1] is not None, r[1] or 0, r[2] is not None, r[2] or 0))
+    else:
+        ordered = batch.select("kind", "user", "item").distinct().orderBy(
+            "kind", F.col("user").asc_nulls_first(), F.col("item").asc_nulls_first()).toLocalIterator()
+    for kind, user, item in ordered:
         digest.update(f"{kind},{'' if user is None else user},{'' if item is None else item}\n".encode())
         n += 1
     content_hash = digest.hexdigest()

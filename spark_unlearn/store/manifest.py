@@ -190,6 +190,17 @@ def _checksum(path: str) -> str:
     return digest
 
 
+def checksum_written(path: str) -> str:
+    """SHA-256 of a file this process just wrote, flushed to stable storage, and remembered as :func:`_checksum`
+    would (the next load of its version in this process does not read it again)."""
+    digest = sha256_file(path, fsync=True)
+    st = os.stat(path)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+    return digest
+
+
 def _short(items: list[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
@@ -197,6 +208,7 @@ def _short(items: list[str], limit: int = 10) -> str:
 
 __all__ = [
     "CONVENTIONS",
+    "checksum_written",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "check_extra_manifest",

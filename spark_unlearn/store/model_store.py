@@ -57,8 +57,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.als.model import FactorModel
+from spark_unlearn.deferred import force
 from spark_unlearn.errors import ConfigError, OutputPathError, StoreError, StoreMovedError
-from spark_unlearn.schema import ITEM, RATING, USER, with_drift
+from spark_unlearn.schema import ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
 from spark_unlearn.store import ledger as _ledger
 from spark_unlearn.store.fsutil import (
@@ -85,16 +86,18 @@ from spark_unlearn.store.spark_layout import (
     read_spark_metadata,
     spark_model_params,
 )
-from spark_unlearn.store.blocked import TableDelta
+from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta
 from spark_unlearn.store.side_tables import ParentLayout
 from spark_unlearn.store.staging import canonical_inputs, stage_version
 from spark_unlearn.store.tables import (
     FORGOTTEN_DIR,
+    FORGOTTEN_SCHEMA,
     HOLDOUT_DIR,
     ITEM_OFFSETS,
     RATINGS_DIR,
     USER_OFFSETS,
     read_factors,
+    read_table,
 )
 
 log = logging.getLogger(__name__)
@@ -266,9 +269,13 @@ class ModelStore:
         if verify:
             verify_files(name, path, manifest)
         params = loadable_params(manifest, path)
+        # A blocked version wrote every table in the shared schemas: read with them, no footer job per table.
+        typed = BLOCKS_KEY in manifest
+        schema = {k: v if typed else None for k, v in (("offsets", OFFSETS_SCHEMA), ("ratings", RATINGS_SCHEMA),
+                                                         ("forgotten", FORGOTTEN_SCHEMA))}
         model = FactorModel(
-            user_factors=read_factors(spark, os.path.join(path, USER_FACTORS)),
-            item_factors=read_factors(spark, os.path.join(path, ITEM_FACTORS)),
+            user_factors=read_factors(spark, os.path.join(path, USER_FACTORS), typed),
+            item_factors=read_factors(spark, os.path.join(path, ITEM_FACTORS), typed),
             params=params,
             model_params=spark_model_params(read_spark_metadata(path)),
         )
@@ -277,18 +284,18 @@ class ModelStore:
         if contents.get("offsets"):
             # Read as written: the columns are those of OFFSETS_SCHEMA at publish time.
             offsets = (
-                with_drift(spark.read.parquet(file_uri(os.path.join(path, USER_OFFSETS)))),
-                with_drift(spark.read.parquet(file_uri(os.path.join(path, ITEM_OFFSETS)))),
+                with_drift(read_table(spark, os.path.join(path, USER_OFFSETS), schema["offsets"])),
+                with_drift(read_table(spark, os.path.join(path, ITEM_OFFSETS), schema["offsets"])),
             )
         ratings = None
         if contents.get("ratings"):
-            ratings = spark.read.parquet(file_uri(os.path.join(path, RATINGS_DIR))).select(USER, ITEM, RATING)
+            ratings = read_table(spark, os.path.join(path, RATINGS_DIR), schema["ratings"]).select(USER, ITEM, RATING)
         holdout = None
         if contents.get("holdout"):
-            holdout = spark.read.parquet(file_uri(os.path.join(path, HOLDOUT_DIR))).select(USER, ITEM, RATING)
+            holdout = read_table(spark, os.path.join(path, HOLDOUT_DIR), schema["ratings"]).select(USER, ITEM, RATING)
         forgotten = None
         if contents.get("forgotten"):
-            forgotten = spark.read.parquet(file_uri(os.path.join(path, FORGOTTEN_DIR)))
+            forgotten = read_table(spark, os.path.join(path, FORGOTTEN_DIR), schema["forgotten"])
         log.info("loaded model version %s from %s (rank %d)", name, path, params.rank)
         return LoadedVersion(
             version=name, path=path, model=model, manifest=manifest, offsets=offsets, ratings=ratings, holdout=holdout,
@@ -436,7 +443,8 @@ class ModelStore:
             layout = ParentLayout.of(self.version_path(parent), self.read_manifest(parent))
         params = model.params
         user_f, item_f, offs, rats, hold, gone = canonical_inputs(model, offsets, ratings, holdout, forgotten)
-        spark = model.user_factors.sparkSession
+        # Not the factor table's session: reading a deferred table builds a plan copy-on-write never uses.
+        spark = SparkSession.getActiveSession() or force(user_f).sparkSession
 
         os.makedirs(self._staging_dir, exist_ok=True)
         os.makedirs(self._versions_dir, exist_ok=True)

@@ -27,11 +27,13 @@ from typing import Any
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
+from spark_unlearn.deferred import force
 from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
 from spark_unlearn.store import tables
 from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta, arrange, blocks_for, file_maps, patch_blocked
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
-from spark_unlearn.store.tables import ITEM_OFFSETS, USER_OFFSETS
+from spark_unlearn.store.fsutil import file_uri
+from spark_unlearn.store.tables import ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
 
 SIDE_OF = {USER_FACTORS: "user", ITEM_FACTORS: "item", USER_OFFSETS: "user", ITEM_OFFSETS: "item"}
 FACTOR_TABLES = (USER_FACTORS, ITEM_FACTORS)
@@ -72,7 +74,7 @@ def write_factor_tables(spark: SparkSession, staging: str, frames: dict[str, Dat
     if layout is not None:
         n_blocks = dict(layout.n_blocks)
     else:  # a new lineage: its sizes fix the blocks for good
-        n_blocks = {SIDE_OF[t]: blocks_for(frames[t].count()) for t in FACTOR_TABLES}
+        n_blocks = {SIDE_OF[t]: blocks_for(force(frames[t]).count()) for t in FACTOR_TABLES}
     out = SideTablesWritten(counts={}, blocks={"n_blocks": n_blocks, "files": {}})
     full = _write(spark, staging, frames, layout, deltas, out)
     if full:
@@ -104,7 +106,7 @@ def _write(spark, staging, frames, layout, deltas, out: SideTablesWritten) -> li
             out.io[t] = io
             _reuse_checksums(staging, out, layout, t, set(files) & set(layout.files[t]))  # kept names: hard links
         else:
-            tables.write_parquet(arrange(df, n_blocks[SIDE_OF[t]]), os.path.join(staging, t))
+            tables.write_parquet(arrange(force(df), n_blocks[SIDE_OF[t]]), os.path.join(staging, t))
             full.append(t)
     if full:
         maps = file_maps(spark, {t: (os.path.join(staging, t), n_blocks[SIDE_OF[t]], "id") for t in full})
@@ -151,42 +153,72 @@ DATA_DRIVER_MAX_REQUESTS = 100_000
 
 def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], written: SideTablesWritten,
                       layout: ParentLayout | None) -> dict[str, dict[str, int]]:
-    """Write the ratings and holdout tables (``rel -> DataFrame or DerivedTable``), blocked by user.
+    """Write the ratings and holdout tables (``rel -> DataFrame or DerivedTable``), blocked by user; the ratings
+    also blocked by item (``ratings_by_item``: the same rows, so a request reads an item's ratings in its blocks).
 
-    A full table is arranged in the user side's blocks.  A derived one (the
+    A full table is arranged in the side's blocks.  A derived one (the
     parent's minus a deletion batch) whose parent is blocked is filtered on
-    the driver in the files that can hold a removed row: the blocks of the
-    named users, or, when items are withdrawn, the files one scan finds.  When
+    the driver in the files that can hold a removed row.  For the ratings
+    these are found from the batch alone: the removed rows are read in the
+    blocks of the named users (user copy) and of the withdrawn items (item
+    copy), and each copy rewrites the files of their blocks.  The holdout has
+    no item copy: when items are withdrawn one scan finds its files.  When
     that is too much for the driver, or the parent is not blocked, Spark
     rewrites the touched files (:mod:`spark_unlearn.store.derived`) and the
-    table has no block map in this version.  Returns the ``copy_on_write``
-    counts (``rel -> {"linked", "rewritten"}``).
+    table has no block map in this version (an item copy is then written in
+    full from the new ratings).  Returns the ``copy_on_write`` counts (``rel
+    -> {"linked", "rewritten"}``).
     """
-    from spark_unlearn.store.blocked import RowFilter, filter_blocked
+    from spark_unlearn.store.blocked import filter_blocked
+    from spark_unlearn.store.blocked import touched_files as files_of_blocks
     from spark_unlearn.store.derived import DerivedTable, touched_files
 
-    b_user = written.blocks["n_blocks"]["user"]
+    b_user, b_item = written.blocks["n_blocks"]["user"], written.blocks["n_blocks"]["item"]
     out: dict[str, dict[str, int]] = {}
     spark_derived = {}
-    rows_of_batch: dict[int, RowFilter | None] = {}
+    rows_of_batch: dict[int, Any] = {}
+    by_item_done = False
     for rel, table in data.items():
         if not isinstance(table, DerivedTable):
             tables.write_parquet(arrange(table, b_user, "user"), os.path.join(staging, rel))
             written.blocks["files"][rel] = file_maps(spark, {rel: (os.path.join(staging, rel), b_user, "user")})[rel]
+            if rel == RATINGS_DIR:
+                _write_full_by_item(spark, staging, table, b_item, written)
+                by_item_done = True
             continue
         files = layout.files.get(rel) if layout is not None else None
         if files is None or not os.path.samefile(table.parent_dir, os.path.join(layout.path, rel)):
             spark_derived[rel] = table  # the parent is not blocked, or is not the version the layout describes
             continue
         if id(table.batch) not in rows_of_batch:
-            rows_of_batch[id(table.batch)] = _row_filter(table.batch)
+            rows_of_batch[id(table.batch)] = _row_filter(table.batch, table.rows)
         rows = rows_of_batch[id(table.batch)]
+        if rows is None:
+            spark_derived[rel] = table
+            continue
+        if rel == RATINGS_DIR and RATINGS_BY_ITEM_DIR in layout.files:
+            touched = _removed_blocks(layout, rows)
+            names = {RATINGS_DIR: set(files_of_blocks(files, b_user, touched["user"])),
+                     RATINGS_BY_ITEM_DIR: set(files_of_blocks(layout.files[RATINGS_BY_ITEM_DIR], b_item,
+                                                              touched["item"]))}
+            if sum(_bytes(os.path.join(layout.path, t), n) for t, n in names.items()) > DATA_DRIVER_MAX_BYTES:
+                spark_derived[rel] = table
+                continue
+            for t, b in ((RATINGS_DIR, b_user), (RATINGS_BY_ITEM_DIR, b_item)):
+                new_files, io = filter_blocked(os.path.join(layout.path, t), layout.files[t], b, rows,
+                                               os.path.join(staging, t), names[t])
+                written.blocks["files"][t] = new_files
+                written.io[t] = io
+                _reuse_checksums(staging, written, layout, t, set(new_files) & set(layout.files[t]))
+                out[t] = {"linked": io["files_linked"], "rewritten": io["files_written"]}
+            by_item_done = True
+            continue
         touched = None
-        if rows is not None and rows.keys() is None:  # withdrawn items: any block, found by one scan
+        if rows.keys() is None:  # withdrawn items: any block, found by one scan
             found = touched_files(spark, [table.parent_dir], table.batch)[table.parent_dir]
             touched = {os.path.basename(p) for p in found}
-        if rows is None or _bytes(table.parent_dir, touched if touched is not None else
-                                  _names_holding(files, b_user, rows)) > DATA_DRIVER_MAX_BYTES:
+        if _bytes(table.parent_dir, touched if touched is not None else
+                  _names_holding(files, b_user, rows)) > DATA_DRIVER_MAX_BYTES:
             spark_derived[rel] = table
             continue
         new_files, io = filter_blocked(table.parent_dir, files, b_user, rows, os.path.join(staging, rel), touched)
@@ -198,19 +230,53 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
         touched_all = tables.touched_together(spark, *spark_derived.values())
         for rel, table in spark_derived.items():
             out.update(tables.write_table(spark, table, staging, rel, touched_all))
+    if RATINGS_DIR in data and not by_item_done:
+        # The user copy was rewritten by Spark (or is new): the item copy is written in full from it.
+        _write_full_by_item(spark, staging, spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR))), b_item,
+                            written)
     return out
 
 
-def _row_filter(batch: DataFrame):
-    """The batch's requests on the driver as a :class:`~spark_unlearn.store.blocked.RowFilter` (``None``: too many)."""
+def _write_full_by_item(spark: SparkSession, staging: str, ratings: DataFrame, b_item: int,
+                        written: SideTablesWritten) -> None:
+    """Write ``ratings_by_item`` in full: ``ratings`` arranged in the item side's blocks."""
+    path = os.path.join(staging, RATINGS_BY_ITEM_DIR)
+    tables.write_parquet(arrange(ratings, b_item, "item"), path)
+    written.blocks["files"][RATINGS_BY_ITEM_DIR] = file_maps(spark, {RATINGS_BY_ITEM_DIR: (path, b_item, "item")})[
+        RATINGS_BY_ITEM_DIR]
+
+
+def _removed_blocks(layout: ParentLayout, rows) -> dict[str, np.ndarray]:
+    """The users and items of the parent's ratings that ``rows`` removes, read on the driver.
+
+    The named users' rows are in their blocks of the user copy, the
+    withdrawn items' in theirs of the item copy; a removed pair's user is
+    named.  Returns ``{"user": ids, "item": ids}`` (the blocks to rewrite in
+    each copy).
+    """
+    from spark_unlearn.store.block_reader import BlockReader
+
+    reader = BlockReader(layout.path, layout.n_blocks, layout.files)
+    users = np.unique(np.concatenate([np.asarray(rows.users, np.int64), np.asarray(rows.pairs, np.int64)[:, 0]]))
+    u, i, _ = reader.ratings(users, np.asarray(rows.items, np.int64))
+    gone = ~rows.keep(u, i)
+    return {"user": np.unique(u[gone]), "item": np.unique(i[gone])}
+
+
+def _row_filter(batch: DataFrame, rows=None):
+    """The batch's requests on the driver as a :class:`~spark_unlearn.store.blocked.RowFilter` (``None``: too many).
+
+    ``rows``: the ``(user, item, kind)`` rows if the caller holds them (else collected).
+    """
     from spark_unlearn.store.blocked import RowFilter
 
-    rows = batch.select("user", "item", "kind").limit(DATA_DRIVER_MAX_REQUESTS + 1).collect()
+    if rows is None:
+        rows = batch.select("user", "item", "kind").limit(DATA_DRIVER_MAX_REQUESTS + 1).collect()
     if len(rows) > DATA_DRIVER_MAX_REQUESTS:
         return None
-    users = [r["user"] for r in rows if r["kind"] == "user"]
-    items = [r["item"] for r in rows if r["kind"] == "item"]
-    pairs = [(r["user"], r["item"]) for r in rows if r["kind"] == "interaction"]
+    users = [u for u, _, kind in rows if kind == "user"]
+    items = [i for _, i, kind in rows if kind == "item"]
+    pairs = [(u, i) for u, i, kind in rows if kind == "interaction"]
     return RowFilter(np.asarray(users, np.int64), np.asarray(items, np.int64),
                      np.asarray(pairs, np.int64).reshape(-1, 2))
 

@@ -21,14 +21,15 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
+from spark_unlearn.deferred import Deferred, force
 from spark_unlearn.errors import SchemaError
 from spark_unlearn.faults import failpoint
 from spark_unlearn.schema import FACTORS_SCHEMA, ITEM, OFFSETS_SCHEMA, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.store import ledger, tables
 from spark_unlearn.store.derived import DerivedTable
-from spark_unlearn.store.fingerprint import fingerprint_and_count
-from spark_unlearn.store.fsutil import file_uri, list_files, sha256_file
-from spark_unlearn.store.manifest import CONVENTIONS, FORMAT_VERSION
+from spark_unlearn.store.fingerprint import FINGERPRINT_STATE, fingerprint_state, state_count
+from spark_unlearn.store.fsutil import file_uri, list_files
+from spark_unlearn.store.manifest import CONVENTIONS, FORMAT_VERSION, checksum_written
 from spark_unlearn.store.spark_layout import (
     ITEM_FACTORS,
     METADATA_DIR,
@@ -55,21 +56,25 @@ def canonical_inputs(model: FactorModel, offsets: tuple[DataFrame, DataFrame] | 
     SchemaError
         A column is missing or of the wrong type, or ``offsets`` is not a pair.
     """
-    user_f = canon_to_schema(model.user_factors, FACTORS_SCHEMA, "user_factors")
-    item_f = canon_to_schema(model.item_factors, FACTORS_SCHEMA, "item_factors")
+    # Deferred: a table published copy-on-write from its delta never builds its DataFrame (see deferred).
+    raw = model.__dict__
+    user_f = Deferred(lambda: canon_to_schema(force(raw["user_factors"]), FACTORS_SCHEMA, "user_factors"))
+    item_f = Deferred(lambda: canon_to_schema(force(raw["item_factors"]), FACTORS_SCHEMA, "item_factors"))
     offs = None
     if offsets is not None:
         if not (isinstance(offsets, tuple) and len(offsets) == 2):
             raise SchemaError("offsets must be a tuple (user_offsets, item_offsets) of DataFrames")
         offs = (
-            canon_to_schema(with_drift(offsets[0]), OFFSETS_SCHEMA, "user offsets"),
-            canon_to_schema(with_drift(offsets[1]), OFFSETS_SCHEMA, "item offsets"),
+            Deferred(lambda: canon_to_schema(with_drift(force(offsets[0])), OFFSETS_SCHEMA, "user offsets")),
+            Deferred(lambda: canon_to_schema(with_drift(force(offsets[1])), OFFSETS_SCHEMA, "item offsets")),
         )
     rats, hold = (
         t if t is None or isinstance(t, DerivedTable) else canon_to_schema(t, RATINGS_SCHEMA, what)
         for t, what in ((ratings, "ratings"), (holdout, "holdout"))
     )
-    gone = forgotten.select(USER, ITEM, "kind") if forgotten is not None else None
+    gone = forgotten
+    if forgotten is not None and isinstance(forgotten, DataFrame):
+        gone = forgotten.select(USER, ITEM, "kind")  # else an Arrow table of those columns, already on the driver
     return user_f, item_f, offs, rats, hold, gone
 
 
@@ -116,21 +121,25 @@ def stage_version(
     if offs is not None:
         write_offsets_tables(spark, staging, {USER_OFFSETS: offs[0], ITEM_OFFSETS: offs[1]}, written, layout, deltas)
     fingerprint = extra.pop("data_fingerprint", None)
+    fp_state = extra.pop(FINGERPRINT_STATE, None)
     # Ratings and holdout are blocked by user; a deletion filters the parent's touched blocks (side_tables).
     data = {rel: t for rel, t in ((RATINGS_DIR, rats), (HOLDOUT_DIR, hold)) if t is not None}
     linked: dict[str, dict[str, int]] = write_data_tables(spark, staging, data, written, layout)
-    if rats is not None:
-        written_fp, counts["n_ratings"] = fingerprint_and_count(
-            spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR)))
-        )
+    if rats is not None and (fingerprint is None or fp_state is None):
+        written_fp, fp_state = fingerprint_state(spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR))))
         if fingerprint is None:
             fingerprint = written_fp
-    if gone is not None:
+    if rats is not None:
+        # Given with its state, the caller derived it from the parent's (a deletion's removed rows, on the driver).
+        counts["n_ratings"] = state_count(fp_state)
+    if isinstance(gone, DataFrame):
         tables.write_parquet(gone.coalesce(1), os.path.join(staging, FORGOTTEN_DIR))
+    elif gone is not None:
+        tables.write_local_parquet(gone, os.path.join(staging, FORGOTTEN_DIR))
     failpoint("after_ratings_written")
 
     # Files linked from the parent keep the checksums it recorded (same bytes, already durable).
-    files = {rel: written.checksums.get(rel) or sha256_file(os.path.join(staging, rel), fsync=True)
+    files = {rel: written.checksums.get(rel) or checksum_written(os.path.join(staging, rel))
              for rel in list_files(staging)}
     body: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -142,6 +151,7 @@ def stage_version(
         "conventions": dict(CONVENTIONS),
         "counts": counts,
         "data_fingerprint": fingerprint,
+        **({FINGERPRINT_STATE: fp_state} if rats is not None else {}),
         "contents": {
             "offsets": offs is not None,
             "ratings": rats is not None,

@@ -25,6 +25,8 @@ from pyspark.sql.types import (
     IntegerType,
     NumericType,
     ShortType,
+    StringType,
+    StructField,
     StructType,
 )
 
@@ -34,8 +36,12 @@ from spark_unlearn.store.fsutil import file_uri
 
 USER_OFFSETS, ITEM_OFFSETS = "offsets/users", "offsets/items"
 RATINGS_DIR = "ratings"
+RATINGS_BY_ITEM_DIR = "ratings_by_item"  # the same rows, blocked by item (a request reads an item's ratings there)
 HOLDOUT_DIR = "holdout"
 FORGOTTEN_DIR = "forgotten"
+FORGOTTEN_SCHEMA = StructType([StructField("user", IntegerType()), StructField("item", IntegerType()),
+                               StructField("kind", StringType())])
+"""The requests a version's deletion removed (ids only)."""
 
 
 def write_table(spark: SparkSession, table, staging: str, rel: str, touched: dict[str, set[str]] | None = None
@@ -64,9 +70,29 @@ def write_parquet(df: DataFrame, path: str) -> None:
     df.write.mode("error").parquet(file_uri(path))
 
 
-def read_factors(spark: SparkSession, path: str) -> DataFrame:
-    """The ``id``, ``features`` columns of the factor table at ``path`` (a lazy read)."""
-    return spark.read.parquet(file_uri(path)).select("id", "features")
+def write_local_parquet(table, path: str) -> None:
+    """Write the Arrow ``table`` (small, on the driver) as a new one-file Parquet table at ``path``, with pyarrow."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    os.makedirs(path)
+    pq.write_table(table, os.path.join(path, f"part-00000-{uuid.uuid4().hex}-c000.snappy.parquet"), compression="snappy")
+    open(os.path.join(path, "_SUCCESS"), "w").close()
+
+
+def read_factors(spark: SparkSession, path: str, typed: bool = False) -> DataFrame:
+    """The ``id``, ``features`` columns of the factor table at ``path`` (a lazy read; ``typed``: see :func:`read_table`)."""
+    from spark_unlearn.schema import FACTORS_SCHEMA
+
+    return read_table(spark, path, FACTORS_SCHEMA if typed else None).select("id", "features")
+
+
+def read_table(spark: SparkSession, path: str, schema: StructType | None = None) -> DataFrame:
+    """The Parquet table at ``path``, lazily.  With the ``schema`` it was written with, Spark does not start a job
+    to read a file footer for it (a version that records its blocks wrote every table in the shared schemas)."""
+    reader = spark.read if schema is None else spark.read.schema(schema)
+    return reader.parquet(file_uri(path))
 
 
 def canon_to_schema(df: DataFrame, schema: StructType, what: str) -> DataFrame:
@@ -140,6 +166,10 @@ __all__ = [
     "FORGOTTEN_DIR",
     "HOLDOUT_DIR",
     "ITEM_OFFSETS",
+    "RATINGS_BY_ITEM_DIR",
+    "write_local_parquet",
+    "FORGOTTEN_SCHEMA",
+    "read_table",
     "RATINGS_DIR",
     "USER_OFFSETS",
     "canon_to_schema",

@@ -43,6 +43,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.errors import StoreError
+from spark_unlearn.store.fsutil import file_uri
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.verify.reference import gram_of, row_deviation
 
@@ -348,13 +349,28 @@ def still_present(loaded, requests: DataFrame) -> dict[str, int]:
     return out
 
 
+def data_identity(spark, loaded) -> dict[str, Any]:
+    """The fingerprints of the version's ratings and of their item-blocked copy, recomputed from the files, against
+    the manifest's ``data_fingerprint`` (which a request may have derived on the driver, not from the files)."""
+    from spark_unlearn.store.fingerprint import fingerprint_ratings
+    from spark_unlearn.store.tables import RATINGS_BY_ITEM_DIR
+
+    out = {"recorded": loaded.manifest.get("data_fingerprint"), "ratings": fingerprint_ratings(loaded.ratings)}
+    copy = os.path.join(loaded.path, RATINGS_BY_ITEM_DIR)
+    if os.path.isdir(copy):
+        out["ratings_by_item"] = fingerprint_ratings(spark.read.parquet(file_uri(copy)))
+    out["consistent"] = all(v == out["recorded"] for k, v in out.items() if k != "recorded")
+    return out
+
+
 def _data_side(spark, store, name, loaded) -> dict[str, Any]:
+    identity = data_identity(spark, loaded)
     requests = erased_requests(spark, store, name)
     if requests is None:
-        return {"erased_requests": 0, "still_present": {}, "clean": True}
+        return {"erased_requests": 0, "still_present": {}, "clean": True, "identity": identity}
     found = still_present(loaded, requests)
     return {"erased_requests": requests.count(), "still_present": {k: v for k, v in found.items() if v},
-            "clean": not any(found.values())}
+            "clean": not any(found.values()), "identity": identity}
 
 
 # ----------------------------------------------------------------------------- verdict
@@ -390,6 +406,8 @@ def _verdict(name, manifest, summary, target_source, data, sample, files) -> dic
         reasons.append(f"{summary['n_problems']} row(s) with inconsistent tables (e.g. {summary['problems'][0]})")
     if not data["clean"]:
         reasons.append(f"the version still holds erased data: {data['still_present']}")
+    if not data["identity"]["consistent"]:
+        reasons.append(f"the data files do not match the recorded data fingerprint (or each other): {data['identity']}")
     if reasons and summary["worst_rows"] and summary["max_bound_ratio"] > 1.0:
         bad = [f"{w['side']} {w['id']} ({w['deviation']:.4g}, {w['bound_ratio']:.3g} x its bound)"
                for w in summary["worst_rows"] if w["bound_ratio"] > 1.0]
