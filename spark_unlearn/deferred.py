@@ -55,4 +55,15 @@ class ForcesDeferred:
         return not isinstance(value, Deferred) or value.built
 
 
-__all__ = ["Deferred", "ForcesDeferred", "force"]
+class ForcedDict(dict):
+    """A dict whose :class:`Deferred` values are built when first read by key (and then stored)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if isinstance(value, Deferred):
+            value = value.get()
+            super().__setitem__(key, value)
+        return value
+
+
+__all__ = ["Deferred", "ForcedDict", "ForcesDeferred", "force"]

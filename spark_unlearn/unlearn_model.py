@@ -15,7 +15,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -54,7 +53,7 @@ class SourceModel:
     """What a request starts from: the model, its training offsets and data, and where it came from."""
 
     model: Any
-    offsets: tuple[DataFrame, DataFrame]
+    offsets: tuple[DataFrame, DataFrame]  # each may be a Deferred plan (spark_unlearn.deferred), as ratings and holdout
     ratings: DataFrame
     holdout: DataFrame | None
     manifest: dict
@@ -91,10 +90,11 @@ def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame |
         return SourceModel(model, offsets, ratings, None, {"source": "spark-mllib", "path": model_path}, None, check)
     store = ModelStore(model_path)
     loaded = store.load(spark)
-    if loaded.offsets is None:
+    plans = loaded.plans()  # unbuilt: a request served from the blocks never builds them
+    if plans["offsets"] is None:
         raise StoreError(f"model version {loaded.version} in {model_path} has no training offsets; retrain it with jobs/train.py")
     check_model_matches(loaded.model.params, stated, model_path)
-    data = loaded.ratings
+    data = plans["ratings"]
     if ratings is not None:
         if data is not None:
             given = fingerprint_ratings(ratings)
@@ -106,7 +106,7 @@ def load_source_model(spark: SparkSession, model_path: str, ratings: DataFrame |
         data = ratings
     if data is None:
         raise ConfigError(f"model version {loaded.version} has no data version; pass --ratings")
-    return SourceModel(loaded.model, loaded.offsets, data, loaded.holdout, loaded.manifest, loaded.version)
+    return SourceModel(loaded.model, plans["offsets"], data, plans["holdout"], loaded.manifest, loaded.version)
 
 
 def _version_counts(manifest: dict) -> dict | None:
@@ -340,7 +340,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     same_store = parent is not None and _same_path(model_path, store.root)
     # Read only if some request matches nothing (the lineage may hold hundreds of versions).
     forgotten = (lambda: store.forgotten(spark)) if same_store else None
-    training_residual = manifest.get("training_residual") or residual_summary(offsets)
+    training_residual = manifest.get("training_residual") or residual_summary(tuple(force(o) for o in offsets))
     spark_source = src.objective_check is not None
     facts = VersionFacts(
         training_residual=training_residual, forgotten=forgotten, grams=manifest.get("grams"),
@@ -358,10 +358,10 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         report["objective_check"] = src.objective_check
     new_holdout = None
     if holdout is not None:
-        new_holdout = Deferred(partial(remove_batch, holdout, batch))  # built if read (a full write, metrics)
+        new_holdout = Deferred(lambda: remove_batch(force(holdout), batch))  # built if read (a full write, metrics)
     # Only when the training data lost nothing: the held-out split may still hold what the batch names.
     if not report["deletion"].get("deleted_ratings") and (new_holdout is None or
-                                                          holdout.count() == force(new_holdout).count()):
+                                                          force(holdout).count() == force(new_holdout).count()):
         result.release()
         log.info("batch %s removes no rating from %s: nothing published", identity.batch_id, model_path)
         out = _nothing_report(identity, store, "no request of the batch matches a rating of the model's data", t0)
@@ -378,7 +378,8 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
                 report["metrics_before"] = recorded
                 report["metrics_before_source"] = "recorded when the parent version was published"
             else:
-                report["metrics_before"] = evaluate_model(model, data, holdout, model.params.implicit, req.request.k)
+                report["metrics_before"] = evaluate_model(model, force(data), force(holdout), model.params.implicit,
+                                                          req.request.k)
             report["metrics_after"] = evaluate_model(result.model, result.remaining, force(new_holdout),
                                                      model.params.implicit, req.request.k)
     training = manifest.get("training") or {}
@@ -414,7 +415,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
     try:
         version = store.publish(
             new_model,
-            offsets=result.offsets,
+            offsets=result.offset_plans or result.offsets,  # unbuilt where the publication patches from row changes
             ratings=out_ratings,
             holdout=out_holdout,
             manifest={

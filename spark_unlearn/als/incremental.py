@@ -44,7 +44,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.als.result import RowChanges
@@ -59,7 +59,7 @@ from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
 from spark_unlearn.als.selection import pair_keys, select_ids
 from spark_unlearn.als.table_source import TableRowSource
-from spark_unlearn.deferred import Deferred
+from spark_unlearn.deferred import Deferred, ForcedDict, force
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
 from spark_unlearn.worker_heap import freeze_worker_heap
@@ -368,15 +368,17 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     evaluated exactly.  Otherwise one pass computes every row's exact value.
     The report gives the new version's ``x_ratio``, the result its watch.
     """
-    spark = ratings.sparkSession
+    spark = SparkSession.getActiveSession() or force(ratings).sparkSession
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    factors = {"user": model.user_factors, "item": model.item_factors}
-    offs = {"user": offsets[0], "item": offsets[1]}
+    # The tables as given, built only when a Spark pass reads them (spark_unlearn.deferred).
+    raw = model.__dict__
+    factors = ForcedDict(user=raw["user_factors"], item=raw["item_factors"])
+    offs = ForcedDict(user=offsets[0], item=offsets[1])
     args = (ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows, driver_rows)
     source = TableRowSource(*args) if reader is None else BlockRowSource(reader, *args)
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
-    n_remaining = (ratings.count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
+    n_remaining = (force(ratings).count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
         raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
     seeds: dict[str, set[int]] = {s: set() for s in SIDES}
@@ -416,7 +418,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     touched = touched_rows(result, source, plan.direct, plan.removed, spec)
     per_side = {s: float(touched[s]["relative"].max()) if touched[s]["relative"].size else 0.0 for s in SIDES}
     # The new tables as Spark plans, built only if read (a copy-on-write publication reads the row changes instead).
-    new_factors = {s: Deferred(partial(patched_factors, spark, factors[s], *result.changed(s), plan.removed[s]))
+    new_factors = {s: Deferred(lambda s=s, changed=result.changed(s): patched_factors(spark, factors[s], *changed,
+                                                                                      plan.removed[s]))
                    for s in SIDES}
     delta = {s: (result.grams_final[other(s)] - gram_train[other(s)]) if spec.implicit else None for s in SIDES}
     # Lazy sides: rows next to moved rows that were not re-solved stayed in Spark; the last check of the frontier
@@ -429,8 +432,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         if s in lazy:
             frame = source.lazy_frame(s, lazy[s]["moves"], touched[s]["ids"], spec, delta[s], every_row=True,
                                       keep_skipped=True)
-        new_offsets[s] = Deferred(partial(patched_offsets, spark, offs[s], factors[s], touched[s], plan.removed[s],
-                                          delta[s], frame))
+        new_offsets[s] = Deferred(lambda s=s, frame=frame: patched_offsets(spark, offs[s], factors[s], touched[s],
+                                                                           plan.removed[s], delta[s], frame))
     # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
     untouched_how = {s: "stored" for s in SIDES}

@@ -56,6 +56,7 @@ class UnlearnResult(ForcesDeferred):
     x_watch: dict[str, dict] | None = None  # implicit, targeted engine: per side, the new version's RatioWatch (JSON)
     changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (targeted engine), for copy-on-write
     deleted_local: Any = None  # the deleted ratings as an Arrow table (user, item, rating) on the driver, if held there
+    offset_plans: tuple | None = None  # the two offsets tables unbuilt (Deferred), when ``offsets`` builds them
 
     def release(self) -> None:
         if self.state is not None:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.als.factor_passes import gram_moved
 from spark_unlearn.als.frontier import RowData
 from spark_unlearn.als.row_table import RaggedTable, RowTable, csr_by
 from spark_unlearn.als.selection import FULL_SCAN_FRACTION, pair_keys, select_ids, select_rows, unique_ratings
+from spark_unlearn.deferred import Deferred, ForcedDict, force
 from spark_unlearn.errors import StoreError
 from spark_unlearn.schema import with_drift
 
@@ -64,10 +65,11 @@ class TableRowSource:
 
     def __init__(self, ratings: DataFrame, factors: dict[str, DataFrame], offsets: dict[str, DataFrame], rank: int,
                  deleted_keys: np.ndarray, table_rows: dict[str, int] | None = None, driver_rows: int | None = None):
-        self.spark = ratings.sparkSession
-        self.ratings = ratings.select("user", "item", "rating")
+        # The tables may be unbuilt plans (spark_unlearn.deferred): a block source reads none of them.
+        self.spark = SparkSession.getActiveSession() or force(ratings).sparkSession
+        self._ratings = Deferred(lambda: force(ratings).select("user", "item", "rating"))
         self.factor_tables = factors
-        self.offset_tables = {s: with_drift(df) for s, df in offsets.items()}
+        self.offset_tables = ForcedDict({s: Deferred(lambda df=df: with_drift(force(df))) for s, df in offsets.items()})
         self.rank = rank
         self.deleted = np.unique(np.asarray(deleted_keys, np.int64))
         self.table_rows = dict(table_rows or {})
@@ -87,6 +89,11 @@ class TableRowSource:
         self._factors = {s: RowTable({"x": (np.float32, rank, 0.0)}) for s in ("user", "item")}
         self._targets = {s: RowTable({"t": (np.float64, rank, 0.0)}) for s in ("user", "item")}
         self._state = {s: RowTable({"bnorm": (np.float64, None, 0.0), "d": (np.float64, rank, 0.0)}) for s in ("user", "item")}
+
+    @property
+    def ratings(self) -> DataFrame:
+        """The version's ratings (``user``, ``item``, ``rating``), before the deletion."""
+        return self._ratings.get()
 
     # -- filling the caches ----------------------------------------------------
     def add_ratings(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, complete: dict[str, np.ndarray]) -> None:

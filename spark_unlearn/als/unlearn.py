@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from typing import Any
 
 from pyspark import StorageLevel
@@ -55,7 +54,7 @@ from spark_unlearn.als.policy import RowTolerance, row_tolerance
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.sweeps import apply_updates, full_sweeps, repair
 from spark_unlearn.als.train import ALSState, offsets_frame
-from spark_unlearn.deferred import Deferred
+from spark_unlearn.deferred import Deferred, force
 from spark_unlearn.errors import EmptyInputError
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ def unlearn_als(
     params = model.params
     spec = SolveSpec(float(params.reg), params.implicit, float(params.alpha))
     if training_residual is None:
-        training_residual = residual_summary(offsets)
+        training_residual = residual_summary(tuple(force(o) for o in offsets))
     bound = row_tolerance(o.certificate_policy, training_residual, o.tol, o.tol_factor)
     # The solve stages hold rows to the floor (no row's bound is below it); the certificate to each row's own bound.
     tol, tol_source = bound.floor, bound.source
@@ -144,6 +143,8 @@ def unlearn_als(
             log.warning("the frontier outgrew %.0f%% of the rows: falling back to %s", 100 * full_fallback_fraction,
                         "a retrain" if o.fallback == "retrain" else "the block layout and full sweeps")
             mode = o.fallback
+    # The block layout and the retrain read the tables: build them (they may be unbuilt plans, spark_unlearn.deferred).
+    ratings, offsets = force(ratings), tuple(force(o) for o in offsets)
     plan = plan_deletion(ratings, batch, strict=strict, forgotten=forgotten)
     remaining = plan.remaining.persist(StorageLevel.MEMORY_AND_DISK)
     n_remaining = remaining.count()
@@ -268,14 +269,15 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
                            x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks)
     if not out.converged:
         return None
-    remaining = Deferred(partial(remove_batch, ratings, batch_frame if batch_frame is not None else batch))
+    remaining = Deferred(lambda: remove_batch(force(ratings), batch_frame if batch_frame is not None else batch))
     report = {
         **report_head("frontier", "frontier", bound, training_residual, out.plan),
         "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
         **out.report,
     }
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
-    return UnlearnResult(out.model, out.offsets, remaining, out.deleted, report, None, out.grams, out.x_watch,
-                         out.changes, out.deleted_local)
+    pair = out.offsets
+    return UnlearnResult(out.model, Deferred(lambda: tuple(force(o) for o in pair)), remaining, out.deleted, report,
+                         None, out.grams, out.x_watch, out.changes, out.deleted_local, offset_plans=pair)
 
 

@@ -164,6 +164,16 @@ class UnlearnService:
         batch = self._next_batch(receipts)
         if not batch:
             return receipts
+        # Jobs are counted per micro-batch from here: a request file read by Spark counts too.
+        job_group = f"spark_unlearn-microbatch-{self.stats['micro_batches'] + 1}"
+        self.spark.sparkContext.setJobGroup(job_group, f"{len(batch)} deletion request(s)")
+        try:
+            return receipts + self._read_and_apply(batch, job_group)
+        finally:
+            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+
+    def _read_and_apply(self, batch: list[QueuedRequest], job_group: str) -> list[dict[str, Any]]:
+        receipts: list[dict[str, Any]] = []
         with self.inbox.staging() as staging:
             frames, members = [], []
             for group in same_layout_groups(batch):
@@ -185,7 +195,7 @@ class UnlearnService:
                     except SparkUnlearnError as exc:
                         receipts.append(self._reject(req, exc))
             if members:
-                receipts += self._apply_members(members, frames)
+                receipts += self._apply_members(members, frames, job_group)
         return receipts
 
     def _settle_applied(self) -> list[dict[str, Any]]:
@@ -244,8 +254,8 @@ class UnlearnService:
             link_or_copy(req.path, os.path.join(folder, req.name))
         return self._read(folder, group[0].format)[0], None
 
-    def _apply_members(self, members: list[QueuedRequest], frames: list[tuple[DataFrame, list | None]]
-                       ) -> list[dict[str, Any]]:
+    def _apply_members(self, members: list[QueuedRequest], frames: list[tuple[DataFrame, list | None]],
+                       job_group: str) -> list[dict[str, Any]]:
         from functools import reduce
 
         from spark_unlearn.unlearn_model import UnlearnRequest
@@ -253,8 +263,6 @@ class UnlearnService:
         ids = [r.request_id for r in members]
         batch = reduce(DataFrame.unionByName, [df for df, _ in frames])
         rows = None if any(r is None for _, r in frames) else tuple(sorted({x for _, r in frames for x in r}, key=str))
-        group = f"spark_unlearn-microbatch-{self.stats['micro_batches'] + 1}"
-        self.spark.sparkContext.setJobGroup(group, f"{len(ids)} deletion request(s)")
         t0 = time.perf_counter()
         try:
             report = self._apply(self.spark, UnlearnRequest(
@@ -285,10 +293,8 @@ class UnlearnService:
             if len(members) > 1:
                 self._solo.update(ids)
             return out
-        finally:
-            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
         wall = time.perf_counter() - t0
-        jobs = len(self.spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+        jobs = len(self.spark.sparkContext.statusTracker().getJobIdsForGroup(job_group))
         self.stats["micro_batches"] += 1
         if report.get("status") == "applied":
             self.stats["versions"] += 1

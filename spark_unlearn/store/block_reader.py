@@ -74,10 +74,25 @@ class FileCache:
             if ident not in self._entries:
                 self._entries[ident] = (table, keys, size)
                 self._bytes += size
-                while self._bytes > self.max_bytes and len(self._entries) > 1:
-                    _, (_, _, dropped) = self._entries.popitem(last=False)
-                    self._bytes -= dropped
+                self._evict()
         return table, keys[key]
+
+    def put(self, path: str, table, key: str) -> None:
+        """Remember a file this process just wrote (``table`` is its content): the next version's reader hits."""
+        st = os.stat(path)
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        keys = {key: table.column(key).to_numpy().astype(np.int64)}
+        size = int(table.nbytes) + keys[key].nbytes
+        with self._lock:
+            if ident not in self._entries:
+                self._entries[ident] = (table, keys, size)
+                self._bytes += size
+                self._evict()
+
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped
 
     @property
     def nbytes(self) -> int:
@@ -91,6 +106,29 @@ class FileCache:
 
 FILE_CACHE = FileCache()
 """The process-wide cache :class:`BlockReader` uses by default."""
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    """One table's files through a :class:`FileCache` (what :func:`~spark_unlearn.store.blocked.rewrite_touched`
+    reads and writes): a copy-on-write reads its parent's touched files from memory when they are there, and the
+    files it writes are remembered for the next version."""
+
+    key: str
+    cache: FileCache = field(default_factory=lambda: FILE_CACHE)
+
+    def read(self, path: str):
+        before = self.cache.bytes_read
+        table, _ = self.cache.get(path, self.key)
+        return table, self.cache.bytes_read - before
+
+    def wrote(self, path: str, table) -> None:
+        self.cache.put(path, table, self.key)
+
+
+def table_files(table: str) -> TableFiles:
+    """The cached file access of a blocked table of a version (see :data:`TABLE_KEYS`)."""
+    return TableFiles(TABLE_KEYS[table][1])
 
 
 @dataclass
@@ -181,4 +219,4 @@ class BlockReader:
         return unique_ratings(np.concatenate(us), np.concatenate(its), np.concatenate(rs))
 
 
-__all__ = ["BlockReader", "CACHE_BYTES", "FILE_CACHE", "FileCache", "TABLE_KEYS"]
+__all__ = ["BlockReader", "CACHE_BYTES", "FILE_CACHE", "FileCache", "TABLE_KEYS", "TableFiles", "table_files"]

@@ -115,7 +115,7 @@ def touched_files(files: dict[str, dict], n_blocks: int, ids: np.ndarray) -> lis
 
 
 def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta: TableDelta,
-                  out_dir: str) -> tuple[dict[str, dict], dict[str, int]]:
+                  out_dir: str, cache=None) -> tuple[dict[str, dict], dict[str, int]]:
     """Write the table ``parent_dir`` with ``delta`` applied into the new directory ``out_dir``.
 
     Files holding a block of a changed row are read, patched, sorted by id and
@@ -132,17 +132,37 @@ def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta:
         mine = [(ids[np.isin(block_of(ids, n_blocks), info["blocks"])], ids, cols) for ids, cols in delta.updates]
         return apply_delta(table, delta.removed, [(sel, _subset(ids, cols, sel)) for sel, ids, cols in mine])
 
-    return rewrite_touched(parent_dir, files, touched, out_dir, patch)
+    return rewrite_touched(parent_dir, files, touched, out_dir, patch, cache)
+
+
+class _DiskFiles:
+    """What :func:`rewrite_touched` reads and writes through when no cache is given: the disk."""
+
+    @staticmethod
+    def read(path: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path), os.path.getsize(path)
+
+    @staticmethod
+    def wrote(path: str, table) -> None:
+        pass
 
 
 def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], out_dir: str,
-                    transform) -> tuple[dict[str, dict], dict[str, int]]:
+                    transform, cache=None) -> tuple[dict[str, dict], dict[str, int]]:
     """Write ``out_dir``: each file of ``touched`` read, ``transform(table, info)``-ed and written under a new name
     with the same blocks (dropped if empty); every other file of ``files`` hard-linked with its ``.crc``.
 
-    Returns the new file map and ``{"files_linked", "files_written", "bytes_read", "bytes_written"}``.
+    ``cache``: where files are read from and what learns the written ones
+    (``read(path) -> (table, bytes read from disk)``, ``wrote(path, table)``;
+    a :class:`~spark_unlearn.store.block_reader.TableFiles`), else the disk.
+    Returns the new file map and ``{"files_linked", "files_written",
+    "bytes_read", "bytes_written"}`` (``bytes_read``: from disk).
     """
     import pyarrow.parquet as pq
+
+    cache = cache or _DiskFiles
 
     os.makedirs(out_dir)
     out: dict[str, dict] = {}
@@ -154,12 +174,14 @@ def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], 
             out[name] = dict(info)
             stats["files_linked"] += 1
             continue
-        stats["bytes_read"] += os.path.getsize(src)
-        table = transform(pq.read_table(src), info)
+        parent_table, from_disk = cache.read(src)
+        stats["bytes_read"] += from_disk
+        table = transform(parent_table, info)
         if table.num_rows == 0:
             continue
         new = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
         pq.write_table(table, os.path.join(out_dir, new), compression="snappy")
+        cache.wrote(os.path.join(out_dir, new), table)
         stats["bytes_written"] += os.path.getsize(os.path.join(out_dir, new))
         stats["files_written"] += 1
         out[new] = {"blocks": list(info["blocks"]), "rows": int(table.num_rows)}
@@ -193,7 +215,7 @@ class RowFilter:
 
 
 def filter_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, rows: RowFilter, out_dir: str,
-                   touched: set[str] | None = None) -> tuple[dict[str, dict], dict[str, int]]:
+                   touched: set[str] | None = None, cache=None) -> tuple[dict[str, dict], dict[str, int]]:
     """Write the ratings table ``parent_dir`` (blocked by ``user``) without the rows ``rows`` removes.
 
     The files to rewrite are those holding a block of a named user, or
@@ -211,7 +233,7 @@ def filter_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, rows:
     def keep(table, _info):
         return table.filter(rows.keep(table.column("user").to_numpy(), table.column("item").to_numpy()))
 
-    return rewrite_touched(parent_dir, files, touched, out_dir, keep)
+    return rewrite_touched(parent_dir, files, touched, out_dir, keep, cache)
 
 
 def _link_with_crc(parent_dir: str, out_dir: str, name: str) -> None:

@@ -50,14 +50,14 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.als.model import FactorModel
-from spark_unlearn.deferred import force
+from spark_unlearn.deferred import Deferred, force
 from spark_unlearn.errors import ConfigError, OutputPathError, StoreError, StoreMovedError
 from spark_unlearn.schema import ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
@@ -87,6 +87,7 @@ from spark_unlearn.store.spark_layout import (
     spark_model_params,
 )
 from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta
+from spark_unlearn.store.loaded_version import LoadedVersion
 from spark_unlearn.store.side_tables import ParentLayout
 from spark_unlearn.store.staging import canonical_inputs, stage_version
 from spark_unlearn.store.tables import (
@@ -113,41 +114,6 @@ PARENT = object()
 """``publish(expect_current=PARENT)``: compare-and-swap on the version's parent (the default)."""
 ANY_CURRENT = object()
 """``publish(expect_current=ANY_CURRENT)``: commit whatever ``CURRENT`` names (a new lineage)."""
-
-
-@dataclass
-class LoadedVersion:
-    """One published version, read back from a :class:`ModelStore`.
-
-    Attributes
-    ----------
-    version
-        Version name, e.g. ``"v000003"``.
-    path
-        Absolute path of the version directory.
-    model
-        Factor tables (lazy Parquet reads) and hyperparameters.
-    manifest
-        The parsed ``manifest.json``.
-    offsets
-        ``(user_offsets, item_offsets)`` with ``OFFSETS_SCHEMA``, or ``None``.
-    ratings
-        The ratings published with the model (``RATINGS_SCHEMA``), or ``None``.
-    holdout
-        The held-out test ratings published with the model, or ``None``.
-    forgotten
-        What this version's deletion batch removed (``user``, ``item``,
-        ``kind``: ids only, no ratings), or ``None``.
-    """
-
-    version: str
-    path: str
-    model: FactorModel
-    manifest: dict
-    offsets: tuple[DataFrame, DataFrame] | None
-    ratings: DataFrame | None
-    holdout: DataFrame | None = None
-    forgotten: DataFrame | None = None
 
 
 class ModelStore:
@@ -273,9 +239,10 @@ class ModelStore:
         typed = BLOCKS_KEY in manifest
         schema = {k: v if typed else None for k, v in (("offsets", OFFSETS_SCHEMA), ("ratings", RATINGS_SCHEMA),
                                                          ("forgotten", FORGOTTEN_SCHEMA))}
+        # Every table is a Deferred plan: built when first read (a request served from blocks reads none).
         model = FactorModel(
-            user_factors=read_factors(spark, os.path.join(path, USER_FACTORS), typed),
-            item_factors=read_factors(spark, os.path.join(path, ITEM_FACTORS), typed),
+            user_factors=Deferred(partial(read_factors, spark, os.path.join(path, USER_FACTORS), typed)),
+            item_factors=Deferred(partial(read_factors, spark, os.path.join(path, ITEM_FACTORS), typed)),
             params=params,
             model_params=spark_model_params(read_spark_metadata(path)),
         )
@@ -283,23 +250,24 @@ class ModelStore:
         offsets = None
         if contents.get("offsets"):
             # Read as written: the columns are those of OFFSETS_SCHEMA at publish time.
-            offsets = (
-                with_drift(read_table(spark, os.path.join(path, USER_OFFSETS), schema["offsets"])),
-                with_drift(read_table(spark, os.path.join(path, ITEM_OFFSETS), schema["offsets"])),
-            )
+            offsets = tuple(Deferred(lambda t=t: with_drift(read_table(spark, os.path.join(path, t), schema["offsets"])))
+                            for t in (USER_OFFSETS, ITEM_OFFSETS))
         ratings = None
         if contents.get("ratings"):
-            ratings = read_table(spark, os.path.join(path, RATINGS_DIR), schema["ratings"]).select(USER, ITEM, RATING)
+            ratings = Deferred(lambda: read_table(spark, os.path.join(path, RATINGS_DIR), schema["ratings"]).select(
+                USER, ITEM, RATING))
         holdout = None
         if contents.get("holdout"):
-            holdout = read_table(spark, os.path.join(path, HOLDOUT_DIR), schema["ratings"]).select(USER, ITEM, RATING)
+            holdout = Deferred(lambda: read_table(spark, os.path.join(path, HOLDOUT_DIR), schema["ratings"]).select(
+                USER, ITEM, RATING))
         forgotten = None
         if contents.get("forgotten"):
-            forgotten = read_table(spark, os.path.join(path, FORGOTTEN_DIR), schema["forgotten"])
+            forgotten = Deferred(partial(read_table, spark, os.path.join(path, FORGOTTEN_DIR), schema["forgotten"]))
         log.info("loaded model version %s from %s (rank %d)", name, path, params.rank)
         return LoadedVersion(
-            version=name, path=path, model=model, manifest=manifest, offsets=offsets, ratings=ratings, holdout=holdout,
-            forgotten=forgotten,
+            version=name, path=path, model=model, manifest=manifest,
+            offsets=None if offsets is None else Deferred(lambda: tuple(force(o) for o in offsets)), ratings=ratings,
+            holdout=holdout, forgotten=forgotten, offset_plans=offsets,
         )
 
     def forgotten(self, spark: SparkSession) -> DataFrame | None:

@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from spark_unlearn.deferred import force
 from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
 from spark_unlearn.store import tables
+from spark_unlearn.store.block_reader import table_files
 from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta, arrange, blocks_for, file_maps, patch_blocked
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
 from spark_unlearn.store.fsutil import file_uri
@@ -101,7 +102,8 @@ def _write(spark, staging, frames, layout, deltas, out: SideTablesWritten) -> li
         delta = (deltas or {}).get(t)
         if layout is not None and delta is not None and t in layout.files:
             src = os.path.join(layout.path, t)
-            files, io = patch_blocked(src, layout.files[t], n_blocks[SIDE_OF[t]], delta, os.path.join(staging, t))
+            files, io = patch_blocked(src, layout.files[t], n_blocks[SIDE_OF[t]], delta, os.path.join(staging, t),
+                                      table_files(t))
             out.blocks["files"][t] = files
             out.io[t] = io
             _reuse_checksums(staging, out, layout, t, set(files) & set(layout.files[t]))  # kept names: hard links
@@ -206,7 +208,7 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
                 continue
             for t, b in ((RATINGS_DIR, b_user), (RATINGS_BY_ITEM_DIR, b_item)):
                 new_files, io = filter_blocked(os.path.join(layout.path, t), layout.files[t], b, rows,
-                                               os.path.join(staging, t), names[t])
+                                               os.path.join(staging, t), names[t], table_files(t))
                 written.blocks["files"][t] = new_files
                 written.io[t] = io
                 _reuse_checksums(staging, written, layout, t, set(new_files) & set(layout.files[t]))
@@ -221,7 +223,8 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
                   _names_holding(files, b_user, rows)) > DATA_DRIVER_MAX_BYTES:
             spark_derived[rel] = table
             continue
-        new_files, io = filter_blocked(table.parent_dir, files, b_user, rows, os.path.join(staging, rel), touched)
+        new_files, io = filter_blocked(table.parent_dir, files, b_user, rows, os.path.join(staging, rel), touched,
+                                       table_files(rel))
         written.blocks["files"][rel] = new_files
         written.io[rel] = io
         _reuse_checksums(staging, written, layout, rel, set(new_files) & set(files))
