@@ -9,7 +9,7 @@
 
    * ``mllib_retrain``: read the store's remaining ratings, Spark MLlib
      ``ALS().fit`` (same rank, regParam, iterations, blocks), ``save``: in this
-     warm driver, the anchor's best case;
+     warm driver, the fastest of ``--anchor-runs`` runs (the anchor's best case);
    * ``retrain``: our ALS on the same data, in this driver;
    * ``frontier``: ``python jobs/unlearn.py`` as a fresh process, as
      spark-submit runs it: load and publish included.  ``wall_s`` excludes
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=20, help="requests per kind for the service's median")
     p.add_argument("--methods", nargs="+", default=["mllib_retrain", "retrain", "frontier", "service"])
     p.add_argument("--master", default="local[2]")
+    p.add_argument("--anchor-runs", type=int, default=2, help="MLlib retrains per size; the fastest is the anchor")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     configure_logging("INFO")
@@ -151,16 +152,19 @@ def main(argv=None) -> int:
             from pyspark.ml.recommendation import ALS
             from pyspark.sql import functions as F
 
-            t = time.perf_counter()
-            data = spark.read.parquet(os.path.join(remaining_path, "ratings"))
-            cond = (F.col("user") == first["user"]) & (F.col("item") == first["item"]) if "item" in first else (
-                F.col("user") == first["user"])
-            data = data.where(~cond)
-            model = ALS(rank=params.rank, regParam=params.reg, implicitPrefs=params.implicit, alpha=params.alpha,
-                        maxIter=params.iterations, numUserBlocks=args.blocks, numItemBlocks=args.blocks, seed=0,
-                        userCol="user", itemCol="item", ratingCol="rating").fit(data)
-            model.write().overwrite().save(os.path.join(work, "mllib_model"))
-            per["mllib_retrain"] = {"wall_s": time.perf_counter() - t}
+            walls = []
+            for _ in range(args.anchor_runs):  # the anchor's best run: the first one also warms the JVM's JIT
+                t = time.perf_counter()
+                data = spark.read.parquet(os.path.join(remaining_path, "ratings"))
+                cond = (F.col("user") == first["user"]) & (F.col("item") == first["item"]) if "item" in first else (
+                    F.col("user") == first["user"])
+                data = data.where(~cond)
+                model = ALS(rank=params.rank, regParam=params.reg, implicitPrefs=params.implicit, alpha=params.alpha,
+                            maxIter=params.iterations, numUserBlocks=args.blocks, numItemBlocks=args.blocks, seed=0,
+                            userCol="user", itemCol="item", ratingCol="rating").fit(data)
+                model.write().overwrite().save(os.path.join(work, "mllib_model"))
+                walls.append(time.perf_counter() - t)
+            per["mllib_retrain"] = {"wall_s": min(walls), "runs": [round(w, 2) for w in walls]}
         if "retrain" in args.methods:
             from spark_unlearn.als.plan import remove_batch
 

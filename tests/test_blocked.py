@@ -172,3 +172,74 @@ def test_filter_blocked_rewrites_only_the_named_users_blocks(tmp_path):
     assert sum(v["rows"] for v in new_files.values()) == len(want)
     with pytest.raises(ValueError, match="touched files"):
         filter_blocked(str(tmp_path / "parent"), files, 8, RowFilter(items=np.array([1])), str(tmp_path / "other"))
+
+
+# --------------------------------------------------------------------------- reading by block (store/block_reader)
+
+
+def _ratings_copy(path, rows, key, n_blocks):
+    """A ratings table blocked by ``key`` (one file per block), as the store writes it; returns its file map."""
+    os.makedirs(path)
+    files = {}
+    cols = {"user": 0, "item": 1}
+    for b in range(n_blocks):
+        mine = sorted(r for r in rows if r[cols[key]] % n_blocks == b)
+        if not mine:
+            continue
+        name = f"part-{b:05d}.parquet"
+        pq.write_table(pa.table({"user": pa.array([r[0] for r in mine], pa.int32()),
+                                 "item": pa.array([r[1] for r in mine], pa.int32()),
+                                 "rating": pa.array([r[2] for r in mine], pa.float32())}), os.path.join(path, name))
+        files[name] = {"blocks": [b], "rows": len(mine)}
+    return files
+
+
+def test_a_block_reader_reads_only_the_files_of_the_wanted_blocks_and_finds_every_rating(tmp_path):
+    from spark_unlearn.store.block_reader import BlockReader, FileCache
+
+    rng = np.random.default_rng(5)
+    rows = list({(int(u), int(i)): (int(u), int(i), float(r)) for u, i, r in
+                 zip(rng.integers(0, 40, 500), rng.integers(0, 60, 500), rng.integers(1, 6, 500))}.values())
+    files = {"ratings": _ratings_copy(str(tmp_path / "ratings"), rows, "user", 4),
+             "ratings_by_item": _ratings_copy(str(tmp_path / "ratings_by_item"), rows, "item", 6)}
+    files["userFactors"] = _blocked_dir(str(tmp_path / "userFactors"), np.arange(40), 4, rng, per_file=1)
+    cache = FileCache()
+    reader = BlockReader(str(tmp_path), {"user": 4, "item": 6}, files, cache)
+    users, items = np.array([3, 7]), np.array([5])
+    u, i, r = reader.ratings(users, items)
+    got = sorted(zip(u.tolist(), i.tolist(), r.tolist()))
+    assert got == sorted(x for x in rows if x[0] in (3, 7) or x[1] == 5)  # each pair once
+    # Users 3 and 7 sit in block 3 of 4, item 5 in block 5 of 6: two files read, nothing else.
+    assert cache.misses == 2 and reader.files_read == 2
+    table = reader.rows("userFactors", np.array([1, 5, 9]), ["id", "features"])
+    assert sorted(table.column("id").to_pylist()) == [1, 5, 9] and cache.misses == 3
+    reader.ratings(users, items)
+    assert cache.misses == 3 and cache.hits == 2  # the second read comes from memory
+
+
+def test_the_file_cache_stays_within_its_bound_and_knows_files_it_wrote(tmp_path):
+    from spark_unlearn.store.block_reader import FileCache, TableFiles
+
+    rng = np.random.default_rng(6)
+    paths = []
+    for k in range(4):
+        p = str(tmp_path / f"f{k}.parquet")
+        pq.write_table(_table(np.arange(k * 100, k * 100 + 100), rng), p)
+        paths.append(p)
+    one = pq.read_table(paths[0]).nbytes
+    cache = FileCache(max_bytes=int(2.5 * one))
+    for p in paths:
+        cache.get(p, "id")
+    assert cache.nbytes <= 2.5 * one and cache.misses == 4
+    cache.get(paths[0], "id")  # evicted (least recently used): read again
+    assert cache.misses == 5
+    files = TableFiles("id", cache)
+    new = str(tmp_path / "new.parquet")
+    table = _table(np.arange(7), rng)
+    pq.write_table(table, new)
+    files.wrote(new, table)
+    before = cache.bytes_read
+    got, from_disk = files.read(new)
+    assert from_disk == 0 and cache.bytes_read == before and got.equals(table)
+    os.utime(new, ns=(1, 1))  # a file changed in place is a new identity: read again from disk
+    assert files.read(new)[1] == os.path.getsize(new)

@@ -358,7 +358,9 @@ class ModelStore:
             deleted row are hard-linked, only the others are rewritten; the
             manifest's ``copy_on_write`` counts them).  The same for ``holdout``.
             Its fingerprint is recorded as ``data_fingerprint`` unless
-            ``manifest`` already gives one.
+            ``manifest`` already gives one; given with ``data_fingerprint_state``
+            (the sums behind it), the written table is not scanned: the caller
+            vouches for both (the verifier recomputes them from the files).
         holdout
             Optional held-out test ratings published beside ``ratings`` (so an
             unlearning job can measure utility and remove deleted pairs there too).
