@@ -64,6 +64,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "poll_seconds": (float, 1.0),
         "max_attempts": (int, 3),  # a request failing for a non-data reason is retried this often
         "measure": (bool, False),  # before/after metrics per micro-batch
+        "cache_mb": (int, 2048),  # the driver's cache of block files (read and written), MiB
     },
     # [ifru] is validated by spark_unlearn.ifru.config.IFRUConfig (one source of truth for its keys).
     "ifru": {},

@@ -34,6 +34,14 @@ def test_content_hash_ignores_order_and_repeats_but_not_content(spark):
     assert L.batch_identity(batch(spark, []), "GDPR-7").batch_id == "GDPR-7"
     with pytest.raises(ConfigError, match="batch id 'no spaces'"):
         L.batch_identity(batch(spark, []), "no spaces")
+    # The driver's hash of rows it holds is Spark's, whatever the order: a batch keeps its id on either path.
+    rows = [(12, 3, "interaction"), (None, 7, "item"), (3, None, "user"), (2, 30, "interaction"), (None, 10, "item"),
+            (12, 3, "interaction"), (20, None, "user"), (2, 4, "interaction")]
+    spark_side = L.batch_identity(batch(spark, rows))
+    for order in (rows, rows[::-1], sorted(rows, key=str)):
+        driver_side = L.batch_identity(batch(spark, []), rows=order)
+        assert (driver_side.content_hash, driver_side.n_requests) == (spark_side.content_hash, spark_side.n_requests) == (
+            spark_side.content_hash, 7)
 
 
 @pytest.mark.parametrize("engine", ["auto", "layout"])  # the targeted engine's deletion plan, and plan_deletion's

@@ -112,7 +112,7 @@ def test_the_applied_index_reads_each_manifest_once():
 def test_service_options_and_micro_batch_ids():
     assert micro_batch_id(["only"]) == "only"
     assert micro_batch_id(["b", "a"]) == micro_batch_id(["a", "b"]) != micro_batch_id(["a", "c"])
-    for bad in ({"max_batch": 0}, {"poll_seconds": 0.0}, {"max_attempts": True}):
+    for bad in ({"max_batch": 0}, {"poll_seconds": 0.0}, {"max_attempts": True}, {"cache_mb": 0}):
         with pytest.raises(ConfigError):
             ServiceOptions(**bad)
 

@@ -50,6 +50,7 @@ from spark_unlearn.errors import ConfigError, SparkUnlearnError, StoreMovedError
 from spark_unlearn.service.inbox import Inbox, QueuedRequest, same_layout_groups
 from spark_unlearn.store.fsutil import link_or_copy
 from spark_unlearn.store.ledger import REQUEST_KEY
+from spark_unlearn.store.block_reader import FILE_CACHE
 from spark_unlearn.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class ServiceOptions:
         The solve and certificate options (:class:`~spark_unlearn.als.options.UnlearnOptions`).
     max_rebases
         How many times a micro-batch is re-applied on a store another publisher moved.
+    cache_mb
+        Bound of the driver's cache of block files (read and written), in MiB
+        (:class:`~spark_unlearn.store.block_reader.FileCache`).
     """
 
     max_batch: int = 100
@@ -83,9 +87,10 @@ class ServiceOptions:
     measure: bool = False
     unlearn: UnlearnOptions = field(default_factory=UnlearnOptions)
     max_rebases: int = 3
+    cache_mb: int = 2048
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_attempts"):
+        for name in ("max_batch", "max_attempts", "cache_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"[serve] {name} must be a positive integer, got {value!r}")
@@ -99,7 +104,8 @@ class ServiceOptions:
     def from_config(cls, cfg: dict[str, dict[str, Any]]) -> "ServiceOptions":
         s, u = cfg["serve"], cfg["unlearn"]
         return cls(max_batch=s["max_batch"], poll_seconds=s["poll_seconds"], max_attempts=s["max_attempts"],
-                   measure=s["measure"], unlearn=UnlearnOptions.from_config(u), max_rebases=u["max_rebases"])
+                   measure=s["measure"], unlearn=UnlearnOptions.from_config(u), max_rebases=u["max_rebases"],
+                   cache_mb=s["cache_mb"])
 
 
 class AppliedIndex:
@@ -150,6 +156,7 @@ class UnlearnService:
         if self.store.current() is None:
             raise ConfigError(f"{self.store.root} holds no model version: train one first (jobs/train.py)")
         self._apply = apply or run_unlearning
+        FILE_CACHE.max_bytes = options.cache_mb << 20  # hot blocks stay in memory between micro-batches
         if inbox.remove_stale_staging():
             log.warning("removed the micro-batch staging a killed service left in %s", inbox.root)
         self._index = AppliedIndex()
