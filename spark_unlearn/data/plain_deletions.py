@@ -66,11 +66,9 @@ def read_plain_deletions(path: str, format: str = "auto",
         return None  # compressed
     fmt = format if format != "auto" else ("csv" if name.endswith(".csv") else "parquet" if name.endswith(".parquet")
                                            else None)
-    if fmt == "csv":
-        return _csv_rows(local, path, columns)
-    if fmt == "parquet":
-        return _parquet_rows(local, path, columns)
-    return None
+    readers = {"csv": _csv_ids, "parquet": _parquet_ids}
+    ids = readers[fmt](local, path, columns) if fmt in readers else None
+    return None if ids is None else _requests(ids)
 
 
 def read_deletion_rows(spark, path: str, format: str = "auto", columns: dict[str, str | None] | None = None):
@@ -82,7 +80,8 @@ def read_deletion_rows(spark, path: str, format: str = "auto", columns: dict[str
     return spark.createDataFrame(rows, DELETIONS_SCHEMA), rows
 
 
-def _csv_rows(local: str, shown: str, columns) -> list[tuple] | None:
+def _csv_ids(local: str, shown: str, columns) -> list[tuple] | None:
+    """The ``(user, item)`` ids of each row (``None`` where empty), or ``None`` when the file is not plain."""
     with open(local, "rb") as fh:
         raw = fh.read()
     try:
@@ -101,7 +100,7 @@ def _csv_rows(local: str, shown: str, columns) -> list[tuple] | None:
         return None
     mapping = column_mapping(columns, header, shown, str(header))
     pos = {ours: header.index(theirs) for ours, theirs in mapping.items() if theirs is not None}
-    rows = set()
+    out = []
     for line in lines[1:]:
         fields = line.split(",")
         if len(fields) != len(header):
@@ -118,14 +117,12 @@ def _csv_rows(local: str, shown: str, columns) -> list[tuple] | None:
                 ids[ours] = int(s)
             else:
                 return None
-        row = _row(ids[USER], ids[ITEM])
-        if row is None:
-            return None
-        rows.add(row)
-    return sorted(rows, key=str)
+        out.append((ids[USER], ids[ITEM]))
+    return out
 
 
-def _parquet_rows(local: str, shown: str, columns) -> list[tuple] | None:
+def _parquet_ids(local: str, shown: str, columns) -> list[tuple] | None:
+    """As :func:`_csv_ids`, for a Parquet file with integer id columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -153,23 +150,16 @@ def _parquet_rows(local: str, shown: str, columns) -> list[tuple] | None:
         if any(v is not None and not 0 <= v <= INT32_MAX for v in got):
             return None
         values[ours] = got
-    rows = set()
-    for u, i in zip(values[USER], values[ITEM]):
-        row = _row(u, i)
-        if row is None:
-            return None
-        rows.add(row)
-    return sorted(rows, key=str)
+    return list(zip(values[USER], values[ITEM]))
 
 
-def _row(user: int | None, item: int | None) -> tuple | None:
-    if user is not None and item is not None:
-        return (user, item, KIND_INTERACTION)
-    if user is not None:
-        return (user, None, KIND_USER)
-    if item is not None:
-        return (None, item, KIND_ITEM)
-    return None
+def _requests(ids: list[tuple]) -> list[tuple] | None:
+    """The distinct ``(user, item, kind)`` requests of ``(user, item)`` ids; ``None`` if a row has neither id
+    (Spark's reader words that error)."""
+    kinds = {(True, True): KIND_INTERACTION, (True, False): KIND_USER, (False, True): KIND_ITEM}
+    if any(u is None and i is None for u, i in ids):
+        return None
+    return sorted({(u, i, kinds[u is not None, i is not None]) for u, i in ids}, key=str)
 
 
 __all__ = ["MAX_BYTES", "read_deletion_rows", "read_plain_deletions"]

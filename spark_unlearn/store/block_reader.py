@@ -25,6 +25,7 @@ import numpy as np
 
 from spark_unlearn.errors import StoreError
 from spark_unlearn.store.blocked import BLOCKS_KEY, touched_files
+from spark_unlearn.store.fsutil import file_identity
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
 from spark_unlearn.store.tables import HOLDOUT_DIR, ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
 
@@ -54,8 +55,7 @@ class FileCache:
         """``(table, key column as int64)`` of the Parquet file ``path``."""
         import pyarrow.parquet as pq
 
-        st = os.stat(path)
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        ident = file_identity(path)
         with self._lock:
             hit = self._entries.get(ident)
             if hit is not None:
@@ -66,28 +66,24 @@ class FileCache:
                     keys[key] = table.column(key).to_numpy().astype(np.int64)
                 return table, keys[key]
         table = pq.read_table(path)
-        keys = {key: table.column(key).to_numpy().astype(np.int64)}
-        size = int(table.nbytes) + keys[key].nbytes
         with self._lock:
             self.misses += 1
-            self.bytes_read += st.st_size
-            if ident not in self._entries:
-                self._entries[ident] = (table, keys, size)
-                self._bytes += size
-                self._evict()
-        return table, keys[key]
+            self.bytes_read += ident[2]
+        return table, self._remember(ident, table, key)
 
     def put(self, path: str, table, key: str) -> None:
         """Remember a file this process just wrote (``table`` is its content): the next version's reader hits."""
-        st = os.stat(path)
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self._remember(file_identity(path), table, key)
+
+    def _remember(self, ident: tuple, table, key: str) -> np.ndarray:
+        """Keep ``table`` under ``ident`` (unless already there); returns its key column."""
         keys = {key: table.column(key).to_numpy().astype(np.int64)}
-        size = int(table.nbytes) + keys[key].nbytes
         with self._lock:
             if ident not in self._entries:
-                self._entries[ident] = (table, keys, size)
-                self._bytes += size
+                self._entries[ident] = (table, keys, int(table.nbytes) + keys[key].nbytes)
+                self._bytes += self._entries[ident][2]
                 self._evict()
+        return keys[key]
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and len(self._entries) > 1:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spark_unlearn.store.fsutil import link_part_file
+
 BLOCKS_KEY = "blocks"
 BLOCK_ROWS = 4096
 """Target rows per block: a one-row change rewrites about this many rows (~0.5 MB of rank-32 factors)."""
@@ -170,7 +172,7 @@ def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], 
     for name, info in sorted(files.items()):
         src = os.path.join(parent_dir, name)
         if name not in touched:
-            _link_with_crc(parent_dir, out_dir, name)
+            link_part_file(parent_dir, out_dir, name)
             out[name] = dict(info)
             stats["files_linked"] += 1
             continue
@@ -234,13 +236,6 @@ def filter_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, rows:
         return table.filter(rows.keep(table.column("user").to_numpy(), table.column("item").to_numpy()))
 
     return rewrite_touched(parent_dir, files, touched, out_dir, keep, cache)
-
-
-def _link_with_crc(parent_dir: str, out_dir: str, name: str) -> None:
-    os.link(os.path.join(parent_dir, name), os.path.join(out_dir, name))
-    crc = os.path.join(parent_dir, f".{name}.crc")
-    if os.path.exists(crc):
-        os.link(crc, os.path.join(out_dir, f".{name}.crc"))
 
 
 def _subset(ids: np.ndarray, cols: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_unlearn.store.fsutil import link_or_copy
+from spark_unlearn.store.fsutil import link_part_file
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,7 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str, touche
         src = os.path.join(parent, name)
         if os.path.realpath(src) in hit:
             continue
-        for side in (name, f".{name}.crc"):
-            path = os.path.join(parent, side)
-            if os.path.exists(path):
-                link_or_copy(path, os.path.join(out_dir, side))
+        link_part_file(parent, out_dir, name)
         linked += 1
     rewritten = sorted(hit)
     if rewritten:

@@ -159,9 +159,7 @@ def fingerprint_without(state: list[str], users, items, ratings) -> tuple[str, l
     values[2] -= int((h1 >> np.uint64(32)).astype(object).sum())
     values[3] -= int((h2 & low).astype(object).sum())
     values[4] -= int((h2 >> np.uint64(32)).astype(object).sum())
-    x = 0
-    for v in h1.tolist():
-        x ^= v
+    x = int(np.bitwise_xor.reduce(h1, initial=np.uint64(0)))
     # The stored xor is a signed long taken mod 2^128: flip the low 64 bits, keep the sign extension.
     signed = values[5] if values[5] < (1 << 127) else values[5] - (1 << 128)
     signed_u64 = (signed & ((1 << 64) - 1)) ^ x

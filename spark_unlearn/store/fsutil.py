@@ -108,6 +108,22 @@ def link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def link_part_file(parent_dir: str, out_dir: str, name: str) -> None:
+    """:func:`link_or_copy` the part file ``name`` of ``parent_dir`` into ``out_dir``, with its ``.crc`` side file
+    (Hadoop's checksum of the part, written beside it) when there is one."""
+    for side in (name, f".{name}.crc"):
+        path = os.path.join(parent_dir, side)
+        if side == name or os.path.exists(path):
+            link_or_copy(path, os.path.join(out_dir, side))
+
+
+def file_identity(path: str) -> tuple[int, int, int, int]:
+    """``(device, inode, size, mtime_ns)`` of ``path``: the same for a file's hard links, new when it is rewritten
+    (the key of the process's checksum and block-file caches)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def local_path(path: str) -> str:
     """The absolute local path of ``path`` (a plain path or a ``file:`` URI).
 

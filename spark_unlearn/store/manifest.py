@@ -17,7 +17,7 @@ from typing import Any
 
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError, StoreError
-from spark_unlearn.store.fsutil import list_files, sha256_file
+from spark_unlearn.store.fsutil import file_identity, list_files, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +179,17 @@ def _checksum(path: str) -> str:
     What this does not see (bytes changed with the mtime restored) the
     independent verifier, which always reads, does.
     """
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = file_identity(path)
     digest = _VERIFIED.get(key)
     if digest is None:
-        digest = sha256_file(path)
-        if len(_VERIFIED) >= _VERIFIED_MAX:
-            _VERIFIED.clear()
-        _VERIFIED[key] = digest
+        digest = _remember(key, sha256_file(path))
+    return digest
+
+
+def _remember(key: tuple[int, int, int, int], digest: str) -> str:
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[key] = digest
     return digest
 
 
@@ -194,11 +197,7 @@ def checksum_written(path: str) -> str:
     """SHA-256 of a file this process just wrote, flushed to stable storage, and remembered as :func:`_checksum`
     would (the next load of its version in this process does not read it again)."""
     digest = sha256_file(path, fsync=True)
-    st = os.stat(path)
-    if len(_VERIFIED) >= _VERIFIED_MAX:
-        _VERIFIED.clear()
-    _VERIFIED[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digest
-    return digest
+    return _remember(file_identity(path), digest)
 
 
 def _short(items: list[str], limit: int = 10) -> str:
