@@ -32,7 +32,7 @@ import sys
 
 import _bootstrap  # noqa: F401,E402  (source checkout without installation: puts the repo on sys.path)
 
-from spark_unlearn.cli import add_output_flags, emit, run_job  # noqa: E402
+from spark_unlearn.cli import add_output_flags, add_tracking_flags, emit, open_tracker, run_job  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 from spark_unlearn.reporting import ifru_summary  # noqa: E402
 
@@ -43,6 +43,7 @@ EXAMPLES = """examples:
   spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf                    # train MF
   spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf --delete pairs.csv # unlearn pairs
   spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf --delete pairs.csv --json | python -m json.tool
+  spark-submit jobs/ifru.py --ratings ratings.csv --model out/ifru_mf --delete pairs.csv --mlflow-tracking-uri file:///tmp/mlruns
 """
 
 
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
     ap.add_argument("--log-level", default="INFO")
     add_output_flags(ap)
+    add_tracking_flags(ap)
     return ap.parse_args(argv)
 
 
@@ -68,12 +70,16 @@ def run(args: argparse.Namespace) -> dict:
     from spark_unlearn.session import get_session
 
     cfg = load_config(args.config)
+    tracker = open_tracker(cfg, args)
     ifru_conf, spark_conf = dict(cfg["ifru"]), dict(cfg["spark"])
     if args.model_type:
         ifru_conf["model_type"] = args.model_type
     spark = get_session("spark_unlearn-ifru", master=args.master, conf=spark_conf, quiet=not args.verbose)
-    return run_ifru(spark, ratings_path=args.ratings, model_dir=args.model, ifru_conf=ifru_conf,
-                    delete_path=args.delete, ratings_out=args.ratings_out)
+    report = run_ifru(spark, ratings_path=args.ratings, model_dir=args.model, ifru_conf=ifru_conf,
+                      delete_path=args.delete, ratings_out=args.ratings_out)
+    if tracker is not None:
+        report["mlflow"] = tracker.log("ifru", report)
+    return report
 
 
 def main(argv=None) -> int:

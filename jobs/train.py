@@ -20,7 +20,7 @@ import _bootstrap  # noqa: F401
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.config import load_config, override
 from spark_unlearn.data.embedded import sample_movielens_path
-from spark_unlearn.cli import add_output_flags, boolean_flag, emit, run_job
+from spark_unlearn.cli import add_output_flags, add_tracking_flags, boolean_flag, emit, open_tracker, run_job
 from spark_unlearn.logs import configure_logging
 from spark_unlearn.reporting import train_summary
 from spark_unlearn.session import get_session
@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   spark-submit jobs/train.py --ratings ../shared/data/ml-latest-small/ratings.csv --implicit --rank 16 \\
       --model out/ml_small_store --test-fraction 0 --report out/train.json   # production: every rating
   spark-submit jobs/train.py --json | python -m json.tool             # the report (JSON) on stdout
+  spark-submit jobs/train.py --mlflow-tracking-uri file:///tmp/mlruns  # log params and metrics to MLflow
 """
 
 
@@ -58,6 +59,7 @@ def parse_args(argv):
                    help="share of each user's ratings held out to measure the model (default 0.2); 0 trains on every "
                         "rating: use 0 for a production model")
     add_output_flags(p)
+    add_tracking_flags(p)
     return p.parse_args(argv)
 
 
@@ -72,9 +74,10 @@ def main(argv=None) -> int:
         cfg = override(cfg, "data", ratings=args.ratings, format=args.format, test_fraction=args.test_fraction)
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
+        tracker = open_tracker(cfg, args)
         params = ALSParams.from_dict(cfg["als"])
         spark = get_session("spark_unlearn-train", conf=cfg["spark"], quiet=not args.verbose)
-        return run_training(
+        report = run_training(
             spark,
             ratings_path=cfg["data"]["ratings"] or sample_movielens_path(),
             store_path=cfg["store"]["path"],
@@ -87,6 +90,9 @@ def main(argv=None) -> int:
             k=cfg["eval"]["k"],
             started=started,
         )
+        if tracker is not None:
+            report["mlflow"] = tracker.log("train", report)
+        return report
 
     code, report = run_job(log, args.report, work)
     if report is not None:

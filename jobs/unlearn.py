@@ -40,7 +40,8 @@ import time
 import _bootstrap  # noqa: F401
 
 from spark_unlearn.config import load_config, override, stated_objective
-from spark_unlearn.cli import add_objective_flags, add_output_flags, emit, run_job, stated_objective_flags
+from spark_unlearn.cli import (add_objective_flags, add_output_flags, add_tracking_flags, emit, open_tracker, run_job,
+                               stated_objective_flags)
 from spark_unlearn.logs import configure_logging
 from spark_unlearn.reporting import unlearn_summary
 from spark_unlearn.session import get_session
@@ -71,6 +72,7 @@ def parse_args(argv):
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     add_objective_flags(p)
+    add_tracking_flags(p)
     return p.parse_args(argv)
 
 
@@ -81,6 +83,9 @@ EXAMPLES = """examples:
   # the report (JSON) on stdout, for a pipe; or to a file
   spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv --json | python -m json.tool
   spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv --report out/unlearn.json
+
+  # log the run (certificate, rows solved, times, the version's path) to MLflow
+  spark-submit jobs/unlearn.py --model out/model_store --delete deletions.csv --mlflow-tracking-uri http://mlflow:5000
 
   # a model saved by pyspark.ml: state its objective, as given to ALS(...)
   spark-submit jobs/unlearn.py --model mllib_model/ --ratings ratings.csv --output-store out/store \\
@@ -102,6 +107,7 @@ def main(argv=None) -> int:
         stated = {**stated_objective(args.config), **stated_objective_flags(args)}
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
+        tracker = open_tracker(cfg, args)
         u = cfg["unlearn"]
         t_session = time.perf_counter()
         spark = get_session("spark_unlearn-unlearn", conf=cfg["spark"], quiet=not args.verbose)
@@ -123,6 +129,8 @@ def main(argv=None) -> int:
         report = run_unlearning(spark, request, started=started)
         # The JVM's start is part of a cold job's end-to-end time; reported apart so a reader can subtract it.
         report.setdefault("seconds", {})["session_start"] = round(session_s, 3)
+        if tracker is not None:
+            report["mlflow"] = tracker.log("unlearn", report)
         return report
 
     code, report = run_job(log, args.report, work)

@@ -24,7 +24,7 @@ from typing import Any
 
 from spark_unlearn.errors import SparkUnlearnError, StoreMovedError
 from spark_unlearn.logs import separate_stderr
-from spark_unlearn.reporting import check_report_path, report_json, write_report
+from spark_unlearn.reporting import cap_lines, check_report_path, mlflow_line, report_json, write_report
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STORE_MOVED = 0, 2, 4
 
@@ -63,11 +63,35 @@ def add_output_flags(parser) -> None:
 
 def emit(report: dict[str, Any], summary: list[str], as_json: bool) -> None:
     """The summary on stderr; the report as JSON on stdout with ``--json`` (``run_job`` wrote ``--report``)."""
-    for line in summary:
+    for line in cap_lines(summary + mlflow_line(report)):
         print(line, file=sys.stderr)
     sys.stderr.flush()
     if as_json:
         print_report(report)
+
+
+def add_tracking_flags(parser) -> None:
+    """``--mlflow-tracking-uri`` and ``--mlflow-experiment`` (``[mlflow]`` in the config; :mod:`spark_unlearn.tracking`)."""
+    g = parser.add_argument_group("MLflow (optional: pip install 'spark_unlearn[mlflow]')",
+                                  "Log this run (params, metrics, the version path) to an MLflow tracking store.")
+    g.add_argument("--mlflow-tracking-uri", metavar="URI",
+                   help="tracking store, e.g. http://mlflow:5000 or file:///tmp/mlruns (default [mlflow] tracking_uri; "
+                        "none: no tracking)")
+    g.add_argument("--mlflow-experiment", metavar="NAME", help="experiment name (default [mlflow] experiment, spark_unlearn)")
+
+
+def open_tracker(cfg: dict[str, dict[str, Any]], args):
+    """The run's :class:`~spark_unlearn.tracking.MlflowTracker`, or ``None`` when no tracking URI is set.
+
+    Opened before the job works, so that a wrong URI or a missing package
+    stops it (:class:`~spark_unlearn.errors.ConfigError`) before anything is
+    computed or written.
+    """
+    from spark_unlearn.tracking import MlflowTracker
+
+    uri = getattr(args, "mlflow_tracking_uri", None) or cfg["mlflow"]["tracking_uri"]
+    experiment = getattr(args, "mlflow_experiment", None) or cfg["mlflow"]["experiment"]
+    return MlflowTracker.open(uri, experiment)
 
 
 def add_objective_flags(parser) -> None:

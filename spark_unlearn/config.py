@@ -66,6 +66,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "measure": (bool, False),  # before/after metrics per micro-batch
         "cache_mb": (int, 2048),  # the driver's cache of block files (read and written), MiB
     },
+    "mlflow": {  # optional run tracking (spark_unlearn.tracking); off while tracking_uri is ""
+        "tracking_uri": (str, ""),
+        "experiment": (str, "spark_unlearn"),
+    },
     # [ifru] is validated by spark_unlearn.ifru.config.IFRUConfig (one source of truth for its keys).
     "ifru": {},
     "logging": {"level": (str, "INFO")},

@@ -93,7 +93,7 @@ def train_summary(report: dict[str, Any]) -> list[str]:
         lines.append("test: " + metrics)
     lines.append(f"time: {_s(report.get('seconds_total'))} end to end (ALS solve {_s(report.get('seconds_training'))}, "
                  f"{_s(report.get('seconds_per_iteration'), 2)} per iteration)")
-    return _cap(lines)
+    return cap_lines(lines)
 
 
 def unlearn_summary(report: dict[str, Any]) -> list[str]:
@@ -131,7 +131,7 @@ def unlearn_summary(report: dict[str, Any]) -> list[str]:
         lines += _forgetting_lines(report)
     elif sec.get("end_to_end") is not None:
         lines.append(f"time: {_s(sec.get('end_to_end'))} end to end")
-    return _cap(lines)
+    return cap_lines(lines)
 
 
 def audit_summary(report: dict[str, Any]) -> list[str]:
@@ -183,7 +183,7 @@ def audit_summary(report: dict[str, Any]) -> list[str]:
                      f"{u['rank_percentile_before']} -> {after}")
     if len(shown) < len(users):
         lines.append(f"  ... {len(users) - len(shown)} more user(s) in the report")
-    return _cap(lines + time_line)
+    return cap_lines(lines + time_line)
 
 
 def purge_summary(report: dict[str, Any]) -> list[str]:
@@ -197,7 +197,7 @@ def purge_summary(report: dict[str, Any]) -> list[str]:
     sec = report.get("seconds") or {}
     if sec.get("end_to_end") is not None:
         lines.append(f"time: {_s(sec['end_to_end'], 2)} end to end")
-    return _cap(lines)
+    return cap_lines(lines)
 
 
 def serve_summary(report: dict[str, Any]) -> list[str]:
@@ -208,7 +208,7 @@ def serve_summary(report: dict[str, Any]) -> list[str]:
                  f"{report.get('micro_batches', 0)} micro-batch(es), {report.get('versions', 0)} version(s) published, "
                  f"{report.get('rejected', 0)} rejected, {report.get('failed', 0)} failed")
     lines.append("receipts: <requests>/receipts/<id>.json")
-    return _cap(lines)
+    return cap_lines(lines)
 
 
 def ifru_summary(report: dict[str, Any]) -> list[str]:
@@ -249,7 +249,7 @@ def ifru_summary(report: dict[str, Any]) -> list[str]:
         if tr and tr.get("wall_s") and update_s:
             line += f"; solve only: {tr['wall_s'] / update_s:.1f}x (training {_s(tr['wall_s'])} vs update {_s(update_s, 2)})"
         lines.append(line)
-    return _cap(lines)
+    return cap_lines(lines)
 
 
 def demo_summary(report: dict[str, Any]) -> list[str]:
@@ -263,7 +263,7 @@ def demo_summary(report: dict[str, Any]) -> list[str]:
              + (f"; test: {_metrics(t)}" if _metrics(t) else "")]
     lines += unlearn_summary(u)
     lines.append("full report: --json (on stdout) or --report PATH")
-    return _cap(lines)
+    return cap_lines(lines)
 
 
 def _model_params(p: dict[str, Any]) -> str:
@@ -370,7 +370,7 @@ def _ifru_certificate_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _cap(lines: list[str]) -> list[str]:
+def cap_lines(lines: list[str]) -> list[str]:
     """At most :data:`MAX_SUMMARY_LINES` lines; what does not fit is in the JSON report."""
     if len(lines) <= MAX_SUMMARY_LINES:
         return lines
@@ -396,3 +396,13 @@ def _s(seconds: Any, decimals: int = 1) -> str:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         return "n/a"
     return f"{seconds:.{decimals}f} s"
+
+
+def mlflow_line(report: dict[str, Any]) -> list[str]:
+    """The summary's line about the run's MLflow record (none when tracking is off; :mod:`spark_unlearn.tracking`)."""
+    entry = report.get("mlflow")
+    if not entry:
+        return []
+    if entry.get("error"):
+        return [f"mlflow: logging failed ({entry['error']}); the run's work is done and kept"]
+    return [f"mlflow: run {entry['run_id']} in experiment {entry['experiment']!r} at {entry['tracking_uri']}"]

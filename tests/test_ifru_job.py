@@ -199,10 +199,21 @@ def test_job_end_to_end(spark, tmp_path):
     df.iloc[[0, 60, 61, 62, 90]][["user", "item"]].to_csv(dele2, index=False)
     argv2 = list(argv)
     argv2[argv2.index(str(dele))] = str(dele2)
-    code, stdout, stderr = run_job(spark, "ifru", argv2)
+    mlruns = (tmp_path / "mlruns").as_uri()
+    code, stdout, stderr = run_job(spark, "ifru", argv2 + ["--mlflow-tracking-uri", mlruns])
     assert code == 0, stderr[-3000:]
     report2 = json.loads(stdout)
     assert not report2["trained"]
+    # the run is in MLflow (optional extra, installed with [test]) with the update's certificate
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlruns)
+    (run,) = client.search_runs([client.get_experiment_by_name("spark_unlearn").experiment_id])
+    assert run.info.run_id == report2["mlflow"]["run_id"] and run.data.tags["spark_unlearn.kind"] == "ifru"
+    cert2 = report2["unlearning"]["certificate"]
+    assert run.data.metrics["unlearning.certificate.retained_objective_change"] == cert2["retained_objective_change"]
+    assert run.data.metrics["test_auc_after"] == report2["test_auc_after"]
+    assert run.data.params["config.model_type"] == "lightgcn"
     n_train2 = report2["deletions"]["in_training"]
     model = persist.load_model(str(model_dir))
     assert model.removed_u.numel() == n_train + n_train2

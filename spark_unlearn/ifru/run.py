@@ -7,6 +7,7 @@ can be tested and re-used without ``spark-submit``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -211,7 +212,8 @@ def run_ifru(
             report["trained_version"] = persist.save_model(model, model_dir)
     else:
         _check_same_data(model, prepared, ratings_path, model_dir)
-    report.update({"model_type": cfg.model_type, "n_users": model.n_users, "n_items": model.n_items})
+    report.update({"model_type": cfg.model_type, "n_users": model.n_users, "n_items": model.n_items,
+                   "config": dataclasses.asdict(cfg)})
 
     test = to_tensors(prepared.test, ["u", "i", "label"])
     report["test_auc"] = auc(model.score(test["u"], test["i"]), test["label"])
