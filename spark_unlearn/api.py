@@ -30,8 +30,8 @@ from pyspark.sql import functions as F
 from spark_unlearn.als.options import MODES, UnlearnOptions
 from spark_unlearn.als.policy import POLICIES
 from spark_unlearn.errors import ConfigError, ObjectiveError, SchemaError
-from spark_unlearn.reporting import report_json, unlearn_summary
-from spark_unlearn.schema import ITEM, RATING, USER
+from spark_unlearn.reporting import JobReport, unlearn_summary
+from spark_unlearn.schema import ITEM, RATING, USER, renamed_columns
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 
@@ -49,12 +49,10 @@ def _remove_pending() -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class UnlearnReport:
+class UnlearnReport(JobReport):
     """The report of one unlearning request (``data``: the JSON-ready dict the jobs write)."""
 
-    data: dict[str, Any]
-
+    summarise = staticmethod(unlearn_summary)
     status = property(lambda self: self.data.get("status"), doc="``applied``, ``nothing_to_delete`` or ``already_applied``")
     version = property(lambda self: self.data.get("version"), doc="the store version published (or current)")
     rows_solved = property(lambda self: self.data.get("rows_solved", 0), doc="factor rows re-solved (0 if nothing applied)")
@@ -64,16 +62,6 @@ class UnlearnReport:
         """Whether the certificate is within its tolerance (``None``: nothing was computed)."""
         cert = self.data.get("certificate")
         return None if cert is None else bool(cert.get("holds"))
-
-    def summary(self) -> str:
-        """At most 15 lines for people: what was deleted, what changed, the certificate, the times."""
-        return "\n".join(unlearn_summary(self.data))
-
-    def to_json(self) -> str:
-        return report_json(self.data)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
 
 
 @dataclass
@@ -210,10 +198,8 @@ class ALSUnlearner:
                 "save it with the model: use ALSUnlearner.fromALS(als) with the estimator that trained it, or set "
                 f"{', '.join(missing)} to the values given to ALS(...)")
         cols = [p["userCol"], p["itemCol"], p["ratingCol"]]
-        absent = [c for c in cols if c not in ratings.columns]
-        if absent:
-            raise SchemaError(f"ALSUnlearner.unlearn: ratings has no column {absent} (it has {ratings.columns}); "
-                              "name them with setUserCol/setItemCol/setRatingCol")
+        ours = renamed_columns(ratings, cols, [USER, ITEM, RATING], "ALSUnlearner.unlearn: ratings",
+                               "name them with setUserCol/setItemCol/setRatingCol")
         spark = ratings.sparkSession
         work = tempfile.mkdtemp(prefix="spark_unlearn_api_", dir=workDir)
         _PENDING.add(work)
@@ -221,7 +207,7 @@ class ALSUnlearner:
             src, rat = os.path.join(work, "source_model"), os.path.join(work, "ratings.parquet")
             dels = _stage_deletions(deletions, p["userCol"], p["itemCol"], work)
             model.save(src)
-            ratings.select(*(F.col(c).alias(o) for c, o in zip(cols, (USER, ITEM, RATING)))).write.parquet(rat)
+            ours.write.parquet(rat)
             store = os.path.join(work, "store")
             request = UnlearnRequest(model_path=src, delete_path=dels, ratings_path=rat, ratings_format="parquet",
                                      output_store=store, expected_params=self._stated(), measure=measure,

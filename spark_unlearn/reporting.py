@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from spark_unlearn.errors import OutputPathError
 
@@ -77,6 +79,28 @@ def write_report(report: dict[str, Any], path: str) -> None:
 
 
 MAX_SUMMARY_LINES = 15
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A job's report for Python callers: ``data`` (the JSON-ready dict the jobs write), ``summary()``, ``to_json()``.
+
+    Subclasses name their summary builder in ``summarise`` (one of the
+    ``*_summary`` functions below).
+    """
+
+    data: dict[str, Any]
+    summarise: ClassVar[Callable[[dict[str, Any]], list[str]]]
+
+    def summary(self) -> str:
+        """At most 15 lines for people: what was deleted, what changed, the certificate, the times."""
+        return "\n".join(type(self).summarise(self.data))
+
+    def to_json(self) -> str:
+        return report_json(self.data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
 
 
 def train_summary(report: dict[str, Any]) -> list[str]:
@@ -321,7 +345,8 @@ def _certificate_line(cert: dict[str, Any]) -> str:
     else:
         bound = f"tolerance {_g(cert.get('tolerance'))}"
     ratio = f", worst row at {_g(cert['max_bound_ratio'])}x its bound" if cert.get("max_bound_ratio") is not None else ""
-    return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))} vs {bound}{ratio} "
+    kind = " (an upper bound)" if cert.get("max_kind") == "upper bound" else ""
+    return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))}{kind} vs {bound}{ratio} "
             f"({policy.get('name', 'strict')} policy): {verdict}")
 
 

@@ -63,3 +63,22 @@ WIDE_DOUBLES_SCHEMA = StructType(
 )
 
 INT32_MAX = 2**31 - 1
+
+
+def renamed_columns(df, columns: list[str], names: list[str], what: str, fix: str):
+    """``df``'s ``columns`` selected under ``names`` (a caller's column names -> ours), or a clear error.
+
+    Raises
+    ------
+    SchemaError
+        A column is missing: the message names it, the columns ``df`` has,
+        ``what`` (e.g. ``"ALSUnlearner.unlearn: ratings"``) and ``fix``.
+    """
+    from pyspark.sql import functions as F
+
+    from spark_unlearn.errors import SchemaError
+
+    absent = [c for c in columns if c not in df.columns]
+    if absent:
+        raise SchemaError(f"{what} has no column {absent} (it has {df.columns}); {fix}")
+    return df.select(*(F.col(c).alias(n) for c, n in zip(columns, names)))
