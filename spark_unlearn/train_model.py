@@ -13,6 +13,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from spark_unlearn.als.params import ALSParams
+from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.train import train_als
 from spark_unlearn.request_caches import releases_caches
 from spark_unlearn.store.model_store import ModelStore
@@ -127,6 +128,9 @@ def run_training(
         manifest={
             # Offsets are computed right after training: every row's residual is its target.
             "drift_max": {"user": 0.0, "item": 0.0},
+            # Nothing drifts yet (an empty drift watch) and every stored |b| is exact.
+            "drift_watch": empty_drift_watches(),
+            "bnorm_exact": {"user": True, "item": True},
             **implicit_state,
             "training": {
                 "source": ratings_path,

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from spark_unlearn.als.plan import remove_batch
 from spark_unlearn.als.certify import residual_summary
 from spark_unlearn.als.options import UnlearnOptions, VersionFacts
+from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.unlearn import unlearn_als
 from spark_unlearn.deferred import Deferred, force
 from spark_unlearn.errors import ConfigError, ObjectiveError, StoreError, StoreMovedError
@@ -347,6 +348,9 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         drift_bound={"user": 0.0, "item": 0.0} if spark_source else manifest.get("drift_max"),
         counts=_version_counts(manifest), x_ratio=None if spark_source else manifest.get("x_ratio"),
         x_watch=None if spark_source else manifest.get("x_watch"),
+        # A Spark MLlib source's offsets were just computed from its data: no drift, every |b| exact.
+        drift_watch=empty_drift_watches() if spark_source else manifest.get("drift_watch"),
+        bnorm_exact={"user": True, "item": True} if spark_source else manifest.get("bnorm_exact"),
         # The stored data version's blocks, read on the driver (not when other ratings were given).
         blocks=BlockReader.of(ModelStore(model_path).version_path(parent), manifest)
         if parent is not None and ratings is None else None,
@@ -426,6 +430,10 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
                 "training": manifest.get("training"),
                 **({"grams": result.grams} if result.grams else {}),
                 "drift_max": result.report["drift_max"],
+                # The certificate terms of rows a next request leaves untouched (explicit), and whether every
+                # stored |b| is exact (the implicit exact passes divide by it); absent: unknown, bounded.
+                **({"drift_watch": result.drift_watch} if result.drift_watch else {}),
+                **({"bnorm_exact": result.report["bnorm_exact"]} if result.report.get("bnorm_exact") else {}),
                 # Implicit, targeted engine only: the bound max |x|/|b| the next request starts from.
                 **({"x_ratio": result.report["x_ratio"]} if result.report.get("x_ratio") else {}),
                 **({"x_watch": result.x_watch} if result.x_watch else {}),

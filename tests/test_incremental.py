@@ -10,6 +10,7 @@ from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.train import ALSState, offsets_for, train_als
 from spark_unlearn.als.plan import remove_batch
 from spark_unlearn.als.options import UnlearnOptions, VersionFacts
+from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.unlearn import unlearn_als
 
 
@@ -74,6 +75,8 @@ def test_targeted_offsets_and_certificate_match_a_recomputation(spark, trained, 
         worst = max(worst, _check_offsets(got, true, targets))
     cert = rep["certificate"]
     assert cert["holds"] and worst <= cert["max_relative_residual"] + 1e-9 <= 5e-2 + 1e-9
+    if not model.params.implicit:  # explicit: the maximum is exact (training offsets: nothing untouched drifts)
+        assert cert["max_kind"] == "exact" and abs(cert["max_relative_residual"] - worst) <= 1e-6, cert
 
 
 def _changed_rows(ratings, rows):
@@ -101,20 +104,24 @@ def test_sequential_requests_never_absorb_drift(spark, trained, monkeypatch):
     def no_pass(*args):
         raise AssertionError("a pass over a side the driver already holds")
 
-    monkeypatch.setattr("spark_unlearn.als.incremental.gram_moved", no_pass)
+    monkeypatch.setattr("spark_unlearn.als.targeted_certificate.gram_moved", no_pass)
     monkeypatch.setattr("spark_unlearn.als.table_source.gram_moved", no_pass)
     train = [_offsets_dict(df) for df in offsets]
     tol = 8e-2  # loose, so that many rows keep sub-tolerance drift between requests
     data, cur_model, cur_offsets, changed = ratings, model, offsets, (set(), set())
     left_drift = 0.0
     hows = set()
+    drift_watch = empty_drift_watches()  # a training version's: nothing drifts yet
     for user in (3, 5, 8, 12):
         rows = [(user, None, "user")]
         c = _changed_rows(data, rows)
         changed = (changed[0] | c[0], changed[1] | c[1])
         counts = {"n_ratings": data.count(), "n_users": cur_model.user_factors.count(), "n_items": cur_model.item_factors.count()}
-        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), options=UnlearnOptions(tol=tol, engine="targeted", full_fallback_fraction=1.0), facts=VersionFacts(counts=counts))
+        out = unlearn_als(data, cur_model, cur_offsets, batch(spark, rows), options=UnlearnOptions(tol=tol, engine="targeted", full_fallback_fraction=1.0), facts=VersionFacts(counts=counts, drift_watch=drift_watch))
         assert out.report["certificate"]["holds"]
+        drift_watch = out.drift_watch
+        if not model.params.implicit:  # explicit: every record exact, the untouched rows' term from the drift watch
+            assert out.report["certificate"]["max_kind"] == "exact", out.report["certificate"]
         hows.update(out.report["certificate"]["untouched_rows"].values())
         data = remove_batch(data, batch(spark, rows)).cache()
         cur_model, cur_offsets = out.model, tuple(df.cache() for df in out.offsets)
@@ -132,6 +139,8 @@ def test_sequential_requests_never_absorb_drift(spark, trained, monkeypatch):
     # Every row, against the target it was owed from the start: within tol, and within the reported certificate.
     assert worst <= tol
     assert worst <= out.report["certificate"]["max_relative_residual"] + 1e-9
+    if not model.params.implicit:
+        assert abs(worst - out.report["certificate"]["max_relative_residual"]) <= 1e-6
 
 
 

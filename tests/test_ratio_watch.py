@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spark_unlearn.als.incremental import watched_term
+from spark_unlearn.als.targeted_certificate import watched_term
 from spark_unlearn.als.ratio_watch import RatioWatch, gram_moved_rows
 from spark_unlearn.als.spark_source import BoundedGramSource
 

@@ -22,6 +22,7 @@ from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.als.options import UnlearnOptions
 from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning
 from spark_unlearn.verify import verify_version
+from spark_unlearn.verify.certificate import AGREEMENT
 
 
 def _batch(spark, rows):
@@ -57,14 +58,49 @@ def test_untampered_training_and_unlearned_versions_verify_and_a_sample_agrees(s
     assert full["status"] == "verified", full["reasons"]
     assert full["version"] == "v000002" and full["targets"]["source"] == "derived"
     assert full["targets"]["mismatched_rows"] == 0 and full["data"]["erased_requests"] == 2 and full["data"]["clean"]
-    # The targeted engine records an upper bound: never below the recomputation (here 0.5 % above).
-    assert full["recorded"]["kind"] == "upper bound"
-    assert full["recomputed"]["max"] <= full["recorded"]["max"] + 1e-5
-    assert full["recorded"]["overstates_by"] <= 0.01 * full["recorded"]["max"]
+    # The targeted engine records the exact maximum (explicit feedback, a version with a drift watch).
+    assert full["recorded"]["kind"] == "exact", full["recorded"]
+    assert abs(full["recomputed"]["max"] - full["recorded"]["max"]) <= AGREEMENT
     sampled = verify_version(spark, unlearned, sample=5)
     assert sampled["status"] == "verified", sampled["reasons"]
     assert sampled["recomputed"]["rows"] < full["recomputed"]["rows"]
     assert sampled["recomputed"]["max"] <= full["recomputed"]["max"] + 1e-12
+
+
+def test_a_request_on_the_parents_worst_row_still_records_the_exact_maximum(spark, unlearned, tmp_path):
+    """The parent's worst row is touched by the next request: the untouched rows' term comes from the rest of the
+    drift watch, and the record is still exact; an upper-bound record is held only to not fall below."""
+    store = str(shutil.copytree(unlearned, tmp_path / "s"))
+    parent = verify_version(spark, store)
+    worst = parent["worst_rows"][0]
+    data = ModelStore(store).load(spark).ratings
+    col, other = ("user", "item") if worst["side"] == "user" else ("item", "user")
+    pair = data.filter(f"{col} = {worst['id']}").orderBy(other).first()
+    run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(pair["user"], pair["item"], "interaction")]),
+                                         measure=False, options=UnlearnOptions(tol=5e-2)))
+    before = ModelStore(store).read_manifest("v000002")["drift_watch"][worst["side"]]
+    assert before["ids"][0] == worst["id"] and before["exact"][0]  # the parent's watch listed its worst row, exactly
+    manifest = ModelStore(store).read_manifest("v000003")
+    cert = manifest["certificate"]
+    assert cert["method"] == "incremental" and cert["max_kind"] == "exact", cert
+    after = manifest["drift_watch"][worst["side"]]
+    listed = dict(zip(after["ids"], after["exact"]))
+    assert listed.get(worst["id"], True)  # re-solved now: listed again with its new, exact term (or below the rest)
+    report = verify_version(spark, store)
+    assert report["status"] == "verified", report["reasons"]
+    assert report["recorded"]["kind"] == "exact"
+    assert abs(report["recomputed"]["max"] - report["recorded"]["max"]) <= AGREEMENT
+    # The same record marked an upper bound: accepted above the recomputation, refused below it.
+    path = os.path.join(ModelStore(store).version_path("v000003"), "manifest.json")
+    for scale, status in ((1.01, "verified"), (0.9, "failed")):
+        edited = json.load(open(path))
+        edited["certificate"].update(max_kind="upper bound", max_relative_residual=scale * cert["max_relative_residual"])
+        with open(path, "w") as fh:
+            json.dump(edited, fh, indent=2)
+        got = verify_version(spark, store)
+        assert got["status"] == status and got["recorded"]["kind"] == "upper bound", got["reasons"]
+        if status == "verified":
+            assert got["recorded"]["overstates_by"] == pytest.approx(0.01 * cert["max_relative_residual"], abs=AGREEMENT)
 
 
 def test_a_factor_row_scaled_by_one_and_a_half_fails_and_is_named(spark, unlearned, tmp_path):
@@ -107,7 +143,7 @@ def test_an_edited_recorded_certificate_is_reported_as_a_disagreement(spark, unl
     assert code == 3, err[-3000:]
     report = json.loads(out)["verification"]
     assert any("disagrees with the recorded" in r for r in report["reasons"]), report["reasons"]
-    assert 0.99 * true_max <= report["recomputed"]["max"] <= true_max + 1e-5  # the record was an upper bound
+    assert abs(report["recomputed"]["max"] - true_max) <= AGREEMENT  # the record was exact
 
 
 def test_an_implicit_store_verifies_after_an_item_withdrawal(spark, tmp_path, sample_ratings_path):
@@ -121,6 +157,14 @@ def test_an_implicit_store_verifies_after_an_item_withdrawal(spark, tmp_path, sa
     for version in ("v000001", "v000002"):
         report = verify_version(spark, store, version)
         assert report["status"] == "verified", (version, report["reasons"])
+    # Whatever kind the implicit record states, the verifier holds it to that kind.
+    cert = ModelStore(store).read_manifest("v000002")["certificate"]
+    assert cert["max_kind"] in ("exact", "upper bound") and (cert["max_kind"] == "exact") == (cert["max_kind_why"] is None)
+    assert report["recorded"]["kind"] == cert["max_kind"]
+    if cert["max_kind"] == "exact":
+        assert abs(report["recomputed"]["max"] - report["recorded"]["max"]) <= AGREEMENT
+    else:
+        assert report["recomputed"]["max"] <= report["recorded"]["max"] + AGREEMENT
     code, out, err = run_job(spark, "audit", ["--model", store, "--verify-certificate", "--sample", "4"])
     assert code == 0, err[-3000:]
 

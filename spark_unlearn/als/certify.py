@@ -74,12 +74,18 @@ class Certificate:
 
     def to_dict(self, tolerance: RowTolerance) -> dict[str, Any]:
         return certificate_record(self.max_relative_residual, self.per_side, self.max_bound_ratio, tolerance,
-                                  method="exact, every row")
+                                  method="exact, every row", max_kind="exact")
 
 
 def certificate_record(max_relative: float, per_side: dict[str, float], max_bound_ratio: float, tolerance: RowTolerance,
                        method: str, **extra: Any) -> dict[str, Any]:
-    """The report's (and the ledger's) ``certificate``: one shape for every engine."""
+    """The report's (and the ledger's) ``certificate``: one shape for every engine.
+
+    ``extra`` holds what an engine adds; ``max_kind`` (``"exact"`` or
+    ``"upper bound"``, with ``max_kind_why``) says whether
+    ``max_relative_residual`` is the exact maximum, which the verifier then
+    holds it to (:func:`spark_unlearn.verify.certificate.recorded_kind`).
+    """
     return {
         "max_relative_residual": max_relative,
         "per_side": per_side,

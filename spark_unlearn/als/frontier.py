@@ -90,6 +90,8 @@ class FrontierResult:
       ``solved``, add the drift the version stored);
     * ``bdrift``: the change of ``b`` since ``bnorm`` was known; ``bnorm``:
       ``|b|`` at the row's solve (NaN: not solved, use the stored one);
+      ``bsolve``: ``b`` itself at the row's solve (solved rows), so that
+      ``|b'| = |bsolve + bdrift|`` is exact (:func:`bnorm_now`);
     * ``solved``; ``snap``: index into ``gram_history[other side]`` of the
       Gram its drift is relative to (implicit).
     """
@@ -182,7 +184,7 @@ class _Side:
             self.table = RowTable({
                 "x": (np.float32, k, 0.0), "has_x": (bool, None, False), "touched": (bool, None, False),
                 "drift": (np.float64, k, 0.0), "bdrift": (np.float64, k, 0.0), "bnorm": (np.float64, None, np.nan),
-                "solved": (bool, None, False), "snap": (np.int64, None, 0),
+                "bsolve": (np.float64, k, 0.0), "solved": (bool, None, False), "snap": (np.int64, None, 0),
             })
         return self.table
 
@@ -363,8 +365,9 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
         G_me = grams[me.name][-1] + X_new.astype(np.float64).T @ X_new - X_old.astype(np.float64).T @ X_old
         grams[me.name].append(G_me)
     mt = me.rows(k)
+    # b itself is kept (not only |b|): with the exactly bookkept change bdrift, |b'| = |b + bdrift| stays exact.
     mt.put(rd.ids, x=X_new, has_x=True, touched=True, drift=rounding, bdrift=0.0, bnorm=np.linalg.norm(b, axis=1),
-           solved=True, **({"snap": len(grams[nb.name]) - 1} if spec.implicit else {}))
+           bsolve=b, solved=True, **({"snap": len(grams[nb.name]) - 1} if spec.implicit else {}))
     return int(rd.ids.size)
 
 
@@ -376,16 +379,25 @@ def _changed(side: _Side) -> tuple[np.ndarray, np.ndarray]:
     return side.table.ids[sel], side.table["x"][sel]
 
 
-def lower_bnorm(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> np.ndarray:
-    """Lower bounds of ``|b'|`` for the rows at positions ``sel``, floored > 0.
+def bnorm_now(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``|b'|`` of the rows at positions ``sel`` where it is known exactly, a lower bound elsewhere; and which.
 
-    ``|b|`` is the one known at the row's solve, else ``stored_bnorm`` (the
-    version's); ``|b'| >= |b| - |b' - b|`` (triangle inequality) with the
-    bookkept change ``bdrift``.
+    Returns ``(values, exact)``.  A row solved in this run kept ``b`` at its
+    solve and the exactly bookkept change ``bdrift`` since, so
+    ``|b'| = |b_solve + bdrift|`` (float64 rounding only).  Any other row
+    knows only ``|b|`` (``stored_bnorm``, the version's, itself possibly a
+    lower bound written by an earlier request) and
+    ``|b'| >= |b| - |bdrift|`` (triangle inequality), floored > 0.
     """
-    known = me_rows["bnorm"][sel]
-    bnorm = np.where(np.isnan(known), np.asarray(stored_bnorm, np.float64), known)
-    return np.maximum(bnorm - np.linalg.norm(me_rows["bdrift"][sel], axis=1), 1e-300)
+    solved = me_rows["solved"][sel]
+    lower = np.maximum(np.asarray(stored_bnorm, np.float64) - np.linalg.norm(me_rows["bdrift"][sel], axis=1), 1e-300)
+    exact = np.linalg.norm(me_rows["bsolve"][sel] + me_rows["bdrift"][sel], axis=1)
+    return np.where(solved, np.maximum(exact, 1e-300), lower), solved.copy()
+
+
+def lower_bnorm(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> np.ndarray:
+    """Lower bounds of ``|b'|`` for the rows at positions ``sel``, floored > 0 (exact for solved rows: :func:`bnorm_now`)."""
+    return bnorm_now(me_rows, sel, stored_bnorm)[0]
 
 
 def current_drift(me_rows: RowTable, sel: np.ndarray, stored_drift: np.ndarray, X: np.ndarray | None,

@@ -12,22 +12,25 @@ reaches, not to the data:
 2. **Frontier** (:func:`~spark_unlearn.als.frontier.frontier_unlearn`) over a
    :class:`~spark_unlearn.als.table_source.TableRowSource`: each round reads
    only the rows it has not seen (one scan per table).
-3. **Certificate and new offsets, incrementally and exactly.**  Each row
-   stores a target ``t`` (its training residual, or 0 once its own data
-   changed) and a drift ``d = A x - b - t`` apart, so drift left below the
-   tolerance by one request is still seen by the next and cannot pile up.
-   The frontier keeps, for every row it touched, the exact change of its
-   drift (edge by edge, including the float32 rounding of each solve) and
-   of ``b``.  Untouched rows: in explicit mode nothing in their equation
-   changed, so their certificate term is their stored ``|d|/|b|``, bounded
-   by the version's own certificate (rows above ``tol``, possible only when
-   ``tol`` is lowered, are found by one pass over the offsets tables and
-   re-solved); in implicit mode their drift moves by ``ΔG x``, evaluated
-   for every row in one Spark pass over the factor and offsets tables (not
-   the ratings).  ``|b'|`` of a touched row is bounded below by
-   ``|b| - |Δb|``, so the certificate of touched rows is an upper bound.
-   The next version's offsets are the stored ones patched at the touched
-   rows (and ``d += ΔG x`` in implicit mode).
+3. **Certificate and new offsets, incrementally.**  Each row stores a
+   target ``t`` (its training residual, or 0 once its own data changed) and
+   a drift ``d = A x - b - t`` apart, so drift left below the tolerance by
+   one request is still seen by the next and cannot pile up.  The frontier
+   keeps, for every row it touched, the exact change of its drift (edge by
+   edge, including the float32 rounding of each solve) and of ``b``; a row
+   it solved keeps ``b`` itself, so its ``|b'|`` is exact, while a row that
+   only drifted has ``|b'|`` bounded below.  Untouched rows: in explicit
+   mode nothing in their equation changed, so their term is what the
+   version knew (its drift watch, else its ``drift_max``; rows above ``tol``,
+   possible only when ``tol`` is lowered, are found by one pass over the
+   offsets tables and re-solved); in implicit mode their drift moves by
+   ``ΔG x`` (:func:`~spark_unlearn.als.targeted_certificate.implicit_untouched`).
+   The rows whose bound could exceed the exact maximum are then read from
+   the data and made exact
+   (:func:`~spark_unlearn.als.targeted_certificate.settle_side`); the record
+   says whether its maximum is exact (``max_kind``) and, if not, why.  The
+   next version's offsets are the stored ones patched at the touched rows
+   (and ``d += ΔG x`` in implicit mode).
 4. The new factor tables are the stored ones patched at the solved rows and
    without the removed rows (broadcast joins, no shuffle of the ratings).
 
@@ -49,16 +52,18 @@ from pyspark.sql import functions as F
 
 from spark_unlearn.als.result import RowChanges
 from spark_unlearn.als.block_source import BlockRowSource
-from spark_unlearn.als.frontier import current_drift, current_factors, frontier_unlearn, lower_bnorm, other
+from spark_unlearn.als.frontier import frontier_unlearn, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.certify import certificate_record
-from spark_unlearn.als.factor_passes import arrow_matrix, gram_moved, gram_of, vector_norm
+from spark_unlearn.als.factor_passes import arrow_matrix, gram_of, vector_norm
 from spark_unlearn.als.plan import already_forgotten, plan_counts, unknown_requests
 from spark_unlearn.als.policy import RowTolerance
-from spark_unlearn.als.ratio_watch import RatioWatch, listed_terms, ratio_watch
+from spark_unlearn.als.ratio_watch import RatioWatch, ratio_watch
 from spark_unlearn.als.selection import pair_keys, select_ids
 from spark_unlearn.als.table_source import TableRowSource
+from spark_unlearn.als.targeted_certificate import (UNTOUCHED_CERTIFICATE, implicit_untouched, next_drift_watch,
+                                                    settle_side, touched_rows)
 from spark_unlearn.deferred import Deferred, ForcedDict, force
 from spark_unlearn.errors import EmptyInputError
 from spark_unlearn.schema import with_drift
@@ -183,42 +188,6 @@ def plan_targeted(source: TableRowSource, batch, *, strict: bool = False, forgot
 # ---------------------------------------------------------------------------
 
 
-def touched_rows(result, source: TableRowSource, direct: dict[str, set[int]], removed: dict[str, set[int]],
-                 spec: SolveSpec) -> dict[str, dict[str, Any]]:
-    """Per side, the new offsets and certificate terms of every row the frontier touched.
-
-    Returns ``{side: {"ids", "solved", "target", "drift", "bnorm", "relative", "x_relative"}}``:
-    whether the row was solved, its target ``t`` (solved rows only: 0 if its
-    own data changed, else the stored one; a row that only drifted keeps its
-    stored target, which is not read), its drift ``A'x - b' - t``, a lower
-    bound of ``|b'|``, ``relative = |drift| / bnorm`` and (implicit; else
-    ``None``) ``x_relative = |x| / bnorm`` with the row's new factor.
-    """
-    out = {}
-    for s in SIDES:
-        table = result.rows[s]
-        gone = np.asarray(sorted(removed[s]), np.int64)
-        sel = np.flatnonzero(table["touched"] & ~np.isin(table.ids, gone))
-        ids = table.ids[sel]
-        if ids.size == 0:
-            empty = np.zeros((0, source.rank))
-            out[s] = {"ids": ids, "solved": np.zeros(0, bool), "target": empty, "drift": empty, "bnorm": np.zeros(0),
-                      "relative": np.zeros(0), "x_relative": np.zeros(0) if spec.implicit else None}
-            continue
-        train_bnorm, stored = source.drift_state(s, ids)
-        solved = table["solved"][sel]
-        t = np.zeros((ids.size, stored.shape[1]))
-        keep = solved & ~np.isin(ids, np.asarray(sorted(direct[s]), np.int64))
-        t[keep] = source.targets(s, ids[keep])
-        X = current_factors(source, s, table, ids) if spec.implicit else None
-        d = current_drift(table, sel, stored, X, result.gram_history[other(s)] if spec.implicit else None)
-        scale = lower_bnorm(table, sel, train_bnorm)
-        out[s] = {"ids": ids, "solved": solved, "target": t, "drift": d, "bnorm": scale,
-                  "relative": np.linalg.norm(d, axis=1) / scale,
-                  "x_relative": np.linalg.norm(X.astype(np.float64), axis=1) / scale if X is not None else None}
-    return out
-
-
 def _arrow_column(values: np.ndarray, sql_type: str, valid: np.ndarray | None = None):
     """An Arrow column of ``values`` (``(n,)`` or ``(n, k)``); rows where ``valid`` is False are null."""
     import pyarrow as pa
@@ -322,6 +291,7 @@ class TargetedResult:
     x_watch: dict[str, dict] | None = None  # implicit: per side, the new version's RatioWatch (as JSON)
     changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (for copy-on-write publication)
     deleted_local: Any = None  # the deleted ratings (Arrow: user, item, rating)
+    drift_watch: dict[str, dict] | None = None  # explicit: per side, the new version's drift watch (RatioWatch JSON)
 
 
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
@@ -330,7 +300,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      drift_bound: dict[str, float] | None = None, n_ratings: int | None = None,
                      x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
                      table_rows: dict[str, int] | None = None, driver_rows: int | None = None,
-                     policy: RowTolerance | None = None, reader=None) -> TargetedResult:
+                     policy: RowTolerance | None = None, reader=None, drift_watch: dict[str, dict] | None = None,
+                     bnorm_exact: dict[str, bool] | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``tol``: every row is solved until its deviation is at most ``tol``
@@ -344,7 +315,12 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     ``tol``, one pass over the offsets tables finds it and the rows to
     re-solve.  ``x_ratio``: per side, an upper bound of ``max |x|/|b|``
     (implicit; the version's manifest), computed by a join per side when
-    unknown.  ``x_watch``: per side, the version's
+    unknown.  ``drift_watch``: per side, the version's drift watch (explicit;
+    :class:`~spark_unlearn.als.ratio_watch.RatioWatch` JSON with exact flags);
+    without it the untouched rows' term is ``drift_bound`` and the record an
+    upper bound.  ``bnorm_exact``: per side, whether every stored ``|b|`` is
+    exact (implicit: the exact passes over untouched rows divide by it).
+    ``x_watch``: per side, the version's
     :class:`~spark_unlearn.als.ratio_watch.RatioWatch` (as JSON; implicit),
     which replaces ``x_ratio``; without either, it is computed (a join and
     a top-k per side).  ``table_rows``: per side, the factor table's row
@@ -416,7 +392,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
 
     t = time.perf_counter()
     touched = touched_rows(result, source, plan.direct, plan.removed, spec)
-    per_side = {s: float(touched[s]["relative"].max()) if touched[s]["relative"].size else 0.0 for s in SIDES}
+    per_side = {s: 0.0 for s in SIDES}
     # The new tables as Spark plans, built only if read (a copy-on-write publication reads the row changes instead).
     new_factors = {s: Deferred(lambda s=s, changed=result.changed(s): patched_factors(spark, factors[s], *changed,
                                                                                       plan.removed[s]))
@@ -434,60 +410,42 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                                       keep_skipped=True)
         new_offsets[s] = Deferred(lambda s=s, frame=frame: patched_offsets(spark, offs[s], factors[s], touched[s],
                                                                            plan.removed[s], delta[s], frame))
-    # Explicit feedback: an untouched row's equation did not change, so its residual is its stored drift.
+    # Explicit feedback: an untouched row's equation did not change, so its term is what the version knew: its
+    # drift watch, else the version's drift_max (a bound).
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
-    untouched_how = {s: "stored" for s in SIDES}
+    dwatch = {s: RatioWatch.from_json(drift_watch[s]) if drift_watch and s in drift_watch else None for s in SIDES}
+    untouched_how = {s: "stored" if dwatch[s] is None else "drift_watch" for s in SIDES}
     new_x_ratio = new_watch = None
     if spec.implicit:
         new_x_ratio, new_watch = {}, {}
         for s in SIDES:
-            skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64), lazy_ids[s]])
-            # Every untouched row moved by ΔG x: bounded without a pass when the bound is within tol ...
-            norm = float(np.linalg.norm(delta[s], 2))
-            bound = untouched[s] + norm * float(x_ratio[s])
-            x_untouched = float(x_ratio[s])
-            # The watch's listed rows are read only when its rest is within tol (else the pass below runs anyway).
-            covered = s in lazy and lazy[s]["check"].every_row
-            listed = (watched_term(source, s, watch[s], delta[s], skip, untouched[s], tol)
-                      if watch and not covered and bound > tol and untouched[s] + norm * watch[s].rest <= tol else None)
-            if covered:
-                # ... or by the frontier's last pass in Spark, which evaluated every row it did not re-solve ...
-                untouched[s], untouched_how[s] = lazy[s]["check"].max_ratio, "spark"
-                x_untouched = lazy[s]["check"].max_xratio
-            elif bound <= tol:
-                untouched[s], untouched_how[s] = bound, "bound"
-            elif listed is not None and listed[0] <= tol:
-                # ... or by the watch: its rest bounded, its listed rows read and evaluated where their bound fails ...
-                untouched[s], untouched_how[s] = listed[0], "watch"
-                x_untouched = listed[1]
-            elif source.holds_side(s):
-                # ... else exact, over all rows: from the driver's caches when the frontier read the whole side ...
-                _, moved_rows, xnorm = source.gram_moved_rows(s, delta[s], skip)
-                untouched[s], untouched_how[s] = float(moved_rows.max(initial=0.0)), "exact_held"
-                x_untouched = float(xnorm.max(initial=0.0))
-            else:
-                # ... or by one pass (factor and offsets tables only).
-                moved = gram_moved(factors[s], offs[s], delta[s])
-                if skip.size:
-                    moved = select_ids(moved, "id", skip.tolist(), keep=False)
-                bn = F.greatest("bnorm", F.lit(1e-300))
-                row = moved.agg(F.max(F.col("moved") / bn), F.max(F.col("xnorm") / bn)).first()
-                untouched[s], untouched_how[s] = float(row[0] or 0.0), "exact"
-                x_untouched = float(row[1] or 0.0)
-            # The new version's max |x|/|b|: untouched rows as they were, touched rows at their new x over the |b'| bound.
-            new_x_ratio[s] = max(x_untouched, float(touched[s]["x_relative"].max(initial=0.0)))
-            up_ids, up_ratios = touched[s]["ids"], touched[s]["x_relative"]
-            if s in lazy:
-                check = lazy[s]["check"]
-                new_x_ratio[s] = max(new_x_ratio[s], check.max_xratio)
-                # Lazy rows the check returned: the watch's listed ones and any above its rest (the others stay below).
-                fresh = ~np.isin(check.watch_ids, up_ids)
-                up_ids = np.concatenate([up_ids, check.watch_ids[fresh]])
-                up_ratios = np.concatenate([up_ratios, check.watch_ratios[fresh]])
-            if watch is not None:
-                new_watch[s] = watch[s].updated(up_ids, up_ratios, sorted(plan.removed[s])).to_json()
+            untouched[s], untouched_how[s], new_x_ratio[s], w = implicit_untouched(
+                source, s, factors[s], offs[s], watch[s] if watch else None, x_ratio[s], delta[s], touched[s],
+                plan.removed[s], lazy.get(s), lazy_ids[s], float(drift_bound.get(s, 0.0)), tol)
+            if w is not None:
+                new_watch[s] = w
+    # The maximum per side: exact terms, bounds, and the rows read from the data where a bound could exceed it.
+    settled, next_dwatch = {}, {}
     for s in SIDES:
-        per_side[s] = max(per_side[s], untouched[s], lazy[s]["check"].max_ratio if s in lazy else 0.0)
+        exact_terms, bound_terms = {}, {}
+        if spec.implicit:
+            # The exact passes divide by the stored |b|: exact only while every stored |b| of the side is.
+            exact_pass = untouched_how[s] in ("exact", "exact_held") and bool((bnorm_exact or {}).get(s))
+            (exact_terms if exact_pass else bound_terms)[f"untouched rows ({untouched_how[s]})"] = untouched[s]
+        elif dwatch[s] is None:
+            bound_terms["untouched rows (the version's drift_max; no drift watch)"] = untouched[s]
+        if s in lazy and not (spec.implicit and untouched_how[s] == "spark"):
+            bound_terms["rows left in Spark (|b'| bounded below)"] = float(lazy[s]["check"].max_ratio)
+        skip = np.concatenate([touched[s]["ids"], np.array(sorted(plan.removed[s]), np.int64), lazy_ids[s]])
+        settled[s] = settle_side(source, s, touched[s], result.rows, plan.direct[s], spec,
+                                 result.grams_final[other(s)] if spec.implicit else None, exact_terms=exact_terms,
+                                 bound_terms=bound_terms, watch=dwatch[s], untouched_skip=skip)
+        if dwatch[s] is not None:
+            untouched[s] = settled[s]["untouched_max"]
+        if not spec.implicit:
+            next_dwatch[s] = next_drift_watch(settled[s]["watch"], touched[s], plan.removed[s], lazy_ids[s],
+                                              float(lazy[s]["check"].max_ratio) if s in lazy else None)
+        per_side[s] = settled[s]["max"]
     timings["certificate"] = time.perf_counter() - t
     deleted_local = _deleted_table(plan)
     deleted = Deferred(partial(spark.createDataFrame, deleted_local, "user int, item int, rating float"))
@@ -496,11 +454,20 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         grams_out = {s: result.grams_final[s].tolist() for s in SIDES}
     policy = policy or RowTolerance(tol)
     worst = max(per_side.values())
+    # The overall maximum is exact when every side that is only bounded stays at or below an exact side's maximum.
+    exact_top = max((per_side[s] for s in SIDES if settled[s]["exact"]), default=-1.0)
+    is_exact = all(settled[s]["exact"] or per_side[s] <= exact_top for s in SIDES)
+    why = {s: settled[s]["why"] for s in SIDES if not settled[s]["exact"]}
     # Every row's bound is at least the floor the frontier used: worst / floor bounds each row's own ratio.
     cert = certificate_record(
         worst, per_side, worst / policy.floor, policy, method="incremental",
-        method_note="touched rows from exact drift bookkeeping with |b'| bounded below; the ratio is against the floor "
-        "(an upper bound of every row's ratio to its own bound)",
+        method_note="touched rows from exact drift bookkeeping, |b'| exact for solved rows and for rows read from the "
+        "data where their bound could exceed the maximum; the ratio is against the floor (an upper bound of every "
+        "row's ratio to its own bound)",
+        max_kind="exact" if is_exact else "upper bound",
+        max_kind_why=None if is_exact else "; ".join(f"{s}: {w}" for s, w in why.items()),
+        per_side_kind={s: "exact" if settled[s]["exact"] else "upper bound" for s in SIDES},
+        rows_read_exactly={s: settled[s]["read"] for s in SIDES},
         touched_rows={s: int(touched[s]["ids"].size) for s in SIDES},
         untouched_rows_max=untouched,
         untouched_rows={s: UNTOUCHED_CERTIFICATE[untouched_how[s]] for s in SIDES},
@@ -519,6 +486,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "driver_rows_limit": source.driver_rows,
         "certificate": cert,
         "drift_max": dict(per_side),
+        # Whether every stored |b| of a side is exact after this request (the implicit exact passes divide by it).
+        "bnorm_exact": {s: bool((bnorm_exact or {}).get(s)) and bool(touched[s]["exact"].all()) and s not in lazy
+                        for s in SIDES},
         **({"x_ratio": new_x_ratio} if new_x_ratio is not None else {}),
         "seconds": timings,
         "converged": True,
@@ -527,7 +497,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     changes = {s: row_changes(result, touched[s], plan.removed[s], s, exact_offsets=not spec.implicit and s not in lazy)
                for s in SIDES}
     return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out,
-                          new_watch or None, changes, deleted_local)
+                          new_watch or None, changes, deleted_local,
+                          {s: w.to_json() for s, w in next_dwatch.items() if w is not None} or None)
 
 
 def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, exact_offsets: bool) -> RowChanges:
@@ -546,34 +517,6 @@ def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, e
                       drift=np.asarray(touched["drift"], np.float64),
                       target_ids=np.asarray(touched["ids"], np.int64)[solved],
                       targets=np.asarray(touched["target"], np.float64)[solved])
-
-
-def watched_term(source, side: str, watch: RatioWatch, delta_gram: np.ndarray, skip: np.ndarray, drift_bound: float,
-                 tol: float) -> tuple[float, float]:
-    """``(certificate term, max |x|/|b|)`` of the rows a request did not touch, by their watch.
-
-    Rows the watch does not list: ``drift_bound + |ΔG|_2 rest``.  Listed rows
-    (not in ``skip``): the same bound with their own ratio where it is within
-    ``tol``, else their exact ``|d + ΔG x|/|b|`` (read: at most
-    :data:`~spark_unlearn.als.ratio_watch.WATCH_SIZE` rows).
-    """
-    _, exact, unread = listed_terms(source, side, watch, delta_gram, skip, drift_bound, tol)
-    term = max(drift_bound + float(np.linalg.norm(delta_gram, 2)) * float(watch.rest), unread,
-               float(exact.max(initial=0.0)))
-    return term, max(float(watch.rest), float(watch.ratios[~np.isin(watch.ids, skip)].max(initial=0.0)))
-
-
-UNTOUCHED_CERTIFICATE = {
-    "exact": "exact: |d + ΔG x| / |b| over every untouched row (implicit; one pass)",
-    "exact_held": "exact: |d + ΔG x| / |b| over every untouched row (implicit; from the driver, which had read the "
-    "whole side)",
-    "spark": "exact: |d + edge terms + ΔG x| / |b'| over every row not re-solved (implicit; the frontier's last pass in "
-    "Spark, after its last move)",
-    "bound": "bounded: stored max |d|/|b| + |ΔG|_2 max |x|/|b| (implicit; no pass, the bound is within tol)",
-    "watch": "bounded: stored max |d|/|b| + |ΔG|_2 x (x = |x|/|b| of the rows with the largest, exact where that "
-    "exceeds tol, and a bound of it for the others; implicit, no pass)",
-    "stored": "bounded by the version's stored drift |d| / |b| (explicit: nothing in an untouched row's equation changed)",
-}
 
 
 def _deleted_table(plan: TargetedPlan):

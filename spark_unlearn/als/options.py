@@ -146,6 +146,11 @@ class VersionFacts:
     x_ratio, x_watch
         Implicit mode: per side, a bound of ``max |x|/|b|``, and the
         :class:`~spark_unlearn.als.ratio_watch.RatioWatch` as JSON.
+    drift_watch
+        Explicit mode: per side, the drift watch (the rows with the largest
+        certificate terms, exact flags, and a bound of the others) as JSON.
+    bnorm_exact
+        Per side, whether every stored ``|b|`` is exact.
     blocks
         A reader of the version's blocked files by id
         (:class:`~spark_unlearn.store.block_reader.BlockReader`): the
@@ -160,3 +165,5 @@ class VersionFacts:
     x_ratio: dict[str, float] | None = None
     x_watch: dict[str, dict] | None = None
     blocks: Any = None
+    drift_watch: dict[str, dict] | None = None
+    bnorm_exact: dict[str, bool] | None = None

@@ -57,6 +57,7 @@ class UnlearnResult(ForcesDeferred):
     changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (targeted engine), for copy-on-write
     deleted_local: Any = None  # the deleted ratings as an Arrow table (user, item, rating) on the driver, if held there
     offset_plans: tuple | None = None  # the two offsets tables unbuilt (Deferred), when ``offsets`` builds them
+    drift_watch: dict[str, dict] | None = None  # explicit: per side, the new version's drift watch (RatioWatch JSON)
 
     def release(self) -> None:
         if self.state is not None:

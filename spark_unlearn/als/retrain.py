@@ -23,6 +23,7 @@ from spark_unlearn.als.certify import certificate_record, residual_summary
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.als.plan import DeletionPlan
 from spark_unlearn.als.policy import RowTolerance
+from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.result import UnlearnResult, report_head
 from spark_unlearn.als.train import ALSState, train_als
 
@@ -42,7 +43,7 @@ def retrained(remaining: DataFrame, plan: DeletionPlan, state: ALSState, params:
     timings["certificate"] = 0.0
     log.info("retrained on the remaining data in %.1fs", time.perf_counter() - t)
     cert = certificate_record(
-        0.0, {"user": 0.0, "item": 0.0}, 0.0, bound, method="retrain",
+        0.0, {"user": 0.0, "item": 0.0}, 0.0, bound, method="retrain", max_kind="exact",
         method_note="a new training run on the remaining data: each row's training residual is its target, so every "
         "deviation is 0 up to float32 rounding (the verifier recomputes it)")
     report = {
@@ -52,8 +53,10 @@ def retrained(remaining: DataFrame, plan: DeletionPlan, state: ALSState, params:
         "remaining_ratings": n_remaining,
         "certificate": cert,
         "drift_max": {"user": 0.0, "item": 0.0},
+        "bnorm_exact": {"user": True, "item": True},
         "iterations": params.iterations,
         "seconds": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
         **info,
     }
-    return UnlearnResult(result.model, offsets, remaining, plan.deleted, report, state)
+    return UnlearnResult(result.model, offsets, remaining, plan.deleted, report, state,
+                         drift_watch=empty_drift_watches())  # every row at its new target: nothing drifts

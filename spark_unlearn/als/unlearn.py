@@ -51,6 +51,7 @@ from spark_unlearn.als.plan import plan_deletion, remove_batch
 from spark_unlearn.als.result import UnlearnResult, report_head
 from spark_unlearn.als.retrain import retrained
 from spark_unlearn.als.policy import RowTolerance, row_tolerance
+from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.sweeps import apply_updates, full_sweeps, repair
 from spark_unlearn.als.train import ALSState, offsets_frame
@@ -242,10 +243,13 @@ def unlearn_als(
         "remaining_ratings": n_remaining,
         "certificate": cert.to_dict(bound),
         "drift_max": {"user": 0.0, "item": 0.0} if used_mode == "paper" else dict(cert.per_side),
+        "bnorm_exact": {"user": True, "item": True},  # every row's |b'| recomputed from the data
         "seconds": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
         **frontier_info,
     }
-    return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state)
+    # Paper mode absorbs every residual into the targets: nothing drifts.  Other sweeps know only each side's maximum.
+    return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state,
+                         drift_watch=empty_drift_watches() if used_mode == "paper" else None)
 
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance, training_residual, o: UnlearnOptions,
@@ -266,7 +270,8 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=bound.floor, policy=bound, max_rounds=o.max_rounds,
                            max_rows=int(o.full_fallback_fraction * total_rows), strict=o.strict, forgotten=f.forgotten,
                            grams=f.grams, drift_bound=f.drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=f.x_ratio,
-                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks)
+                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks,
+                           drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact)
     if not out.converged:
         return None
     remaining = Deferred(lambda: remove_batch(force(ratings), batch_frame if batch_frame is not None else batch))
@@ -278,6 +283,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
     pair = out.offsets
     return UnlearnResult(out.model, Deferred(lambda: tuple(force(o) for o in pair)), remaining, out.deleted, report,
-                         None, out.grams, out.x_watch, out.changes, out.deleted_local, offset_plans=pair)
+                         None, out.grams, out.x_watch, out.changes, out.deleted_local, offset_plans=pair,
+                         drift_watch=out.drift_watch)
 
 

@@ -24,8 +24,8 @@ unlearned in paper mode is certified against ``t = 0``.
 **Verdict** (``status``): ``verified`` when every row's recomputed deviation
 is within its bound under the recorded policy (:func:`recorded_policy`:
 ``max(floor, own * |t_r| / |b'_r|)`` with the derived target), the maximum agrees with the recorded certificate to float32 noise
-(:data:`AGREEMENT`; a certificate the targeted engine recorded is an upper
-bound, and must only not fall below the recomputation), every target agrees, every rated row has a factor row
+(:data:`AGREEMENT`; a certificate that records an upper bound, ``max_kind``,
+must only not fall below the recomputation: :func:`recorded_kind`), every target agrees, every rated row has a factor row
 and vice versa, and the version's data holds nothing its lineage erased;
 ``failed`` otherwise, with the reasons and the worst rows by id.
 """
@@ -79,6 +79,22 @@ def recorded_policy(manifest: dict) -> tuple[float | None, float, str]:
     floor = policy.get("floor", cert.get("tolerance"))
     return (None if floor is None else float(floor)), float(policy.get("own_residual_weight") or 0.0), \
         str(policy.get("name") or "strict")
+
+
+def recorded_kind(cert: dict | None) -> str:
+    """Whether a certificate records its exact maximum (``"exact"``) or an ``"upper bound"`` of it.
+
+    The record says so itself (``max_kind``).  Records written before it
+    did: the targeted engine's (``method`` ``incremental``) were upper bounds
+    (``|b'|`` of rows it did not re-solve was bounded below), every other
+    engine's exact.  A bound may exceed the truth but never fall below it.
+    """
+    if cert is None:
+        return "exact"
+    kind = cert.get("max_kind")
+    if kind is not None:
+        return "exact" if kind == "exact" else "upper bound"
+    return "upper bound" if str(cert.get("method", "")).startswith("incremental") else "exact"
 
 
 def verify_version(spark: SparkSession, store_path: str, version: str | None = None, *, sample: int | None = None,
@@ -386,9 +402,9 @@ def _verdict(name, manifest, summary, target_source, data, sample, files) -> dic
         recorded = {"max": cert.get("max_relative_residual"), "tolerance": cert.get("tolerance"), "holds": cert.get("holds"),
                     "policy": policy, "floor": floor, "own_residual_weight": own}
     reasons = [] if files["verified"] else [f"checksums: {files['problem']}"]
-    # The targeted engine records an upper bound (|b'| of rows it did not re-solve is bounded below); a bound may
-    # exceed the truth but never fall below it.  Every other certificate is an exact maximum.
-    recorded["kind"] = "upper bound" if cert is not None and str(cert.get("method", "")).startswith("incremental") else "exact"
+    recorded["kind"] = recorded_kind(cert)
+    if cert is not None and cert.get("max_kind_why"):
+        recorded["kind_why"] = cert["max_kind_why"]
     if floor is None or not summary["max_bound_ratio"] <= 1.0:  # NaN fails too
         reasons.append(f"a row's recomputed deviation is {summary['max_bound_ratio']:.6g} x its bound under the "
                        f"{policy} policy (floor {floor}, own-residual weight {own})")
