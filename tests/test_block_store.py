@@ -34,6 +34,7 @@ from verify_helpers import assert_verified
 def small_block_store(spark, tmp_path_factory, sample_ratings_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(blocked, "BLOCK_ROWS", 8)  # 30 users -> 4 blocks, 100 items -> 13 blocks
+    mp.setattr(blocked, "DATA_BLOCK_ROWS", 100)  # 1,501 ratings -> 16 blocks in each copy, finer than the sides
     try:
         root = str(tmp_path_factory.mktemp("blocks") / "store")
         run_training(spark, ratings_path=sample_ratings_path, store_path=root,
@@ -61,10 +62,11 @@ def test_a_blocked_training_version_loads_in_spark_and_records_whole_blocks(spar
     manifest = ms.read_manifest()
     blocks = manifest["blocks"]
     assert blocks["n_blocks"] == {"user": 4, "item": 13}
+    assert blocks["table_blocks"] == {"ratings": 16, "ratings_by_item": 16}  # ratings: their own, finer blocks
     assert set(blocks["files"]) == set(TABLE_KEYS) - {"holdout"}
     for table, files in blocks["files"].items():
         side, key = TABLE_KEYS[table]  # ratings: by user, and a copy by item
-        n_blocks = blocks["n_blocks"][side]
+        n_blocks = blocks["table_blocks"].get(table, blocks["n_blocks"][side])
         held = [b for info in files.values() for b in info["blocks"]]
         assert len(held) == len(set(held))  # a block lives in one file
         for name, info in files.items():
@@ -121,14 +123,16 @@ def test_an_erasure_writes_only_the_touched_blocks_and_equals_a_full_rewrite(spa
     ratings_after = pq.read_table(os.path.join(child, "ratings")).to_pylist()
     assert sorted(map(tuple, map(dict.values, ratings_after))) == sorted(
         tuple(r.values()) for r in ratings_before if r["user"] != 7)
-    b_user = manifest_before["n_blocks"]["user"]
+    b_user = manifest_before["table_blocks"]["ratings"]
+    assert b_user > manifest_before["n_blocks"]["user"]
     for name, info in manifest_before["files"]["ratings"].items():
         assert os.path.exists(os.path.join(child, "ratings", name)) == (7 % b_user not in info["blocks"])
     assert io["ratings"]["files_written"] == 1
     # The item copy holds the same rows; only the files of the blocks of the items user 7 rated were rewritten.
     by_item = pq.read_table(os.path.join(child, "ratings_by_item")).select(["user", "item", "rating"]).to_pylist()
     assert sorted(tuple(r.values()) for r in by_item) == sorted(map(tuple, map(dict.values, ratings_after)))
-    b_item = manifest_before["n_blocks"]["item"]
+    b_item = manifest_before["table_blocks"]["ratings_by_item"]
+    assert manifest_after["table_blocks"] == manifest_before["table_blocks"]  # kept for the lineage
     hit = {r["item"] % b_item for r in ratings_before if r["user"] == 7}
     for name, info in manifest_before["files"]["ratings_by_item"].items():
         assert os.path.exists(os.path.join(child, "ratings_by_item", name)) == (not hit & set(info["blocks"]))

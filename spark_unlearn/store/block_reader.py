@@ -137,6 +137,10 @@ class BlockReader:
         The version directory.
     n_blocks
         Blocks per side (``{"user": B_u, "item": B_i}``).
+    table_n_blocks
+        Tables with their own block count (the ratings copies and holdout,
+        :func:`~spark_unlearn.store.blocked.data_blocks_for`); others use
+        their side's.
     files
         Per table, the manifest's file map (``{file: {"blocks", "rows"}}``).
     """
@@ -146,6 +150,7 @@ class BlockReader:
     files: dict[str, dict[str, dict]]
     cache: FileCache = field(default_factory=lambda: FILE_CACHE)
     files_read: int = 0
+    table_n_blocks: dict[str, int] = field(default_factory=dict)  # ratings tables' own block counts
 
     @classmethod
     def of(cls, path: str, manifest: dict[str, Any], cache: FileCache | None = None) -> "BlockReader | None":
@@ -163,7 +168,8 @@ class BlockReader:
         if any(t not in files for t in need):
             return None
         return cls(path, {s: int(blocks["n_blocks"][s]) for s in ("user", "item")}, files,
-                   cache if cache is not None else FILE_CACHE)
+                   cache if cache is not None else FILE_CACHE,
+                   table_n_blocks={t: int(b) for t, b in (blocks.get("table_blocks") or {}).items()})
 
     def has(self, table: str) -> bool:
         return table in self.files
@@ -177,7 +183,7 @@ class BlockReader:
         if table not in self.files:
             raise StoreError(f"{self.path}: the manifest maps no files of {table}")
         parts = []
-        for name in touched_files(self.files[table], self.n_blocks[side], ids):
+        for name in touched_files(self.files[table], self.table_n_blocks.get(table, self.n_blocks[side]), ids):
             path = os.path.join(self.path, table, name)
             if not os.path.exists(path):
                 raise StoreError(f"{path} is listed in the manifest but missing; the version is damaged "

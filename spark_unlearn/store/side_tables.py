@@ -20,6 +20,7 @@ lineage keeps its first version's number of blocks per side.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ from spark_unlearn.deferred import force
 from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
 from spark_unlearn.store import tables
 from spark_unlearn.store.block_reader import table_files
-from spark_unlearn.store.blocked import BLOCKS_KEY, TableDelta, arrange, blocks_for, file_maps, patch_blocked
+from spark_unlearn.store.blocked import (BLOCKS_KEY, TableDelta, arrange, blocks_for, data_blocks_for, file_maps,
+                                        patch_blocked)
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
 from spark_unlearn.store.fsutil import file_uri
 from spark_unlearn.store.tables import ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
@@ -48,6 +50,7 @@ class ParentLayout:
     n_blocks: dict[str, int]
     files: dict[str, dict[str, dict]]
     checksums: dict[str, str]
+    table_n_blocks: dict[str, int] = field(default_factory=dict)  # the ratings tables' own block counts
 
     @classmethod
     def of(cls, path: str, manifest: dict[str, Any]) -> "ParentLayout | None":
@@ -56,7 +59,14 @@ class ParentLayout:
         if not blocks or manifest.get("purged"):
             return None
         return cls(path, {s: int(blocks["n_blocks"][s]) for s in ("user", "item")}, blocks["files"],
-                   manifest.get("files") or {})
+                   manifest.get("files") or {},
+                   {t: int(b) for t, b in (blocks.get("table_blocks") or {}).items()})
+
+    def blocks_of(self, table: str, side: str) -> int | None:
+        """The parent's block count of ``table`` (keyed by ``side``), ``None`` if the parent has no such blocked table."""
+        if table not in self.files:
+            return None
+        return self.table_n_blocks.get(table, self.n_blocks[side])
 
 
 @dataclass
@@ -175,17 +185,28 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
     from spark_unlearn.store.blocked import touched_files as files_of_blocks
     from spark_unlearn.store.derived import DerivedTable, touched_files
 
-    b_user, b_item = written.blocks["n_blocks"]["user"], written.blocks["n_blocks"]["item"]
+    side_blocks = written.blocks["n_blocks"]
+    own = written.blocks.setdefault("table_blocks", {})
+
+    def blocks(rel: str, side: str, rows_of) -> int:
+        """``rel``'s block count: the parent's (kept for the lineage), else from its rows (``rows_of()``)."""
+        if rel not in own:
+            kept = layout.blocks_of(rel, side) if layout is not None else None
+            own[rel] = kept if kept is not None else data_blocks_for(rows_of(), side_blocks[side])
+        return own[rel]
+
     out: dict[str, dict[str, int]] = {}
     spark_derived = {}
     rows_of_batch: dict[int, Any] = {}
     by_item_done = False
     for rel, table in data.items():
         if not isinstance(table, DerivedTable):
-            tables.write_parquet(arrange(table, b_user, "user"), os.path.join(staging, rel))
-            written.blocks["files"][rel] = file_maps(spark, {rel: (os.path.join(staging, rel), b_user, "user")})[rel]
+            n_rows = functools.lru_cache(lambda: force(table).count())
+            b = blocks(rel, "user", n_rows)
+            tables.write_parquet(arrange(table, b, "user"), os.path.join(staging, rel))
+            written.blocks["files"][rel] = file_maps(spark, {rel: (os.path.join(staging, rel), b, "user")})[rel]
             if rel == RATINGS_DIR:
-                _write_full_by_item(spark, staging, table, b_item, written)
+                _write_full_by_item(spark, staging, table, blocks(RATINGS_BY_ITEM_DIR, "item", n_rows), written)
                 by_item_done = True
             continue
         files = layout.files.get(rel) if layout is not None else None
@@ -200,13 +221,16 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
             continue
         if rel == RATINGS_DIR and RATINGS_BY_ITEM_DIR in layout.files:
             touched = _removed_blocks(layout, rows)
-            names = {RATINGS_DIR: set(files_of_blocks(files, b_user, touched["user"])),
-                     RATINGS_BY_ITEM_DIR: set(files_of_blocks(layout.files[RATINGS_BY_ITEM_DIR], b_item,
-                                                              touched["item"]))}
+            b_of = {RATINGS_DIR: layout.blocks_of(RATINGS_DIR, "user"),
+                    RATINGS_BY_ITEM_DIR: layout.blocks_of(RATINGS_BY_ITEM_DIR, "item")}
+            names = {RATINGS_DIR: set(files_of_blocks(files, b_of[RATINGS_DIR], touched["user"])),
+                     RATINGS_BY_ITEM_DIR: set(files_of_blocks(layout.files[RATINGS_BY_ITEM_DIR],
+                                                              b_of[RATINGS_BY_ITEM_DIR], touched["item"]))}
             if sum(_bytes(os.path.join(layout.path, t), n) for t, n in names.items()) > DATA_DRIVER_MAX_BYTES:
                 spark_derived[rel] = table
                 continue
-            for t, b in ((RATINGS_DIR, b_user), (RATINGS_BY_ITEM_DIR, b_item)):
+            for t, b in b_of.items():
+                own[t] = b
                 new_files, io = filter_blocked(os.path.join(layout.path, t), layout.files[t], b, rows,
                                                os.path.join(staging, t), names[t], table_files(t))
                 written.blocks["files"][t] = new_files
@@ -219,11 +243,13 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
         if rows.keys() is None:  # withdrawn items: any block, found by one scan
             found = touched_files(spark, [table.parent_dir], table.batch)[table.parent_dir]
             touched = {os.path.basename(p) for p in found}
+        b = layout.blocks_of(rel, "user")
         if _bytes(table.parent_dir, touched if touched is not None else
-                  _names_holding(files, b_user, rows)) > DATA_DRIVER_MAX_BYTES:
+                  _names_holding(files, b, rows)) > DATA_DRIVER_MAX_BYTES:
             spark_derived[rel] = table
             continue
-        new_files, io = filter_blocked(table.parent_dir, files, b_user, rows, os.path.join(staging, rel), touched,
+        own[rel] = b
+        new_files, io = filter_blocked(table.parent_dir, files, b, rows, os.path.join(staging, rel), touched,
                                        table_files(rel))
         written.blocks["files"][rel] = new_files
         written.io[rel] = io
@@ -235,8 +261,12 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
             out.update(tables.write_table(spark, table, staging, rel, touched_all))
     if RATINGS_DIR in data and not by_item_done:
         # The user copy was rewritten by Spark (or is new): the item copy is written in full from it.
-        _write_full_by_item(spark, staging, spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR))), b_item,
-                            written)
+        new_ratings = spark.read.parquet(file_uri(os.path.join(staging, RATINGS_DIR)))
+        _write_full_by_item(spark, staging, new_ratings,
+                            blocks(RATINGS_BY_ITEM_DIR, "item", lambda: new_ratings.count()), written)
+    for rel in list(own):
+        if rel not in written.blocks["files"]:
+            del own[rel]  # rewritten by Spark without blocks: no block count to keep
     return out
 
 
@@ -259,7 +289,7 @@ def _removed_blocks(layout: ParentLayout, rows) -> dict[str, np.ndarray]:
     """
     from spark_unlearn.store.block_reader import BlockReader
 
-    reader = BlockReader(layout.path, layout.n_blocks, layout.files)
+    reader = BlockReader(layout.path, layout.n_blocks, layout.files, table_n_blocks=layout.table_n_blocks)
     users = np.unique(np.concatenate([np.asarray(rows.users, np.int64), np.asarray(rows.pairs, np.int64)[:, 0]]))
     u, i, _ = reader.ratings(users, np.asarray(rows.items, np.int64))
     gone = ~rows.keep(u, i)

@@ -33,6 +33,7 @@ from pyspark.sql.types import (
 from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
 from spark_unlearn.store.derived import DerivedTable, touched_files, write_derived
 from spark_unlearn.store.fsutil import file_uri
+from spark_unlearn.store.parquet_io import write_arrow_file
 
 USER_OFFSETS, ITEM_OFFSETS = "offsets/users", "offsets/items"
 RATINGS_DIR = "ratings"
@@ -74,10 +75,8 @@ def write_local_parquet(table, path: str) -> None:
     """Write the Arrow ``table`` (small, on the driver) as a new one-file Parquet table at ``path``, with pyarrow."""
     import uuid
 
-    import pyarrow.parquet as pq
-
     os.makedirs(path)
-    pq.write_table(table, os.path.join(path, f"part-00000-{uuid.uuid4().hex}-c000.snappy.parquet"), compression="snappy")
+    write_arrow_file(table, os.path.join(path, f"part-00000-{uuid.uuid4().hex}-c000.snappy.parquet"))
     open(os.path.join(path, "_SUCCESS"), "w").close()
 
 
