@@ -134,10 +134,10 @@ def settle_side(source, side: str, touched: dict[str, Any], tables: dict, direct
         if read_w.size:
             new_watch = watch.with_values(all_ids[read_w], settled.values[read_w], np.ones(read_w.size, bool))
     m = max(max(exact_terms.values(), default=0.0), float(settled.values[settled.exact].max(initial=0.0)))
+    # What stands above the exact maximum: a bound term (rows below it are deliberately not read), or the cap.
     above = [name for name, v in bounds.items() if v > m]
-    if (~settled.exact & (settled.values > m)).any():
-        above.append(f"rows whose |b'| is bounded below and that the cap of {cap} reads did not reach"
-                     if settled.capped else "rows whose |b'| is bounded below")
+    if settled.capped:
+        above.append(f"rows whose |b'| is bounded below, past the cap of {cap} rows read")
     untouched_max = float(settled.values[n_t:].max(initial=0.0))
     return {"max": settled.maximum, "exact": settled.is_exact, "why": "; ".join(above) or None,
             "read": int(settled.read.size), "capped": settled.capped, "untouched_max": untouched_max, "watch": new_watch}
