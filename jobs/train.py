@@ -2,7 +2,8 @@
 
     spark-submit jobs/train.py [--ratings PATH] [--model STORE_DIR] [--config conf/local.toml]
         [--format auto|movielens-dat|udata|movielens-csv|csv|parquet] [--implicit]
-        [--rank K] [--reg L] [--alpha A] [--iterations N] [--seed S] [--report PATH] [--json]
+        [--rank K] [--reg/--regParam L] [--alpha A] [--iterations/--maxIter N] [--seed S] [--numBlocks B]
+        [--userCol C --itemCol C --ratingCol C] [--test-fraction F] [--report PATH] [--json]
 
 With no arguments it trains on pyspark's embedded MovieLens sample and
 publishes to ``out/model_store``.  Prints a short summary on stderr (how many
@@ -34,6 +35,8 @@ EXAMPLES = """examples:
   spark-submit jobs/train.py --ratings ../shared/data/ml-latest-small/ratings.csv --implicit --rank 16 \\
       --model out/ml_small_store --test-fraction 0 --report out/train.json   # production: every rating
   spark-submit jobs/train.py --json | python -m json.tool             # the report (JSON) on stdout
+  spark-submit jobs/train.py --ratings data.parquet --userCol uid --itemCol iid --ratingCol val \
+      --maxIter 10 --regParam 0.05 --numBlocks 8                        # pyspark.ml's names
   spark-submit jobs/train.py --mlflow-tracking-uri file:///tmp/mlruns  # log params and metrics to MLflow
 """
 
@@ -55,6 +58,12 @@ def parse_args(argv):
     p.add_argument("--alpha", type=float)
     p.add_argument("--iterations", "--maxIter", dest="iterations", type=int, help="Spark's maxIter")
     p.add_argument("--seed", type=int)
+    p.add_argument("--numBlocks", "--num-blocks", dest="num_blocks", type=int,
+                   help="Spark's numBlocks (user and item blocks of the ALS solve; default: Spark's parallelism)")
+    p.add_argument("--checkpointInterval", dest="checkpoint_interval", type=int, help="Spark's checkpointInterval")
+    p.add_argument("--userCol", help="the ratings file's user column (Spark's userCol; default: auto-detect)")
+    p.add_argument("--itemCol", help="the ratings file's item column (Spark's itemCol)")
+    p.add_argument("--ratingCol", help="the ratings file's rating column (Spark's ratingCol)")
     p.add_argument("--test-fraction", type=float,
                    help="share of each user's ratings held out to measure the model (default 0.2); 0 trains on every "
                         "rating: use 0 for a production model")
@@ -70,7 +79,11 @@ def main(argv=None) -> int:
     def work():
         cfg = load_config(args.config)
         cfg = override(cfg, "als", rank=args.rank, reg=args.reg, alpha=args.alpha, implicit=args.implicit,
-                       iterations=args.iterations, seed=args.seed)
+                       iterations=args.iterations, seed=args.seed, num_blocks=args.num_blocks,
+                       checkpoint_interval=args.checkpoint_interval)
+        named = {k: v for k, v in (("user", args.userCol), ("item", args.itemCol), ("rating", args.ratingCol)) if v}
+        if named:
+            cfg["data"]["columns"] = {**(cfg["data"]["columns"] or {}), **named}
         cfg = override(cfg, "data", ratings=args.ratings, format=args.format, test_fraction=args.test_fraction)
         cfg = override(cfg, "store", path=args.model)
         configure_logging(cfg["logging"]["level"])
