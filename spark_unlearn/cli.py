@@ -24,7 +24,8 @@ from typing import Any
 
 from spark_unlearn.errors import SparkUnlearnError, StoreMovedError
 from spark_unlearn.logs import separate_stderr
-from spark_unlearn.reporting import cap_lines, check_report_path, mlflow_line, report_json, write_report
+from spark_unlearn.reporting import (MAX_SUMMARY_LINES, cap_lines, check_report_path, mlflow_line, report_json,
+                                     write_report)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STORE_MOVED = 0, 2, 4
 
@@ -63,7 +64,9 @@ def add_output_flags(parser) -> None:
 
 def emit(report: dict[str, Any], summary: list[str], as_json: bool) -> None:
     """The summary on stderr; the report as JSON on stdout with ``--json`` (``run_job`` wrote ``--report``)."""
-    for line in cap_lines(summary + mlflow_line(report)):
+    # The MLflow line is the run's address: it is kept, and the summary gives up a line for it if need be.
+    extra = mlflow_line(report)
+    for line in cap_lines(summary, MAX_SUMMARY_LINES - len(extra)) + extra:
         print(line, file=sys.stderr)
     sys.stderr.flush()
     if as_json:

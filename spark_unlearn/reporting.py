@@ -345,7 +345,9 @@ def _certificate_line(cert: dict[str, Any]) -> str:
     else:
         bound = f"tolerance {_g(cert.get('tolerance'))}"
     ratio = f", worst row at {_g(cert['max_bound_ratio'])}x its bound" if cert.get("max_bound_ratio") is not None else ""
-    kind = " (an upper bound)" if cert.get("max_kind") == "upper bound" else ""
+    # Records written before max_kind: the targeted engine's ("incremental") were upper bounds.
+    max_kind = cert.get("max_kind", "upper bound" if str(cert.get("method", "")).startswith("incremental") else "exact")
+    kind = " (an upper bound)" if max_kind == "upper bound" else ""
     return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))}{kind} vs {bound}{ratio} "
             f"({policy.get('name', 'strict')} policy): {verdict}")
 
@@ -395,11 +397,11 @@ def _ifru_certificate_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cap_lines(lines: list[str]) -> list[str]:
-    """At most :data:`MAX_SUMMARY_LINES` lines; what does not fit is in the JSON report."""
-    if len(lines) <= MAX_SUMMARY_LINES:
+def cap_lines(lines: list[str], limit: int = MAX_SUMMARY_LINES) -> list[str]:
+    """At most ``limit`` lines (default :data:`MAX_SUMMARY_LINES`); what does not fit is in the JSON report."""
+    if len(lines) <= limit:
         return lines
-    return lines[:MAX_SUMMARY_LINES - 1] + [f"... {len(lines) - MAX_SUMMARY_LINES + 1} more line(s): see the JSON report"]
+    return lines[:limit - 1] + [f"... {len(lines) - limit + 1} more line(s): see the JSON report"]
 
 
 def _n(count: Any, noun: str) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,23 +144,30 @@ class MlflowTracker:
 
     def log(self, kind: str, report: dict[str, Any], run_name: str | None = None) -> dict[str, Any]:
         """Log ``report`` as one finished run; what the report's ``mlflow`` entry says (run id, or the error)."""
-        from mlflow.entities import Metric, Param, RunTag
-        from mlflow.tracking import MlflowClient
-
         params, metrics, tags = run_record(kind, report)
         entry: dict[str, Any] = {"tracking_uri": self.tracking_uri, "experiment": self.experiment}
+        client = None
         try:
+            from mlflow.entities import Metric, Param, RunTag
+            from mlflow.tracking import MlflowClient
+
             client = MlflowClient(self.tracking_uri)
             run = client.create_run(self.experiment_id, run_name=run_name or f"{kind} {report.get('version', '')}".strip(),
                                     tags=tags)
             entry["run_id"] = run.info.run_id
-            client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+            now = int(time.time() * 1000)
+            client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                              params=[Param(k, v) for k, v in params.items()],
                              tags=[RunTag(k, v) for k, v in tags.items()])
             client.set_terminated(run.info.run_id, "FINISHED")
         except Exception as exc:  # the work is done and published: a tracking failure must not turn it into an error
             log.warning("MLflow logging to %s failed (the run's work is done and kept): %s", self.tracking_uri, exc)
             entry["error"] = f"{type(exc).__name__}: {exc}"
+            if client is not None and "run_id" in entry:
+                try:  # a run left RUNNING would look alive forever
+                    client.set_terminated(entry["run_id"], "FAILED")
+                except Exception:  # the store is what failed: nothing more to do
+                    pass
             return entry
         entry.update(metrics=len(metrics), params=len(params))
         log.info("MLflow run %s logged in experiment %r at %s", entry["run_id"], self.experiment, self.tracking_uri)

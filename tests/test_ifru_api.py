@@ -35,7 +35,6 @@ def example(spark, tmp_path_factory):
 
 
 def test_readme_example_unlearns_the_users_pairs_and_the_verifier_agrees(example, spark, tmp_path):
-    from spark_unlearn.ifru.persist import load_model
     from spark_unlearn.verify.ifru import verify_ifru_version
 
     result, ratings = example["result"], example["ratings"]
@@ -44,9 +43,8 @@ def test_readme_example_unlearns_the_users_pairs_and_the_verifier_agrees(example
     assert applied > 0 and report["unlearning"]["removed_terms"] == applied  # user 3's training pairs were terms
     assert report.certificate["retained_objective_change"] <= 0
     assert len(report.summary().splitlines()) <= 15 and '"unlearning"' in report.to_json()
-    # result.model is the version saved in the directory, which records every removed pair
-    saved = load_model(example["model_dir"])
-    assert saved.removed_u.numel() == result.model.removed_u.numel() == applied
+    # result.model is the unlearned model: it records every removed training pair
+    assert result.model.removed_u.numel() == applied
     # result.ratings: the input minus user 3's pairs, the input's column names
     assert result.ratings.columns == ["user", "item", "rating"]
     assert result.ratings.filter("user = 3").count() == 0
@@ -78,3 +76,19 @@ def test_bad_inputs_fail_clearly(example, spark, tmp_path):
     with pytest.raises(SchemaError, match="userCol"):
         IFRUUnlearner(userCol="uid").fit(ratings, str(tmp_path / "new"))
     assert not os.path.exists(tmp_path / "new")  # a refused call writes nothing
+
+
+def test_the_callers_column_names_go_in_and_come_back(example, spark, tmp_path):
+    from spark_unlearn import IFRUUnlearner
+
+    ratings = example["ratings"].withColumnRenamed("user", "uid").withColumnRenamed("item", "iid") \
+        .withColumnRenamed("rating", "val")
+    ifru = IFRUUnlearner(userCol="uid", itemCol="iid", ratingCol="val", modelType="mf", dim=8, epochs=20,
+                         threshold=3.0, kcore=3)
+    with ifru.fit(ratings, str(tmp_path / "m")) as trained:
+        assert trained.ratings.columns == ["uid", "iid", "val"] and trained.ratings.count() == ratings.count()
+    with ifru.unlearn(str(tmp_path / "m"), ratings, ratings.filter("uid = 3").select("uid", "iid")) as result:
+        assert result.ratings.columns == ["uid", "iid", "val"]
+        assert result.ratings.filter("uid = 3").count() == 0
+        assert result.ratings.count() == ratings.count() - ratings.filter("uid = 3").count()
+        assert result.report["deletions"]["in_training"] > 0

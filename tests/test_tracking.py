@@ -118,3 +118,28 @@ def test_a_logging_failure_after_the_work_is_reported_not_raised(monkeypatch, tm
     monkeypatch.setattr(MlflowClient, "create_run", gone)
     entry = tracker.log("train", {"version": "v000001", "n_train": 10})
     assert entry["error"] == "ConnectionError: tracking server went away" and "run_id" not in entry
+
+
+def test_a_run_whose_metrics_fail_to_log_is_marked_failed_not_left_running(monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    tracker = MlflowTracker.open(uri)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", broken)
+    entry = tracker.log("train", {"version": "v000001", "n_train": 10})
+    assert entry["error"] == "OSError: disk full"
+    assert MlflowClient(uri).get_run(entry["run_id"]).info.status == "FAILED"
+
+
+def test_the_summary_keeps_the_mlflow_line_within_15_lines(capsys):
+    from spark_unlearn.cli import emit
+
+    report = {"mlflow": {"run_id": "abc", "experiment": "e", "tracking_uri": "file:///x"}}
+    emit(report, [f"line {n}" for n in range(15)], as_json=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 15 and lines[-1] == "mlflow: run abc in experiment 'e' at file:///x"
+    assert lines[-2].startswith("... 2 more line(s)")  # lines 13 and 14 went to the JSON report

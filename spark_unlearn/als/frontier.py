@@ -88,9 +88,8 @@ class FrontierResult:
     * ``drift``: ``d = A'x - b' - t`` it was left with (edges and the float32
       rounding at its solve; the Gram term is separate; for rows not
       ``solved``, add the drift the version stored);
-    * ``bdrift``: the change of ``b`` since ``bnorm`` was known; ``bnorm``:
-      ``|b|`` at the row's solve (NaN: not solved, use the stored one);
-      ``bsolve``: ``b`` itself at the row's solve (solved rows), so that
+    * ``bdrift``: the change of ``b`` since the row's solve (else since the
+      version's stored ``|b|``); ``bsolve``: ``b`` at the row's solve (solved rows), so that
       ``|b'| = |bsolve + bdrift|`` is exact (:func:`bnorm_now`);
     * ``solved``; ``snap``: index into ``gram_history[other side]`` of the
       Gram its drift is relative to (implicit).
@@ -183,7 +182,7 @@ class _Side:
         if self.table is None:
             self.table = RowTable({
                 "x": (np.float32, k, 0.0), "has_x": (bool, None, False), "touched": (bool, None, False),
-                "drift": (np.float64, k, 0.0), "bdrift": (np.float64, k, 0.0), "bnorm": (np.float64, None, np.nan),
+                "drift": (np.float64, k, 0.0), "bdrift": (np.float64, k, 0.0),
                 "bsolve": (np.float64, k, 0.0), "solved": (bool, None, False), "snap": (np.int64, None, 0),
             })
         return self.table
@@ -366,7 +365,7 @@ def _solve_side(source: RowSource, me: _Side, nb: _Side, ids: np.ndarray, spec: 
         grams[me.name].append(G_me)
     mt = me.rows(k)
     # b itself is kept (not only |b|): with the exactly bookkept change bdrift, |b'| = |b + bdrift| stays exact.
-    mt.put(rd.ids, x=X_new, has_x=True, touched=True, drift=rounding, bdrift=0.0, bnorm=np.linalg.norm(b, axis=1),
+    mt.put(rd.ids, x=X_new, has_x=True, touched=True, drift=rounding, bdrift=0.0,
            bsolve=b, solved=True, **({"snap": len(grams[nb.name]) - 1} if spec.implicit else {}))
     return int(rd.ids.size)
 
@@ -393,11 +392,6 @@ def bnorm_now(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> t
     lower = np.maximum(np.asarray(stored_bnorm, np.float64) - np.linalg.norm(me_rows["bdrift"][sel], axis=1), 1e-300)
     exact = np.linalg.norm(me_rows["bsolve"][sel] + me_rows["bdrift"][sel], axis=1)
     return np.where(solved, np.maximum(exact, 1e-300), lower), solved.copy()
-
-
-def lower_bnorm(me_rows: RowTable, sel: np.ndarray, stored_bnorm: np.ndarray) -> np.ndarray:
-    """Lower bounds of ``|b'|`` for the rows at positions ``sel``, floored > 0 (exact for solved rows: :func:`bnorm_now`)."""
-    return bnorm_now(me_rows, sel, stored_bnorm)[0]
 
 
 def current_drift(me_rows: RowTable, sel: np.ndarray, stored_drift: np.ndarray, X: np.ndarray | None,
@@ -430,7 +424,7 @@ def _next_frontier(source: RowSource, me: _Side, nb: _Side, spec: SolveSpec, gra
         train_bnorm, stored = drift_state_of(source, me.name, touched)
         X = _current(source, me, touched) if spec.implicit else None
         D = current_drift(me.table, sel, stored, X, grams[nb.name] if spec.implicit else None)
-        nxt = touched[np.linalg.norm(D, axis=1) > tol * lower_bnorm(me.table, sel, train_bnorm)]
+        nxt = touched[np.linalg.norm(D, axis=1) > tol * bnorm_now(me.table, sel, train_bnorm)[0]]
     skip = np.union1d(touched, me.gone)  # gone rows have no edges, so only the passes over stored rows see them
     if me.lazy:
         # The rows next to moved rows that were not re-solved: one pass in Spark, redone only after new moves.

@@ -413,7 +413,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     # Explicit feedback: an untouched row's equation did not change, so its term is what the version knew: its
     # drift watch, else the version's drift_max (a bound).
     untouched = {s: float(drift_bound.get(s, 0.0)) for s in SIDES}
-    dwatch = {s: RatioWatch.from_json(drift_watch[s]) if drift_watch and s in drift_watch else None for s in SIDES}
+    # Implicit feedback moves every row by ΔG x: its untouched term comes from implicit_untouched, not a watch.
+    dwatch = {s: RatioWatch.from_json(drift_watch[s]) if drift_watch and s in drift_watch and not spec.implicit
+              else None for s in SIDES}
     untouched_how = {s: "stored" if dwatch[s] is None else "drift_watch" for s in SIDES}
     new_x_ratio = new_watch = None
     if spec.implicit:

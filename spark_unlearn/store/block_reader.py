@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from spark_unlearn.errors import StoreError
-from spark_unlearn.store.blocked import BLOCKS_KEY, touched_files
+from spark_unlearn.store.blocked import BLOCKS_KEY, recorded_table_blocks, touched_files
 from spark_unlearn.store.fsutil import file_identity
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
 from spark_unlearn.store.tables import HOLDOUT_DIR, ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
@@ -169,7 +169,7 @@ class BlockReader:
             return None
         return cls(path, {s: int(blocks["n_blocks"][s]) for s in ("user", "item")}, files,
                    cache if cache is not None else FILE_CACHE,
-                   table_n_blocks={t: int(b) for t, b in (blocks.get("table_blocks") or {}).items()})
+                   table_n_blocks=recorded_table_blocks(blocks))
 
     def has(self, table: str) -> bool:
         return table in self.files

@@ -126,6 +126,12 @@ def file_maps(spark, tables: dict[str, tuple[str, int, str]]) -> dict[str, dict[
 # --------------------------------------------------------------------------- copy-on-write (driver)
 
 
+def recorded_table_blocks(record: dict) -> dict[str, int]:
+    """The tables with their own block count in a manifest's ``blocks`` record (the ratings copies and holdout);
+    every other table, and the ratings of versions written before, use their side's count."""
+    return {t: int(b) for t, b in (record.get("table_blocks") or {}).items()}
+
+
 def touched_files(files: dict[str, dict], n_blocks: int, ids: np.ndarray) -> list[str]:
     """The files of ``files`` (a file map) holding a block of one of ``ids``."""
     hit = set(block_of(ids, n_blocks).tolist())
@@ -332,5 +338,5 @@ def patch_reference(rows: dict[int, dict], delta: TableDelta) -> dict[int, dict]
     return out
 
 
-__all__ = ["BLOCKS_KEY", "BLOCK_ROWS", "DATA_BLOCK_ROWS", "data_blocks_for", "RowFilter", "TableDelta", "filter_blocked", "apply_delta", "block_of", "blocks_for", "patch_blocked",
+__all__ = ["BLOCKS_KEY", "BLOCK_ROWS", "DATA_BLOCK_ROWS", "data_blocks_for", "recorded_table_blocks", "RowFilter", "TableDelta", "filter_blocked", "apply_delta", "block_of", "blocks_for", "patch_blocked",
            "patch_reference", "rewrite_touched", "touched_files", "arrange", "file_maps"]

@@ -21,7 +21,7 @@ def write_options(schema) -> dict:
     """``pyarrow.parquet.write_table`` keyword arguments for a table of ``schema`` (see the module docstring)."""
     import pyarrow as pa
 
-    ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+    ints = [f.name for f in schema if pa.types.is_integer(f.type) and f.name not in DICTIONARY_COLUMNS]
     return {"compression": "snappy", "use_dictionary": [c for c in DICTIONARY_COLUMNS if c in schema.names],
             "column_encoding": {c: "DELTA_BINARY_PACKED" for c in ints}}
 

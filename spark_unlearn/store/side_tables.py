@@ -13,9 +13,11 @@ Per table (``userFactors``, ``itemFactors``, ``offsets/users``,
   map read back (one aggregation for all full tables) and its factor tables
   validated by one scan (:func:`~spark_unlearn.store.tables.check_written_factors`).
 
-Ratings and holdout are blocked by user (:func:`write_data_tables`): a
-deletion filters the parent's files holding the named users' blocks.  A
-lineage keeps its first version's number of blocks per side.
+Ratings and holdout are blocked by user, and the ratings again by item
+(:func:`write_data_tables`), each with its own block count (at least the
+side's, finer for large tables: :func:`~spark_unlearn.store.blocked.data_blocks_for`);
+a deletion filters the parent's files holding the blocks of the removed
+rows.  A lineage keeps its first version's block counts.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
 from spark_unlearn.store import tables
 from spark_unlearn.store.block_reader import table_files
 from spark_unlearn.store.blocked import (BLOCKS_KEY, TableDelta, arrange, blocks_for, data_blocks_for, file_maps,
-                                        patch_blocked)
+                                        patch_blocked, recorded_table_blocks)
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
 from spark_unlearn.store.fsutil import file_uri
 from spark_unlearn.store.tables import ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
@@ -59,8 +61,7 @@ class ParentLayout:
         if not blocks or manifest.get("purged"):
             return None
         return cls(path, {s: int(blocks["n_blocks"][s]) for s in ("user", "item")}, blocks["files"],
-                   manifest.get("files") or {},
-                   {t: int(b) for t, b in (blocks.get("table_blocks") or {}).items()})
+                   manifest.get("files") or {}, recorded_table_blocks(blocks))
 
     def blocks_of(self, table: str, side: str) -> int | None:
         """The parent's block count of ``table`` (keyed by ``side``), ``None`` if the parent has no such blocked table."""
@@ -168,7 +169,8 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
     """Write the ratings and holdout tables (``rel -> DataFrame or DerivedTable``), blocked by user; the ratings
     also blocked by item (``ratings_by_item``: the same rows, so a request reads an item's ratings in its blocks).
 
-    A full table is arranged in the side's blocks.  A derived one (the
+    A full table is arranged in its own blocks (the parent's count, else
+    :func:`~spark_unlearn.store.blocked.data_blocks_for` of its rows).  A derived one (the
     parent's minus a deletion batch) whose parent is blocked is filtered on
     the driver in the files that can hold a removed row.  For the ratings
     these are found from the batch alone: the removed rows are read in the
