@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -345,9 +346,7 @@ def _certificate_line(cert: dict[str, Any]) -> str:
     else:
         bound = f"tolerance {_g(cert.get('tolerance'))}"
     ratio = f", worst row at {_g(cert['max_bound_ratio'])}x its bound" if cert.get("max_bound_ratio") is not None else ""
-    # Records written before max_kind: the targeted engine's ("incremental") were upper bounds.
-    max_kind = cert.get("max_kind", "upper bound" if str(cert.get("method", "")).startswith("incremental") else "exact")
-    kind = " (an upper bound)" if max_kind == "upper bound" else ""
+    kind = " (an upper bound)" if cert.get("max_kind") == "upper bound" else ""
     return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))}{kind} vs {bound}{ratio} "
             f"({policy.get('name', 'strict')} policy): {verdict}")
 
@@ -397,11 +396,22 @@ def _ifru_certificate_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+_MORE = re.compile(r"^\.\.\. (\d+) more line\(s\): see the JSON report$")
+
+
 def cap_lines(lines: list[str], limit: int = MAX_SUMMARY_LINES) -> list[str]:
-    """At most ``limit`` lines (default :data:`MAX_SUMMARY_LINES`); what does not fit is in the JSON report."""
+    """At most ``limit`` lines (default :data:`MAX_SUMMARY_LINES`); what does not fit is in the JSON report.
+
+    Capping lines that were capped before (to make room for another line)
+    counts the lines the earlier marker stood for.
+    """
     if len(lines) <= limit:
         return lines
-    return lines[:limit - 1] + [f"... {len(lines) - limit + 1} more line(s): see the JSON report"]
+    hidden = len(lines) - limit + 1
+    earlier = _MORE.match(lines[-1])
+    if earlier:
+        hidden += int(earlier.group(1)) - 1
+    return lines[:limit - 1] + [f"... {hidden} more line(s): see the JSON report"]
 
 
 def _n(count: Any, noun: str) -> str:

@@ -71,7 +71,7 @@ def flatten(report: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         path = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, path + "."))
-        elif isinstance(value, (bool, int, float, str)) and value is not None:
+        elif isinstance(value, (bool, int, float, str)):
             out[path] = value
     return out
 

@@ -143,3 +143,8 @@ def test_the_summary_keeps_the_mlflow_line_within_15_lines(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 15 and lines[-1] == "mlflow: run abc in experiment 'e' at file:///x"
     assert lines[-2].startswith("... 2 more line(s)")  # lines 13 and 14 went to the JSON report
+    # A summary its builder already capped (14 lines + a marker for 6 more): the new marker counts those 6 too.
+    capped = [f"line {n}" for n in range(14)] + ["... 6 more line(s): see the JSON report"]
+    emit(report, capped, as_json=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 15 and lines[-2] == "... 7 more line(s): see the JSON report"
