@@ -166,3 +166,71 @@ def test_a_withdrawn_item_is_found_in_its_blocks_and_leaves_both_copies(spark, s
     blocks = ms.read_manifest()["blocks"]
     assert {"ratings", "ratings_by_item"} <= set(blocks["io"]) and blocks["io"]["ratings_by_item"]["files_linked"] > 0
     assert_verified(spark, root)
+
+
+@pytest.fixture(scope="module")
+def implicit_block_store(spark, tmp_path_factory, sample_ratings_path):
+    mp = pytest.MonkeyPatch()
+    mp.setattr(blocked, "BLOCK_ROWS", 8)
+    mp.setattr(blocked, "DATA_BLOCK_ROWS", 100)
+    try:
+        root = str(tmp_path_factory.mktemp("implicit_blocks") / "store")
+        run_training(spark, ratings_path=sample_ratings_path, store_path=root, test_fraction=0.0,
+                     params=ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=2, implicit=True, alpha=1.0))
+    finally:
+        mp.undo()
+    return root
+
+
+def _close_rows(a: dict, b: dict, rtol: float = 1e-9) -> bool:
+    """Whether two ``{id: row}`` tables hold the same ids and the same values up to float rounding."""
+    import numpy as np
+
+    if set(a) != set(b):
+        return False
+    for i in a:
+        for col, va in a[i].items():
+            if not np.allclose(np.asarray(va, float), np.asarray(b[i][col], float), rtol=rtol, atol=1e-12):
+                return False
+    return True
+
+
+def test_an_implicit_request_holds_small_sides_on_the_driver_and_equals_the_spark_passes(
+        spark, implicit_block_store, tmp_path, monkeypatch):
+    """Implicit feedback moves every row's drift by ``ΔG x``.  A blocked version's sides that fit the driver are read
+    whole from their files: the Gram checks over all rows and the new offsets of every row are computed there, with
+    no Spark job, and the version equals the one the Spark passes and the full offsets write publish."""
+    from spark_unlearn.als.block_source import BlockRowSource
+    from spark_unlearn.als.spark_source import BoundedGramSource
+
+    held, spark_ref = str(tmp_path / "held"), str(tmp_path / "spark")
+    shutil.copytree(implicit_block_store, held)
+    shutil.copytree(implicit_block_store, spark_ref)
+    def erase(root):
+        return _erase(spark, root, 7)
+
+    # Every Gram check passes over all of a side's rows (no bound spares it): on the driver, or in Spark.
+    monkeypatch.setattr(BoundedGramSource, "gram_needs_pass", lambda self, side, delta_gram, tol: True)
+    report = erase(held)
+    assert report["status"] == "applied" and report["held_sides"] == ["user", "item"]
+    assert report["spark_jobs"] == 0
+    io = ModelStore(held).read_manifest()["blocks"]["io"]
+    assert {"offsets/users", "offsets/items"} <= set(io)  # every offsets row written on the driver, block by block
+    # The reference: no side held, so the Gram checks run as Spark passes and the offsets are written by Spark.
+    monkeypatch.setattr(BlockRowSource, "hold_side", lambda self, side, max_bytes=0: False)
+    reference = erase(spark_ref)
+    monkeypatch.undo()
+    assert reference["spark_jobs"] > 0
+    assert reference["status"] == "applied" and reference["held_sides"] == []
+    assert reference["rows_solved"] == report["rows_solved"]
+    a, b = ModelStore(held), ModelStore(spark_ref)
+    for table in ("userFactors", "itemFactors", "offsets/users", "offsets/items"):
+        assert _close_rows(_rows(spark, os.path.join(a.version_path(), table)),
+                           _rows(spark, os.path.join(b.version_path(), table))), table
+    # Not every untouched row kept its drift: the Gram change moved them all.
+    before = _rows(spark, os.path.join(a.version_path(a.versions()[0]), "offsets/items"))
+    after = _rows(spark, os.path.join(a.version_path(), "offsets/items"))
+    assert sum(before[i]["drift"] != after[i]["drift"] for i in after) > len(after) // 2
+    assert report["certificate"]["max_relative_residual"] == pytest.approx(
+        reference["certificate"]["max_relative_residual"], rel=1e-9)
+    assert_verified(spark, held)

@@ -353,6 +353,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     offs = ForcedDict(user=offsets[0], item=offsets[1])
     args = (ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows, driver_rows)
     source = TableRowSource(*args) if reader is None else BlockRowSource(reader, *args)
+    # Implicit feedback moves every row: a blocked version's sides that fit the driver are held there whole.
+    held = {s: spec.implicit and reader is not None and source.hold_side(s) for s in SIDES}
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
     n_remaining = (force(ratings).count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
@@ -486,6 +488,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         # Rows of each side whose factor or offsets reached the driver (the rest stayed in Spark).
         "driver_rows": {s: int(source.cached_rows(s)) for s in SIDES},
         "driver_rows_limit": source.driver_rows,
+        # Sides read whole onto the driver (implicit, blocked version within HOLD_SIDE_BYTES).
+        "held_sides": [s for s in SIDES if held[s]],
         "certificate": cert,
         "drift_max": dict(per_side),
         # Whether every stored |b| of a side is exact after this request (the implicit exact passes divide by it).
@@ -496,27 +500,41 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         "converged": True,
     }
     new_model = FactorModel(user_factors=new_factors["user"], item_factors=new_factors["item"], params=model.params)
-    changes = {s: row_changes(result, touched[s], plan.removed[s], s, exact_offsets=not spec.implicit and s not in lazy)
+    # A held side's untouched rows get d + ΔG x on the driver: every offsets row is then known exactly.
+    untouched_offsets = {s: source.held_offsets(s, delta[s], np.concatenate([touched[s]["ids"], np.array(
+        sorted(plan.removed[s]), np.int64)])) if held[s] and s not in lazy else None for s in SIDES}
+    changes = {s: row_changes(result, touched[s], plan.removed[s], s, exact_offsets=not spec.implicit and s not in lazy,
+                              untouched=untouched_offsets[s])
                for s in SIDES}
     return TargetedResult(new_model, (new_offsets["user"], new_offsets["item"]), deleted, plan, report, True, grams_out,
                           new_watch or None, changes, deleted_local,
                           {s: w.to_json() for s, w in next_dwatch.items() if w is not None} or None)
 
 
-def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, exact_offsets: bool) -> RowChanges:
+def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, exact_offsets: bool,
+                untouched: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> RowChanges:
     """The rows :func:`patched_factors` and :func:`patched_offsets` change, as arrays (see :class:`RowChanges`).
 
     ``exact_offsets``: explicit feedback with no row left in Spark, where an
-    untouched row's offsets do not change; otherwise the offsets are left to a full write.
+    untouched row's offsets do not change.  ``untouched``: ``(ids, |b|, d)``
+    of every row the request did not touch, computed on the driver
+    (implicit, a held side: ``d + ΔG x``).  Otherwise the offsets are left to
+    a full write.
     """
     ids, X = result.changed(side)
     gone = np.asarray(sorted(removed), np.int64)
-    if not exact_offsets:
+    if not exact_offsets and untouched is None:
         return RowChanges(gone, np.asarray(ids, np.int64), np.asarray(X, np.float32))
     solved = np.asarray(touched["solved"], bool)
+    off_ids, bnorm, drift = (np.asarray(touched["ids"], np.int64), np.asarray(touched["bnorm"], np.float64),
+                             np.asarray(touched["drift"], np.float64))
+    if untouched is not None:
+        u_ids, u_bnorm, u_drift = untouched
+        off_ids = np.concatenate([np.asarray(u_ids, np.int64), off_ids])
+        bnorm = np.concatenate([np.asarray(u_bnorm, np.float64), bnorm])
+        drift = np.concatenate([np.asarray(u_drift, np.float64), drift]) if len(u_ids) else drift
     return RowChanges(gone, np.asarray(ids, np.int64), np.asarray(X, np.float32),
-                      offset_ids=np.asarray(touched["ids"], np.int64), bnorm=np.asarray(touched["bnorm"], np.float64),
-                      drift=np.asarray(touched["drift"], np.float64),
+                      offset_ids=off_ids, bnorm=bnorm, drift=drift,
                       target_ids=np.asarray(touched["ids"], np.int64)[solved],
                       targets=np.asarray(touched["target"], np.float64)[solved])
 

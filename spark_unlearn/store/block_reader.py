@@ -198,6 +198,28 @@ class BlockReader:
             return None
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
+    def table_rows(self, table: str) -> int:
+        """Rows of ``table`` in this version, from the manifest's file map (no read)."""
+        return sum(int(f.get("rows", 0)) for f in self.files.get(table, {}).values())
+
+    def whole(self, table: str, columns: list[str]):
+        """Every row of ``table`` (a pyarrow Table of ``columns``): each of its files, through the cache."""
+        import pyarrow as pa
+
+        side, key = TABLE_KEYS[table]
+        if table not in self.files:
+            raise StoreError(f"{self.path}: the manifest maps no files of {table}")
+        parts = []
+        for name in sorted(self.files[table]):
+            path = os.path.join(self.path, table, name)
+            if not os.path.exists(path):
+                raise StoreError(f"{path} is listed in the manifest but missing; the version is damaged "
+                                 "(check it with jobs/audit.py --verify-certificate)")
+            data, _ = self.cache.get(path, key)
+            self.files_read += 1
+            parts.append(data.select(columns))
+        return pa.concat_tables(parts) if parts else None
+
     def ratings(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored rating of ``users`` (from the user-blocked copy) or ``items`` (the item-blocked one).
 
