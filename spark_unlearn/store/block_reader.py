@@ -174,22 +174,26 @@ class BlockReader:
     def has(self, table: str) -> bool:
         return table in self.files
 
+    def read_file(self, table: str, name: str):
+        """``(pyarrow Table, its key column)`` of the file ``name`` of ``table``, through the cache."""
+        path = os.path.join(self.path, table, name)
+        if not os.path.exists(path):
+            raise StoreError(f"{path} is listed in the manifest but missing; the version is damaged "
+                             "(check it with jobs/audit.py --verify-certificate)")
+        self.files_read += 1
+        return self.cache.get(path, TABLE_KEYS[table][1])
+
     def rows(self, table: str, ids: np.ndarray, columns: list[str] | None = None):
         """The rows of ``table`` whose key is in ``ids`` (a pyarrow Table; ``columns``: a projection)."""
         import pyarrow as pa
 
-        side, key = TABLE_KEYS[table]
+        side = TABLE_KEYS[table][0]
         ids = np.unique(np.asarray(ids, np.int64))
         if table not in self.files:
             raise StoreError(f"{self.path}: the manifest maps no files of {table}")
         parts = []
         for name in touched_files(self.files[table], self.table_n_blocks.get(table, self.n_blocks[side]), ids):
-            path = os.path.join(self.path, table, name)
-            if not os.path.exists(path):
-                raise StoreError(f"{path} is listed in the manifest but missing; the version is damaged "
-                                 "(check it with jobs/audit.py --verify-certificate)")
-            data, keys = self.cache.get(path, key)
-            self.files_read += 1
+            data, keys = self.read_file(table, name)
             sel = np.flatnonzero(np.isin(keys, ids))
             if sel.size:
                 got = data.take(pa.array(sel))
@@ -206,18 +210,11 @@ class BlockReader:
         """Every row of ``table`` (a pyarrow Table of ``columns``): each of its files, through the cache."""
         import pyarrow as pa
 
-        side, key = TABLE_KEYS[table]
         if table not in self.files:
             raise StoreError(f"{self.path}: the manifest maps no files of {table}")
         parts = []
         for name in sorted(self.files[table]):
-            path = os.path.join(self.path, table, name)
-            if not os.path.exists(path):
-                raise StoreError(f"{path} is listed in the manifest but missing; the version is damaged "
-                                 "(check it with jobs/audit.py --verify-certificate)")
-            data, _ = self.cache.get(path, key)
-            self.files_read += 1
-            parts.append(data.select(columns))
+            parts.append(self.read_file(table, name)[0].select(columns))
         return pa.concat_tables(parts) if parts else None
 
     def ratings(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
