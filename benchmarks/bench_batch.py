@@ -1,0 +1,275 @@
+"""Benchmark: batch deletions by CURE4Rec's rules, unlearned against retraining, end to end, in one run on the same data.
+
+    python benchmarks/bench_batch.py --ratings ../shared/data/adm/train.csv --test ../shared/data/adm/test.csv \\
+        --columns uid,iid,val --implicit --scenarios core5 edge5 random5 interactions0.1 interactions1 \\
+        --out docs/bench/batch_adm.json
+
+Scenarios (CURE4Rec, read.py ``delete``; computed here on any data by the same rules):
+
+* ``coreP`` / ``edgeP``: the ``int(U * P / 100)`` users with the most / fewest
+  training interactions (``value_counts`` order), every interaction of theirs;
+* ``randomP``: that many users drawn by ``np.random.seed(42)``,
+  ``np.random.choice(users, n, replace=False)``;
+* ``interactionsP``: P % of the training interactions, drawn with seed 42.
+
+Methods, each in this warm driver, end to end:
+
+* ``unlearn``: the product (``run_unlearning`` on a copy of the store, default
+  options: the frontier, falling back to a retrain past its budget), load and
+  publish included; ``planner_choice`` is the strategy it ran;
+  ``unlearn_strict`` the same under the strict certificate policy;
+* ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining ratings (read
+  from the store's Parquet), saved; the faster of ``--anchor-runs`` runs;
+* ``retrain``: our ALS on the remaining ratings, factors written.
+
+Per entry: ``wall_s``, ``ndcg20`` and ``hr20`` on the test split over the
+remaining users that have test items (all, ``active`` = the top 5 % by
+training degree after the deletion, ``inactive`` the rest, as CURE4Rec
+splits them), ``gap_closed`` (interaction scenarios: the deleted pairs' mean
+rank percentile, unlearned against retrained, from the original),
+``certificate`` and ``planner_choice``.  Ranking metrics are computed on the
+driver with numpy (train items of a user excluded from its ranking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import bench_session  # noqa: E402
+
+from spark_unlearn.als.options import UnlearnOptions  # noqa: E402
+from spark_unlearn.als.params import ALSParams  # noqa: E402
+from spark_unlearn.als.train import train_als  # noqa: E402
+from spark_unlearn.logs import configure_logging  # noqa: E402
+from spark_unlearn.store.model_store import ModelStore  # noqa: E402
+from spark_unlearn.train_model import run_training  # noqa: E402
+from spark_unlearn.unlearn_model import UnlearnRequest, run_unlearning  # noqa: E402
+
+log = logging.getLogger("spark_unlearn.bench.batch")
+K = 20
+
+
+def scenario_batch(train: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The deletion of scenario ``name`` as ``user, item, kind`` rows (CURE4Rec's rules; see the module docstring)."""
+    for kind in ("core", "edge", "random", "interactions"):
+        if name.startswith(kind):
+            pct = float(name[len(kind):])
+            break
+    else:
+        raise SystemExit(f"unknown scenario {name!r}: coreP, edgeP, randomP or interactionsP")
+    if kind == "interactions":
+        rng = np.random.default_rng(42)
+        n = max(1, int(round(len(train) * pct / 100)))
+        rows = train.iloc[np.sort(rng.choice(len(train), n, replace=False))]
+        return pd.DataFrame({"user": rows.user.values, "item": rows.item.values, "kind": "interaction"})
+    counts = train["user"].value_counts(ascending=kind == "edge")
+    n = int(len(counts) * pct / 100)
+    if kind == "random":
+        np.random.seed(42)
+        users = np.random.choice(counts.index, n, replace=False)
+    else:
+        users = counts.index[:n].to_numpy()
+    return pd.DataFrame({"user": np.asarray(users, np.int64), "item": pd.array([None] * n, dtype="Int64"), "kind": "user"})
+
+
+def remaining_of(train: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
+    users = set(batch.loc[batch.kind == "user", "user"].tolist())
+    pairs = set(zip(batch.loc[batch.kind == "interaction", "user"], batch.loc[batch.kind == "interaction", "item"]))
+    keep = ~train.user.isin(users)
+    if pairs:
+        keep &= ~pd.Series(list(zip(train.user, train.item)), index=train.index).isin(pairs)
+    return train[keep]
+
+
+def factor_arrays(user_df, item_df) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """``(user id -> row, U, item ids, V)`` from two ``id``/``features`` tables (pandas)."""
+    U = np.stack(user_df.features.to_numpy()).astype(np.float32)
+    V = np.stack(item_df.features.to_numpy()).astype(np.float32)
+    return {int(u): k for k, u in enumerate(user_df.id.to_numpy())}, U, item_df.id.to_numpy().astype(np.int64), V
+
+
+def read_factors(path: str):
+    import pyarrow.parquet as pq
+
+    return (pq.read_table(os.path.join(path, "userFactors")).to_pandas(),
+            pq.read_table(os.path.join(path, "itemFactors")).to_pandas())
+
+
+def ranking_metrics(factors, remaining: pd.DataFrame, test: pd.DataFrame, active: set) -> dict:
+    """NDCG@20 and HR@20 (a hit: a test item in the top 20) over users with test items, all / active / inactive."""
+    urow, U, item_ids, V = factors
+    col = {int(i): k for k, i in enumerate(item_ids)}
+    seen = remaining.groupby("user").item.apply(list).to_dict()
+    wanted = test.groupby("user").item.apply(list).to_dict()
+    users = [u for u in wanted if u in urow]
+    ndcg, hit, is_active = [], [], []
+    discount = 1.0 / np.log2(np.arange(2, K + 2))
+    for start in range(0, len(users), 512):
+        chunk = users[start:start + 512]
+        scores = U[[urow[u] for u in chunk]] @ V.T
+        for r, u in enumerate(chunk):
+            ex = [col[i] for i in seen.get(u, ()) if i in col]
+            scores[r, ex] = -np.inf
+        top = np.argpartition(-scores, K, axis=1)[:, :K]
+        order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]
+        top = np.take_along_axis(top, order, 1)
+        for r, u in enumerate(chunk):
+            rel = set(col[i] for i in wanted[u] if i in col)
+            gains = np.array([c in rel for c in top[r]], float)
+            ideal = discount[: min(len(rel), K)].sum()
+            ndcg.append(float(gains @ discount / ideal) if ideal > 0 else 0.0)
+            hit.append(float(gains.any()))
+            is_active.append(u in active)
+    ndcg, hit, is_active = np.array(ndcg), np.array(hit), np.array(is_active, bool)
+
+    def mean(x, m):
+        return float(x[m].mean()) if m.any() else None
+
+    every = np.ones(len(ndcg), bool)
+    return {"ndcg20": mean(ndcg, every), "hr20": mean(hit, every), "users": int(len(ndcg)),
+            "ndcg20_active": mean(ndcg, is_active), "hr20_active": mean(hit, is_active),
+            "ndcg20_inactive": mean(ndcg, ~is_active), "hr20_inactive": mean(hit, ~is_active)}
+
+
+def rank_percentile(factors, pairs: pd.DataFrame) -> float:
+    """Mean percentile of each deleted item in its user's ranking over every item (0 = top)."""
+    urow, U, item_ids, V = factors
+    col = {int(i): k for k, i in enumerate(item_ids)}
+    vals = []
+    for u, grp in pairs.groupby("user"):
+        if int(u) not in urow:
+            continue
+        s = V @ U[urow[int(u)]]
+        for i in grp.item:
+            if int(i) in col:
+                t = s[col[int(i)]]
+                vals.append(((s > t).sum() + 0.5 * ((s == t).sum() - 1)) / (len(s) - 1))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ratings", required=True)
+    p.add_argument("--test", required=True, help="the test split (same columns)")
+    p.add_argument("--columns", help="user,item,rating column names (e.g. uid,iid,val)")
+    p.add_argument("--implicit", action="store_true")
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--reg", type=float, default=0.1)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--scenarios", nargs="+", default=["core5", "edge5", "random5", "interactions0.1", "interactions1"])
+    p.add_argument("--methods", nargs="+", default=["unlearn", "mllib_retrain", "retrain"])
+    p.add_argument("--anchor-runs", type=int, default=2)
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    configure_logging("INFO")
+    logging.getLogger("spark_unlearn").setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    spark = bench_session("bench-batch", args.master)
+    work = tempfile.mkdtemp(prefix="bench_batch_")
+    names = dict(zip(("user", "item", "rating"), (args.columns or "user,item,rating").split(",")))
+    rename = {v: k for k, v in names.items()}
+    train = pd.read_csv(args.ratings).rename(columns=rename)[["user", "item", "rating"]]
+    test = pd.read_csv(args.test).rename(columns=rename)[["user", "item", "rating"]]
+    params = ALSParams(rank=args.rank, reg=args.reg, alpha=args.alpha, implicit=args.implicit,
+                       iterations=args.iterations, num_blocks=args.blocks)
+    base = os.path.join(work, "store")
+    t = time.perf_counter()
+    run_training(spark, ratings_path=args.ratings, store_path=base, params=params, test_fraction=0.0,
+                 columns=names if args.columns else None)
+    results = {"command": " ".join(sys.argv), "data": args.ratings, "test": args.test, "n_ratings": len(train),
+               "params": params.to_dict(), "train_seconds_end_to_end": round(time.perf_counter() - t, 2),
+               "machine": os.uname().nodename + f", {os.cpu_count()} cores", "entries": []}
+    original = factor_arrays(*read_factors(ModelStore(base).version_path()))
+    for name in args.scenarios:
+        batch = scenario_batch(train, name)
+        remaining = remaining_of(train, batch)
+        counts = remaining.user.value_counts()
+        active = set(counts.index[: int(len(counts) * 5 / 100)].tolist())
+        test_left = test[test.user.isin(set(remaining.user))]
+        deleted = train[~train.index.isin(remaining.index)]
+        per: dict[str, dict] = {}
+        models = {}
+        if "mllib_retrain" in args.methods:
+            from pyspark.ml.recommendation import ALS
+
+            data = spark.createDataFrame(remaining.astype({"user": "int32", "item": "int32", "rating": "float32"}))
+            data.write.mode("overwrite").parquet(os.path.join(work, "remaining"))
+            walls = []
+            for _ in range(args.anchor_runs):
+                t = time.perf_counter()
+                model = ALS(rank=params.rank, regParam=params.reg, implicitPrefs=params.implicit, alpha=params.alpha,
+                            maxIter=params.iterations, numUserBlocks=args.blocks, numItemBlocks=args.blocks, seed=0,
+                            userCol="user", itemCol="item", ratingCol="rating").fit(
+                    spark.read.parquet(os.path.join(work, "remaining")))
+                model.write().overwrite().save(os.path.join(work, "mllib_model"))
+                walls.append(time.perf_counter() - t)
+            per["mllib_retrain"] = {"wall_s": min(walls), "runs": [round(w, 2) for w in walls]}
+            models["mllib_retrain"] = factor_arrays(*read_factors(os.path.join(work, "mllib_model")))
+        if "retrain" in args.methods:
+            data = spark.read.parquet(os.path.join(work, "remaining")) if "mllib_retrain" in args.methods else \
+                spark.createDataFrame(remaining.astype({"user": "int32", "item": "int32", "rating": "float32"}))
+            t = time.perf_counter()
+            res = train_als(data, params)
+            res.model.user_factors.write.mode("overwrite").parquet(os.path.join(work, "retrain", "userFactors"))
+            res.model.item_factors.write.mode("overwrite").parquet(os.path.join(work, "retrain", "itemFactors"))
+            per["retrain"] = {"wall_s": time.perf_counter() - t, "planner_choice": "retrain"}
+            models["retrain"] = factor_arrays(*read_factors(os.path.join(work, "retrain")))
+        for method in [m for m in args.methods if m.startswith("unlearn")]:
+            # unlearn: the default options (training-precision); unlearn_strict: the strict certificate policy.
+            options = UnlearnOptions(certificate_policy="strict") if method == "unlearn_strict" else UnlearnOptions()
+            store = os.path.join(work, f"store_{name}")
+            shutil.rmtree(store, ignore_errors=True)
+            shutil.copytree(base, store, copy_function=os.link)
+            frame = spark.createDataFrame(
+                [(int(u), None if pd.isna(i) else int(i), k) for u, i, k in batch.itertuples(index=False)],
+                "user int, item int, kind string")
+            t = time.perf_counter()
+            rep = run_unlearning(spark, UnlearnRequest(model_path=store, batch=frame, measure=False, options=options))
+            wall = time.perf_counter() - t
+            per[method] = {"wall_s": wall, "planner_choice": rep.get("mode"), "engine": rep.get("engine"),
+                              "rows_solved": rep.get("rows_solved"), "rows_total": rep.get("rows_total"),
+                              "spark_jobs": rep.get("spark_jobs"), "held_sides": rep.get("held_sides"),
+                              "certificate": (rep.get("certificate") or {}).get("holds"),
+                              "certificate_max_kind": (rep.get("certificate") or {}).get("max_kind"),
+                              "seconds": rep.get("seconds")}
+            models[method] = factor_arrays(*read_factors(ModelStore(store).version_path()))
+            shutil.rmtree(store, ignore_errors=True)
+        before = rank_percentile(original, deleted) if name.startswith("interactions") else None
+        retrained = rank_percentile(models["retrain"], deleted) if before is not None and "retrain" in models else None
+        mllib = per.get("mllib_retrain", {}).get("wall_s")
+        for method, entry in per.items():
+            metrics = ranking_metrics(models[method], remaining, test_left, active)
+            gap = None
+            if before is not None and retrained is not None and abs(retrained - before) > 1e-12:
+                gap = (rank_percentile(models[method], deleted) - before) / (retrained - before)
+            entry = {"scenario": name, "method": method, **entry, **metrics, "gap_closed": gap,
+                     "deleted_ratings": int(len(deleted)), "deleted_users": int((batch.kind == "user").sum()),
+                     "speedup_vs_mllib": mllib / entry["wall_s"] if mllib else None}
+            entry.setdefault("certificate", None)
+            entry.setdefault("planner_choice", None)
+            results["entries"].append(entry)
+            log.info("%s %s: %s", name, method, {k: v for k, v in entry.items() if k != "seconds"})
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=2, default=str)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
