@@ -17,7 +17,8 @@ Methods, each in this warm driver, end to end:
 * ``unlearn``: the product (``run_unlearning`` on a copy of the store, default
   options: the frontier, falling back to a retrain past its budget), load and
   publish included; ``planner_choice`` is the strategy it ran;
-  ``unlearn_strict`` the same under the strict certificate policy;
+  ``unlearn_strict`` the same under the strict certificate policy,
+  ``unlearn_tolX`` with the certificate's floor set to X;
 * ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining ratings (read
   from the store's Parquet), saved; the faster of ``--anchor-runs`` runs;
 * ``retrain``: our ALS on the remaining ratings, factors written.
@@ -231,8 +232,11 @@ def main(argv=None) -> int:
             per["retrain"] = {"wall_s": time.perf_counter() - t, "planner_choice": "retrain"}
             models["retrain"] = factor_arrays(*read_factors(os.path.join(work, "retrain")))
         for method in [m for m in args.methods if m.startswith("unlearn")]:
-            # unlearn: the default options (training-precision); unlearn_strict: the strict certificate policy.
-            options = UnlearnOptions(certificate_policy="strict") if method == "unlearn_strict" else UnlearnOptions()
+            # unlearn: the default options (training-precision); unlearn_strict: the strict certificate policy;
+            # unlearn_tolX: the floor set to X (--tol).
+            options = (UnlearnOptions(certificate_policy="strict") if method == "unlearn_strict" else
+                       UnlearnOptions(tol=float(method[len("unlearn_tol"):])) if method.startswith("unlearn_tol") else
+                       UnlearnOptions())
             store = os.path.join(work, f"store_{name}")
             shutil.rmtree(store, ignore_errors=True)
             shutil.copytree(base, store, copy_function=os.link)
@@ -255,10 +259,12 @@ def main(argv=None) -> int:
         mllib = per.get("mllib_retrain", {}).get("wall_s")
         for method, entry in per.items():
             metrics = ranking_metrics(models[method], remaining, test_left, active)
-            gap = None
+            gap = after = None
             if before is not None and retrained is not None and abs(retrained - before) > 1e-12:
-                gap = (rank_percentile(models[method], deleted) - before) / (retrained - before)
+                after = rank_percentile(models[method], deleted)
+                gap = (after - before) / (retrained - before)
             entry = {"scenario": name, "method": method, **entry, **metrics, "gap_closed": gap,
+                     "rank_percentile": {"original": before, "this": after, "retrain": retrained},
                      "deleted_ratings": int(len(deleted)), "deleted_users": int((batch.kind == "user").sum()),
                      "speedup_vs_mllib": mllib / entry["wall_s"] if mllib else None}
             entry.setdefault("certificate", None)

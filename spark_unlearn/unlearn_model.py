@@ -27,6 +27,7 @@ from spark_unlearn.als.unlearn import unlearn_als
 from spark_unlearn.deferred import Deferred, force
 from spark_unlearn.errors import ConfigError, ObjectiveError, StoreError, StoreMovedError
 from spark_unlearn.faults import failpoint
+from spark_unlearn.forgetting_measure import measure_forgetting
 from spark_unlearn.request_caches import releases_caches
 from spark_unlearn.publication import (
     applied_requests,
@@ -373,7 +374,7 @@ def _apply_once(spark: SparkSession, store: ModelStore, model_path: str, ratings
         return out
     t_measure = time.perf_counter()
     if req.request.measure:
-        report["forgetting"] = forgetting_report(model, result.model, result.deleted)
+        report["forgetting"] = measure_forgetting(model, result, facts.blocks)
         if holdout is not None:
             from spark_unlearn.train_model import evaluate_model
 
@@ -512,34 +513,6 @@ def check_model_matches(params, expected: dict[str, Any] | None, where: str) -> 
             f"the model at {where} was trained with other hyperparameters than stated ({detail}); "
             "unlearning keeps the model's own objective, so fix the flags or config (or drop those keys) or pick the right model"
         )
-
-
-def forgetting_report(before, after, deleted: DataFrame) -> dict[str, Any]:
-    """Mean rank percentile of the deleted items in their (remaining) users' lists, before and after.
-
-    Only pairs whose user *and* item still have a factor row can be ranked
-    after the deletion; with none left the measure is undefined and the
-    report says why (``"defined": false``) instead of giving a number.
-    """
-    from spark_unlearn.eval.forgetting import mean_rank_percentile
-
-    remaining_users = after.user_factors.select("id").withColumnRenamed("id", "user")
-    remaining_items = after.item_factors.select("id").withColumnRenamed("id", "item")
-    pairs = (deleted.select("user", "item").join(remaining_users, ["user"], "left_semi")
-             .join(remaining_items, ["item"], "left_semi"))
-    n = pairs.count()
-    if n == 0:
-        return {"pairs": 0, "defined": False,
-                "note": "undefined: every deleted interaction lost its user's or its item's factor row (erased user or "
-                        "withdrawn item), so no pair is left to rank"}
-    pairs = pairs.cache()
-    return {
-        "pairs": n,
-        "defined": True,
-        "rank_percentile_before": mean_rank_percentile(before.user_factors, before.item_factors, pairs),
-        "rank_percentile_after": mean_rank_percentile(after.user_factors, after.item_factors, pairs),
-        "convention": "0 = top of the user's list, 1 = bottom",
-    }
 
 
 def recorded_metrics(manifest: dict, k: int) -> dict | None:

@@ -234,3 +234,32 @@ def test_an_implicit_request_holds_small_sides_on_the_driver_and_equals_the_spar
     assert report["certificate"]["max_relative_residual"] == pytest.approx(
         reference["certificate"]["max_relative_residual"], rel=1e-9)
     assert_verified(spark, held)
+
+
+def test_the_forgetting_measure_from_the_block_files_equals_the_spark_measure(spark, small_block_store, tmp_path,
+                                                                                monkeypatch):
+    """A request that ran on a blocked version measures how far its deleted pairs fell on the driver (the parent's
+    item factors read whole, the request's row changes applied); the numbers equal Spark's blocked scoring."""
+    from spark_unlearn import forgetting_measure
+
+    driver, reference = str(tmp_path / "driver"), str(tmp_path / "spark")
+    shutil.copytree(small_block_store, driver)
+    shutil.copytree(small_block_store, reference)
+    rated = pq.read_table(os.path.join(ModelStore(driver).version_path(), "ratings")).to_pylist()
+    pairs = [(r["user"], r["item"]) for r in rated if r["user"] in (3, 11)][:8] + [(r["user"], r["item"]) for r in rated
+                                                                                 if r["user"] == 7][:2]
+
+    def delete(root):
+        batch = spark.createDataFrame([(u, i, "interaction") for u, i in pairs] + [(7, None, "user")],
+                                      "user int, item int, kind string")
+        return run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=True,
+                                                    options=UnlearnOptions(engine="targeted")))
+
+    got = delete(driver)["forgetting"]
+    monkeypatch.setattr(forgetting_measure, "DRIVER_ITEM_BYTES", 0)
+    want = delete(reference)["forgetting"]
+    assert got["computed"].startswith("driver") and want["computed"] == "spark"
+    assert got["pairs"] == want["pairs"] == 8  # user 7 was erased: its two pairs have no user row left to rank
+    for key in ("rank_percentile_before", "rank_percentile_after"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert got["rank_percentile_after"] > got["rank_percentile_before"]

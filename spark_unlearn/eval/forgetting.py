@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -66,6 +67,47 @@ def rank_percentile(
     )
     value = F.coalesce(F.col("__rp_value"), F.lit(float("nan"))).cast("double")
     return joined.select(*[joined[c] for c in pairs.columns], value.alias(percentile_col))
+
+
+def rank_percentiles(users: np.ndarray, items: np.ndarray, targets: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Percentile of item ``targets[n]`` in the ranking of user vector ``users[n]`` over every row of ``items``.
+
+    The definition of :func:`rank_percentile`, on driver arrays::
+
+        percentile_n = ( |{j != t: s_j > s_t}| + 0.5 |{j != t: s_j = s_t}| ) / (|I| - 1),  s = items @ users[n]
+
+    Scores are float64 products (BLAS), so a tie between two different
+    item vectors may break where Spark's factor-order sum
+    (:func:`spark_unlearn.eval.topk.score_block`) keeps it; a target always
+    ties with itself.  ``NaN`` for a model with a single item.
+    """
+    users = np.asarray(users, np.float64)
+    items = np.asarray(items, np.float64)
+    targets = np.asarray(targets, np.int64)
+    out = np.full(users.shape[0], np.nan)
+    if items.shape[0] < 2:
+        return out
+    for start in range(0, users.shape[0], chunk):
+        S = users[start:start + chunk] @ items.T
+        t = S[np.arange(S.shape[0]), targets[start:start + chunk]][:, None]
+        greater = (S > t).sum(axis=1)
+        equal = (S == t).sum(axis=1) - 1  # the target itself
+        out[start:start + chunk] = (greater + 0.5 * equal) / (items.shape[0] - 1)
+    return out
+
+
+def rank_percentiles_reference(users: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """:func:`rank_percentiles` one pair and one item at a time (slow; for tests)."""
+    out = []
+    for u, t in zip(np.asarray(users, np.float64), np.asarray(targets, np.int64)):
+        if len(items) < 2:
+            out.append(float("nan"))
+            continue
+        s = [float(np.dot(u, np.asarray(v, np.float64))) for v in items]
+        greater = sum(1 for j, v in enumerate(s) if j != t and v > s[t])
+        equal = sum(1 for j, v in enumerate(s) if j != t and v == s[t])
+        out.append((greater + 0.5 * equal) / (len(items) - 1))
+    return np.asarray(out)
 
 
 def mean_rank_percentile(
