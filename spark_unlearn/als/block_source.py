@@ -55,6 +55,7 @@ class BlockRowSource(TableRowSource):
     def __init__(self, reader, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.reader = reader
+        self._held: dict[str, tuple[np.ndarray, ...]] = {}  # per held side: ids, X, d, |b| (hold_side)
 
     def hold_side(self, side: str, max_bytes: int = HOLD_SIDE_BYTES) -> bool:
         """Read every row's factor, ``|b|`` and drift of ``side`` from its files, if they fit ``max_bytes``.
@@ -73,7 +74,33 @@ class BlockRowSource(TableRowSource):
             if table is not None:
                 self._put(side, what, table.column("id").to_numpy().astype(np.int64), table)
             self.mark_complete(side, what)
+        # The version's stored values of every row, in id order: what the passes over all rows read (the run's own
+        # changes live in the frontier's tables, and a row it touched is skipped by those passes).
+        ids = super().held_offsets(side, None, np.zeros(0, np.int64))[0]
+        bnorm, drift = self.drift_state(side, ids)
+        self._held[side] = (ids, self.base_factors(side, ids).astype(np.float64), np.asarray(drift, np.float64),
+                            np.asarray(bnorm, np.float64))
         return True
+
+    def _held_rows(self, side: str, skip) -> tuple[np.ndarray, ...]:
+        """``(ids, X, d, |b|)`` of the held side's rows not in ``skip`` (float64)."""
+        ids, X, D, bnorm = self._held[side]
+        keep = ~np.isin(ids, np.asarray(skip, np.int64))
+        return ids[keep], X[keep], D[keep], bnorm[keep]
+
+    def gram_moved_rows(self, side: str, delta_gram: np.ndarray, skip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if side not in self._held:
+            return super().gram_moved_rows(side, delta_gram, skip)
+        from spark_unlearn.als.ratio_watch import gram_moved_rows
+
+        ids, X, D, bnorm = self._held_rows(side, skip)
+        return ids, gram_moved_rows(X, D, bnorm, delta_gram), np.linalg.norm(X, axis=1) / np.maximum(bnorm, 1e-300)
+
+    def held_offsets(self, side: str, delta_gram, skip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if side not in self._held:
+            return super().held_offsets(side, delta_gram, skip)
+        ids, X, D, bnorm = self._held_rows(side, skip)
+        return ids, bnorm, D + X @ np.asarray(delta_gram, np.float64).T if delta_gram is not None else D.copy()
 
     def is_lazy(self, side: str, neighbours: int) -> bool:
         """A held side's neighbours are all on the driver already: never lazy."""
