@@ -80,12 +80,18 @@ class RowOperator:
         self.owner = np.repeat(self.rated, n_rated)
         pos = np.repeat(indptr[rows[self.rated]] - self.seg, n_rated) + np.arange(int(n_rated.sum()))
         self.wA, wb, counted = confidence_weights(ratings[pos], spec)
-        self.Yp = Y[src[pos]].astype(np.float64)
+        # Stored transposed, (k, ratings): segment sums along the contiguous last axis are ~3x faster
+        # than reduceat along axis 0 of a (ratings, k) array.
+        self.YpT = np.ascontiguousarray(Y[src[pos]].T, dtype=np.float64)
         self.lam = np.zeros(rows.size)
         self.b = np.zeros((rows.size, k))
         if self.rated.size:
             self.lam[self.rated] = spec.reg * np.add.reduceat(counted.astype(np.float64), self.seg)
-            self.b[self.rated] = np.add.reduceat(wb[:, None] * self.Yp, self.seg, axis=0)
+            self.b[self.rated] = self._segment_sums(wb)
+
+    def _segment_sums(self, coef: np.ndarray) -> np.ndarray:
+        """``sum_j coef_j y_j`` over each rated row's ratings, ``(rated, k)``."""
+        return np.add.reduceat(self.YpT * coef[None, :], self.seg, axis=1).T
 
     def apply(self, P: np.ndarray) -> np.ndarray:
         """``A_r p_r`` for every row ``r`` (row ``r`` of ``P``); float64 ``(n, k)``."""
@@ -94,8 +100,8 @@ class RowOperator:
         if self.gram is not None:
             out += P @ self.gram  # Y^T Y is symmetric
         if self.rated.size:
-            dots = np.einsum("nk,nk->n", self.Yp, P[self.owner])
-            out[self.rated] += np.add.reduceat((self.wA * dots)[:, None] * self.Yp, self.seg, axis=0)
+            dots = np.einsum("kn,kn->n", self.YpT, np.ascontiguousarray(P.T)[:, self.owner])
+            out[self.rated] += self._segment_sums(self.wA * dots)
         return out
 
     def singular(self) -> np.ndarray:
