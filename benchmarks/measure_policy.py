@@ -24,12 +24,24 @@ from measurements.  This script, pure numpy with the product's row kernels
    cold retrain on the remaining data (same seed), and the forgetting of the
    deleted interactions (mean rank percentile, original / swept / retrain).
 
+The warm sweeps' row solver is ``--solver``: ``cholesky`` (the exact
+``solve_rows``, the reference) or ``cg`` (``--cg-steps`` warm conjugate-gradient
+steps per row from its current factors, ``spark_unlearn.als.cg``; rows whose
+own data changed are still solved exactly, so nothing of the deleted data
+survives in them).  ``--anderson M`` (M > 0) accelerates whole sweeps
+(``spark_unlearn.als.anderson``): both sides' factors, flattened, are the
+fixed-point variable and a sweep is the map; the extrapolated point is only
+the next sweep's input, and each sweep's own output is what is measured (its
+changed rows are exact, its last side solved).  Training and the retrain
+always use Cholesky.
+
 Usage::
 
     python benchmarks/measure_policy.py --ratings ../shared/data/ml-latest-small/ratings.csv \\
         --out docs/bench/policy_ml-latest-small.json
     python benchmarks/measure_policy.py --ratings ../shared/data/adm/train.csv --test ../shared/data/adm/test.csv \\
         --columns uid,iid,val --out docs/bench/policy_adm_random1pct.json
+    python benchmarks/measure_policy.py ... --solver cg --cg-steps 3 --anderson 4
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+from spark_unlearn.als.anderson import Anderson  # noqa: E402
+from spark_unlearn.als.cg import cg_solve_rows  # noqa: E402
 from spark_unlearn.als.kernels import SolveSpec, gram, residuals, solve_rows  # noqa: E402
 
 QUANTILES = (0.25, 0.5, 0.75, 0.9)
@@ -66,19 +80,94 @@ class Data:
         self.side = {"user": csr(u, i, r, n_users), "item": csr(i, u, r, n_items)}
 
 
-def half_step(data: Data, side: str, F: dict, spec: SolveSpec, targets: dict | None):
+class WarmSolver:
+    """How a warm sweep solves rows: Cholesky everywhere, or CG on the rows whose own data did not change.
+
+    ``exact`` maps each side to the boolean mask of its rows solved exactly
+    even under CG (their own data changed); :meth:`side` narrows it to one
+    side's mask.  ``cg_steps`` is the number of CG steps from the current factors.
+    """
+
+    def __init__(self, name: str = "cholesky", cg_steps: int = 3, exact: dict | None = None):
+        self.name, self.cg_steps, self.exact = name, cg_steps, exact
+
+    def solve(self, indptr, src, rat, Y, spec, X, offsets):
+        G = gram(Y)
+        if self.name == "cholesky":
+            return solve_rows(indptr, src, rat, Y, spec, gram=G, offsets=offsets).astype(np.float32)
+        out = np.empty_like(X)
+        for rows, exact in ((np.flatnonzero(self.exact), True), (np.flatnonzero(~self.exact), False)):
+            e = None if offsets is None else offsets[rows]
+            if exact:
+                out[rows] = solve_rows(indptr, src, rat, Y, spec, gram=G, rows=rows, offsets=e)
+            else:
+                out[rows] = cg_solve_rows(indptr, src, rat, Y, spec, X[rows], gram=G, rows=rows, offsets=e,
+                                          steps=self.cg_steps)
+        return out
+
+    def side(self, side: str) -> "WarmSolver":
+        return self if self.exact is None else WarmSolver(self.name, self.cg_steps, self.exact[side])
+
+
+def half_step(data: Data, side: str, F: dict, spec: SolveSpec, targets: dict | None, solver: WarmSolver | None = None):
     other = "item" if side == "user" else "user"
     indptr, src, rat = data.side[side]
     Y = F[other].astype(np.float32)
     t = None if targets is None else targets[side]
-    return solve_rows(indptr, src, rat, Y, spec, gram=gram(Y), offsets=t).astype(np.float32)
+    return (solver or WarmSolver()).side(side).solve(indptr, src, rat, Y, spec, F[side], t)
 
 
-def sweep(data, F, spec, targets=None):
+def sweep(data, F, spec, targets=None, solver=None):
     F = dict(F)
     for side in ("item", "user"):  # Spark's order: items from users, then users from items
-        F[side] = half_step(data, side, F, spec, targets)
+        F[side] = half_step(data, side, F, spec, targets, solver)
     return F
+
+
+def flat(F: dict) -> np.ndarray:
+    """Both sides' factors as one vector (Anderson's fixed-point variable)."""
+    return np.concatenate([F["user"].ravel(), F["item"].ravel()])
+
+
+def unflat(v: np.ndarray, like: dict) -> dict:
+    n = like["user"].size
+    return {"user": v[:n].reshape(like["user"].shape).astype(np.float32),
+            "item": v[n:].reshape(like["item"].shape).astype(np.float32)}
+
+
+def sweep_flops(data: Data, rank: int, solver: WarmSolver) -> dict:
+    """Multiply-add model of one warm sweep's row solves (both sides), per row with ``n`` ratings at rank ``k``.
+
+    Cholesky, as ``solve_rows`` computes it (``w`` = ``n`` rounded up to a
+    power of two): a row with ``w <= k / 2`` solves its ``w x w`` system
+    (``w^2 k + w^3 / 3``) and rotates into and out of the Gram's eigenbasis
+    (``2 k^2``); a longer row forms ``A`` (``w k^2``) and solves it
+    (``k^3 / 3``).  CG: gather and ``b`` ``2 n k``, then per product ``2 n k +
+    k^2`` (the implicit Gram), one for the starting residual and one per step.
+    """
+    k, total = rank, 0.0
+    for side in ("user", "item"):
+        n = np.diff(data.side[side][0]).astype(np.float64)
+        w = np.where(n > 0, 2.0 ** np.ceil(np.log2(np.maximum(n, 1))), 0.0)
+        exact = np.where(2 * w <= k, w * w * k + w ** 3 / 3 + 2 * k * k, w * k * k + k ** 3 / 3)
+        if solver.name == "cholesky":
+            total += exact.sum()
+            continue
+        changed = solver.exact[side]
+        warm = 2 * n * k + (1 + solver.cg_steps) * (2 * n * k + k * k)
+        total += exact[changed].sum() + warm[~changed].sum()
+    return {"per_sweep": total, "formula": sweep_flops.__doc__.split("\n\n")[1].strip()}
+
+
+def first_sweep_holding(sweeps: list, key) -> int | None:
+    """The first sweep from which a policy holds on every later measured sweep, or None."""
+    holding = None
+    for entry in sweeps:
+        if key(entry) == 0:
+            holding = entry["sweep"] if holding is None else holding
+        else:
+            holding = None
+    return holding
 
 
 def residual_of(data, F, spec):
@@ -144,6 +233,10 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--sweeps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--solver", choices=("cholesky", "cg"), default="cholesky",
+                    help="row solver of the warm sweeps (rows whose own data changed: always Cholesky)")
+    ap.add_argument("--cg-steps", type=int, default=3, help="CG steps per row per sweep (--solver cg)")
+    ap.add_argument("--anderson", type=int, default=0, help="Anderson memory across whole sweeps (0 = off)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     cols = args.columns.split(",")
@@ -207,11 +300,22 @@ def main(argv=None) -> int:
                               for s in rho},
         "strict_tolerance": pooled_p90, "row_floors": {str(q): floors[q] for q in QUANTILES}, "sweeps": []}
     rows_total = n_users + n_items
+    solver = WarmSolver(args.solver, args.cg_steps, changed)
+    accelerator = Anderson(memory=args.anderson) if args.anderson > 0 else None
+    out["solver"] = {"name": args.solver, "cg_steps": args.cg_steps if args.solver == "cg" else None,
+                     "anderson_memory": args.anderson, "changed_rows": "cholesky",
+                     "flops_model": sweep_flops(kept, args.rank, solver)}
     Fs = dict(F)
+    x = dict(F)  # the next sweep's input: Fs, or Anderson's extrapolation
     for s in range(1, args.sweeps + 1):
-        Fs = sweep(kept, Fs, spec, targets)
+        t_sweep, cpu_sweep = time.perf_counter(), time.process_time()
+        Fs = sweep(kept, x, spec, targets, solver)
+        x = Fs if accelerator is None else unflat(accelerator.update(flat(x), flat(Fs)), Fs)
+        sweep_s = time.perf_counter() - t_sweep
+        # CPU seconds (all threads) are less sensitive than wall seconds to other work on the machine.
+        entry = {"sweep": s, "row_solves_per_row": float(s), "sweep_s": sweep_s,
+                 "sweep_cpu_s": time.process_time() - cpu_sweep}
         dev = deviation(Fs)
-        entry = {"sweep": s, "row_solves_per_row": float(s)}
         for side in dev:
             d = dev[side]
             entry[side] = {"p50": float(np.quantile(d, 0.5)), "p90": float(np.quantile(d, 0.9)),
@@ -222,8 +326,14 @@ def main(argv=None) -> int:
                                   for q in QUANTILES}
         entry["own_residual_violators"] = int(sum((dev[sd] > rho[sd]).sum() for sd in dev))
         out["sweeps"].append(entry)
-        print(f"sweep {s}: strict violators {entry['strict_violators']}/{rows_total}, row-q violators "
-              f"{entry['row_violators']}, user dev p90 {entry['user']['p90']:.3g}", flush=True)
+        print(f"sweep {s} ({sweep_s:.2f} s): strict violators {entry['strict_violators']}/{rows_total}, row-q "
+              f"violators {entry['row_violators']}, user dev p90 {entry['user']['p90']:.3g}", flush=True)
+    out["solver"]["anderson_restarts"] = None if accelerator is None else accelerator.restarts
+    for key in ("sweep_s", "sweep_cpu_s"):
+        out["solver"][key + "_mean"] = float(np.mean([e[key] for e in out["sweeps"]]))
+    out["holds_from_sweep"] = {
+        "training-precision": first_sweep_holding(out["sweeps"], lambda e: e["row_violators"]["0.9"]),
+        "strict": first_sweep_holding(out["sweeps"], lambda e: e["strict_violators"])}
     t1 = time.perf_counter()
     Fr = dict(F0)
     for _ in range(args.iterations):
@@ -236,6 +346,9 @@ def main(argv=None) -> int:
     out["quality"] = {name: {**rank_metrics(Fx, kept, test_u, test_i, n_items), "deleted_rank_pct": rank_percentile(Fx, du, di)}
                       for name, Fx in (("original", F), ("swept", Fs), ("retrain", Fr))}
     out["retrain_s"] = retrain_s
+    q = out["quality"]
+    forget = q["retrain"]["deleted_rank_pct"] - q["original"]["deleted_rank_pct"]
+    out["gap_closed"] = None if forget == 0 else (q["swept"]["deleted_rank_pct"] - q["original"]["deleted_rank_pct"]) / forget
     text = json.dumps(out, indent=2)
     if args.out:
         with open(args.out, "w") as f:
