@@ -29,7 +29,8 @@ training degree after the deletion, ``inactive`` the rest, as CURE4Rec
 splits them), ``gap_closed`` (interaction scenarios: the deleted pairs' mean
 rank percentile, unlearned against retrained, from the original),
 ``certificate`` and ``planner_choice``.  Ranking metrics are computed on the
-driver with numpy (train items of a user excluded from its ranking).
+driver with numpy (train items of a user excluded from its ranking); the gap
+over the deleted pairs that every model still ranks.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from common import bench_session  # noqa: E402
 from spark_unlearn.als.options import UnlearnOptions  # noqa: E402
 from spark_unlearn.als.params import ALSParams  # noqa: E402
 from spark_unlearn.als.train import train_als  # noqa: E402
+from spark_unlearn.eval.forgetting import rank_percentiles  # noqa: E402
 from spark_unlearn.logs import configure_logging  # noqa: E402
 from spark_unlearn.store.model_store import ModelStore  # noqa: E402
 from spark_unlearn.train_model import run_training  # noqa: E402
@@ -145,20 +147,18 @@ def ranking_metrics(factors, remaining: pd.DataFrame, test: pd.DataFrame, active
             "ndcg20_inactive": mean(ndcg, ~is_active), "hr20_inactive": mean(hit, ~is_active)}
 
 
-def rank_percentile(factors, pairs: pd.DataFrame) -> float:
-    """Mean percentile of each deleted item in its user's ranking over every item (0 = top)."""
+def pair_percentiles(factors, pairs: pd.DataFrame) -> np.ndarray:
+    """Percentile of each deleted item in its user's ranking over every item (0 = top); NaN where the model has no
+    row for the user or the item (the product's kernel, :func:`spark_unlearn.eval.forgetting.rank_percentiles`)."""
     urow, U, item_ids, V = factors
     col = {int(i): k for k, i in enumerate(item_ids)}
-    vals = []
-    for u, grp in pairs.groupby("user"):
-        if int(u) not in urow:
-            continue
-        s = V @ U[urow[int(u)]]
-        for i in grp.item:
-            if int(i) in col:
-                t = s[col[int(i)]]
-                vals.append(((s > t).sum() + 0.5 * ((s == t).sum() - 1)) / (len(s) - 1))
-    return float(np.mean(vals)) if vals else float("nan")
+    u = pairs.user.to_numpy().astype(np.int64)
+    i = pairs.item.to_numpy().astype(np.int64)
+    known = np.array([int(a) in urow and int(b) in col for a, b in zip(u, i)], bool)
+    out = np.full(u.size, np.nan)
+    if known.any():
+        out[known] = rank_percentiles(U[[urow[int(a)] for a in u[known]]], V, np.array([col[int(b)] for b in i[known]]))
+    return out
 
 
 def main(argv=None) -> int:
@@ -248,23 +248,30 @@ def main(argv=None) -> int:
             wall = time.perf_counter() - t
             per[method] = {"wall_s": wall, "planner_choice": rep.get("mode"), "engine": rep.get("engine"),
                               "rows_solved": rep.get("rows_solved"), "rows_total": rep.get("rows_total"),
-                              "spark_jobs": rep.get("spark_jobs"), "held_sides": rep.get("held_sides"),
+                              # The engine's own Spark jobs (not every job of the request, e.g. its batch read).
+                              "engine_spark_jobs": rep.get("spark_jobs"), "held_sides": rep.get("held_sides"),
+                              "tolerance": rep.get("tolerance"),
                               "certificate": (rep.get("certificate") or {}).get("holds"),
                               "certificate_max_kind": (rep.get("certificate") or {}).get("max_kind"),
                               "seconds": rep.get("seconds")}
             models[method] = factor_arrays(*read_factors(ModelStore(store).version_path()))
             shutil.rmtree(store, ignore_errors=True)
-        before = rank_percentile(original, deleted) if name.startswith("interactions") else None
-        retrained = rank_percentile(models["retrain"], deleted) if before is not None and "retrain" in models else None
+        # The gap is taken over the pairs every model can rank (an item that lost its only rating has no row left).
+        scored = ({m: pair_percentiles(models[m], deleted) for m in models} | {"original": pair_percentiles(original, deleted)}
+                  if name.startswith("interactions") and "retrain" in models else None)
+        common = np.logical_and.reduce([np.isfinite(v) for v in scored.values()]) if scored else None
+        before = float(scored["original"][common].mean()) if scored and common.any() else None
+        retrained = float(scored["retrain"][common].mean()) if before is not None else None
         mllib = per.get("mllib_retrain", {}).get("wall_s")
         for method, entry in per.items():
             metrics = ranking_metrics(models[method], remaining, test_left, active)
             gap = after = None
-            if before is not None and retrained is not None and abs(retrained - before) > 1e-12:
-                after = rank_percentile(models[method], deleted)
+            if before is not None and abs(retrained - before) > 1e-12:
+                after = float(scored[method][common].mean())
                 gap = (after - before) / (retrained - before)
             entry = {"scenario": name, "method": method, **entry, **metrics, "gap_closed": gap,
-                     "rank_percentile": {"original": before, "this": after, "retrain": retrained},
+                     "rank_percentile": {"original": before, "this": after, "retrain": retrained,
+                                         "pairs": int(common.sum()) if common is not None else None},
                      "deleted_ratings": int(len(deleted)), "deleted_users": int((batch.kind == "user").sum()),
                      "speedup_vs_mllib": mllib / entry["wall_s"] if mllib else None}
             entry.setdefault("certificate", None)

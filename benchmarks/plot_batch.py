@@ -38,7 +38,9 @@ def main(argv=None) -> int:
     with open(args.result) as fh:
         res = json.load(fh)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, (label, color, line) in STYLE.items():
+    methods = dict.fromkeys(e["method"] for e in res["entries"])
+    for method in methods:
+        label, color, line = STYLE.get(method, (method, None, ":"))
         pts = sorted((e["deleted_ratings"], e["wall_s"], e.get("planner_choice")) for e in res["entries"]
                      if e["method"] == method)
         if not pts:

@@ -90,10 +90,17 @@ def forgetting_on_driver(reader, changes, deleted_local, rank: int) -> dict[str,
     before_users = _table(reader.rows(USER_FACTORS, np.unique(users), ["id", "features"]))
     after_items = _applied(before_items, changes["item"])
     after_users = _applied(before_users, changes["user"])
+    # Pairs without a user or item row in either model are left out, as Spark's measure leaves them out.
+    known = _found(before_users[0], users) & _found(before_items[0], items)
+    known &= _found(after_users[0], users) & _found(after_items[0], items)
+    users, items = users[known], items[known]
+    if users.size == 0:
+        return dict(UNDEFINED)
     out = {"pairs": int(users.size), "defined": True}
     for label, (uid, U), (iid, V) in (("before", before_users, before_items), ("after", after_users, after_items)):
-        rows = np.searchsorted(uid, users)
-        values = rank_percentiles(U[rows], V, np.searchsorted(iid, items))
+        # Each distinct (user, item) pair is scored once; duplicates count once each in the mean, as in Spark.
+        pairs, inverse = np.unique(np.stack([users, items]), axis=1, return_inverse=True)
+        values = rank_percentiles(U[np.searchsorted(uid, pairs[0])], V, np.searchsorted(iid, pairs[1]))[inverse.ravel()]
         out[f"rank_percentile_{label}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     out.update(convention=CONVENTION, computed="driver (block files and the request's row changes)")
     log.info("mean rank percentile %.6f -> %.6f over %d pairs (driver)", out["rank_percentile_before"],
@@ -102,12 +109,24 @@ def forgetting_on_driver(reader, changes, deleted_local, rank: int) -> dict[str,
 
 
 def _table(table) -> tuple[np.ndarray, np.ndarray]:
-    """``(sorted ids, float64 factors)`` of an Arrow ``id``/``features`` table."""
+    """``(sorted ids, float64 factors)`` of an Arrow ``id``/``features`` table (``None``: no row); a null or
+    non-finite vector is an error, as in Spark's measure (:func:`spark_unlearn.eval.topk.features_matrix`)."""
+    from spark_unlearn.eval.topk import features_matrix
+
+    if table is None or table.num_rows == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 0))
     ids = table.column("id").to_numpy().astype(np.int64)
-    flat = table.column("features").combine_chunks()
-    X = np.asarray(flat.values.to_numpy(zero_copy_only=False), np.float64).reshape(len(ids), -1)
+    X = features_matrix(table.column("features"))
     order = np.argsort(ids, kind="stable")
     return ids[order], X[order]
+
+
+def _found(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Whether each of ``wanted`` is in ``sorted_ids``."""
+    if sorted_ids.size == 0:
+        return np.zeros(wanted.size, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
+    return sorted_ids[pos] == wanted
 
 
 def _applied(table: tuple[np.ndarray, np.ndarray], change) -> tuple[np.ndarray, np.ndarray]:

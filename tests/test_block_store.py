@@ -195,8 +195,9 @@ def _close_rows(a: dict, b: dict, rtol: float = 1e-9) -> bool:
     return True
 
 
+@pytest.mark.parametrize("held_sides", [("user", "item"), ("item",)])
 def test_an_implicit_request_holds_small_sides_on_the_driver_and_equals_the_spark_passes(
-        spark, implicit_block_store, tmp_path, monkeypatch):
+        spark, implicit_block_store, tmp_path, monkeypatch, held_sides):
     """Implicit feedback moves every row's drift by ``ΔG x``.  A blocked version's sides that fit the driver are read
     whole from their files: the Gram checks over all rows and the new offsets of every row are computed there, with
     no Spark job, and the version equals the one the Spark passes and the full offsets write publish."""
@@ -206,19 +207,31 @@ def test_an_implicit_request_holds_small_sides_on_the_driver_and_equals_the_spar
     held, spark_ref = str(tmp_path / "held"), str(tmp_path / "spark")
     shutil.copytree(implicit_block_store, held)
     shutil.copytree(implicit_block_store, spark_ref)
+
     def erase(root):
         return _erase(spark, root, 7)
 
     # Every Gram check passes over all of a side's rows (no bound spares it): on the driver, or in Spark.
     monkeypatch.setattr(BoundedGramSource, "gram_needs_pass", lambda self, side, delta_gram, tol: True)
+    hold = BlockRowSource.hold_side
+    # A side not held (too large for the driver) keeps its Gram checks and its offsets write in Spark.
+    monkeypatch.setattr(BlockRowSource, "hold_side",
+                        lambda self, side, max_bytes=0: side in held_sides and hold(self, side))
     report = erase(held)
-    assert report["status"] == "applied" and report["held_sides"] == ["user", "item"]
-    assert report["spark_jobs"] == 0
+    assert report["status"] == "applied" and report["held_sides"] == list(held_sides)
     io = ModelStore(held).read_manifest()["blocks"]["io"]
-    assert {"offsets/users", "offsets/items"} <= set(io)  # every offsets row written on the driver, block by block
-    # The reference: no side held, so the Gram checks run as Spark passes and the offsets are written by Spark.
-    monkeypatch.setattr(BlockRowSource, "hold_side", lambda self, side, max_bytes=0: False)
-    reference = erase(spark_ref)
+    # Held sides' offsets are patched on the driver, block by block (their io counts what was read); the others
+    # are written by Spark in full (counted as written only).
+    for s in ("user", "item"):
+        assert ("bytes_read" in io[f"offsets/{s}s"]) == (s in held_sides), (s, io[f"offsets/{s}s"])
+    if len(held_sides) == 2:
+        assert report["spark_jobs"] == 0
+    # The reference: no side held ([unlearn] hold_side_mb = 0), so the Gram checks run as Spark passes and the
+    # offsets are written by Spark.
+    monkeypatch.setattr(BlockRowSource, "hold_side", hold)
+    batch = spark.createDataFrame([(7, None, "user")], "user int, item int, kind string")
+    reference = run_unlearning(spark, UnlearnRequest(model_path=spark_ref, batch=batch, measure=False,
+                                                     options=UnlearnOptions(engine="targeted", hold_side_mb=0)))
     monkeypatch.undo()
     assert reference["spark_jobs"] > 0
     assert reference["status"] == "applied" and reference["held_sides"] == []

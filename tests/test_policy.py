@@ -157,6 +157,8 @@ def test_the_request_tolerance_comes_from_the_recorded_training_residual():
     ({"max_rounds": 0}, "max_rounds=0 must be >= 1"),
     ({"full_fallback_fraction": 1.5}, r"full_fallback_fraction=1.5 must be in \(0, 1\]"),
     ({"driver_rows": -1}, "driver_rows=-1 is negative"),
+    ({"hold_side_mb": -1}, "hold_side_mb=-1 is negative"),
+    ({"hold_side_mb": 1.5}, "hold_side_mb must be an integer"),
     ({"strict": "yes"}, "strict must be true or false"),
 ])
 def test_bad_request_options_are_refused_where_they_enter(kwargs, match):

@@ -27,15 +27,16 @@ _COLUMNS = {"factors": ["id", "features"], "targets": ["id", "residual", "bnorm"
             "state": ["id", "bnorm", "drift"]}
 
 
-# An implicit request moves every row's drift by ``ΔG x``: up to this many bytes of a side's factors, ``|b|`` and
-# drift held on the driver, the checks over all rows and the new offsets of every row are numpy on the held arrays
-# (no Spark pass, no Spark write).  ~680k rows per side at rank 32.
+# An implicit request moves every row's drift by ``ΔG x``: up to this many driver bytes for a side's held rows, the
+# checks over all rows and the new offsets of every row are numpy on the held arrays (no Spark pass, no Spark
+# write).  ~290k rows per side at rank 32.
 HOLD_SIDE_BYTES = 256 << 20
 
 
 def held_bytes_per_row(rank: int) -> int:
-    """Driver bytes of one held row: float32 factor, float64 ``|b|`` and float64 drift (plus its int64 id)."""
-    return 4 * rank + 8 + 8 * rank + 8
+    """Driver bytes of one held row: the caches' float32 factor, float64 ``|b|`` and drift with their ids, and the
+    float64 copies of factor and drift the passes over all rows read (:meth:`BlockRowSource.hold_side`)."""
+    return (4 * rank + 8) + (8 + 8 * rank + 8) + (8 * rank + 8 * rank + 8 + 8)
 
 
 class BlockRowSource(TableRowSource):
@@ -76,7 +77,7 @@ class BlockRowSource(TableRowSource):
             self.mark_complete(side, what)
         # The version's stored values of every row, in id order: what the passes over all rows read (the run's own
         # changes live in the frontier's tables, and a row it touched is skipped by those passes).
-        ids = super().held_offsets(side, None, np.zeros(0, np.int64))[0]
+        ids = self.held_ids(side)
         bnorm, drift = self.drift_state(side, ids)
         self._held[side] = (ids, self.base_factors(side, ids).astype(np.float64), np.asarray(drift, np.float64),
                             np.asarray(bnorm, np.float64))
@@ -97,8 +98,9 @@ class BlockRowSource(TableRowSource):
         return ids, gram_moved_rows(X, D, bnorm, delta_gram), np.linalg.norm(X, axis=1) / np.maximum(bnorm, 1e-300)
 
     def held_offsets(self, side: str, delta_gram, skip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if side not in self._held:
-            return super().held_offsets(side, delta_gram, skip)
+        """``(ids, |b|, d + ΔG x)`` of every held row not in ``skip``: what
+        :func:`~spark_unlearn.als.incremental.patched_offsets` writes for a row the request did not touch (its
+        stored ``|b|``, and its stored drift moved by the Gram change; ``delta_gram`` None: unchanged)."""
         ids, X, D, bnorm = self._held_rows(side, skip)
         return ids, bnorm, D + X @ np.asarray(delta_gram, np.float64).T if delta_gram is not None else D.copy()
 

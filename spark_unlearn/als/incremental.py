@@ -51,7 +51,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.als.result import RowChanges
-from spark_unlearn.als.block_source import BlockRowSource
+from spark_unlearn.als.block_source import HOLD_SIDE_BYTES, BlockRowSource
 from spark_unlearn.als.frontier import frontier_unlearn, other
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
@@ -301,7 +301,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
                      table_rows: dict[str, int] | None = None, driver_rows: int | None = None,
                      policy: RowTolerance | None = None, reader=None, drift_watch: dict[str, dict] | None = None,
-                     bnorm_exact: dict[str, bool] | None = None) -> TargetedResult:
+                     bnorm_exact: dict[str, bool] | None = None, hold_bytes: int | None = None) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``tol``: every row is solved until its deviation is at most ``tol``
@@ -332,7 +332,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     ``reader``: reads the version's blocked files by id (see
     :class:`~spark_unlearn.als.block_source.BlockRowSource`); then the
     request's rows come from the files of their blocks, on the driver,
-    instead of filtered Spark scans.
+    instead of filtered Spark scans; in implicit mode each side whose held
+    rows fit ``hold_bytes`` (default
+    :data:`~spark_unlearn.als.block_source.HOLD_SIDE_BYTES`) is read whole.
     ``converged=False`` means the frontier outgrew
     ``max_rows``: the caller falls back to the layout engine.
 
@@ -354,7 +356,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     args = (ratings, factors, offs, model.params.rank, np.zeros(0, np.int64), table_rows, driver_rows)
     source = TableRowSource(*args) if reader is None else BlockRowSource(reader, *args)
     # Implicit feedback moves every row: a blocked version's sides that fit the driver are held there whole.
-    held = {s: spec.implicit and reader is not None and source.hold_side(s) for s in SIDES}
+    hold = HOLD_SIDE_BYTES if hold_bytes is None else int(hold_bytes)
+    held = {s: spec.implicit and reader is not None and source.hold_side(s, hold) for s in SIDES}
     plan = plan_targeted(source, batch, strict=strict, forgotten=forgotten)
     n_remaining = (force(ratings).count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
@@ -532,7 +535,7 @@ def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, e
         u_ids, u_bnorm, u_drift = untouched
         off_ids = np.concatenate([np.asarray(u_ids, np.int64), off_ids])
         bnorm = np.concatenate([np.asarray(u_bnorm, np.float64), bnorm])
-        drift = np.concatenate([np.asarray(u_drift, np.float64), drift]) if len(u_ids) else drift
+        drift = np.concatenate([np.asarray(u_drift, np.float64), drift])
     return RowChanges(gone, np.asarray(ids, np.int64), np.asarray(X, np.float32),
                       offset_ids=off_ids, bnorm=bnorm, drift=drift,
                       target_ids=np.asarray(touched["ids"], np.int64)[solved],

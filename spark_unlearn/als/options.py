@@ -61,6 +61,11 @@ class UnlearnOptions:
     driver_rows
         Targeted engine: neighbours beyond this many stay in Spark
         (``None``: the engine's default).
+    hold_side_mb
+        Implicit feedback on a blocked version: a side whose held rows take
+        at most this many MiB of driver memory is read whole, so the checks
+        over all its rows and its new offsets run on the driver
+        (:mod:`spark_unlearn.als.block_source`); 0 keeps every side in Spark.
     num_blocks
         Block layout: blocks per side (``None``: the model's).
     """
@@ -76,6 +81,7 @@ class UnlearnOptions:
     full_fallback_fraction: float = 0.5
     full_iterations: int = 10
     driver_rows: int | None = None
+    hold_side_mb: int = 256
     num_blocks: int | None = None
 
     def __post_init__(self) -> None:
@@ -111,6 +117,10 @@ class UnlearnOptions:
             if self.driver_rows < 0:
                 raise ConfigError(f"driver_rows={self.driver_rows} is negative; give a number of rows >= 0 "
                                   "(0 keeps every neighbour in Spark)")
+        _number("hold_side_mb", self.hold_side_mb, integer=True)
+        if self.hold_side_mb < 0:
+            raise ConfigError(f"hold_side_mb={self.hold_side_mb} is negative; give MiB >= 0 (0 keeps every side in "
+                              "Spark)")
         if self.num_blocks is not None:
             _number("num_blocks", self.num_blocks, integer=True)
             if self.num_blocks < 1:

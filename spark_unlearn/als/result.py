@@ -24,8 +24,9 @@ class RowChanges:
     ``bnorm`` and ``drift``: rows whose offsets changed, and ``target_ids``
     with ``targets`` the rows that also got a new target (``residual``);
     ``offset_ids`` is ``None`` when offsets changed beyond the driver's
-    arrays (implicit feedback moves every row's drift by ``ΔG x``; rows left
-    in Spark).  The store then writes that table in full.
+    arrays (implicit feedback moves every row's drift by ``ΔG x``, and a side
+    not held on the driver, or rows left in Spark, keep those changes in
+    Spark).  The store then writes that table in full.
     """
 
     removed: np.ndarray

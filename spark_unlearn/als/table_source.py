@@ -362,20 +362,9 @@ class TableRowSource:
         """Record that the ``what`` cache (``factors``, ``state``) of ``side`` holds every row of its table."""
         self._complete[side].add(what)
 
-    def held_offsets(self, side: str, delta_gram: np.ndarray | None, skip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(ids, |b|, d + ΔG x)`` of every row not in ``skip``, from the driver's caches (when :meth:`holds_side`).
-
-        What :func:`~spark_unlearn.als.incremental.patched_offsets` writes for a
-        row the request did not touch: its stored ``|b|``, and its stored drift
-        moved by the Gram change (implicit; ``delta_gram`` None: unchanged).
-        """
-        ids = self._state[side].ids
-        ids = ids[~np.isin(ids, np.asarray(skip, np.int64))]
-        bnorm, drift = self.drift_state(side, ids)
-        drift = np.array(drift, np.float64)
-        if delta_gram is not None:
-            drift += self.base_factors(side, ids).astype(np.float64) @ np.asarray(delta_gram, np.float64).T
-        return ids, bnorm, drift
+    def held_ids(self, side: str) -> np.ndarray:
+        """Ids of every row whose ``|b|`` and drift the driver holds (sorted)."""
+        return self._state[side].ids.copy()
 
     def gram_violators(self, side: str, delta_gram: np.ndarray, tol: float, skip: np.ndarray) -> np.ndarray:
         """Rows (not in ``skip``) with ``|d + delta_gram x| > tol |b|``.

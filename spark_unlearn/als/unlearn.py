@@ -270,7 +270,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=bound.floor, policy=bound, max_rounds=o.max_rounds,
                            max_rows=int(o.full_fallback_fraction * total_rows), strict=o.strict, forgotten=f.forgotten,
                            grams=f.grams, drift_bound=f.drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=f.x_ratio,
-                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks,
+                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks, hold_bytes=o.hold_side_mb << 20,
                            drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact)
     if not out.converged:
         return None

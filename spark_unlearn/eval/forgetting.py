@@ -69,17 +69,21 @@ def rank_percentile(
     return joined.select(*[joined[c] for c in pairs.columns], value.alias(percentile_col))
 
 
-def rank_percentiles(users: np.ndarray, items: np.ndarray, targets: np.ndarray, chunk: int = 256) -> np.ndarray:
+def rank_percentiles(users: np.ndarray, items: np.ndarray, targets: np.ndarray, chunk: int | None = None,
+                     chunk_bytes: int = 64 << 20) -> np.ndarray:
     """Percentile of item ``targets[n]`` in the ranking of user vector ``users[n]`` over every row of ``items``.
 
     The definition of :func:`rank_percentile`, on driver arrays::
 
         percentile_n = ( |{j != t: s_j > s_t}| + 0.5 |{j != t: s_j = s_t}| ) / (|I| - 1),  s = items @ users[n]
 
-    Scores are float64 products (BLAS), so a tie between two different
-    item vectors may break where Spark's factor-order sum
-    (:func:`spark_unlearn.eval.topk.score_block`) keeps it; a target always
-    ties with itself.  ``NaN`` for a model with a single item.
+    Scores are float64 products (BLAS), whose rounding may depend on an
+    item's position, so a tie between two equal item vectors may break where
+    Spark's factor-order sum (:func:`spark_unlearn.eval.topk.score_block`)
+    keeps it (half a place, ``0.5 / (|I| - 1)``, per such item); a target
+    always ties with itself.  ``NaN`` for a model with a single item.  Users
+    are scored ``chunk`` at a time (default: as many as ``chunk_bytes`` of
+    scores hold).
     """
     users = np.asarray(users, np.float64)
     items = np.asarray(items, np.float64)
@@ -87,6 +91,7 @@ def rank_percentiles(users: np.ndarray, items: np.ndarray, targets: np.ndarray, 
     out = np.full(users.shape[0], np.nan)
     if items.shape[0] < 2:
         return out
+    chunk = chunk or max(1, chunk_bytes // (8 * items.shape[0]))
     for start in range(0, users.shape[0], chunk):
         S = users[start:start + chunk] @ items.T
         t = S[np.arange(S.shape[0]), targets[start:start + chunk]][:, None]

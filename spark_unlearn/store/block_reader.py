@@ -204,7 +204,7 @@ class BlockReader:
 
     def table_rows(self, table: str) -> int:
         """Rows of ``table`` in this version, from the manifest's file map (no read)."""
-        return sum(int(f.get("rows", 0)) for f in self.files.get(table, {}).values())
+        return sum(int(f["rows"]) for f in self.files.get(table, {}).values())
 
     def whole(self, table: str, columns: list[str]):
         """Every row of ``table`` (a pyarrow Table of ``columns``): each of its files, through the cache."""

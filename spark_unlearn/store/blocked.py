@@ -151,10 +151,21 @@ def patch_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, delta:
     patch, a left join, ignores it).
     """
     touched = set(touched_files(files, n_blocks, delta.ids()))
+    # Each update group's rows sorted by block once: a file takes the slices of its blocks (a delta naming every
+    # row of a large table would otherwise be scanned once per file).
+    grouped = []
+    for ids, cols in delta.updates:
+        ids = np.asarray(ids, np.int64)
+        blocks = block_of(ids, n_blocks)
+        order = np.argsort(blocks, kind="stable")
+        grouped.append((ids, cols, order, np.searchsorted(blocks[order], np.arange(n_blocks + 1))))
 
     def patch(table, info):
-        mine = [(ids[np.isin(block_of(ids, n_blocks), info["blocks"])], ids, cols) for ids, cols in delta.updates]
-        return apply_delta(table, delta.removed, [(sel, _subset(ids, cols, sel)) for sel, ids, cols in mine])
+        parts = []
+        for ids, cols, order, bounds in grouped:
+            pos = np.concatenate([order[bounds[b]:bounds[b + 1]] for b in info["blocks"]] + [np.zeros(0, np.int64)])
+            parts.append((ids[pos], {c: np.asarray(v)[pos] for c, v in cols.items()}))
+        return apply_delta(table, delta.removed, parts)
 
     return rewrite_touched(parent_dir, files, touched, out_dir, patch, cache)
 
@@ -257,11 +268,6 @@ def filter_blocked(parent_dir: str, files: dict[str, dict], n_blocks: int, rows:
         return table.filter(rows.keep(table.column("user").to_numpy(), table.column("item").to_numpy()))
 
     return rewrite_touched(parent_dir, files, touched, out_dir, keep, cache)
-
-
-def _subset(ids: np.ndarray, cols: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
-    pos = np.flatnonzero(np.isin(np.asarray(ids, np.int64), sel))
-    return {c: np.asarray(v)[pos] for c, v in cols.items()}
 
 
 def apply_delta(table, removed: np.ndarray, updates: list[tuple[np.ndarray, dict[str, np.ndarray]]]):
