@@ -97,9 +97,9 @@ def forgetting_on_driver(reader, changes, deleted_local, rank: int) -> dict[str,
     if users.size == 0:
         return dict(UNDEFINED)
     out = {"pairs": int(users.size), "defined": True}
+    # Each distinct (user, item) pair is scored once; duplicates count once each in the mean, as in Spark.
+    pairs, inverse = np.unique(np.stack([users, items]), axis=1, return_inverse=True)
     for label, (uid, U), (iid, V) in (("before", before_users, before_items), ("after", after_users, after_items)):
-        # Each distinct (user, item) pair is scored once; duplicates count once each in the mean, as in Spark.
-        pairs, inverse = np.unique(np.stack([users, items]), axis=1, return_inverse=True)
         values = rank_percentiles(U[np.searchsorted(uid, pairs[0])], V, np.searchsorted(iid, pairs[1]))[inverse.ravel()]
         out[f"rank_percentile_{label}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     out.update(convention=CONVENTION, computed="driver (block files and the request's row changes)")
@@ -133,10 +133,9 @@ def _applied(table: tuple[np.ndarray, np.ndarray], change) -> tuple[np.ndarray, 
     """``table`` with ``change``'s rows replaced (those it holds) and its removed rows dropped."""
     ids, X = table[0], table[1].copy()
     up = np.asarray(change.factor_ids, np.int64)
-    if up.size:
-        pos = np.searchsorted(ids, up)
-        hit = (pos < ids.size) & (ids[np.minimum(pos, max(ids.size - 1, 0))] == up)
-        X[pos[hit]] = np.asarray(change.factors, np.float64)[hit]
+    hit = _found(ids, up)
+    if hit.any():
+        X[np.searchsorted(ids, up[hit])] = np.asarray(change.factors, np.float64)[hit]
     keep = ~np.isin(ids, np.asarray(change.removed, np.int64))
     return ids[keep], X[keep]
 
