@@ -58,6 +58,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "measure": (bool, True),  # false: no before/after metrics or forgetting ranks in the report
         "driver_rows": (int, None),  # targeted engine: neighbours beyond this stay in Spark (None: 20,000)
         "hold_side_mb": (int, 256),  # implicit, blocked store: a side whose rows fit this (MiB) is held on the driver
+        "sweep_driver_mb": (int, 1024),  # blocked store: the planner may sweep a version that fits this (MiB) on the driver
         "max_rebases": (int, 3),  # re-apply a request on a store that moved at most this many times
     },
     "serve": {  # jobs/serve.py (spark_unlearn.service.serve.ServiceOptions)

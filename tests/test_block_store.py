@@ -276,3 +276,62 @@ def test_the_forgetting_measure_from_the_block_files_equals_the_spark_measure(sp
     for key in ("rank_percentile_before", "rank_percentile_after"):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
     assert got["rank_percentile_after"] > got["rank_percentile_before"]
+
+
+@pytest.mark.parametrize("store", ["small_block_store", "implicit_block_store"])
+def test_full_sweeps_on_the_driver_equal_the_block_layout_sweeps_and_certify_exactly(spark, store, tmp_path, request):
+    """``mode = "full"`` on a blocked version that fits the driver sweeps its stored blocks there (no layout, no
+    Spark job in the solve): the same sweeps, factors and offsets as the Spark layout engine's full sweeps (forced by
+    ``sweep_driver_mb = 0``), an exact certificate, and a version the independent verifier accepts."""
+    root = request.getfixturevalue(store)
+    driver, layout = str(tmp_path / "driver"), str(tmp_path / "layout")
+    shutil.copytree(root, driver)
+    shutil.copytree(root, layout)
+    rated = pq.read_table(os.path.join(ModelStore(driver).version_path(), "ratings")).to_pylist()
+    rows = [(r["user"], r["item"], "interaction") for r in rated if r["user"] in (2, 5)][:6] + [(7, None, "user")]
+
+    def run(path, **options):
+        batch = spark.createDataFrame(rows, "user int, item int, kind string")
+        return run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False,
+                                                    options=UnlearnOptions(mode="full", **options)))
+
+    got, want = run(driver), run(layout, sweep_driver_mb=0)
+    assert got["strategy"] == "sweeps" and got["mode"] == "full" and got["planner"]["choice"] == "sweeps"
+    assert got["planner"]["why"] == "requested (mode full)"
+    assert got["certificate"]["method"] == "sweeps" and got["certificate"]["max_kind"] == "exact"
+    assert got["certificate"]["holds"] and want["certificate"]["holds"]
+    assert "strategy" not in want and want["sweeps"] == got["sweeps"] >= 1
+    assert got["certificate"]["max_relative_residual"] == pytest.approx(
+        want["certificate"]["max_relative_residual"], rel=1e-3)
+    a, b = ModelStore(driver), ModelStore(layout)
+    for table in ("userFactors", "itemFactors", "offsets/users", "offsets/items"):
+        assert _close_rows(_rows(spark, os.path.join(a.version_path(), table)),
+                           _rows(spark, os.path.join(b.version_path(), table)), rtol=1e-3), table
+    assert_verified(spark, driver)
+    ALSModel.load(a.version_path())
+
+
+def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_frontier_when_the_driver_is_too_small(
+        spark, implicit_block_store, tmp_path, monkeypatch):
+    """In the default frontier mode the planner picks sweeps on the driver when the rows whose data changed alone
+    cost more than the sweeps (here: a frontier row priced out of reach), and says why; with no driver memory for
+    sweeps it keeps the frontier."""
+    from spark_unlearn.als import strategy_cost
+
+    swept, frontier = str(tmp_path / "swept"), str(tmp_path / "frontier")
+    shutil.copytree(implicit_block_store, swept)
+    shutil.copytree(implicit_block_store, frontier)
+    monkeypatch.setattr(strategy_cost, "FRONTIER_ROW_COST", 1e12)
+    got = _erase(spark, swept, 7)
+    assert got["status"] == "applied" and got["strategy"] == "sweeps" and got["requested_mode"] == "frontier"
+    plan = got["planner"]
+    assert plan["choice"] == "sweeps" and plan["frontier_budget_rows"] == 0 and "cost more" in plan["why"]
+    assert plan["actual_sweeps"] == got["sweeps"] and plan["actual_row_solves"] == got["rows_solved"]
+    assert got["rows_solved"] == got["sweeps"] * got["rows_total"]
+    assert_verified(spark, swept)
+    batch = spark.createDataFrame([(7, None, "user")], "user int, item int, kind string")
+    kept = run_unlearning(spark, UnlearnRequest(model_path=frontier, batch=batch, measure=False,
+                                                options=UnlearnOptions(engine="targeted", sweep_driver_mb=0)))
+    assert kept["strategy"] == "frontier" and not kept["planner"]["sweeps_possible"]
+    assert "sweep_driver_mb = 0" in kept["planner"]["why"]
+    assert kept["rows_solved"] < got["rows_solved"]

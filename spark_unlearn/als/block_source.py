@@ -20,11 +20,13 @@ import numpy as np
 from spark_unlearn.als.table_source import TableRowSource
 
 # The stored table behind each driver cache, per side, and the columns it reads.
-_TABLES = {("user", "factors"): "userFactors", ("item", "factors"): "itemFactors",
-           ("user", "targets"): "offsets/users", ("item", "targets"): "offsets/items",
-           ("user", "state"): "offsets/users", ("item", "state"): "offsets/items"}
-_COLUMNS = {"factors": ["id", "features"], "targets": ["id", "residual", "bnorm", "drift"],
-            "state": ["id", "bnorm", "drift"]}
+VERSION_TABLES = {("user", "factors"): "userFactors", ("item", "factors"): "itemFactors",
+                  ("user", "targets"): "offsets/users", ("item", "targets"): "offsets/items",
+                  ("user", "state"): "offsets/users", ("item", "state"): "offsets/items"}
+# The version's ratings blocked by user (``user``, ``item``, ``rating``).
+RATINGS_TABLE = "ratings"
+TABLE_COLUMNS = {"factors": ["id", "features"], "targets": ["id", "residual", "bnorm", "drift"],
+                 "state": ["id", "bnorm", "drift"]}
 
 
 # An implicit request moves every row's drift by ``ΔG x``: up to this many driver bytes for a side's held rows, the
@@ -67,11 +69,11 @@ class BlockRowSource(TableRowSource):
         :meth:`gram_moved_rows`) and the new offsets of every row
         (:meth:`held_offsets`) are computed on the driver.
         """
-        rows = self.reader.table_rows(_TABLES[side, "factors"])
+        rows = self.reader.table_rows(VERSION_TABLES[side, "factors"])
         if rows * held_bytes_per_row(self.rank) > max_bytes:
             return False
         for what in ("factors", "state"):
-            table = self.reader.whole(_TABLES[side, what], list(_COLUMNS[what]))
+            table = self.reader.whole(VERSION_TABLES[side, what], list(TABLE_COLUMNS[what]))
             if table is not None:
                 self._put(side, what, table.column("id").to_numpy().astype(np.int64), table)
             self.mark_complete(side, what)
@@ -116,7 +118,7 @@ class BlockRowSource(TableRowSource):
 
         got = []
         for side, what, ids in parts:
-            table = self.reader.rows(_TABLES[side, what], ids, _COLUMNS[what])
+            table = self.reader.rows(VERSION_TABLES[side, what], ids, TABLE_COLUMNS[what])
             if table is not None:
                 got.append(table.add_column(0, "side", pa.array([side] * table.num_rows, pa.string())))
         if not got:

@@ -25,6 +25,18 @@ def arrow_matrix(batch, column: str) -> np.ndarray:
 
 
 
+def arrow_column(values: np.ndarray, sql_type: str, valid: np.ndarray | None = None):
+    """An Arrow column of ``values`` (``(n,)`` or ``(n, k)``); rows where ``valid`` is False are null."""
+    import pyarrow as pa
+
+    mask = None if valid is None else pa.array(~np.asarray(valid, bool))
+    if values.ndim == 2:
+        elem = pa.float32() if "float" in sql_type else pa.float64()
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1).astype(elem.to_pandas_dtype()), elem)
+        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=mask).cast(pa.list_(elem))
+    return pa.array(np.asarray(values, np.float64), pa.float64(), mask=mask)
+
+
 def gram_of(factors: DataFrame) -> np.ndarray:
     """``F^T F`` of a factor DataFrame (distributed; returns k x k)."""
     def part(batches):

@@ -220,8 +220,8 @@ def frontier_unlearn(
     max_rounds
         Give up (``converged=False``) after this many rounds.
     max_rows
-        Give up once this many row solves were made (the caller then falls
-        back to full sweeps).
+        Give up (before solving it) at the first round that would take the
+        row solves beyond this many (the caller then falls back).
     seed_frontier
         Extra rows to solve in the first round (e.g. a certificate's
         violators, or rows whose stored drift is above ``tol``).
@@ -246,6 +246,8 @@ def frontier_unlearn(
         if not any(v.size for v in frontier.values()):
             converged = True
             break
+        if max_rows is not None and rows_solved + sum(v.size for v in frontier.values()) > max_rows:
+            break  # the next round alone would pass the budget: give up before paying for it
         rounds += 1
         sizes.append({s: len(frontier[s]) for s in SIDES})
         prefetch = getattr(source, "prefetch", None)
@@ -256,8 +258,6 @@ def frontier_unlearn(
             if frontier[s].size:
                 rows_solved += _solve_side(source, sides[s], sides[other(s)], frontier[s], spec, grams)
         failpoint("during_solve")
-        if max_rows is not None and rows_solved > max_rows:
-            break
         frontier = {s: _next_frontier(source, sides[s], sides[other(s)], spec, grams, tol) for s in SIDES}
     k = next((sd.table["x"].shape[1] for sd in sides.values() if sd.table is not None), 0)
     return FrontierResult(

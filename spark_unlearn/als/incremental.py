@@ -50,17 +50,19 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_unlearn.als.result import RowChanges
+from spark_unlearn.als.result import RowChanges, TargetedResult
 from spark_unlearn.als.block_source import HOLD_SIDE_BYTES, BlockRowSource
 from spark_unlearn.als.frontier import frontier_unlearn, other
+from spark_unlearn.als.held_sweeps import planned_strategy, swept
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.certify import certificate_record
-from spark_unlearn.als.factor_passes import arrow_matrix, gram_of, vector_norm
+from spark_unlearn.als.factor_passes import arrow_column, arrow_matrix, gram_of, vector_norm
 from spark_unlearn.als.plan import already_forgotten, plan_counts, unknown_requests
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.ratio_watch import RatioWatch, ratio_watch
-from spark_unlearn.als.selection import pair_keys, select_ids
+from spark_unlearn.als.selection import deleted_arrow, pair_keys, select_ids
+from spark_unlearn.als.strategy_cost import StrategyChoice
 from spark_unlearn.als.table_source import TableRowSource
 from spark_unlearn.als.targeted_certificate import (UNTOUCHED_CERTIFICATE, implicit_untouched, next_drift_watch,
                                                     settle_side, touched_rows)
@@ -188,18 +190,6 @@ def plan_targeted(source: TableRowSource, batch, *, strict: bool = False, forgot
 # ---------------------------------------------------------------------------
 
 
-def _arrow_column(values: np.ndarray, sql_type: str, valid: np.ndarray | None = None):
-    """An Arrow column of ``values`` (``(n,)`` or ``(n, k)``); rows where ``valid`` is False are null."""
-    import pyarrow as pa
-
-    mask = None if valid is None else pa.array(~np.asarray(valid, bool))
-    if values.ndim == 2:
-        elem = pa.float32() if "float" in sql_type else pa.float64()
-        flat = pa.array(np.ascontiguousarray(values).reshape(-1).astype(elem.to_pandas_dtype()), elem)
-        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=mask).cast(pa.list_(elem))
-    return pa.array(np.asarray(values, np.float64), pa.float64(), mask=mask)
-
-
 def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple]) -> DataFrame:
     """``df`` with ``columns`` replaced at the rows ``ids``; no shuffle.
 
@@ -215,7 +205,7 @@ def patched(df: DataFrame, ids: np.ndarray, columns: dict[str, tuple]) -> DataFr
     if ids.size == 0:
         return df
     table = pa.table({"id": pa.array(ids.astype(np.int32)),
-                      **{f"new_{name}": _arrow_column(*spec) for name, spec in columns.items()}})
+                      **{f"new_{name}": arrow_column(*spec) for name, spec in columns.items()}})
     schema = ", ".join(["id int"] + [f"new_{name} {spec[1]}" for name, spec in columns.items()])
     upd = df.sparkSession.createDataFrame(table, schema)
     return df.join(F.broadcast(upd), "id", "left").select(
@@ -279,21 +269,6 @@ def patched_offsets(spark, offsets: DataFrame, factors: DataFrame, touched: dict
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class TargetedResult:
-    model: FactorModel
-    offsets: tuple[DataFrame, DataFrame]
-    deleted: DataFrame
-    plan: TargetedPlan
-    report: dict[str, Any]
-    converged: bool
-    grams: dict[str, list] | None
-    x_watch: dict[str, dict] | None = None  # implicit: per side, the new version's RatioWatch (as JSON)
-    changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (for copy-on-write publication)
-    deleted_local: Any = None  # the deleted ratings (Arrow: user, item, rating)
-    drift_watch: dict[str, dict] | None = None  # explicit: per side, the new version's drift watch (RatioWatch JSON)
-
-
 def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[DataFrame, DataFrame], batch: DataFrame, *,
                      spec: SolveSpec, tol: float, max_rounds: int, max_rows: int, strict: bool = False,
                      forgotten: DataFrame | None = None, grams: dict[str, np.ndarray] | None = None,
@@ -301,7 +276,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      x_ratio: dict[str, float] | None = None, x_watch: dict[str, dict] | None = None,
                      table_rows: dict[str, int] | None = None, driver_rows: int | None = None,
                      policy: RowTolerance | None = None, reader=None, drift_watch: dict[str, dict] | None = None,
-                     bnorm_exact: dict[str, bool] | None = None, hold_bytes: int | None = None) -> TargetedResult:
+                     bnorm_exact: dict[str, bool] | None = None, hold_bytes: int | None = None,
+                     sweep_bytes: int | None = None, max_sweeps: int | None = None,
+                     force_sweeps: bool = False) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``tol``: every row is solved until its deviation is at most ``tol``
@@ -336,7 +313,18 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     rows fit ``hold_bytes`` (default
     :data:`~spark_unlearn.als.block_source.HOLD_SIDE_BYTES`) is read whole.
     ``converged=False`` means the frontier outgrew
-    ``max_rows``: the caller falls back to the layout engine.
+    ``max_rows`` (or sweeps did not certify): the caller falls back.
+
+    The batch planner (:mod:`~spark_unlearn.als.strategy_cost`) may take
+    warm sweeps of the whole version on the driver instead
+    (:mod:`~spark_unlearn.als.held_sweeps`) when ``reader`` is given and
+    the version fits ``sweep_bytes`` (default
+    :data:`~spark_unlearn.als.held_sweeps.SWEEP_DRIVER_BYTES`; 0: never):
+    at once when the rows whose data changed cost more than the sweeps,
+    or when the frontier outgrows the rows that cost as much.  At most
+    ``max_sweeps`` sweeps (the model's iterations); ``force_sweeps``
+    (``mode = "full"``) sweeps whenever the version fits.  The report's
+    ``planner`` gives the choice, its estimate and what it cost.
 
     Implicit certificate of the rows the frontier did not touch: every one
     drifts by ``ΔG x``, so ``|d + ΔG x| / |b| <= drift_bound + |ΔG|_2 x_ratio``.
@@ -362,6 +350,15 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     n_remaining = (force(ratings).count() if n_ratings is None else int(n_ratings)) - plan.counts["deleted_ratings"]
     if n_remaining <= 0:
         raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
+    max_sweeps = int(max_sweeps or model.params.iterations)
+    choice = planned_strategy(reader, model.params.rank, plan, max_rows, max_sweeps, sweep_bytes, force_sweeps)
+    log.info("planner: %s (%s)", choice.choice, choice.why)
+    if force_sweeps and not choice.sweeps_possible:
+        return TargetedResult(model, offsets, None, plan, {"seconds": timings, "planner": choice.to_dict()}, False, None)
+    if choice.choice == "sweeps":
+        return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, choice, source, n_remaining,
+                     timings)
+    max_rows = choice.frontier_budget_rows
     seeds: dict[str, set[int]] = {s: set() for s in SIDES}
     if drift_bound is None or any(float(drift_bound.get(s, np.inf)) > tol for s in SIDES):
         # Unknown, or certified at a looser tolerance: rows whose stored drift is above tol are re-solved.
@@ -393,7 +390,13 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                               max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds, gone=plan.removed)
     timings["solve"] = time.perf_counter() - t
     if not result.converged:
-        return TargetedResult(model, offsets, None, plan, {"seconds": timings}, False, None)
+        if choice.sweeps_possible:
+            log.info("the frontier outgrew the planner's budget of %d rows: sweeping instead", max_rows)
+            switched = StrategyChoice(**{**choice.to_dict(), "choice": "sweeps",
+                                         "why": f"the frontier outgrew its budget of {max_rows} rows"})
+            return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, switched, source,
+                         n_remaining, timings, frontier_rows=result.rows_solved)
+        return TargetedResult(model, offsets, None, plan, {"seconds": timings, "planner": choice.to_dict()}, False, None)
 
     t = time.perf_counter()
     touched = touched_rows(result, source, plan.direct, plan.removed, spec)
@@ -501,6 +504,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         **({"x_ratio": new_x_ratio} if new_x_ratio is not None else {}),
         "seconds": timings,
         "converged": True,
+        "strategy": "frontier",
+        "planner": {**choice.to_dict(), "actual_row_solves": int(result.rows_solved)},
     }
     new_model = FactorModel(user_factors=new_factors["user"], item_factors=new_factors["item"], params=model.params)
     # A held side's untouched rows get d + ΔG x on the driver: every offsets row is then known exactly.
@@ -543,10 +548,4 @@ def row_changes(result, touched: dict[str, Any], removed: set[int], side: str, e
 
 
 def _deleted_table(plan: TargetedPlan):
-    import pyarrow as pa
-
-    return pa.table({
-        "user": pa.array(plan.deleted_users.astype(np.int32)),
-        "item": pa.array(plan.deleted_items.astype(np.int32)),
-        "rating": pa.array(plan.deleted_ratings.astype(np.float32)),
-    })
+    return deleted_arrow(plan.deleted_users, plan.deleted_items, plan.deleted_ratings)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 # Rows per batch when forming normal equations: bounds the (rows, k, k)
 # float64 workspace to a few tens of MB whatever the block size.
@@ -293,6 +294,7 @@ def residuals(
     all_rows = _all_rows(indptr, rows)
     k = Y.shape[1]
     Xd = np.asarray(X, dtype=np.float64)
+    Yd = np.asarray(Y, dtype=np.float64)
     R = spec.reg * _counted(indptr, ratings, all_rows, spec)[:, None] * Xd
     if spec.implicit:
         R += Xd @ _require_gram(gram)  # Y^T Y is symmetric
@@ -315,10 +317,12 @@ def residuals(
         owner = np.repeat(np.arange(rated.size), n_c)
         pos = np.repeat(indptr[rows_c] - seg, n_c) + np.arange(int(n_c.sum()))
         wA, wb, _ = confidence_weights(ratings[pos], spec)
-        Yp = Y[src[pos]].astype(np.float64)
-        dots = np.einsum("nk,nk->n", Yp, Xd[sl][rated][owner])
-        b = np.add.reduceat(wb[:, None] * Yp, seg, axis=0)
-        R[sl.start + rated] += np.add.reduceat((wA * dots)[:, None] * Yp, seg, axis=0) - b
+        cols = src[pos]
+        dots = np.einsum("nk,nk->n", Y[cols], Xd[sl][rated][owner])
+        # Segment sums of weighted rows of Y as sparse products (C loops, each row's terms summed in order).
+        seg_ptr = np.append(seg, int(n_c.sum()))
+        b = csr_matrix((wb, cols, seg_ptr), shape=(rated.size, Y.shape[0])) @ Yd
+        R[sl.start + rated] += csr_matrix((wA * dots, cols, seg_ptr), shape=(rated.size, Y.shape[0])) @ Yd - b
         bnorm[sl.start + rated] = np.linalg.norm(b, axis=1)
     return R, bnorm
 

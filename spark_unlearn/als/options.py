@@ -66,6 +66,11 @@ class UnlearnOptions:
         at most this many MiB of driver memory is read whole, so the checks
         over all its rows and its new offsets run on the driver
         (:mod:`spark_unlearn.als.block_source`); 0 keeps every side in Spark.
+    sweep_driver_mb
+        A blocked version whose remaining data and rows take at most this many
+        MiB on the driver may be swept there whole: the batch planner's
+        third way (:mod:`spark_unlearn.als.strategy_cost`), and what ``mode
+        = "full"`` runs; 0: never (sweeps run on the Spark layout).
     num_blocks
         Block layout: blocks per side (``None``: the model's).
     """
@@ -82,6 +87,7 @@ class UnlearnOptions:
     full_iterations: int = 10
     driver_rows: int | None = None
     hold_side_mb: int = 256
+    sweep_driver_mb: int = 1024
     num_blocks: int | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +127,10 @@ class UnlearnOptions:
         if self.hold_side_mb < 0:
             raise ConfigError(f"hold_side_mb={self.hold_side_mb} is negative; give MiB >= 0 (0 keeps every side in "
                               "Spark)")
+        _number("sweep_driver_mb", self.sweep_driver_mb, integer=True)
+        if self.sweep_driver_mb < 0:
+            raise ConfigError(f"sweep_driver_mb={self.sweep_driver_mb} is negative; give MiB >= 0 (0: the planner never "
+                              "sweeps on the driver)")
         if self.num_blocks is not None:
             _number("num_blocks", self.num_blocks, integer=True)
             if self.num_blocks < 1:

@@ -81,3 +81,21 @@ def report_head(mode: str, requested_mode: str, bound: RowTolerance, training_re
         "erased_users": sorted(plan.erased_users)[:20],
         "withdrawn_items": sorted(plan.withdrawn_items)[:20],
     }
+
+
+@dataclass
+class TargetedResult:
+    """What the targeted engine's strategies (the frontier, sweeps on the driver) return; ``converged=False``: the
+    strategy did not reach its certificate within its budget, and the caller falls back."""
+
+    model: FactorModel
+    offsets: tuple[DataFrame, DataFrame]
+    deleted: DataFrame
+    plan: Any  # the targeted engine's plan (spark_unlearn.als.incremental.TargetedPlan)
+    report: dict[str, Any]
+    converged: bool
+    grams: dict[str, list] | None
+    x_watch: dict[str, dict] | None = None  # implicit: per side, the new version's RatioWatch (as JSON)
+    changes: dict[str, RowChanges] | None = None  # per side, the exact row changes (for copy-on-write publication)
+    deleted_local: Any = None  # the deleted ratings (Arrow: user, item, rating)
+    drift_watch: dict[str, dict] | None = None  # explicit: per side, the new version's drift watch (RatioWatch JSON)

@@ -79,3 +79,12 @@ def select_rows(ratings: DataFrame, users, items) -> DataFrame:
         return ratings.filter(conds[0] if len(conds) == 1 else conds[0] | conds[1])
     parts = ([select_ids(ratings, "user", users)] if users else []) + ([select_ids(ratings, "item", items)] if items else [])
     return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])  # duplicates: see unique_ratings
+
+
+def deleted_arrow(users: np.ndarray, items: np.ndarray, ratings: np.ndarray):
+    """Deleted ratings as an Arrow table (``user`` int32, ``item`` int32, ``rating`` float32)."""
+    import pyarrow as pa
+
+    return pa.table({"user": pa.array(np.asarray(users).astype(np.int32)),
+                     "item": pa.array(np.asarray(items).astype(np.int32)),
+                     "rating": pa.array(np.asarray(ratings).astype(np.float32))})

@@ -131,7 +131,9 @@ def unlearn_als(
     tol, tol_source = bound.floor, bound.source
     log.info("unlearning (%s mode), certificate policy %s, floor %.3g (%s)", mode, bound.policy, tol, tol_source)
 
-    if mode == "frontier" and engine != "layout":
+    # Full sweeps of a blocked version that fits the driver run there, on its stored blocks (no layout is built).
+    driver_sweeps = mode == "full" and f.blocks is not None and o.sweep_driver_mb > 0
+    if (mode == "frontier" or driver_sweeps) and engine != "layout":
         # One job: a small batch is collected anyway, a large one is not (it goes to the layout engine).
         rows = batch_rows
         if rows is None and engine == "auto":
@@ -141,9 +143,12 @@ def unlearn_als(
                                     training_residual, o, f, t0, batch)
             if out is not None:
                 return out
-            log.warning("the frontier outgrew %.0f%% of the rows: falling back to %s", 100 * full_fallback_fraction,
-                        "a retrain" if o.fallback == "retrain" else "the block layout and full sweeps")
-            mode = o.fallback
+            if mode == "frontier":
+                log.warning("the frontier outgrew %.0f%% of the rows: falling back to %s", 100 * full_fallback_fraction,
+                            "a retrain" if o.fallback == "retrain" else "the block layout and full sweeps")
+                mode = o.fallback
+            else:
+                log.warning("full sweeps could not run (or certify) on the driver: sweeping on the block layout")
     # The block layout and the retrain read the tables: build them (they may be unbuilt plans, spark_unlearn.deferred).
     ratings, offsets = force(ratings), tuple(force(o) for o in offsets)
     plan = plan_deletion(ratings, batch, strict=strict, forgotten=forgotten)
@@ -267,16 +272,20 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
         total_rows = table_rows["user"] + table_rows["item"]
     else:
         total_rows = model.user_factors.count() + model.item_factors.count()
+    full = o.mode == "full"
     out = unlearn_targeted(ratings, model, offsets, batch, spec=spec, tol=bound.floor, policy=bound, max_rounds=o.max_rounds,
                            max_rows=int(o.full_fallback_fraction * total_rows), strict=o.strict, forgotten=f.forgotten,
                            grams=f.grams, drift_bound=f.drift_bound, n_ratings=counts.get("n_ratings"), x_ratio=f.x_ratio,
-                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks, hold_bytes=o.hold_side_mb << 20,
-                           drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact)
+                           x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks,
+                           hold_bytes=o.hold_side_mb << 20, drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact,
+                           sweep_bytes=o.sweep_driver_mb << 20, max_sweeps=o.full_iterations if full else None,
+                           force_sweeps=full)
     if not out.converged:
         return None
     remaining = Deferred(lambda: remove_batch(force(ratings), batch_frame if batch_frame is not None else batch))
     report = {
-        **report_head("frontier", "frontier", bound, training_residual, out.plan),
+        **report_head("full" if out.report.get("strategy") == "sweeps" else "frontier", o.mode, bound,
+                      training_residual, out.plan),
         "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
         **out.report,
     }

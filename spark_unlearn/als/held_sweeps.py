@@ -1,0 +1,271 @@
+"""The sweep strategy on the driver: warm offset sweeps over a blocked version read whole.
+
+When a batch reaches a large share of the rows (thousands of erased users),
+re-solving row by row with the frontier's bookkeeping costs more than
+solving every row at once: a vectorised sweep solves a row for a small
+fraction of what a frontier row costs (:mod:`spark_unlearn.als.strategy_cost`).
+If the whole version fits the driver (:func:`sweep_bytes` within the
+request's ``sweep_driver_mb``), the batch planner may take this way:
+
+1. **Read** every block file of the version's ratings (blocked by user),
+   factor and offsets tables from its manifest (no Spark job), drop the
+   deleted ratings and the rows that left the model;
+2. **Solve**: warm offset sweeps (:func:`~spark_unlearn.als.sweep_kernel.warm_sweeps`)
+   from the version's factors, each row to ``A'x = b' + t`` (``t = 0`` on
+   rows whose own data changed), until every row is within its bound under
+   the request's policy, at most a cold retrain's iteration count;
+3. **Certify**: the deviation of every row is computed exactly from the data
+   after the last sweep, on the float32 factors that are published, so the
+   certificate's maximum is exact;
+4. **Publish**: every row's factor and offsets as the request's row changes
+   (the copy-on-write publication rewrites the blocks they fall in: all).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from spark_unlearn.als.block_source import RATINGS_TABLE, TABLE_COLUMNS, VERSION_TABLES
+from spark_unlearn.als.kernels import SolveSpec
+from spark_unlearn.als.policy import RowTolerance
+from spark_unlearn.als.result import RowChanges, TargetedResult
+from spark_unlearn.als.selection import deleted_arrow, pair_keys
+from spark_unlearn.als.strategy_cost import StrategyChoice, choose_strategy, forced_sweeps
+from spark_unlearn.als.sweep_kernel import SweepRun, SweepSide, warm_sweeps
+from spark_unlearn.deferred import Deferred
+from spark_unlearn.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SIDES = ("user", "item")
+
+# Up to this many driver bytes for a whole version (ratings twice, both sides' rows with their workspaces) the
+# planner may sweep on the driver; ~2M ratings with 200k rows per side at rank 32.
+SWEEP_DRIVER_BYTES = 1024 << 20
+
+
+def sweep_bytes(n_ratings: int, n_rows: int, rank: int) -> int:
+    """Driver bytes of the sweep strategy on a version of ``n_ratings`` ratings and ``n_rows`` rows (both sides).
+
+    Per rating: the read columns and pair keys (8 + 8 + 4 + 8), and the two
+    CSR copies (8 + 4 each, plus the sort order 8 each).  Per row: its
+    id, float32 factor, float64 target, drift and bound terms, and the float64
+    copies the kernels make of the other side's factors and of each solved
+    batch (``8 + 4k + 8k + 8k + 8k + 8k + 32``).
+    """
+    return int(n_ratings) * (28 + 2 * 20) + int(n_rows) * (8 + 36 * int(rank) + 32)
+
+
+@dataclass
+class HeldVersion:
+    """A version's remaining data on the driver, ready for :func:`warm_sweeps`."""
+
+    ids: dict[str, np.ndarray]  # per side, the ids of the rows left, sorted
+    sides: dict[str, SweepSide]
+    n_ratings: int
+
+
+def _matrix(table, column: str, rank: int) -> np.ndarray:
+    n = table.num_rows
+    flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if flat.size != n * rank:
+        raise StoreError(f"column {column!r} of a stored table has rows of the wrong length (expected {rank} values "
+                         f"per row, {flat.size} for {n} rows): the version is damaged; restore it from its parent")
+    return flat.reshape(n, rank)
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int):
+    order = np.argsort(rows, kind="stable")
+    indptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return indptr, cols[order], vals[order]
+
+
+def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.ndarray,
+              direct: dict[str, set[int]], removed: dict[str, set[int]]) -> HeldVersion:
+    """Every remaining rating, factor and target of the version behind ``reader``, as :class:`SweepSide` arrays.
+
+    ``deleted_*``: the deleted ratings' pairs; ``direct``: rows whose own data
+    changed (their target becomes 0); ``removed``: rows that left the model.
+    """
+    ratings = reader.whole(RATINGS_TABLE, ["user", "item", "rating"])
+    u = ratings.column("user").to_numpy().astype(np.int64)
+    i = ratings.column("item").to_numpy().astype(np.int64)
+    r = ratings.column("rating").to_numpy().astype(np.float32)
+    keep = ~np.isin(pair_keys(u, i), pair_keys(deleted_users, deleted_items))
+    u, i, r = u[keep], i[keep], r[keep]
+    ids, X, T = {}, {}, {}
+    for s in SIDES:
+        f = reader.whole(VERSION_TABLES[s, "factors"], TABLE_COLUMNS["factors"])
+        o = reader.whole(VERSION_TABLES[s, "targets"], ["id", "residual"])
+        fid = f.column("id").to_numpy().astype(np.int64)
+        oid = o.column("id").to_numpy().astype(np.int64)
+        order, o_order = np.argsort(fid), np.argsort(oid)
+        fid, oid = fid[order], oid[o_order]
+        if not np.array_equal(fid, oid):
+            raise StoreError(f"the {s} factor and offsets tables hold different ids ({fid.size} and {oid.size} rows): "
+                             "the version is damaged; restore it from its parent")
+        left = ~np.isin(fid, np.array(sorted(removed[s]), np.int64))
+        ids[s] = fid[left]
+        X[s] = _matrix(f, "features", rank)[order][left].astype(np.float32)
+        T[s] = _matrix(o, "residual", rank)[o_order][left].astype(np.float64)
+        changed = np.isin(ids[s], np.array(sorted(direct[s]), np.int64))
+        T[s][changed] = 0.0
+    pos = {}
+    for s, col in (("user", u), ("item", i)):
+        p = np.searchsorted(ids[s], col)
+        found = (p < ids[s].size) & (ids[s][np.minimum(p, ids[s].size - 1)] == col)
+        if not found.all():
+            bad = int(col[~found][0])
+            raise StoreError(f"a remaining rating names {s} {bad}, which has no factor row in the version: the version "
+                             "is damaged (or the deletion plan missed a removed row); restore it from its parent")
+        pos[s] = p
+    sides = {}
+    for s, mine, theirs in (("user", pos["user"], pos["item"]), ("item", pos["item"], pos["user"])):
+        indptr, src, vals = _csr(mine, theirs, r, ids[s].size)
+        sides[s] = SweepSide(indptr, src, vals, X[s], T[s])
+    return HeldVersion(ids, sides, int(r.size))
+
+
+def sweep_changes(held: HeldVersion, run: SweepRun, direct: dict[str, set[int]], removed: dict[str, set[int]],
+                  side: str) -> RowChanges:
+    """Every row of ``side`` changed: its factor, ``|b'|`` and drift; rows whose own data changed get target 0."""
+    ids = held.ids[side]
+    changed = np.isin(ids, np.array(sorted(direct[side]), np.int64))
+    k = run.factors[side].shape[1]
+    return RowChanges(np.array(sorted(removed[side]), np.int64), ids, run.factors[side], offset_ids=ids,
+                      bnorm=run.bnorm[side], drift=run.drift[side], target_ids=ids[changed],
+                      targets=np.zeros((int(changed.sum()), k)))
+
+
+def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
+                  progress=None) -> tuple[HeldVersion, SweepRun]:
+    """Read the version whole and sweep it warm (steps 1-3 of the module docstring)."""
+    held = read_held(reader, rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
+    log.info("sweep strategy: %d ratings, %d user and %d item rows on the driver", held.n_ratings,
+             held.ids["user"].size, held.ids["item"].size)
+    run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress)
+    return held, run
+
+
+def _frames(spark, held: HeldVersion, run: SweepRun, side: str):
+    """The side's new factor and offsets tables as DataFrames built from the driver's arrays (every row)."""
+    import pyarrow as pa
+
+    from spark_unlearn.als.factor_passes import arrow_column
+
+    ids = pa.array(held.ids[side].astype(np.int32))
+    factors = spark.createDataFrame(pa.table({"id": ids, "features": arrow_column(run.factors[side], "array<float>")}),
+                                    "id int, features array<float>")
+    offsets = spark.createDataFrame(pa.table({
+        "id": ids, "residual": arrow_column(held.sides[side].T, "array<double>"),
+        "bnorm": arrow_column(run.bnorm[side], "double"), "drift": arrow_column(run.drift[side], "array<double>")}),
+        "id int, residual array<double>, bnorm double, drift array<double>")
+    return factors, offsets
+
+
+def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: RowTolerance, spec: SolveSpec,
+                 deleted, deleted_local, report: dict) -> TargetedResult:
+    """The :class:`~spark_unlearn.als.result.TargetedResult` of a sweep run: every row changed, the certificate exact.
+
+    ``deleted``/``deleted_local``: the deleted ratings as a (deferred)
+    DataFrame and as Arrow; ``report``: the engine's fields so far (plan,
+    timings, Spark jobs), completed here.
+    """
+    from spark_unlearn.als.certify import certificate_record
+    from spark_unlearn.als.kernels import gram
+    from spark_unlearn.als.model import FactorModel
+    from spark_unlearn.als.ratio_watch import DRIFT_WATCH_SIZE, RatioWatch
+    frames = {s: Deferred(lambda s=s: _frames(spark, held, run, s)) for s in SIDES}
+    per_side = {s: float(run.deviation[s].max(initial=0.0)) for s in SIDES}
+    ratio = max(float((run.deviation[s] / np.maximum(run.bounds[s], 1e-300)).max(initial=0.0)) for s in SIDES)
+    rows = {s: int(held.ids[s].size) for s in SIDES}
+    cert = certificate_record(
+        max(per_side.values()), per_side, ratio, policy, method="sweeps",
+        method_note="every row's deviation computed from the remaining data on the published float32 factors after "
+        "the last sweep; the ratio is every row's deviation over its own bound",
+        max_kind="exact", max_kind_why=None, per_side_kind={s: "exact" for s in SIDES}, rows_read_exactly=rows,
+        touched_rows=rows, sweeps=run.sweeps)
+    x_ratio = x_watch = drift_watch = None
+    if spec.implicit:
+        watches = {s: RatioWatch.from_values(held.ids[s], np.linalg.norm(run.factors[s].astype(np.float64), axis=1)
+                                             / np.maximum(run.bnorm[s], 1e-300)) for s in SIDES}
+        x_ratio = {s: watches[s].max for s in SIDES}
+        x_watch = {s: w.to_json() for s, w in watches.items()}
+    else:
+        drift_watch = {s: RatioWatch.from_values(held.ids[s], run.deviation[s], DRIFT_WATCH_SIZE,
+                                                 exact=np.ones(held.ids[s].size, bool)).to_json() for s in SIDES}
+    report = {
+        **report,
+        "engine": "targeted",
+        "strategy": "sweeps",
+        "sweeps": run.sweeps,
+        "sweep_history": run.history,
+        "rounds": None,
+        "frontier_sizes": [],
+        "rows_solved": report.get("rows_solved", 0) + run.row_solves,
+        "driver_rows": rows,
+        "held_sides": list(SIDES),
+        "certificate": cert,
+        "drift_max": per_side,
+        "bnorm_exact": {s: True for s in SIDES},
+        **({"x_ratio": x_ratio} if x_ratio is not None else {}),
+        "converged": run.holds,
+    }
+    new_model = FactorModel(user_factors=Deferred(lambda: frames["user"].get()[0]),
+                            item_factors=Deferred(lambda: frames["item"].get()[0]), params=model.params)
+    offsets = (Deferred(lambda: frames["user"].get()[1]), Deferred(lambda: frames["item"].get()[1]))
+    changes = {s: sweep_changes(held, run, plan.direct, plan.removed, s) for s in SIDES}
+    grams = {s: gram(run.factors[s]).tolist() for s in SIDES} if spec.implicit else None
+    return TargetedResult(new_model, offsets, deleted, plan, report, run.holds, grams, x_watch, changes, deleted_local,
+                          drift_watch)
+
+
+def planned_strategy(reader, rank: int, plan, max_rows: int, max_sweeps: int, limit_bytes: int | None,
+                     force_sweeps: bool) -> StrategyChoice:
+    """The planner's choice for this request (:func:`~spark_unlearn.als.strategy_cost.choose_strategy`): sweeps are
+    possible when the version is blocked (``reader``) and :func:`sweep_bytes` is within ``limit_bytes`` (default
+    :data:`SWEEP_DRIVER_BYTES`)."""
+    direct = len(plan.direct["user"]) + len(plan.direct["item"])
+    if reader is None:
+        return choose_strategy(direct, 0, max_rows, max_sweeps, False, "the version is not blocked, or the request "
+                               "names other ratings than the store's")
+    rows = reader.table_rows(VERSION_TABLES["user", "factors"]) + reader.table_rows(VERSION_TABLES["item", "factors"])
+    need = sweep_bytes(reader.table_rows(RATINGS_TABLE), rows, rank)
+    limit = SWEEP_DRIVER_BYTES if limit_bytes is None else int(limit_bytes)
+    if need > limit:
+        return choose_strategy(direct, rows, max_rows, max_sweeps, False, f"the whole version needs {need >> 20} MiB "
+                               f"on the driver, above sweep_driver_mb = {limit >> 20}")
+    if force_sweeps:
+        return forced_sweeps(direct, rows, max_sweeps)
+    return choose_strategy(direct, rows, max_rows, max_sweeps, True)
+
+
+def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
+          choice: StrategyChoice, source, n_remaining: int, timings: dict, frontier_rows: int = 0) -> TargetedResult:
+    """Warm sweeps of the whole version on the driver, as the targeted engine's result (``plan``: its
+    :class:`~spark_unlearn.als.incremental.TargetedPlan`; ``frontier_rows``: rows a frontier solved before the
+    planner switched)."""
+    t = time.perf_counter()
+
+    def progress(n, record):
+        log.info("sweep %d of at most %d: %s", n, max_sweeps, {s: v for s, v in record.items() if s != "sweep"})
+
+    held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress)
+    # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
+    timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
+    timings["certificate"] = run.check_seconds
+    deleted_local = deleted_arrow(plan.deleted_users, plan.deleted_items, plan.deleted_ratings)
+    deleted = Deferred(partial(spark.createDataFrame, deleted_local, "user int, item int, rating float"))
+    report = {"remaining_ratings": n_remaining, "spark_jobs": source.jobs, "seconds": timings,
+              "rows_solved": int(frontier_rows), "driver_rows_limit": source.driver_rows,
+              "planner": {**choice.to_dict(), "actual_row_solves": int(frontier_rows + run.row_solves),
+                          "actual_sweeps": run.sweeps, "frontier_rows_before": int(frontier_rows)}}
+    if not run.holds:
+        log.warning("sweeps did not certify within %d sweeps (a cold retrain's iterations)", max_sweeps)
+    return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report)

@@ -1,0 +1,144 @@
+"""Oracle tests of the sweep strategy's kernel and of the batch planner's cost model (pure numpy, no Spark).
+
+The oracles: the same sweeps written row by row with the dense reference
+kernels; each row's deviation recomputed from the dense normal equations;
+one sweep written out with ``solve_rows``; the planner's rule applied by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spark_unlearn.als import strategy_cost
+from spark_unlearn.als.kernels import SolveSpec, gram, normal_equations_reference, residuals, solve_rows
+from spark_unlearn.als.policy import RowTolerance
+from spark_unlearn.als.strategy_cost import choose_strategy, forced_sweeps
+from spark_unlearn.als.sweep_kernel import SweepSide, warm_sweeps, warm_sweeps_reference
+
+RANK = 5
+
+
+def csr(rows, cols, vals, n):
+    order = np.argsort(rows, kind="stable")
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, cols[order].astype(np.int64), vals[order].astype(np.float32)
+
+
+def problem(implicit: bool, seed: int = 0, n_users: int = 30, n_items: int = 20, trained_sweeps: int = 30):
+    """A model trained by plain ALS sweeps on a random bipartite rating set, its training residual as the targets,
+    then 10 % of its ratings deleted (every row keeps one): the sweep strategy's starting point.  Rows that lost a
+    rating get target 0."""
+    rng = np.random.default_rng(seed)
+    pairs = {(u, int(rng.integers(n_items))) for u in range(n_users)} | {(int(rng.integers(n_users)), i)
+                                                                         for i in range(n_items)}
+    pairs |= {(int(rng.integers(n_users)), int(rng.integers(n_items))) for _ in range(120)}
+    u, i = (np.array(x, np.int64) for x in zip(*sorted(pairs)))
+    r = rng.integers(1, 6, u.size).astype(np.float32)
+    spec = SolveSpec(reg=0.1, implicit=implicit, alpha=0.5)
+    X = rng.normal(scale=0.3, size=(n_users, RANK)).astype(np.float32)
+    Y = rng.normal(scale=0.3, size=(n_items, RANK)).astype(np.float32)
+    by_user, by_item = csr(u, i, r, n_users), csr(i, u, r, n_items)
+    for _ in range(trained_sweeps):
+        Y = solve_rows(*by_item, X, spec, gram(X) if implicit else None).astype(np.float32)
+        X = solve_rows(*by_user, Y, spec, gram(Y) if implicit else None).astype(np.float32)
+    T = {"user": residuals(X, *by_user, Y, spec, gram(Y) if implicit else None)[0],
+         "item": residuals(Y, *by_item, X, spec, gram(X) if implicit else None)[0]}
+    # Delete 10 % of the ratings, never a row's last one.
+    gone = np.zeros(u.size, bool)
+    for p in rng.permutation(u.size)[: u.size // 10]:
+        if (~gone & (u == u[p])).sum() > 1 and (~gone & (i == i[p])).sum() > 1:
+            gone[p] = True
+    T["user"][np.unique(u[gone])] = 0.0
+    T["item"][np.unique(i[gone])] = 0.0
+    keep = ~gone
+
+    def sides():
+        return {"user": SweepSide(*csr(u[keep], i[keep], r[keep], n_users), X.copy(), T["user"].copy()),
+                "item": SweepSide(*csr(i[keep], u[keep], r[keep], n_items), Y.copy(), T["item"].copy())}
+
+    return sides, spec
+
+
+def dense_deviation(sides, side, other, spec):
+    me, nb = sides[side], sides[other]
+    A, b = normal_equations_reference(me.indptr, me.src, me.ratings, nb.X, spec, gram(nb.X) if spec.implicit else None)
+    d = np.einsum("nkl,nl->nk", A, me.X.astype(np.float64)) - b - me.T
+    return np.linalg.norm(d, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_warm_sweeps_equal_the_row_by_row_reference_and_stop_at_the_first_certified_sweep(implicit):
+    sides, spec = problem(implicit)
+    policy = RowTolerance(floor=1e-2, own=1.0, policy="training-precision")
+    fast = warm_sweeps(sides(), spec, policy, max_sweeps=60)
+    ref = warm_sweeps_reference(sides(), spec, policy, max_sweeps=60)
+    assert fast.holds and ref.holds
+    assert fast.sweeps == ref.sweeps > 1
+    for s in ("user", "item"):
+        np.testing.assert_allclose(fast.factors[s], ref.factors[s], rtol=1e-4, atol=1e-6)
+    # The sweep before the last did not hold: the run stopped at the first certified sweep.
+    assert fast.history[-2]["item"]["violators"] > 0
+    assert fast.row_solves == fast.sweeps * (30 + 20)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_the_recorded_deviation_and_bounds_are_every_rows_exact_values_on_the_float32_factors(implicit):
+    sides, spec = problem(implicit, seed=1)
+    policy = RowTolerance(floor=1e-2, own=1.0, policy="training-precision")
+    s = sides()
+    run = warm_sweeps(s, spec, policy, max_sweeps=40)
+    for side, other in (("user", "item"), ("item", "user")):
+        assert run.factors[side].dtype == np.float32
+        np.testing.assert_allclose(run.deviation[side], dense_deviation(s, side, other, spec), rtol=1e-7, atol=1e-12)
+        # Each row's bound: max(floor, |t_r| / |b'_r|) (targets zero on the direct rows: the floor).
+        expect = np.maximum(1e-2, np.linalg.norm(s[side].T, axis=1) / run.bnorm[side])
+        np.testing.assert_allclose(run.bounds[side], expect, rtol=1e-12)
+        assert (run.deviation[side] <= run.bounds[side]).all()
+        np.testing.assert_allclose(np.linalg.norm(run.drift[side], axis=1) / run.bnorm[side], run.deviation[side],
+                                   rtol=1e-12)
+
+
+def test_a_loose_policy_stops_after_one_sweep_which_is_items_then_users():
+    sides, spec = problem(True, seed=2)
+    s0 = sides()
+    run = warm_sweeps(sides(), spec, RowTolerance(floor=1e6), max_sweeps=10)
+    assert run.holds and run.sweeps == 1
+    items = solve_rows(s0["item"].indptr, s0["item"].src, s0["item"].ratings, s0["user"].X, spec, gram(s0["user"].X),
+                       None, s0["item"].T).astype(np.float32)
+    users = solve_rows(s0["user"].indptr, s0["user"].src, s0["user"].ratings, items, spec, gram(items), None,
+                       s0["user"].T).astype(np.float32)
+    np.testing.assert_array_equal(run.factors["item"], items)
+    np.testing.assert_array_equal(run.factors["user"], users)
+
+
+def test_sweeps_that_cannot_certify_within_their_budget_say_so_with_both_sides_measured():
+    sides, spec = problem(False, seed=3)
+    run = warm_sweeps(sides(), spec, RowTolerance(floor=1e-5), max_sweeps=2)
+    assert not run.holds and run.sweeps == 2 and len(run.history) == 2
+    assert set(run.deviation) == {"user", "item"}  # the last sweep measures both sides even when items fail
+    assert run.history[-1]["item"]["violators"] > 0
+    with pytest.raises(ValueError, match="max_sweeps must be at least 1"):
+        warm_sweeps(sides(), spec, RowTolerance(floor=1.0), max_sweeps=0)
+
+
+def test_the_planner_sweeps_when_the_direct_rows_cost_more_than_the_sweeps_and_caps_the_frontier_otherwise():
+    k, c = strategy_cost.EXPECTED_SWEEPS, strategy_cost.FRONTIER_ROW_COST
+    total = 100_000
+    budget = int(k * total / c)
+    small = choose_strategy(direct_rows=100, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
+    assert small.choice == "frontier" and small.frontier_budget_rows == budget
+    assert small.sweep_estimate_row_solves == k * total
+    big = choose_strategy(direct_rows=budget + 1, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
+    assert big.choice == "sweeps" and "cost more" in big.why
+    # Never more sweeps than a cold retrain's iterations, and the request's own cap on the frontier still holds.
+    few = choose_strategy(direct_rows=10, total_rows=total, max_rows=50, max_sweeps=2, sweeps_possible=True)
+    assert few.sweep_estimate_row_solves == 2 * total and few.frontier_budget_rows == 50
+    # Sweeps impossible (the version does not fit the driver): the frontier with the request's cap, and why.
+    no = choose_strategy(direct_rows=10**6, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=False,
+                         why_not="too big")
+    assert no.choice == "frontier" and no.frontier_budget_rows == 50_000 and "too big" in no.why
+    forced = forced_sweeps(10, total, 10)
+    assert forced.choice == "sweeps" and forced.why == "requested (mode full)"
+    assert set(small.to_dict()) >= {"choice", "why", "frontier_budget_rows", "sweep_estimate_row_solves"}
