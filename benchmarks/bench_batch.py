@@ -15,10 +15,13 @@ Scenarios (CURE4Rec, read.py ``delete``; computed here on any data by the same r
 Methods, each in this warm driver, end to end:
 
 * ``unlearn``: the product (``run_unlearning`` on a copy of the store, default
-  options: the frontier, falling back to a retrain past its budget), load and
-  publish included; ``planner_choice`` is the strategy it ran;
-  ``unlearn_strict`` the same under the strict certificate policy,
-  ``unlearn_tolX`` with the certificate's floor set to X;
+  options: the batch planner's choice between the frontier and warm sweeps
+  on the driver, a retrain past both), load and publish included;
+  ``planner_choice`` is the strategy it ran and ``planner`` its estimate and
+  actual cost; ``unlearn_strict`` the same under the strict certificate
+  policy, ``unlearn_tolX`` with the certificate's floor set to X,
+  ``unlearn_full`` warm sweeps of every row (``mode = "full"``: on the
+  driver when the version fits);
 * ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining ratings (read
   from the store's Parquet), saved; the faster of ``--anchor-runs`` runs;
 * ``retrain``: our ALS on the remaining ratings, factors written.
@@ -236,7 +239,7 @@ def main(argv=None) -> int:
             # unlearn_tolX: the floor set to X (--tol).
             options = (UnlearnOptions(certificate_policy="strict") if method == "unlearn_strict" else
                        UnlearnOptions(tol=float(method[len("unlearn_tol"):])) if method.startswith("unlearn_tol") else
-                       UnlearnOptions())
+                       UnlearnOptions(mode="full") if method == "unlearn_full" else UnlearnOptions())
             store = os.path.join(work, f"store_{name}")
             shutil.rmtree(store, ignore_errors=True)
             shutil.copytree(base, store, copy_function=os.link)
@@ -246,7 +249,9 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             rep = run_unlearning(spark, UnlearnRequest(model_path=store, batch=frame, measure=False, options=options))
             wall = time.perf_counter() - t
-            per[method] = {"wall_s": wall, "planner_choice": rep.get("mode"), "engine": rep.get("engine"),
+            planner = rep.get("planner") or {}
+            per[method] = {"wall_s": wall, "planner_choice": planner.get("choice", rep.get("mode")),
+                              "planner": planner, "sweeps": rep.get("sweeps"), "engine": rep.get("engine"),
                               "rows_solved": rep.get("rows_solved"), "rows_total": rep.get("rows_total"),
                               # The engine's own Spark jobs (not every job of the request, e.g. its batch read).
                               "engine_spark_jobs": rep.get("spark_jobs"), "held_sides": rep.get("held_sides"),

@@ -19,19 +19,23 @@ by round); a sweep solves every row of both sides.
 * Where sweeps are impossible, a frontier that outgrows its budget falls back
   to a retrain, as before.
 
-The constants are measured, not tuned (docs/BENCHMARKS.md, "The batch
-planner"): on Amazon Digital Music (implicit, rank 32) the frontier solved
-23k rows in 2.0 s (87 us a row) after CURE4Rec's core 5 % users, and a warm
-sweep of its 104k rows took 0.45-0.6 s (4-6 us a row); warm sweeps reached
-training precision in 3 (1 % random interactions) to 6 (core 5 % users) sweeps.
+The constants are measured (docs/BENCHMARKS.md, "Batches by CURE4Rec's
+rules"), not fitted to one result.  On Amazon Digital Music (implicit, rank
+32, 122k rows) a frontier row cost 65-114 us (0.83 s for 12.7k rows after
+20 % random users, 2.0 s for 23k after the core 5 %, 0.37 s for 3.2k after
+1 % of the interactions), and a warm sweep 0.42 s for every row (3.4 us a
+row solve, its certificate check included): a ratio of 19-33, of which the
+planner takes the low end (when in doubt the frontier, which writes only the
+blocks it touched).  Warm sweeps reached training precision in 3 (1 %
+random interactions) to 6 (core 5 % users) sweeps.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-# Sweep row solves per row the frontier solves (measured 15-22 on ADM; see the module docstring).
-FRONTIER_ROW_COST = 18.0
+# Sweep row solves per row the frontier solves (measured 19-33 on ADM; see the module docstring).
+FRONTIER_ROW_COST = 20.0
 # Sweeps expected to reach training precision (measured 3-6 on ADM and ml-latest-small).
 EXPECTED_SWEEPS = 4
 
