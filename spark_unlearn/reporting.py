@@ -353,8 +353,12 @@ def _certificate_line(cert: dict[str, Any]) -> str:
         bound = f"tolerance {_g(cert.get('tolerance'))}"
     ratio = f", worst row at {_g(cert['max_bound_ratio'])}x its bound" if cert.get("max_bound_ratio") is not None else ""
     kind = " (an upper bound)" if cert.get("max_kind") == "upper bound" else ""
+    strict = cert.get("strict") or {}
+    under_strict = ""
+    if policy.get("name", "strict") != "strict" and strict.get("tolerance"):
+        under_strict = f"; strict policy: {_g(strict['max_ratio'])}x its tolerance {_g(strict['tolerance'])}"
     return (f"certificate: max |A'x-b'-t|/|b'| = {_g(cert.get('max_relative_residual'))}{kind} vs {bound}{ratio} "
-            f"({policy.get('name', 'strict')} policy): {verdict}")
+            f"({policy.get('name', 'strict')} policy): {verdict}{under_strict}")
 
 
 def _speedup_line(report: dict[str, Any]) -> str:

@@ -328,6 +328,15 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
     assert plan["choice"] == "sweeps" and plan["frontier_budget_rows"] == 0 and "cost more" in plan["why"]
     assert plan["actual_sweeps"] == got["sweeps"] and plan["actual_row_solves"] == got["rows_solved"]
     assert got["rows_solved"] == got["sweeps"] * got["rows_total"]
+    # The strict policy's figure is reported under training-precision too, and the sweeps' deviation quantiles.
+    cert = got["certificate"]
+    strict = cert["strict"]
+    assert strict["tolerance"] == pytest.approx(got["training_residual"]["p90"])
+    assert strict["max_ratio"] == pytest.approx(cert["max_relative_residual"] / strict["tolerance"])
+    assert strict["holds"] == (strict["max_ratio"] <= 1.0)
+    for s in ("user", "item"):
+        q = cert["deviation_quantiles"][s]
+        assert q["p50"] <= q["p90"] <= q["p99"] <= q["max"] == cert["per_side"][s]
     assert_verified(spark, swept)
     batch = spark.createDataFrame([(7, None, "user")], "user int, item int, kind string")
     kept = run_unlearning(spark, UnlearnRequest(model_path=frontier, batch=batch, measure=False,

@@ -176,3 +176,14 @@ def test_options_from_a_config_section_keep_only_their_own_keys():
     opts = UnlearnOptions.from_config({**section, "tol": 0.05, "certificate_policy": "strict"})
     assert (opts.tol, opts.certificate_policy, opts.mode) == (0.05, "strict", "frontier")
     assert UnlearnOptions.from_config(section) == UnlearnOptions()  # the config's defaults are the options' defaults
+
+
+def test_the_strict_figure_is_the_maximum_against_the_pooled_90th_percentile_whatever_the_policy():
+    from spark_unlearn.als.policy import TOL_FLOOR, strict_figure
+
+    got = strict_figure(0.3, {"p90": 0.2}, tol_factor=1.5, max_kind="upper bound")
+    assert got == {"tolerance": pytest.approx(0.3), "max_ratio": pytest.approx(1.0), "holds": True,
+                   "max_kind": "upper bound"}
+    assert strict_figure(0.5, {"p90": 0.25})["holds"] is False
+    assert strict_figure(1e-7, {"p90": 1e-9})["tolerance"] == TOL_FLOOR  # float32 factors cannot certify below it
+    assert strict_figure(0.5, None) is None and strict_figure(0.5, {"p50": 0.1}) is None

@@ -190,7 +190,9 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
         method_note="every row's deviation computed from the remaining data on the published float32 factors after "
         "the last sweep; the ratio is every row's deviation over its own bound",
         max_kind="exact", max_kind_why=None, per_side_kind={s: "exact" for s in SIDES}, rows_read_exactly=rows,
-        touched_rows=rows, sweeps=run.sweeps)
+        touched_rows=rows, sweeps=run.sweeps,
+        deviation_quantiles={s: {f"p{int(100 * q)}": float(np.quantile(run.deviation[s], q)) if rows[s] else 0.0
+                                 for q in (0.5, 0.9, 0.99)} | {"max": per_side[s]} for s in SIDES})
     x_ratio = x_watch = drift_watch = None
     if spec.implicit:
         watches = {s: RatioWatch.from_values(held.ids[s], np.linalg.norm(run.factors[s].astype(np.float64), axis=1)

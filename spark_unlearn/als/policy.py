@@ -83,6 +83,24 @@ def strict_tolerance(residual_by_side: dict[str, np.ndarray]) -> float:
     return float(np.quantile(pooled, 0.9)) if pooled.size else 0.0
 
 
+def strict_figure(max_deviation: float, training_residual: dict | None, tol_factor: float = 1.0,
+                  max_kind: str = "exact") -> dict | None:
+    """The strict policy's verdict on a certificate's maximum, reported under either policy.
+
+    ``tolerance`` is the strict floor (``tol_factor`` times the pooled 90th
+    percentile of the training residual); ``max_ratio`` the maximum over it.
+    ``max_kind`` says whether the maximum is exact or an upper bound (then a
+    ratio above 1 does not show a violation).  ``None`` without a recorded
+    training residual.
+    """
+    p90 = (training_residual or {}).get("p90")
+    if not p90:
+        return None
+    tol = max(TOL_FLOOR, float(tol_factor) * float(p90))
+    return {"tolerance": tol, "max_ratio": float(max_deviation) / tol, "holds": bool(max_deviation <= tol),
+            "max_kind": max_kind}
+
+
 def violations(deviation: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Indices of the rows whose deviation exceeds their bound (NaN deviations fail)."""
     dev = np.asarray(deviation, dtype=np.float64)

@@ -50,7 +50,7 @@ from spark_unlearn.als.options import UnlearnOptions, VersionFacts
 from spark_unlearn.als.plan import plan_deletion, remove_batch
 from spark_unlearn.als.result import UnlearnResult, report_head
 from spark_unlearn.als.retrain import retrained
-from spark_unlearn.als.policy import RowTolerance, row_tolerance
+from spark_unlearn.als.policy import RowTolerance, row_tolerance, strict_figure
 from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.sweeps import apply_updates, full_sweeps, repair
@@ -252,6 +252,7 @@ def unlearn_als(
         "seconds": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
         **frontier_info,
     }
+    report["certificate"]["strict"] = strict_figure(cert.max_relative_residual, training_residual, o.tol_factor)
     # Paper mode absorbs every residual into the targets: nothing drifts.  Other sweeps know only each side's maximum.
     return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state,
                          drift_watch=empty_drift_watches() if used_mode == "paper" else None)
@@ -290,6 +291,9 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
         **out.report,
     }
     report["seconds"] = {k: round(v, 3) for k, v in {**out.report["seconds"], "total": time.perf_counter() - t0}.items()}
+    cert = report["certificate"]
+    cert["strict"] = strict_figure(cert["max_relative_residual"], training_residual, o.tol_factor,
+                                   cert.get("max_kind", "exact"))
     pair = out.offsets
     return UnlearnResult(out.model, Deferred(lambda: tuple(force(o) for o in pair)), remaining, out.deleted, report,
                          None, out.grams, out.x_watch, out.changes, out.deleted_local, offset_plans=pair,
