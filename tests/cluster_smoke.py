@@ -80,11 +80,12 @@ class Smoke:
         # To a file, not a pipe: nobody reads while the rest of the suite runs.
         self.log = work.parent / "smoke.log"
         work.parent.mkdir(parents=True, exist_ok=True)
-        # The targeted engine with every neighbour kept in Spark and no side held on the driver: its passes
-        # (broadcast moves, Spark-summed normal equations, Gram checks) run on the two executors, not only in local mode.
+        # The targeted engine with every neighbour kept in Spark, no side held on the driver and no sweep there: its
+        # passes (broadcast moves, Spark-summed normal equations, Gram checks) run on the two executors, not only in
+        # local mode.
         (work.parent / "smoke_unlearn.toml").write_text(
             '[unlearn]\nmeasure = false\nengine = "targeted"\nfull_fallback_fraction = 1.0\ndriver_rows = 0\n'
-            'hold_side_mb = 0\n')
+            'hold_side_mb = 0\nsweep_driver_mb = 0\n')
         self.rc_file = work.parent / "rc"
         self.rc_file.unlink(missing_ok=True)
         with open(self.log, "w") as out:

@@ -159,6 +159,8 @@ def test_the_request_tolerance_comes_from_the_recorded_training_residual():
     ({"driver_rows": -1}, "driver_rows=-1 is negative"),
     ({"hold_side_mb": -1}, "hold_side_mb=-1 is negative"),
     ({"hold_side_mb": 1.5}, "hold_side_mb must be an integer"),
+    ({"sweep_driver_mb": -1}, "sweep_driver_mb=-1 is negative"),
+    ({"sweep_driver_mb": "big"}, "sweep_driver_mb must be an integer"),
     ({"strict": "yes"}, "strict must be true or false"),
 ])
 def test_bad_request_options_are_refused_where_they_enter(kwargs, match):
