@@ -325,7 +325,7 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
     got = _erase(spark, swept, 7)
     assert got["status"] == "applied" and got["strategy"] == "sweeps" and got["requested_mode"] == "frontier"
     plan = got["planner"]
-    assert plan["choice"] == "sweeps" and plan["frontier_budget_rows"] == 0 and "cost more" in plan["why"]
+    assert plan["choice"] == "sweeps" and plan["direct_rows_limit"] == 0 and "cost more" in plan["why"]
     assert plan["actual_sweeps"] == got["sweeps"] and plan["actual_row_solves"] == got["rows_solved"]
     assert got["rows_solved"] == got["sweeps"] * got["rows_total"]
     # The strict policy's figure is reported under training-precision too, and the sweeps' deviation quantiles.

@@ -13,7 +13,7 @@ import pytest
 from spark_unlearn.als import strategy_cost
 from spark_unlearn.als.kernels import SolveSpec, gram, normal_equations_reference, residuals, solve_rows
 from spark_unlearn.als.policy import RowTolerance
-from spark_unlearn.als.strategy_cost import choose_strategy, forced_sweeps
+from spark_unlearn.als.strategy_cost import choose_strategy, forced_sweeps, frontier_remaining, frontier_should_yield
 from spark_unlearn.als.sweep_kernel import SweepSide, warm_sweeps, warm_sweeps_reference
 
 RANK = 5
@@ -123,22 +123,38 @@ def test_sweeps_that_cannot_certify_within_their_budget_say_so_with_both_sides_m
         warm_sweeps(sides(), spec, RowTolerance(floor=1.0), max_sweeps=0)
 
 
-def test_the_planner_sweeps_when_the_direct_rows_cost_more_than_the_sweeps_and_caps_the_frontier_otherwise():
+def test_the_planner_sweeps_at_once_when_the_direct_rows_cost_more_than_the_sweeps():
     k, c = strategy_cost.EXPECTED_SWEEPS, strategy_cost.FRONTIER_ROW_COST
     total = 100_000
-    budget = int(k * total / c)
+    limit = int(k * total / c)
     small = choose_strategy(direct_rows=100, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
-    assert small.choice == "frontier" and small.frontier_budget_rows == budget
+    assert small.choice == "frontier" and small.direct_rows_limit == limit and small.frontier_max_rows == 50_000
     assert small.sweep_estimate_row_solves == k * total
-    big = choose_strategy(direct_rows=budget + 1, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
+    big = choose_strategy(direct_rows=limit + 1, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
     assert big.choice == "sweeps" and "cost more" in big.why
-    # Never more sweeps than a cold retrain's iterations, and the request's own cap on the frontier still holds.
+    # Never more sweeps than a cold retrain's iterations.
     few = choose_strategy(direct_rows=10, total_rows=total, max_rows=50, max_sweeps=2, sweeps_possible=True)
-    assert few.sweep_estimate_row_solves == 2 * total and few.frontier_budget_rows == 50
+    assert few.sweep_estimate_row_solves == 2 * total and few.frontier_max_rows == 50
     # Sweeps impossible (the version does not fit the driver): the frontier with the request's cap, and why.
     no = choose_strategy(direct_rows=10**6, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=False,
                          why_not="too big")
-    assert no.choice == "frontier" and no.frontier_budget_rows == 50_000 and "too big" in no.why
+    assert no.choice == "frontier" and no.frontier_max_rows == 50_000 and "too big" in no.why
     forced = forced_sweeps(10, total, 10)
     assert forced.choice == "sweeps" and forced.why == "requested (mode full)"
-    assert set(small.to_dict()) >= {"choice", "why", "frontier_budget_rows", "sweep_estimate_row_solves"}
+    assert set(small.to_dict()) >= {"choice", "why", "direct_rows_limit", "frontier_max_rows", "sweep_estimate_row_solves"}
+
+
+def test_the_frontier_yields_when_its_predicted_remaining_rounds_cost_more_than_sweeping():
+    # Rounds alternate sides: the ratio is taken against the round two before (11555 -> 5403: q = 0.47).
+    sizes = [11555, 2228]
+    q = 5403 / 11555
+    assert frontier_remaining(sizes, 5403) == pytest.approx((5403 + 2228 * q) / (1 - q))
+    # A frontier of ADM's core 5 % users (measured rounds): from round 3 on it solved 9,483 rows; predicted 12.2k.
+    rounds = [11555, 2228, 5403, 525, 2278, 186, 705, 50, 218, 19, 81, 3, 15]
+    assert sum(rounds[2:]) <= frontier_remaining(rounds[:2], rounds[2]) <= 1.5 * sum(rounds[2:])
+    assert frontier_remaining([11555], 2228) == 2228  # no ratio on one side yet: the next round alone
+    assert frontier_remaining([100, 100], 95) == float("inf")  # not shrinking: predicted never to end
+    c = strategy_cost.FRONTIER_ROW_COST
+    remaining = frontier_remaining(sizes, 5403)
+    assert not frontier_should_yield(sizes, 5403, sweep_row_solves=remaining * c * 1.01)
+    assert frontier_should_yield(sizes, 5403, sweep_row_solves=remaining * c * 0.99)

@@ -106,6 +106,8 @@ class FrontierResult:
     # Per lazy side (neighbours kept in Spark): its last check (LazyCheck) and the other side's moves
     # (neighbour_pass.Moves), from which the rows it did not re-solve get their new offsets.
     lazy: dict[str, dict] = field(default_factory=dict)
+    # Why a run that did not converge stopped: "max_rounds", "max_rows" or "give_up" ("" when it converged).
+    stopped: str = ""
 
     @property
     def grams_final(self) -> dict[str, np.ndarray]:
@@ -199,6 +201,7 @@ def frontier_unlearn(
     max_rows: int | None = None,
     seed_frontier: dict[str, set[int]] | None = None,
     gone: dict[str, set[int]] | None = None,
+    give_up=None,
 ) -> FrontierResult:
     """Re-solve the direct rows and every row their change reaches beyond ``tol``.
 
@@ -229,6 +232,12 @@ def frontier_unlearn(
         Per side, rows of the source's factor tables that leave the model
         (no remaining rating).  Checks over stored rows skip them; without
         this a row that cannot be re-solved would be flagged every round.
+    give_up
+        ``give_up(sizes, next_size)``, asked before every round after the
+        first with the rows of each round so far and of the next: True stops
+        the frontier (``converged=False``) before it solves that round (the
+        batch planner's switch to sweeps,
+        :func:`~spark_unlearn.als.strategy_cost.frontier_should_yield`).
     """
     t0 = time.perf_counter()
     sides = {s: _Side(s, direct.get(s, set()), (gone or {}).get(s, ())) for s in SIDES}
@@ -242,12 +251,18 @@ def frontier_unlearn(
                                 sides[s].gone) for s in SIDES}
     rows_solved, rounds, sizes = 0, 0, []
     converged = False
+    stopped = "max_rounds"
     while rounds < max_rounds:
         if not any(v.size for v in frontier.values()):
             converged = True
             break
-        if max_rows is not None and rows_solved + sum(v.size for v in frontier.values()) > max_rows:
-            break  # the next round alone would pass the budget: give up before paying for it
+        next_size = sum(v.size for v in frontier.values())
+        if max_rows is not None and rows_solved + next_size > max_rows:
+            stopped = "max_rows"  # the next round would pass the budget: give up before paying for it
+            break
+        if give_up is not None and rounds and give_up([sum(s.values()) for s in sizes], next_size):
+            stopped = "give_up"
+            break
         rounds += 1
         sizes.append({s: len(frontier[s]) for s in SIDES})
         prefetch = getattr(source, "prefetch", None)
@@ -267,6 +282,7 @@ def frontier_unlearn(
         frontier_sizes=sizes,
         tol=tol,
         converged=converged,
+        stopped="" if converged else stopped,
         seconds=time.perf_counter() - t0,
         gram_history=grams if spec.implicit else {},
         lazy={s: {"check": sides[s].check, "moves": sides[other(s)].moves() if sides[other(s)].table is not None else None}

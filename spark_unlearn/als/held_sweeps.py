@@ -144,9 +144,21 @@ def sweep_changes(held: HeldVersion, run: SweepRun, direct: dict[str, set[int]],
 
 
 def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
-                  progress=None) -> tuple[HeldVersion, SweepRun]:
-    """Read the version whole and sweep it warm (steps 1-3 of the module docstring)."""
+                  progress=None, start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> tuple[HeldVersion, SweepRun]:
+    """Read the version whole and sweep it warm (steps 1-3 of the module docstring).
+
+    ``start``: per side, ``(ids, factors)`` of rows to start from instead of
+    the version's (a frontier's solves before the planner switched: its work
+    is kept as the sweeps' starting point; the certificate is computed after
+    the last sweep whatever the start).
+    """
     held = read_held(reader, rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
+    for s, (ids, X) in (start or {}).items():
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(held.ids[s], ids)
+        ok = (pos < held.ids[s].size) & (held.ids[s][np.minimum(pos, held.ids[s].size - 1)] == ids)
+        held.sides[s].X[pos[ok]] = np.asarray(X, np.float32)[ok]
     log.info("sweep strategy: %d ratings, %d user and %d item rows on the driver", held.n_ratings,
              held.ids["user"].size, held.ids["item"].size)
     run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress)
@@ -249,16 +261,17 @@ def planned_strategy(reader, rank: int, plan, max_rows: int, max_sweeps: int, li
 
 
 def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
-          choice: StrategyChoice, source, n_remaining: int, timings: dict, frontier_rows: int = 0) -> TargetedResult:
+          choice: StrategyChoice, source, n_remaining: int, timings: dict, frontier_rows: int = 0,
+          start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TargetedResult:
     """Warm sweeps of the whole version on the driver, as the targeted engine's result (``plan``: its
     :class:`~spark_unlearn.als.incremental.TargetedPlan`; ``frontier_rows``: rows a frontier solved before the
-    planner switched)."""
+    planner switched, ``start`` their factors, where the sweeps start)."""
     t = time.perf_counter()
 
     def progress(n, record):
         log.info("sweep %d of at most %d: %s", n, max_sweeps, {s: v for s, v in record.items() if s != "sweep"})
 
-    held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress)
+    held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start)
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
     timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
     timings["certificate"] = run.check_seconds

@@ -62,7 +62,7 @@ from spark_unlearn.als.plan import already_forgotten, plan_counts, unknown_reque
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.ratio_watch import RatioWatch, ratio_watch
 from spark_unlearn.als.selection import deleted_arrow, pair_keys, select_ids
-from spark_unlearn.als.strategy_cost import StrategyChoice
+from spark_unlearn.als.strategy_cost import StrategyChoice, frontier_should_yield
 from spark_unlearn.als.table_source import TableRowSource
 from spark_unlearn.als.targeted_certificate import (UNTOUCHED_CERTIFICATE, implicit_untouched, next_drift_watch,
                                                     settle_side, touched_rows)
@@ -358,7 +358,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     if choice.choice == "sweeps":
         return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, choice, source, n_remaining,
                      timings)
-    max_rows = choice.frontier_budget_rows
+    give_up = None
+    if choice.sweeps_possible:
+        give_up = partial(frontier_should_yield, sweep_row_solves=choice.sweep_estimate_row_solves)
     seeds: dict[str, set[int]] = {s: set() for s in SIDES}
     if drift_bound is None or any(float(drift_bound.get(s, np.inf)) > tol for s in SIDES):
         # Unknown, or certified at a looser tolerance: rows whose stored drift is above tol are re-solved.
@@ -387,15 +389,19 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
         wrapped = BoundedGramSource(source, {s: (float(x_ratio[s]), float(drift_bound.get(s, 0.0))) for s in SIDES},
                                     watch)
     result = frontier_unlearn(wrapped, plan.direct, spec, tol, gram_train=gram_train, gram_now=gram_now,
-                              max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds, gone=plan.removed)
+                              max_rounds=max_rounds, max_rows=max_rows, seed_frontier=seeds, gone=plan.removed,
+                              give_up=give_up)
     timings["solve"] = time.perf_counter() - t
     if not result.converged:
         if choice.sweeps_possible:
-            log.info("the frontier outgrew the planner's budget of %d rows: sweeping instead", max_rows)
-            switched = StrategyChoice(**{**choice.to_dict(), "choice": "sweeps",
-                                         "why": f"the frontier outgrew its budget of {max_rows} rows"})
+            why = (f"after {result.rounds} rounds ({result.rows_solved} rows) the frontier's remaining rounds were "
+                   "predicted to cost more than sweeping" if result.stopped == "give_up" else
+                   f"the frontier stopped at {result.stopped} ({max_rows} rows, {max_rounds} rounds)")
+            log.info("planner: %s: sweeping instead", why)
+            switched = StrategyChoice(**{**choice.to_dict(), "choice": "sweeps", "why": why})
             return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, switched, source,
-                         n_remaining, timings, frontier_rows=result.rows_solved)
+                         n_remaining, timings, frontier_rows=result.rows_solved,
+                         start={s: result.changed(s) for s in SIDES})
         return TargetedResult(model, offsets, None, plan, {"seconds": timings, "planner": choice.to_dict()}, False, None)
 
     t = time.perf_counter()

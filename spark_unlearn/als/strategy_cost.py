@@ -9,13 +9,14 @@ by round); a sweep solves every row of both sides.
 * **Sweeps** cost ``min(EXPECTED_SWEEPS, max_sweeps) x rows`` (``max_sweeps``
   is the model's iteration count: sweeps never run more than a cold retrain
   would) and are possible only when the whole version fits the driver.
-* **The frontier** may solve up to ``frontier_budget = sweeps' cost /
-  FRONTIER_ROW_COST`` rows, and never more than the request's
-  ``full_fallback_fraction`` of the rows.  When the rows whose own data
-  changed already exceed that budget the planner sweeps at once; when the
-  frontier outgrows it, the planner switches to sweeps (the frontier's work
-  is then lost, at most the budget: the request costs at most twice the
-  cheaper way).
+* **The frontier** runs when the rows whose own data changed cost less than
+  the sweeps as frontier solves (``frontier_budget = sweeps' cost /
+  FRONTIER_ROW_COST`` rows), else the planner sweeps at once.  Before each
+  later round it predicts the rows the frontier has still to solve from the
+  shrinking of its rounds (:func:`frontier_remaining`) and switches to sweeps
+  when they would cost more than sweeping (:func:`frontier_should_yield`);
+  the sweeps then start from the rows the frontier solved.  The frontier
+  never solves more than the request's ``full_fallback_fraction`` of the rows.
 * Where sweeps are impossible, a frontier that outgrows its budget falls back
   to a retrain, as before.
 
@@ -49,7 +50,8 @@ class StrategyChoice:
     direct_rows: int
     total_rows: int
     sweeps_possible: bool
-    frontier_budget_rows: int
+    direct_rows_limit: int  # beyond this many direct rows the frontier's first round alone costs more than sweeping
+    frontier_max_rows: int  # the request's cap on the frontier's row solves (full_fallback_fraction of the rows)
     sweep_estimate_row_solves: int
     frontier_row_cost: float = FRONTIER_ROW_COST
     expected_sweeps: int = EXPECTED_SWEEPS
@@ -69,18 +71,46 @@ def choose_strategy(direct_rows: int, total_rows: int, max_rows: int, max_sweeps
     """
     sweeps = min(EXPECTED_SWEEPS, max(1, int(max_sweeps)))
     estimate = sweeps * int(total_rows)
+    limit = int(estimate / FRONTIER_ROW_COST)
     if not sweeps_possible:
         return StrategyChoice("frontier", f"sweeps on the driver impossible: {why_not}", direct_rows, total_rows, False,
-                              int(max_rows), estimate)
-    budget = min(int(max_rows), int(estimate / FRONTIER_ROW_COST))
-    if direct_rows > budget:
+                              limit, int(max_rows), estimate)
+    if direct_rows > limit:
         return StrategyChoice("sweeps", f"the {direct_rows} rows whose data changed cost more as frontier solves than "
-                              f"{sweeps} sweeps of {total_rows} rows", direct_rows, total_rows, True, budget, estimate)
-    return StrategyChoice("frontier", f"the frontier may solve up to {budget} rows before sweeps are cheaper",
-                          direct_rows, total_rows, True, budget, estimate)
+                              f"{sweeps} sweeps of {total_rows} rows", direct_rows, total_rows, True, limit,
+                              int(max_rows), estimate)
+    return StrategyChoice("frontier", f"the {direct_rows} rows whose data changed cost less than {sweeps} sweeps; the "
+                          "frontier yields to sweeps if its remaining rounds are predicted to cost more",
+                          direct_rows, total_rows, True, limit, int(max_rows), estimate)
+
+
+def frontier_remaining(sizes: list[int], next_size: int) -> float:
+    """Rows the frontier is predicted to solve from its next round on, from the rounds so far.
+
+    A frontier alternates sides (users, then the items they reach, ...), so
+    its rounds shrink by a ratio ``q`` every two rounds: ``q`` is the next
+    round over the round two before it, on the same side.  With that ratio
+    on both sides, the next round's side has ``next / (1 - q)`` rows left to
+    solve and the other side, whose last round was ``last``,
+    ``last q / (1 - q)``.  A frontier that does not shrink (``q >= 0.9``) is
+    predicted not to end.  Before two rounds there is no ratio on one side:
+    the prediction is the next round alone.
+    """
+    if len(sizes) < 2:
+        return float(next_size)
+    q = next_size / max(sizes[-2], 1)
+    if q >= 0.9:
+        return float("inf")
+    return (next_size + sizes[-1] * q) / (1.0 - q)
+
+
+def frontier_should_yield(sizes: list[int], next_size: int, sweep_row_solves: float) -> bool:
+    """Whether the rest of the frontier is predicted to cost more than sweeping from scratch (the rows it solved
+    are a sunk cost; the sweeps start from them)."""
+    return frontier_remaining(sizes, next_size) * FRONTIER_ROW_COST > sweep_row_solves
 
 
 def forced_sweeps(direct_rows: int, total_rows: int, max_sweeps: int) -> StrategyChoice:
     """The request asked for sweeps (``mode = "full"``) and the version fits the driver."""
     sweeps = min(EXPECTED_SWEEPS, max(1, int(max_sweeps)))
-    return StrategyChoice("sweeps", "requested (mode full)", direct_rows, total_rows, True, 0, sweeps * int(total_rows))
+    return StrategyChoice("sweeps", "requested (mode full)", direct_rows, total_rows, True, 0, 0, sweeps * int(total_rows))
