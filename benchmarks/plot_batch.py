@@ -20,8 +20,9 @@ log = logging.getLogger("spark_unlearn.bench.plot")
 
 STYLE = {"mllib_retrain": ("Spark MLlib retrain", "tab:red", "-"), "retrain": ("our retrain", "tab:orange", "-"),
          "unlearn": ("unlearn (training-precision)", "tab:blue", "-"),
-         "unlearn_strict": ("unlearn (strict)", "tab:green", "--")}
-MARKER = {"frontier": "o", "retrain": "s", "full": "^", "paper": "v"}
+         "unlearn_strict": ("unlearn (strict)", "tab:green", "--"),
+         "unlearn_full": ("unlearn, --mode full (warm sweeps)", "tab:purple", "--")}
+MARKER = {"frontier": "o", "retrain": "s", "sweeps": "^", "full": "^", "paper": "v"}
 
 
 def main(argv=None) -> int:

@@ -124,14 +124,16 @@ def test_sweeps_that_cannot_certify_within_their_budget_say_so_with_both_sides_m
 
 
 def test_the_planner_sweeps_at_once_when_the_direct_rows_cost_more_than_the_sweeps():
-    k, c = strategy_cost.EXPECTED_SWEEPS, strategy_cost.FRONTIER_ROW_COST
+    k, c, g = strategy_cost.EXPECTED_SWEEPS, strategy_cost.FRONTIER_ROW_COST, strategy_cost.FRONTIER_GROWTH
     total = 100_000
-    limit = int(k * total / c)
+    limit = int(k * total / (c * g))
     small = choose_strategy(direct_rows=100, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
     assert small.choice == "frontier" and small.direct_rows_limit == limit and small.frontier_max_rows == 50_000
     assert small.sweep_estimate_row_solves == k * total
     big = choose_strategy(direct_rows=limit + 1, total_rows=total, max_rows=50_000, max_sweeps=10, sweeps_possible=True)
     assert big.choice == "sweeps" and "cost more" in big.why
+    assert choose_strategy(direct_rows=limit, total_rows=total, max_rows=50_000, max_sweeps=10,
+                           sweeps_possible=True).choice == "frontier"
     # Never more sweeps than a cold retrain's iterations.
     few = choose_strategy(direct_rows=10, total_rows=total, max_rows=50, max_sweeps=2, sweeps_possible=True)
     assert few.sweep_estimate_row_solves == 2 * total and few.frontier_max_rows == 50

@@ -251,6 +251,7 @@ def planned_strategy(reader, rank: int, plan, max_rows: int, max_sweeps: int, li
                                "names other ratings than the store's")
     rows = reader.table_rows(VERSION_TABLES["user", "factors"]) + reader.table_rows(VERSION_TABLES["item", "factors"])
     need = sweep_bytes(reader.table_rows(RATINGS_TABLE), rows, rank)
+    rows -= len(plan.removed["user"]) + len(plan.removed["item"])  # rows that leave the model are not swept
     limit = SWEEP_DRIVER_BYTES if limit_bytes is None else int(limit_bytes)
     if need > limit:
         return choose_strategy(direct, rows, max_rows, max_sweeps, False, f"the whole version needs {need >> 20} MiB "

@@ -321,7 +321,10 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     the version fits ``sweep_bytes`` (default
     :data:`~spark_unlearn.als.held_sweeps.SWEEP_DRIVER_BYTES`; 0: never):
     at once when the rows whose data changed cost more than the sweeps,
-    or when the frontier outgrows the rows that cost as much.  At most
+    or when the frontier's remaining rounds are predicted to cost more
+    (:func:`~spark_unlearn.als.strategy_cost.frontier_should_yield`; the
+    sweeps then start from the rows it solved), or when it stops at
+    ``max_rows`` or ``max_rounds``.  At most
     ``max_sweeps`` sweeps (the model's iterations); ``force_sweeps``
     (``mode = "full"``) sweeps whenever the version fits.  The report's
     ``planner`` gives the choice, its estimate and what it cost.
@@ -360,7 +363,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      timings)
     give_up = None
     if choice.sweeps_possible:
-        give_up = partial(frontier_should_yield, sweep_row_solves=choice.sweep_estimate_row_solves)
+        give_up = partial(frontier_should_yield, sweep_row_solves=choice.sweep_most_row_solves)
     seeds: dict[str, set[int]] = {s: set() for s in SIDES}
     if drift_bound is None or any(float(drift_bound.get(s, np.inf)) > tol for s in SIDES):
         # Unknown, or certified at a looser tolerance: rows whose stored drift is above tol are re-solved.

@@ -9,14 +9,21 @@ by round); a sweep solves every row of both sides.
 * **Sweeps** cost ``min(EXPECTED_SWEEPS, max_sweeps) x rows`` (``max_sweeps``
   is the model's iteration count: sweeps never run more than a cold retrain
   would) and are possible only when the whole version fits the driver.
-* **The frontier** runs when the rows whose own data changed cost less than
-  the sweeps as frontier solves (``frontier_budget = sweeps' cost /
-  FRONTIER_ROW_COST`` rows), else the planner sweeps at once.  Before each
+* **The frontier** runs when the rows it is expected to solve,
+  :data:`FRONTIER_GROWTH` times the rows whose own data changed, cost less
+  than the sweeps (``direct_rows_limit = sweeps' cost / (FRONTIER_ROW_COST
+  FRONTIER_GROWTH)`` direct rows), else the planner sweeps at once.  Before each
   later round it predicts the rows the frontier has still to solve from the
   shrinking of its rounds (:func:`frontier_remaining`) and switches to sweeps
-  when they would cost more than sweeping (:func:`frontier_should_yield`);
-  the sweeps then start from the rows the frontier solved.  The frontier
-  never solves more than the request's ``full_fallback_fraction`` of the rows.
+  when they would cost more than :data:`MOST_SWEEPS` sweeps
+  (:func:`frontier_should_yield`): the number of sweeps varies 2-8 between
+  deletions of the same data and cannot be told in advance, so a frontier
+  under way yields only when it is clearly the dearer way.  The sweeps then
+  start from the rows the frontier solved.  The frontier never solves more
+  than the request's ``full_fallback_fraction`` of the rows.
+
+Rows are those left after the deletion (rows that leave the model are not
+swept).
 * Where sweeps are impossible, a frontier that outgrows its budget falls back
   to a retrain, as before.
 
@@ -37,8 +44,15 @@ from dataclasses import asdict, dataclass
 
 # Sweep row solves per row the frontier solves (measured 19-33 on ADM; see the module docstring).
 FRONTIER_ROW_COST = 20.0
-# Sweeps expected to reach training precision (measured 3-6 on ADM and ml-latest-small).
+# Rows a frontier solves per row whose own data changed (measured on ADM: 1.1-1.2 after random interactions and
+# users, 2.0-2.3 after core users; the upper end, so that a wide reach is priced as wide).
+FRONTIER_GROWTH = 2.0
+# Sweeps expected to reach training precision: the mean over CURE4Rec's 14 scenarios on ADM (3.8: 3 after random
+# interactions, edge and random users; 2-8 after core users) and ml-latest-small's 3.
 EXPECTED_SWEEPS = 4
+# The most sweeps measured there (core 15 % users): what a frontier that has started weighs its remaining rounds
+# against, so that it yields only when sweeping is cheaper even then.
+MOST_SWEEPS = 8
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,9 @@ class StrategyChoice:
     direct_rows_limit: int  # beyond this many direct rows the frontier's first round alone costs more than sweeping
     frontier_max_rows: int  # the request's cap on the frontier's row solves (full_fallback_fraction of the rows)
     sweep_estimate_row_solves: int
+    sweep_most_row_solves: int = 0  # MOST_SWEEPS sweeps: what a frontier under way yields to
     frontier_row_cost: float = FRONTIER_ROW_COST
+    frontier_growth: float = FRONTIER_GROWTH
     expected_sweeps: int = EXPECTED_SWEEPS
 
     def to_dict(self) -> dict:
@@ -65,23 +81,25 @@ def choose_strategy(direct_rows: int, total_rows: int, max_rows: int, max_sweeps
     """The cheaper way to the certificate (see the module docstring).
 
     ``direct_rows``: rows whose own data changed (the frontier solves them
-    first); ``total_rows``: rows of both sides; ``max_rows``: the request's
+    first); ``total_rows``: rows of both sides left after the deletion; ``max_rows``: the request's
     frontier cap (``full_fallback_fraction`` of the rows); ``max_sweeps``: a
     cold retrain's iterations; ``why_not``: why sweeps are impossible.
     """
     sweeps = min(EXPECTED_SWEEPS, max(1, int(max_sweeps)))
     estimate = sweeps * int(total_rows)
-    limit = int(estimate / FRONTIER_ROW_COST)
+    limit = int(estimate / (FRONTIER_ROW_COST * FRONTIER_GROWTH))
+    most = min(MOST_SWEEPS, max(1, int(max_sweeps))) * int(total_rows)
     if not sweeps_possible:
         return StrategyChoice("frontier", f"sweeps on the driver impossible: {why_not}", direct_rows, total_rows, False,
-                              limit, int(max_rows), estimate)
+                              limit, int(max_rows), estimate, most)
     if direct_rows > limit:
-        return StrategyChoice("sweeps", f"the {direct_rows} rows whose data changed cost more as frontier solves than "
-                              f"{sweeps} sweeps of {total_rows} rows", direct_rows, total_rows, True, limit,
-                              int(max_rows), estimate)
-    return StrategyChoice("frontier", f"the {direct_rows} rows whose data changed cost less than {sweeps} sweeps; the "
-                          "frontier yields to sweeps if its remaining rounds are predicted to cost more",
-                          direct_rows, total_rows, True, limit, int(max_rows), estimate)
+        return StrategyChoice("sweeps", f"a frontier from the {direct_rows} rows whose data changed is expected to cost "
+                              f"more than {sweeps} sweeps of {total_rows} rows", direct_rows, total_rows, True, limit,
+                              int(max_rows), estimate, most)
+    return StrategyChoice("frontier", f"a frontier from the {direct_rows} rows whose data changed is expected to cost "
+                          f"less than {sweeps} sweeps; it yields to sweeps if its remaining rounds are predicted to cost "
+                          f"more than {MOST_SWEEPS}",
+                          direct_rows, total_rows, True, limit, int(max_rows), estimate, most)
 
 
 def frontier_remaining(sizes: list[int], next_size: int) -> float:
@@ -105,12 +123,13 @@ def frontier_remaining(sizes: list[int], next_size: int) -> float:
 
 
 def frontier_should_yield(sizes: list[int], next_size: int, sweep_row_solves: float) -> bool:
-    """Whether the rest of the frontier is predicted to cost more than sweeping from scratch (the rows it solved
-    are a sunk cost; the sweeps start from them)."""
+    """Whether the rest of the frontier is predicted to cost more than ``sweep_row_solves`` (the planner passes
+    :data:`MOST_SWEEPS` sweeps); the rows it solved are a sunk cost, and the sweeps start from them."""
     return frontier_remaining(sizes, next_size) * FRONTIER_ROW_COST > sweep_row_solves
 
 
 def forced_sweeps(direct_rows: int, total_rows: int, max_sweeps: int) -> StrategyChoice:
     """The request asked for sweeps (``mode = "full"``) and the version fits the driver."""
     sweeps = min(EXPECTED_SWEEPS, max(1, int(max_sweeps)))
-    return StrategyChoice("sweeps", "requested (mode full)", direct_rows, total_rows, True, 0, 0, sweeps * int(total_rows))
+    return StrategyChoice("sweeps", "requested (mode full)", direct_rows, total_rows, True, 0, 0, sweeps * int(total_rows),
+                          min(MOST_SWEEPS, max(1, int(max_sweeps))) * int(total_rows))
