@@ -326,7 +326,9 @@ def _deletion_lines(d: dict[str, Any]) -> list[str]:
 
 def _changed_line(report: dict[str, Any]) -> str:
     mode = f"{report.get('mode')} mode"
-    if report.get("requested_mode") and report.get("requested_mode") != report.get("mode"):
+    if report.get("strategy") == "sweeps" and report.get("requested_mode") == "frontier":
+        mode += ", the batch planner's choice"
+    elif report.get("requested_mode") and report.get("requested_mode") != report.get("mode"):
         mode += f", fell back from {report['requested_mode']}"
     how = ", ".join(x for x in (mode, report.get("engine") and f"{report['engine']} engine",
                                 report.get("rounds") is not None and f"{report['rounds']} rounds") if x)

@@ -51,10 +51,12 @@ def _rows(spark, path):
     return {i: {k: (tuple(v[n]) if isinstance(v[n], list) else v[n]) for k, v in table.items()} for n, i in enumerate(ids)}
 
 
-def _erase(spark, root, user):
+def _erase(spark, root, user, sweeps: bool = False):
+    """Erase ``user`` with the frontier (the planner's sweeps off, ``sweep_driver_mb = 0``), or as the planner
+    chooses (``sweeps``)."""
     batch = spark.createDataFrame([(user, None, "user")], "user int, item int, kind string")
-    return run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False,
-                                                options=UnlearnOptions(engine="targeted")))
+    return run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False, options=UnlearnOptions(
+        engine="targeted", **({} if sweeps else {"sweep_driver_mb": 0}))))
 
 
 def test_a_blocked_training_version_loads_in_spark_and_records_whole_blocks(spark, small_block_store):
@@ -154,7 +156,7 @@ def test_a_withdrawn_item_is_found_in_its_blocks_and_leaves_both_copies(spark, s
     item = 2
     batch = spark.createDataFrame([(None, item, "item"), (5, 9, "interaction")], "user int, item int, kind string")
     report = run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False,
-                                                  options=UnlearnOptions(engine="targeted")))
+                                                  options=UnlearnOptions(engine="targeted", sweep_driver_mb=0)))
     assert report["status"] == "applied" and report["deletion"]["deleted_ratings"] == sum(
         r["item"] == item or (r["user"], r["item"]) == (5, 9) for r in before) > 1
     expected = sorted((r["user"], r["item"], r["rating"]) for r in before
@@ -231,7 +233,8 @@ def test_an_implicit_request_holds_small_sides_on_the_driver_and_equals_the_spar
     monkeypatch.setattr(BlockRowSource, "hold_side", hold)
     batch = spark.createDataFrame([(7, None, "user")], "user int, item int, kind string")
     reference = run_unlearning(spark, UnlearnRequest(model_path=spark_ref, batch=batch, measure=False,
-                                                     options=UnlearnOptions(engine="targeted", hold_side_mb=0)))
+                                                     options=UnlearnOptions(engine="targeted", hold_side_mb=0,
+                                                                            sweep_driver_mb=0)))
     monkeypatch.undo()
     assert reference["spark_jobs"] > 0
     assert reference["status"] == "applied" and reference["held_sides"] == []
@@ -322,7 +325,7 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
     shutil.copytree(implicit_block_store, swept)
     shutil.copytree(implicit_block_store, frontier)
     monkeypatch.setattr(strategy_cost, "FRONTIER_ROW_COST", 1e12)
-    got = _erase(spark, swept, 7)
+    got = _erase(spark, swept, 7, sweeps=True)
     assert got["status"] == "applied" and got["strategy"] == "sweeps" and got["requested_mode"] == "frontier"
     plan = got["planner"]
     assert plan["choice"] == "sweeps" and plan["direct_rows_limit"] == 0 and "cost more" in plan["why"]

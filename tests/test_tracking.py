@@ -84,7 +84,7 @@ def test_train_and_unlearn_jobs_log_runs_found_with_their_metrics(spark, store_c
     assert u.metrics["seconds.end_to_end"] == pytest.approx(unlearned["seconds"]["end_to_end"])
     assert u.tags["spark_unlearn.version"] == unlearned["version"] != "v000001"
     assert u.tags["spark_unlearn.path"] == unlearned["path"]
-    assert u.params["mode"] == "frontier"
+    assert u.params["mode"] == unlearned["mode"] in ("frontier", "full")  # the strategy the planner ran
 
 
 def test_a_tracking_uri_that_cannot_be_used_stops_the_job_before_any_work(spark, store_copy, tmp_path):

@@ -52,7 +52,7 @@ def test_erasing_users_removes_their_rows_and_their_ratings(spark, trained_store
     assert orphan
     rows = [(u, None, "user") for u in sorted(erased)]
     # Most items lose a rating: let the frontier solve them rather than fall back to full sweeps.
-    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, rows), measure=False, options=UnlearnOptions(full_fallback_fraction=1.0)))
+    report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch(spark, rows), measure=False, options=UnlearnOptions(full_fallback_fraction=1.0, sweep_driver_mb=0)))
     assert report["mode"] == "frontier"
     after = ModelStore(store).load(spark)
     assert not erased & set(factors_dict(after.model.user_factors))
@@ -88,7 +88,8 @@ def test_full_mode_and_frontier_meet_the_same_certificate(spark, trained_store, 
     store_f = copy_store(trained_store, tmp_path / "f")
     store_s = copy_store(trained_store, tmp_path / "s")
     before = persistent_rdd_ids(spark)
-    f = run_unlearning(spark, UnlearnRequest(model_path=store_f, batch=batch(spark, rows), measure=False, options=UnlearnOptions(tol=tol)))
+    # The frontier with the planner's sweeps off (on this dense sample it would sweep a user's erasure).
+    f = run_unlearning(spark, UnlearnRequest(model_path=store_f, batch=batch(spark, rows), measure=False, options=UnlearnOptions(tol=tol, sweep_driver_mb=0)))
     s = run_unlearning(spark, UnlearnRequest(model_path=store_s, batch=batch(spark, rows), measure=False, options=UnlearnOptions(mode="full", tol=tol)))
     assert f["mode"] == "frontier" and s["mode"] == "full"
     for report, store in ((f, store_f), (s, store_s)):

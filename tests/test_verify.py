@@ -213,7 +213,8 @@ def test_a_frontier_past_its_budget_falls_back_to_a_retrain_equal_to_training_on
     batch = _batch(spark, [(3, None, "user"), (8, None, "user")])
     before = ModelStore(store).load(spark)
     report = run_unlearning(spark, UnlearnRequest(model_path=store, batch=batch, measure=False,
-                                                  options=UnlearnOptions(full_fallback_fraction=1e-6)))
+                                                  options=UnlearnOptions(full_fallback_fraction=1e-6,
+                                                                         sweep_driver_mb=0)))
     assert (report["mode"], report["requested_mode"]) == ("retrain", "frontier") and report["certificate"]["holds"]
     after = ModelStore(store).load(spark)
     remaining = before.ratings.filter("user not in (3, 8)")
@@ -231,6 +232,7 @@ def test_a_frontier_past_its_budget_falls_back_to_a_retrain_equal_to_training_on
     # The next request's tolerance comes from the retrained model's own residual, recorded in its manifest.
     manifest = ModelStore(store).read_manifest()
     assert manifest["training_residual"] == report["training_residual"] != before.manifest.get("training_residual")
-    nxt = run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(12, None, "user")]), measure=False))
+    nxt = run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(12, None, "user")]), measure=False,
+                                               options=UnlearnOptions(sweep_driver_mb=0)))
     assert nxt["mode"] == "frontier" and nxt["certificate"]["holds"]
     assert verify_version(spark, store)["status"] == "verified"

@@ -39,6 +39,7 @@ from spark_unlearn.als.strategy_cost import StrategyChoice, choose_strategy, for
 from spark_unlearn.als.sweep_kernel import SweepRun, SweepSide, warm_sweeps
 from spark_unlearn.deferred import Deferred
 from spark_unlearn.errors import StoreError
+from spark_unlearn.faults import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
 
     def progress(n, record):
         log.info("sweep %d of at most %d: %s", n, max_sweeps, {s: v for s, v in record.items() if s != "sweep"})
+        failpoint("during_solve")
 
     held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start)
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.

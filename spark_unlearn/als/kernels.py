@@ -294,7 +294,6 @@ def residuals(
     all_rows = _all_rows(indptr, rows)
     k = Y.shape[1]
     Xd = np.asarray(X, dtype=np.float64)
-    Yd = np.asarray(Y, dtype=np.float64)
     R = spec.reg * _counted(indptr, ratings, all_rows, spec)[:, None] * Xd
     if spec.implicit:
         R += Xd @ _require_gram(gram)  # Y^T Y is symmetric
@@ -317,12 +316,14 @@ def residuals(
         owner = np.repeat(np.arange(rated.size), n_c)
         pos = np.repeat(indptr[rows_c] - seg, n_c) + np.arange(int(n_c.sum()))
         wA, wb, _ = confidence_weights(ratings[pos], spec)
-        cols = src[pos]
-        dots = np.einsum("nk,nk->n", Y[cols], Xd[sl][rated][owner])
-        # Segment sums of weighted rows of Y as sparse products (C loops, each row's terms summed in order).
+        # Segment sums of weighted rows of Y as sparse products (C loops, each row's terms summed in order), over the
+        # chunk's own columns of Y only, so a call on a few rows never converts all of Y.
+        used, cols = np.unique(src[pos], return_inverse=True)
+        Yu = np.asarray(Y[used], dtype=np.float64)
+        dots = np.einsum("nk,nk->n", Yu[cols], Xd[sl][rated][owner])
         seg_ptr = np.append(seg, int(n_c.sum()))
-        b = csr_matrix((wb, cols, seg_ptr), shape=(rated.size, Y.shape[0])) @ Yd
-        R[sl.start + rated] += csr_matrix((wA * dots, cols, seg_ptr), shape=(rated.size, Y.shape[0])) @ Yd - b
+        b = csr_matrix((wb, cols, seg_ptr), shape=(rated.size, used.size)) @ Yu
+        R[sl.start + rated] += csr_matrix((wA * dots, cols, seg_ptr), shape=(rated.size, used.size)) @ Yu - b
         bnorm[sl.start + rated] = np.linalg.norm(b, axis=1)
     return R, bnorm
 
