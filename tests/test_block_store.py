@@ -347,3 +347,13 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
     assert kept["strategy"] == "frontier" and not kept["planner"]["sweeps_possible"]
     assert "sweep_driver_mb = 0" in kept["planner"]["why"]
     assert kept["rows_solved"] < got["rows_solved"]
+    # A frontier (priced as nearly free, so the planner starts it) capped below its first round stops before
+    # solving anything; the planner then sweeps from the version.
+    monkeypatch.setattr(strategy_cost, "FRONTIER_ROW_COST", 1e-9)
+    capped = str(tmp_path / "capped")
+    shutil.copytree(implicit_block_store, capped)
+    late = run_unlearning(spark, UnlearnRequest(model_path=capped, batch=batch, measure=False,
+                                                options=UnlearnOptions(engine="targeted", full_fallback_fraction=1e-6)))
+    assert late["strategy"] == "sweeps" and "stopped at max_rows" in late["planner"]["why"]
+    assert late["planner"]["frontier_rows_before"] == 0 and late["certificate"]["holds"]
+    assert_verified(spark, capped)

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 SIDES = ("user", "item")
 
-# Up to this many driver bytes for a whole version (ratings twice, both sides' rows with their workspaces) the
-# planner may sweep on the driver; ~2M ratings with 200k rows per side at rank 32.
+# Up to this many driver bytes for a whole version (ratings twice, both sides' rows with their workspaces; the
+# estimate of sweep_bytes, which leaves out the file cache of decoded blocks) the planner may sweep on the driver:
+# about 8M ratings with 400k rows at rank 32.
 SWEEP_DRIVER_BYTES = 1024 << 20
 
 
@@ -157,6 +158,8 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
     held = read_held(reader, rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
     for s, (ids, X) in (start or {}).items():
         ids = np.asarray(ids, np.int64)
+        if ids.size == 0:  # a frontier stopped before its first round has no table (and no rank) for a side
+            continue
         pos = np.searchsorted(held.ids[s], ids)
         ok = (pos < held.ids[s].size) & (held.ids[s][np.minimum(pos, held.ids[s].size - 1)] == ids)
         held.sides[s].X[pos[ok]] = np.asarray(X, np.float32)[ok]

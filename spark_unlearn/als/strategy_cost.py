@@ -64,7 +64,7 @@ class StrategyChoice:
     direct_rows: int
     total_rows: int
     sweeps_possible: bool
-    direct_rows_limit: int  # beyond this many direct rows the frontier's first round alone costs more than sweeping
+    direct_rows_limit: int  # beyond this many direct rows the expected frontier (FRONTIER_GROWTH x) costs more
     frontier_max_rows: int  # the request's cap on the frontier's row solves (full_fallback_fraction of the rows)
     sweep_estimate_row_solves: int
     sweep_most_row_solves: int = 0  # MOST_SWEEPS sweeps: what a frontier under way yields to

@@ -144,7 +144,8 @@ def unlearn_als(
             if out is not None:
                 return out
             if mode == "frontier":
-                log.warning("the frontier outgrew %.0f%% of the rows: falling back to %s", 100 * full_fallback_fraction,
+                log.warning("the frontier outgrew %.0f%% of the rows (or the planner's sweeps did not certify): falling "
+                            "back to %s", 100 * full_fallback_fraction,
                             "a retrain" if o.fallback == "retrain" else "the block layout and full sweeps")
                 mode = o.fallback
             else:
