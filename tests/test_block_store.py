@@ -331,6 +331,7 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
     assert plan["choice"] == "sweeps" and plan["direct_rows_limit"] == 0 and "cost more" in plan["why"]
     assert plan["actual_sweeps"] == got["sweeps"] and plan["actual_row_solves"] == got["rows_solved"]
     assert got["rows_solved"] == got["sweeps"] * got["rows_total"]
+    assert {"plan", "solve", "certificate"} <= set(got["seconds"])
     # The strict policy's figure is reported under training-precision too, and the sweeps' deviation quantiles.
     cert = got["certificate"]
     strict = cert["strict"]

@@ -359,6 +359,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     if force_sweeps and not choice.sweeps_possible:
         return TargetedResult(model, offsets, None, plan, {"seconds": timings, "planner": choice.to_dict()}, False, None)
     if choice.choice == "sweeps":
+        timings["plan"] = time.perf_counter() - t0
         return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, choice, source, n_remaining,
                      timings)
     give_up = None
