@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from pyspark.sql import DataFrame
 
+from spark_unlearn.als.selection import sorted_lookup
+
 log = logging.getLogger(__name__)
 
 # Up to this many bytes of the item factor table (float64 on the driver), the measure is computed there.
@@ -123,19 +125,16 @@ def _table(table) -> tuple[np.ndarray, np.ndarray]:
 
 def _found(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Whether each of ``wanted`` is in ``sorted_ids``."""
-    if sorted_ids.size == 0:
-        return np.zeros(wanted.size, bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
-    return sorted_ids[pos] == wanted
+    return sorted_lookup(sorted_ids, wanted)[1]
 
 
 def _applied(table: tuple[np.ndarray, np.ndarray], change) -> tuple[np.ndarray, np.ndarray]:
     """``table`` with ``change``'s rows replaced (those it holds) and its removed rows dropped."""
     ids, X = table[0], table[1].copy()
     up = np.asarray(change.factor_ids, np.int64)
-    hit = _found(ids, up)
-    if hit.any():
-        X[np.searchsorted(ids, up[hit])] = np.asarray(change.factors, np.float64)[hit]
+    pos, hit = sorted_lookup(ids, up)
+    if hit.any():  # a side with no changed row may carry an empty (0, 0) factor array
+        X[pos[hit]] = np.asarray(change.factors, np.float64)[hit]
     keep = ~np.isin(ids, np.asarray(change.removed, np.int64))
     return ids[keep], X[keep]
 

@@ -34,9 +34,10 @@ from spark_unlearn.als.block_source import RATINGS_TABLE, TABLE_COLUMNS, VERSION
 from spark_unlearn.als.kernels import SolveSpec
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.result import RowChanges, TargetedResult
-from spark_unlearn.als.selection import deleted_arrow, pair_keys
+from spark_unlearn.als.selection import deleted_arrow, pair_keys, sorted_lookup
 from spark_unlearn.als.strategy_cost import StrategyChoice, choose_strategy, forced_sweeps
 from spark_unlearn.als.sweep_kernel import SweepRun, SweepSide, warm_sweeps
+from spark_unlearn.als.table_source import rows_of
 from spark_unlearn.deferred import Deferred
 from spark_unlearn.errors import StoreError
 from spark_unlearn.faults import failpoint
@@ -72,15 +73,6 @@ class HeldVersion:
     n_ratings: int
 
 
-def _matrix(table, column: str, rank: int) -> np.ndarray:
-    n = table.num_rows
-    flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    if flat.size != n * rank:
-        raise StoreError(f"column {column!r} of a stored table has rows of the wrong length (expected {rank} values "
-                         f"per row, {flat.size} for {n} rows): the version is damaged; restore it from its parent")
-    return flat.reshape(n, rank)
-
-
 def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int):
     order = np.argsort(rows, kind="stable")
     indptr = np.zeros(n_rows + 1, np.int64)
@@ -114,14 +106,13 @@ def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.nd
                              "the version is damaged; restore it from its parent")
         left = ~np.isin(fid, np.array(sorted(removed[s]), np.int64))
         ids[s] = fid[left]
-        X[s] = _matrix(f, "features", rank)[order][left].astype(np.float32)
-        T[s] = _matrix(o, "residual", rank)[o_order][left].astype(np.float64)
+        X[s] = rows_of(f.column("features"), rank)[order][left].astype(np.float32)
+        T[s] = rows_of(o.column("residual"), rank)[o_order][left].astype(np.float64)
         changed = np.isin(ids[s], np.array(sorted(direct[s]), np.int64))
         T[s][changed] = 0.0
     pos = {}
     for s, col in (("user", u), ("item", i)):
-        p = np.searchsorted(ids[s], col)
-        found = (p < ids[s].size) & (ids[s][np.minimum(p, ids[s].size - 1)] == col)
+        p, found = sorted_lookup(ids[s], col)
         if not found.all():
             bad = int(col[~found][0])
             raise StoreError(f"a remaining rating names {s} {bad}, which has no factor row in the version: the version "
@@ -160,8 +151,7 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
         ids = np.asarray(ids, np.int64)
         if ids.size == 0:  # a frontier stopped before its first round has no table (and no rank) for a side
             continue
-        pos = np.searchsorted(held.ids[s], ids)
-        ok = (pos < held.ids[s].size) & (held.ids[s][np.minimum(pos, held.ids[s].size - 1)] == ids)
+        pos, ok = sorted_lookup(held.ids[s], ids)
         held.sides[s].X[pos[ok]] = np.asarray(X, np.float32)[ok]
     log.info("sweep strategy: %d ratings, %d user and %d item rows on the driver", held.n_ratings,
              held.ids["user"].size, held.ids["item"].size)

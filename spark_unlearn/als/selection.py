@@ -88,3 +88,17 @@ def deleted_arrow(users: np.ndarray, items: np.ndarray, ratings: np.ndarray):
     return pa.table({"user": pa.array(np.asarray(users).astype(np.int32)),
                      "item": pa.array(np.asarray(items).astype(np.int32)),
                      "rating": pa.array(np.asarray(ratings).astype(np.float32))})
+
+
+def sorted_lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``wanted`` is in the sorted ``sorted_ids``, and whether it is there at all.
+
+    Returns ``(pos, found)``: ``sorted_ids[pos[j]] == wanted[j]`` exactly
+    where ``found[j]``; elsewhere ``pos[j]`` is a valid index that means
+    nothing.
+    """
+    sorted_ids, wanted = np.asarray(sorted_ids), np.asarray(wanted)
+    if sorted_ids.size == 0:
+        return np.zeros(wanted.size, np.int64), np.zeros(wanted.size, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
+    return pos, sorted_ids[pos] == wanted

@@ -36,11 +36,17 @@ from spark_unlearn.schema import with_drift
 log = logging.getLogger(__name__)
 
 
-def _rows_of(column) -> np.ndarray:
-    """An Arrow list column without nulls as an ``(n, k)`` matrix."""
+def rows_of(column, width: int | None = None) -> np.ndarray:
+    """An Arrow list column without nulls as an ``(n, k)`` matrix; with ``width``, every row must hold ``width``
+    values (else :class:`~spark_unlearn.errors.StoreError`: the stored table is damaged)."""
     n = len(column)
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0)
-    return flat.reshape(n, -1) if n else np.zeros((0, 0))
+    if n == 0:
+        return np.zeros((0, width or 0))
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if width is not None and flat.size != n * width:
+        raise StoreError(f"a list column of a stored table has rows of the wrong length (expected {width} values per "
+                         f"row, {flat.size} for {n} rows): the version is damaged; restore it from its parent")
+    return flat.reshape(n, -1)
 
 
 class TableRowSource:
@@ -216,11 +222,11 @@ class TableRowSource:
             return c.take(sel) if sel is not None else c
 
         if what == "factors":
-            self._factors[side].put(ids, x=_rows_of(col("features")).astype(np.float32))
+            self._factors[side].put(ids, x=rows_of(col("features")).astype(np.float32))
         elif what == "targets":
-            self._targets[side].put(ids, t=_rows_of(col("residual")))
+            self._targets[side].put(ids, t=rows_of(col("residual")))
         if what in ("targets", "state"):
-            self._state[side].put(ids, bnorm=col("bnorm").to_numpy(zero_copy_only=False), d=_rows_of(col("drift")))
+            self._state[side].put(ids, bnorm=col("bnorm").to_numpy(zero_copy_only=False), d=rows_of(col("drift")))
 
     # What each driver cache holds, and the columns of the stored table it is read from.
     _COLUMNS = {"factors": ("id", "features"), "targets": ("id", "residual", "bnorm", "drift"), "state": ("id", "bnorm", "drift")}
