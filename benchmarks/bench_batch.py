@@ -23,7 +23,10 @@ Methods, each in this warm driver, end to end:
   ``unlearn_full`` warm sweeps of every row (``mode = "full"``: on the
   driver when the version fits);
 * ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining ratings (read
-  from the store's Parquet), saved; the faster of ``--anchor-runs`` runs;
+  from Parquet), saved; the faster of ``--anchor-runs`` runs, in each BLAS
+  configuration of ``--anchor-blas`` (native and netlib's Java fallback, each
+  in its own warm JVM: ``mllib_anchor.py``), the faster configuration kept
+  (``anchor_blas``; both in ``by_blas``, with the cost of one iteration);
 * ``retrain``: our ALS on the remaining ratings, factors written.
 
 Per entry: ``wall_s``, ``ndcg20`` and ``hr20`` on the test split over the
@@ -54,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import bench_session  # noqa: E402
+from mllib_anchor import CONFIGS, anchor_times, fastest  # noqa: E402
 
 from spark_unlearn.als.options import UnlearnOptions  # noqa: E402
 from spark_unlearn.als.params import ALSParams  # noqa: E402
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--scenarios", nargs="+", default=["core5", "edge5", "random5", "interactions0.1", "interactions1"])
     p.add_argument("--methods", nargs="+", default=["unlearn", "mllib_retrain", "retrain"])
     p.add_argument("--anchor-runs", type=int, default=2)
+    p.add_argument("--anchor-blas", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                   help="MLlib's BLAS configurations, each timed in its own JVM; the faster is the anchor")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -200,6 +206,18 @@ def main(argv=None) -> int:
                "params": params.to_dict(), "train_seconds_end_to_end": round(time.perf_counter() - t, 2),
                "machine": os.uname().nodename + f", {os.cpu_count()} cores", "entries": []}
     original = factor_arrays(*read_factors(ModelStore(base).version_path()))
+    remaining_dirs = {}
+    for name in args.scenarios:  # every scenario's remaining ratings first: the anchor's JVMs time them all
+        remaining_dirs[name] = os.path.join(work, f"remaining_{name}")
+        spark.createDataFrame(remaining_of(train, scenario_batch(train, name)).astype(
+            {"user": "int32", "item": "int32", "rating": "float32"})).write.mode("overwrite").parquet(remaining_dirs[name])
+    anchor = {}
+    if "mllib_retrain" in args.methods:
+        anchor = anchor_times(remaining_dirs, {"rank": params.rank, "reg": params.reg, "alpha": params.alpha,
+                                               "implicit": params.implicit, "iterations": params.iterations,
+                                               "blocks": args.blocks},
+                              runs=args.anchor_runs, configs=args.anchor_blas, save_dir=os.path.join(work, "mllib"))
+        results["anchor"] = {blas: {k: v for k, v in r.items() if k != "datasets"} for blas, r in anchor.items()}
     for name in args.scenarios:
         batch = scenario_batch(train, name)
         remaining = remaining_of(train, batch)
@@ -209,25 +227,15 @@ def main(argv=None) -> int:
         deleted = train[~train.index.isin(remaining.index)]
         per: dict[str, dict] = {}
         models = {}
-        if "mllib_retrain" in args.methods:
-            from pyspark.ml.recommendation import ALS
-
-            data = spark.createDataFrame(remaining.astype({"user": "int32", "item": "int32", "rating": "float32"}))
-            data.write.mode("overwrite").parquet(os.path.join(work, "remaining"))
-            walls = []
-            for _ in range(args.anchor_runs):
-                t = time.perf_counter()
-                model = ALS(rank=params.rank, regParam=params.reg, implicitPrefs=params.implicit, alpha=params.alpha,
-                            maxIter=params.iterations, numUserBlocks=args.blocks, numItemBlocks=args.blocks, seed=0,
-                            userCol="user", itemCol="item", ratingCol="rating").fit(
-                    spark.read.parquet(os.path.join(work, "remaining")))
-                model.write().overwrite().save(os.path.join(work, "mllib_model"))
-                walls.append(time.perf_counter() - t)
-            per["mllib_retrain"] = {"wall_s": min(walls), "runs": [round(w, 2) for w in walls]}
-            models["mllib_retrain"] = factor_arrays(*read_factors(os.path.join(work, "mllib_model")))
+        best = fastest(anchor, name) if anchor else None
+        if best:
+            blas, entry = best
+            per["mllib_retrain"] = {"wall_s": entry["wall_s"], "runs": entry["runs"], "anchor_blas": blas,
+                                    "by_blas": {b: {k: v for k, v in r["datasets"][name].items() if k != "model"}
+                                                for b, r in anchor.items() if name in r.get("datasets", {})}}
+            models["mllib_retrain"] = factor_arrays(*read_factors(entry["model"]))
         if "retrain" in args.methods:
-            data = spark.read.parquet(os.path.join(work, "remaining")) if "mllib_retrain" in args.methods else \
-                spark.createDataFrame(remaining.astype({"user": "int32", "item": "int32", "rating": "float32"}))
+            data = spark.read.parquet(remaining_dirs[name])
             t = time.perf_counter()
             res = train_als(data, params)
             res.model.user_factors.write.mode("overwrite").parquet(os.path.join(work, "retrain", "userFactors"))

@@ -18,9 +18,13 @@ def add_data_args(parser) -> None:
     parser.add_argument("--master", default="local[2]")
 
 
-def bench_session(app: str, master: str) -> SparkSession:
+def bench_session(app: str, master: str, java_options: str | None = None) -> SparkSession:
+    """The benchmarks' session; ``java_options`` go to the driver JVM (set before it starts: a new process only)."""
+    builder = SparkSession.builder
+    if java_options:
+        builder = builder.config("spark.driver.extraJavaOptions", java_options)
     spark = (
-        SparkSession.builder.master(master).appName(app).config("spark.ui.enabled", "false")
+        builder.master(master).appName(app).config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", "8g")
         .config("spark.python.unix.domain.socket.enabled", os.environ.get("BENCH_PYTHON_UDS", "true")).getOrCreate()

@@ -341,8 +341,9 @@ def _changed_line(report: dict[str, Any]) -> str:
     if report.get("strategy") == "sweeps":
         # Sweeps solve every row once per sweep: the rows, the sweeps and the row solves (a frontier's before them).
         why = f"planner: {planner['why']}; " if planner.get("why") else ""
-        return (f"changed: all {report.get('rows_total')} rows re-solved in {report.get('sweeps')} warm sweep(s) on the "
-                f"driver ({how}; {why}{report.get('rows_solved')} row solves){left}{remain}")
+        repair = f" and {report['repaired_rows']} rows repaired" if report.get("repaired_rows") else ""
+        return (f"changed: all {report.get('rows_total')} rows re-solved in {report.get('sweeps')} warm sweep(s){repair} "
+                f"on the driver ({how}; {why}{report.get('rows_solved')} row solves){left}{remain}")
     return f"changed: {report.get('rows_solved')} of {report.get('rows_total')} rows re-solved ({how}){left}{remain}"
 
 

@@ -100,6 +100,43 @@ def test_the_recorded_deviation_and_bounds_are_every_rows_exact_values_on_the_fl
                                    rtol=1e-12)
 
 
+@pytest.mark.parametrize("implicit", [False, True])
+def test_the_repair_equals_its_row_by_row_reference_certifies_in_fewer_sweeps_and_records_exact_deviations(implicit):
+    sides, spec = problem(implicit, seed=1)
+    policy = RowTolerance(floor=1e-2, own=1.0, policy="training-precision")
+    plain = warm_sweeps(sides(), spec, policy, max_sweeps=60)
+    s = sides()
+    fast = warm_sweeps(s, spec, policy, max_sweeps=60, repair_fraction=0.5, repair_rounds=6)
+    ref = warm_sweeps_reference(sides(), spec, policy, max_sweeps=60, repair_fraction=0.5, repair_rounds=6)
+    assert fast.holds and ref.holds and fast.sweeps == ref.sweeps
+    assert fast.sweeps < plain.sweeps  # the point of the repair
+    repairs = [h["repair"] for h in fast.history if "repair" in h]
+    assert repairs and repairs[-1]["holds"] and repairs == [h["repair"] for h in ref.history if "repair" in h]
+    assert fast.repaired_rows == sum(r["rows"] for r in repairs) > 0
+    assert fast.row_solves == fast.sweeps * (30 + 20) + fast.repaired_rows
+    for side, other in (("user", "item"), ("item", "user")):
+        np.testing.assert_allclose(fast.factors[side], ref.factors[side], rtol=1e-4, atol=1e-6)
+        # The certificate after a repair: every row's exact deviation on the published factors, bound included.
+        np.testing.assert_allclose(fast.deviation[side], dense_deviation(s, side, other, spec), rtol=1e-7, atol=1e-12)
+        expect = np.maximum(1e-2, np.linalg.norm(s[side].T, axis=1) / fast.bnorm[side])
+        np.testing.assert_allclose(fast.bounds[side], expect, rtol=1e-12)
+        assert (fast.deviation[side] <= fast.bounds[side]).all()
+
+
+def test_a_repair_that_takes_more_rows_than_its_fraction_hands_back_to_the_sweeps():
+    sides, spec = problem(False, seed=1)
+    policy = RowTolerance(floor=1e-2, own=1.0, policy="training-precision")
+    # A fraction so small that no sweep's violators qualify: plain sweeps, no repair recorded.
+    none = warm_sweeps(sides(), spec, policy, max_sweeps=60, repair_fraction=1e-9, repair_rounds=6)
+    plain = warm_sweeps(sides(), spec, policy, max_sweeps=60)
+    assert none.sweeps == plain.sweeps and not any("repair" in h for h in none.history)
+    # One round only: a repair that does not hold in it leaves the next sweep to start from the repaired rows,
+    # and the run still ends certified with both sides measured.
+    one = warm_sweeps(sides(), spec, policy, max_sweeps=60, repair_fraction=0.5, repair_rounds=1)
+    assert one.holds and set(one.deviation) == {"user", "item"}
+    assert all(h["repair"]["rounds"] == 1 for h in one.history if "repair" in h)
+
+
 def test_a_loose_policy_stops_after_one_sweep_which_is_items_then_users():
     sides, spec = problem(True, seed=2)
     s0 = sides()

@@ -51,6 +51,11 @@ SIDES = ("user", "item")
 # about 8M ratings with 400k rows at rank 32.
 SWEEP_DRIVER_BYTES = 1024 << 20
 
+# The sweeps' repair (sweep_kernel's module docstring): after a sweep that leaves at most this fraction of the
+# first side's rows outside their bounds, at most this many rounds of solving just the violators.
+REPAIR_FRACTION = 0.05
+REPAIR_ROUNDS = 4
+
 
 def sweep_bytes(n_ratings: int, n_rows: int, rank: int) -> int:
     """Driver bytes of the sweep strategy on a version of ``n_ratings`` ratings and ``n_rows`` rows (both sides).
@@ -155,7 +160,8 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
         held.sides[s].X[pos[ok]] = np.asarray(X, np.float32)[ok]
     log.info("sweep strategy: %d ratings, %d user and %d item rows on the driver", held.n_ratings,
              held.ids["user"].size, held.ids["item"].size)
-    run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress)
+    run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress, repair_fraction=REPAIR_FRACTION,
+                      repair_rounds=REPAIR_ROUNDS)
     return held, run
 
 
@@ -214,6 +220,7 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
         "strategy": "sweeps",
         "sweeps": run.sweeps,
         "sweep_history": run.history,
+        "repaired_rows": run.repaired_rows,
         "rounds": None,
         "frontier_sizes": [],
         "rows_solved": report.get("rows_solved", 0) + run.row_solves,

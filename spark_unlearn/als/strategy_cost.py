@@ -16,7 +16,7 @@ by round); a sweep solves every row of both sides.
   later round it predicts the rows the frontier has still to solve from the
   shrinking of its rounds (:func:`frontier_remaining`) and switches to sweeps
   when they would cost more than :data:`MOST_SWEEPS` sweeps
-  (:func:`frontier_should_yield`): the number of sweeps varies 2-8 between
+  (:func:`frontier_should_yield`): the sweeps' cost varies between
   deletions of the same data and cannot be told in advance, so a frontier
   under way yields only when it is clearly the dearer way.  The sweeps then
   start from the rows the frontier solved.  The frontier never solves more
@@ -34,8 +34,10 @@ rules"), not fitted to one result.  On Amazon Digital Music (implicit, rank
 1 % of the interactions), and a warm sweep 0.42 s for every row (3.4 us a
 row solve, its certificate check included): a ratio of 19-33, of which the
 planner takes the low end (when in doubt the frontier, which writes only the
-blocks it touched).  Warm sweeps reached training precision in 3 (1 %
-random interactions) to 6 (core 5 % users) sweeps.
+blocks it touched).  Warm sweeps with the repair of the rows left outside
+(:mod:`~spark_unlearn.als.sweep_kernel`) reached training precision in one
+sweep and 1-3 repair rounds in every CURE4Rec scenario measured: 1.2-2.1
+sweep-equivalents in time (plain sweeps took 2-8).
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ FRONTIER_ROW_COST = 20.0
 # Rows a frontier solves per row whose own data changed (measured on ADM: 1.1-1.2 after random interactions and
 # users, 2.0-2.3 after core users; the upper end, so that a wide reach is priced as wide).
 FRONTIER_GROWTH = 2.0
-# Sweeps expected to reach training precision: the mean over CURE4Rec's 14 scenarios on ADM (3.8: 3 after random
-# interactions, edge and random users; 2-8 after core users) and ml-latest-small's 3.
-EXPECTED_SWEEPS = 4
-# The most sweeps measured there (core 15 % users): what a frontier that has started weighs its remaining rounds
-# against, so that it yields only when sweeping is cheaper even then.
-MOST_SWEEPS = 8
+# Sweep-equivalents expected to reach training precision (one sweep, then the repair of the few rows left outside
+# their bounds, its side checks included): 1.2-2.1 on ADM (1.2 after core users, 1.8 after 1 % random interactions,
+# 2.1 after 20 % random users); without the repair plain sweeps took 2-8.
+EXPECTED_SWEEPS = 2
+# The most sweep-equivalents measured there, rounded up: what a frontier that has started weighs its remaining
+# rounds against, so that it yields only when sweeping is cheaper even then.
+MOST_SWEEPS = 3
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,19 @@ other, with :func:`~spark_unlearn.als.kernels.solve_rows`, the kernel of
 training and of the frontier; deviations come from
 :func:`~spark_unlearn.als.kernels.residuals` (``O(nnz k)``, ``A`` never formed).
 
+**Repair.** After a few sweeps the deviation is within bound on almost every
+row, while a few rows hover near their bounds and whole sweeps move them
+back and forth (ADM, core users erased: 4-200 of ~50k item rows left over
+3-6 more sweeps).  Once a sweep leaves at most ``repair_fraction`` of the
+first side's rows outside their bounds, :func:`repair` solves just those
+rows exactly, then checks every row of the other side (the solves moved its
+equations; in implicit mode through the Gram too) and solves its violators,
+alternating, at most ``repair_rounds`` rounds.  A round costs its rows'
+solves and one side's deviations, against a sweep's every-row solves; when
+a round leaves more violators than the fraction, or the rounds run out, the
+sweeps go on from the repaired factors.  The certificate is the same: both
+sides' deviations on the published factors, all rows.
+
 :func:`warm_sweeps_reference` is the same loop written row by row with the
 dense reference kernels (tests only).
 """
@@ -67,10 +80,11 @@ class SweepRun:
     holds: bool
     history: list[dict] = field(default_factory=list)  # per sweep: each side's max deviation and bound ratio, violators
     check_seconds: float = 0.0  # of the sweeps' time, spent computing deviations (the certificate)
+    repaired_rows: int = 0  # row solves of the repair rounds, beyond the sweeps'
 
     @property
     def row_solves(self) -> int:
-        return self.sweeps * sum(x.shape[0] for x in self.factors.values())
+        return self.sweeps * sum(x.shape[0] for x in self.factors.values()) + self.repaired_rows
 
 
 def deviations(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, which=("user", "item"),
@@ -98,8 +112,54 @@ def _record(dev: dict, bounds: dict) -> dict:
     return out
 
 
+@dataclass
+class Repair:
+    """What :func:`repair` did: rounds, rows solved, and whether every row of both sides ended within bound."""
+
+    rounds: int
+    rows: int
+    holds: bool
+    why: str
+
+
+def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, checked: tuple[dict, dict, dict, dict],
+           side: str, rounds: int, fraction: float, solve_fn=solve_rows, residual_fn=residuals) -> Repair:
+    """Solve the violators of ``side``, then of the other side, alternating (see the module docstring).
+
+    ``checked``: ``(drift, dev, bnorm, bounds)`` with ``side`` computed on the
+    current factors; on return it holds both sides' current figures when
+    the repair holds (``Repair.holds``), and is partial otherwise.
+    """
+    drift, dev, bnorm, bounds = checked
+    solved = 0
+    for n in range(1, rounds + 1):
+        bad = np.flatnonzero(~(dev[side] <= bounds[side]))
+        me, nb = sides[side], sides[other_side(side)]
+        g = gram(nb.X) if spec.implicit else None
+        X = me.X.copy()
+        X[bad] = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, bad, me.T[bad]).astype(np.float32)
+        me.X = X
+        solved += bad.size
+        # The other side did not move: only the solved rows' own equations changed.
+        R, bn = residual_fn(X[bad], me.indptr, me.src, me.ratings, nb.X, spec, gram=g, rows=bad)
+        drift[side][bad] = R - me.T[bad]
+        bnorm[side][bad] = bn
+        dev[side][bad] = np.linalg.norm(drift[side][bad], axis=1) / np.maximum(bn, 1e-300)
+        bounds[side][bad] = policy.bounds(np.linalg.norm(me.T[bad], axis=1), bn)
+        side = other_side(side)
+        for part, whole in zip(deviations(sides, spec, policy, (side,), residual_fn), checked):
+            whole.update(part)
+        left = int((~(dev[side] <= bounds[side])).sum())
+        if left == 0 and not (~(dev[other_side(side)] <= bounds[other_side(side)])).any():
+            return Repair(n, solved, True, "every row within bound")
+        if left > fraction * dev[side].size:
+            return Repair(n, solved, False, f"{left} {side} rows outside their bounds, more than the repair takes")
+    return Repair(rounds, solved, False, f"still outside after {rounds} rounds")
+
+
 def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
-                solve_fn=solve_rows, residual_fn=residuals, progress=None) -> SweepRun:
+                solve_fn=solve_rows, residual_fn=residuals, progress=None, repair_fraction: float = 0.0,
+                repair_rounds: int = 0) -> SweepRun:
     """Warm offset sweeps until every row is within its bound, at most ``max_sweeps`` (see the module docstring).
 
     ``sides[s].X`` is replaced by each solve (float32, as published).  At
@@ -109,13 +169,16 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
     the rounding of its factors to float32); only once it holds, or after the
     last sweep, is the other side's deviation computed too, and the sweeps
     stop when both hold.  ``progress(sweep, record)`` is called after each
-    sweep.
+    sweep.  ``repair_fraction``/``repair_rounds``: when a sweep leaves at most
+    that fraction of the first side's rows outside their bounds, up to that
+    many :func:`repair` rounds (0: none).
     """
     if max_sweeps < 1:
         raise ValueError(f"max_sweeps must be at least 1, got {max_sweeps}")
     first, last = SWEEP_ORDER
     history: list[dict] = []
     checking = 0.0
+    repaired = 0
     for n in range(1, max_sweeps + 1):
         for s in SWEEP_ORDER:
             me, nb = sides[s], sides[other_side(s)]
@@ -124,28 +187,51 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
         t = time.perf_counter()
         drift, dev, bnorm, bounds = deviations(sides, spec, policy, (first,), residual_fn)
         record = {"sweep": n, **_record(dev, bounds)}
-        if record[first]["violators"] == 0 or n == max_sweeps:
+        if 0 < record[first]["violators"] <= repair_fraction * dev[first].size and repair_rounds:
+            fix = repair(sides, spec, policy, (drift, dev, bnorm, bounds), first, repair_rounds, repair_fraction,
+                         solve_fn, residual_fn)
+            repaired += fix.rows
+            record["repair"] = {"rounds": fix.rounds, "rows": fix.rows, "holds": fix.holds, "why": fix.why}
+            if fix.holds:
+                record.update(_record(dev, bounds))
+            else:  # the next sweep starts from the repaired factors; this sweep's record stays the sweep's
+                dev = {}
+        elif record[first]["violators"] == 0 or n == max_sweeps:
             more = deviations(sides, spec, policy, (last,), residual_fn)
             for whole, part in zip((drift, dev, bnorm, bounds), more):
                 whole.update(part)
             record.update(_record({last: dev[last]}, {last: bounds[last]}))
+        if n == max_sweeps and set(dev) != set(SWEEP_ORDER):  # a failed repair in the last sweep: measure both
+            drift, dev, bnorm, bounds = deviations(sides, spec, policy, SWEEP_ORDER, residual_fn)
+            record.update(_record(dev, bounds))
         checking += time.perf_counter() - t
         history.append(record)
         if progress is not None:
             progress(n, record)
         if all(s in record and record[s]["violators"] == 0 for s in SWEEP_ORDER):
-            return SweepRun({s: sides[s].X for s in sides}, dev, drift, bnorm, bounds, n, True, history, checking)
-    return SweepRun({s: sides[s].X for s in sides}, dev, drift, bnorm, bounds, max_sweeps, False, history, checking)
+            return SweepRun({s: sides[s].X for s in sides}, dev, drift, bnorm, bounds, n, True, history, checking,
+                            repaired)
+    return SweepRun({s: sides[s].X for s in sides}, dev, drift, bnorm, bounds, max_sweeps, False, history, checking,
+                    repaired)
 
 
 def warm_sweeps_reference(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance,
-                          max_sweeps: int) -> SweepRun:
+                          max_sweeps: int, repair_fraction: float = 0.0, repair_rounds: int = 0) -> SweepRun:
     """:func:`warm_sweeps` with the dense row-by-row reference kernels (tests only)."""
 
     def solve_ref(indptr, src, ratings, Y, spec_, g, rows, offsets):
-        return solve_rows_reference(indptr, src, ratings, Y, spec_, g, offsets)
+        if rows is None:
+            return solve_rows_reference(indptr, src, ratings, Y, spec_, g, offsets)
+        full = np.zeros((len(indptr) - 1, Y.shape[1]))
+        full[rows] = offsets
+        return solve_rows_reference(indptr, src, ratings, Y, spec_, g, full)[rows]
 
-    def residual_ref(X, indptr, src, ratings, Y, spec_, gram=None):
-        return residuals_reference(X, indptr, src, ratings, Y, spec_, gram)
+    def residual_ref(X, indptr, src, ratings, Y, spec_, gram=None, rows=None):
+        if rows is None:
+            return residuals_reference(X, indptr, src, ratings, Y, spec_, gram)
+        counts = indptr[rows + 1] - indptr[rows]
+        take = np.concatenate([np.arange(indptr[r], indptr[r + 1]) for r in rows] + [np.zeros(0, np.int64)])
+        return residuals_reference(X, np.r_[0, np.cumsum(counts)], src[take], ratings[take], Y, spec_, gram)
 
-    return warm_sweeps(sides, spec, policy, max_sweeps, solve_fn=solve_ref, residual_fn=residual_ref)
+    return warm_sweeps(sides, spec, policy, max_sweeps, solve_fn=solve_ref, residual_fn=residual_ref,
+                       repair_fraction=repair_fraction, repair_rounds=repair_rounds)
