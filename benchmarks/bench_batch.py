@@ -21,13 +21,21 @@ Methods, each in this warm driver, end to end:
   actual cost; ``unlearn_strict`` the same under the strict certificate
   policy, ``unlearn_tolX`` with the certificate's floor set to X,
   ``unlearn_full`` warm sweeps of every row (``mode = "full"``: on the
-  driver when the version fits);
+  driver when the version fits), ``unlearn_full_minN`` with at least ``N``
+  sweeps (``min_sweeps``);
 * ``mllib_retrain``: Spark MLlib ``ALS().fit`` on the remaining ratings (read
   from Parquet), saved; the faster of ``--anchor-runs`` runs, in each BLAS
   configuration of ``--anchor-blas`` (native and netlib's Java fallback, each
   in its own warm JVM: ``mllib_anchor.py``), the faster configuration kept
   (``anchor_blas``; both in ``by_blas``, with the cost of one iteration);
-* ``retrain``: our ALS on the remaining ratings, factors written.
+* ``retrain``: our ALS on the remaining ratings, factors written;
+  ``retrain_itN`` the same with ``N`` iterations (how far the model's own
+  iteration count is from converged).
+
+Without ``--test`` (a fractal expansion, say; ``--ratings`` may be its Parquet
+directory) ``--test-fraction`` of the interactions, drawn with seed 0, is the
+test split.  ``--eval-users`` and ``--gap-pairs`` bound the driver's ranking
+work on large data (users and deleted pairs drawn with seed 0).
 
 Per entry: ``wall_s``, ``ndcg20`` and ``hr20`` on the test split over the
 remaining users that have test items (all, ``active`` = the top 5 % by
@@ -49,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -93,6 +102,33 @@ def scenario_batch(train: pd.DataFrame, name: str) -> pd.DataFrame:
     else:
         users = counts.index[:n].to_numpy()
     return pd.DataFrame({"user": np.asarray(users, np.int64), "item": pd.array([None] * n, dtype="Int64"), "kind": "user"})
+
+
+def split_input(args, rename: dict, work: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """``(train, test, path of the training ratings)``: ``--ratings`` and ``--test`` as given, or ``--ratings`` split
+    by interaction (``--test-fraction``, seed 0) and its training part written as CSV for the store's training."""
+    if os.path.isdir(args.ratings):
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(args.ratings, format="parquet", partitioning="hive").to_table()
+        ratings = table.to_pandas().rename(columns=rename)[["user", "item", "rating"]]
+    else:
+        ratings = pd.read_csv(args.ratings).rename(columns=rename)[["user", "item", "rating"]]
+    if args.test:
+        return ratings, pd.read_csv(args.test).rename(columns=rename)[["user", "item", "rating"]], args.ratings
+    held = np.random.default_rng(0).random(len(ratings)) < args.test_fraction
+    train = ratings[~held].reset_index(drop=True)
+    path = os.path.join(work, "train.csv")
+    train.to_csv(path, index=False)
+    return train, ratings[held].reset_index(drop=True), path
+
+
+def eval_users(test: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The test rows of at most ``n`` users drawn with seed 0 (all when ``n`` is 0 or covers them)."""
+    users = test.user.unique()
+    if not n or users.size <= n:
+        return test
+    return test[test.user.isin(np.random.default_rng(0).choice(users, n, replace=False))]
 
 
 def remaining_of(train: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
@@ -170,8 +206,14 @@ def pair_percentiles(factors, pairs: pd.DataFrame) -> np.ndarray:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ratings", required=True)
-    p.add_argument("--test", required=True, help="the test split (same columns)")
+    p.add_argument("--ratings", required=True, help="CSV, or a Parquet directory (e.g. a fractal expansion)")
+    p.add_argument("--test", help="the test split (same columns); without it, --test-fraction of --ratings")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="without --test: this share of the interactions, drawn with seed 0, is the test split")
+    p.add_argument("--eval-users", type=int, default=0,
+                   help="rank for at most this many test users, drawn with seed 0 (0: every test user)")
+    p.add_argument("--gap-pairs", type=int, default=0,
+                   help="measure the gap over at most this many deleted pairs, drawn with seed 0 (0: every pair)")
     p.add_argument("--columns", help="user,item,rating column names (e.g. uid,iid,val)")
     p.add_argument("--implicit", action="store_true")
     p.add_argument("--rank", type=int, default=32)
@@ -194,17 +236,18 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="bench_batch_")
     names = dict(zip(("user", "item", "rating"), (args.columns or "user,item,rating").split(",")))
     rename = {v: k for k, v in names.items()}
-    train = pd.read_csv(args.ratings).rename(columns=rename)[["user", "item", "rating"]]
-    test = pd.read_csv(args.test).rename(columns=rename)[["user", "item", "rating"]]
+    train, test, train_path = split_input(args, rename, work)
     params = ALSParams(rank=args.rank, reg=args.reg, alpha=args.alpha, implicit=args.implicit,
                        iterations=args.iterations, num_blocks=args.blocks)
     base = os.path.join(work, "store")
     t = time.perf_counter()
-    run_training(spark, ratings_path=args.ratings, store_path=base, params=params, test_fraction=0.0,
-                 columns=names if args.columns else None)
+    run_training(spark, ratings_path=train_path, store_path=base, params=params, test_fraction=0.0,
+                 columns=names if args.columns and train_path == args.ratings else None)
     results = {"command": " ".join(sys.argv), "data": args.ratings, "test": args.test, "n_ratings": len(train),
                "params": params.to_dict(), "train_seconds_end_to_end": round(time.perf_counter() - t, 2),
-               "machine": os.uname().nodename + f", {os.cpu_count()} cores", "entries": []}
+               "machine": os.uname().nodename + f", {os.cpu_count()} cores",
+               "test_split": args.test or f"{args.test_fraction} of the interactions of --ratings, seed 0",
+               "eval_users": args.eval_users or "all", "gap_pairs": args.gap_pairs or "all", "entries": []}
     original = factor_arrays(*read_factors(ModelStore(base).version_path()))
     remaining_dirs = {}
     for name in args.scenarios:  # every scenario's remaining ratings first: the anchor's JVMs time them all
@@ -223,8 +266,10 @@ def main(argv=None) -> int:
         remaining = remaining_of(train, batch)
         counts = remaining.user.value_counts()
         active = set(counts.index[: int(len(counts) * 5 / 100)].tolist())
-        test_left = test[test.user.isin(set(remaining.user))]
+        test_left = eval_users(test[test.user.isin(set(remaining.user))], args.eval_users)
         deleted = train[~train.index.isin(remaining.index)]
+        gap_pairs = deleted if not args.gap_pairs or len(deleted) <= args.gap_pairs else \
+            deleted.sample(args.gap_pairs, random_state=0)
         per: dict[str, dict] = {}
         models = {}
         best = fastest(anchor, name) if anchor else None
@@ -234,6 +279,16 @@ def main(argv=None) -> int:
                                     "by_blas": {b: {k: v for k, v in r["datasets"][name].items() if k != "model"}
                                                 for b, r in anchor.items() if name in r.get("datasets", {})}}
             models["mllib_retrain"] = factor_arrays(*read_factors(entry["model"]))
+        for method in [m for m in args.methods if m.startswith("retrain_it")]:
+            # Our ALS with more iterations than the model's: how far the 10-iteration retrain is from converged.
+            t = time.perf_counter()
+            res = train_als(spark.read.parquet(remaining_dirs[name]),
+                            replace(params, iterations=int(method[len("retrain_it"):])))
+            path = os.path.join(work, method)
+            res.model.user_factors.write.mode("overwrite").parquet(os.path.join(path, "userFactors"))
+            res.model.item_factors.write.mode("overwrite").parquet(os.path.join(path, "itemFactors"))
+            per[method] = {"wall_s": time.perf_counter() - t, "planner_choice": "retrain"}
+            models[method] = factor_arrays(*read_factors(path))
         if "retrain" in args.methods:
             data = spark.read.parquet(remaining_dirs[name])
             t = time.perf_counter()
@@ -247,7 +302,9 @@ def main(argv=None) -> int:
             # unlearn_tolX: the floor set to X (--tol).
             options = (UnlearnOptions(certificate_policy="strict") if method == "unlearn_strict" else
                        UnlearnOptions(tol=float(method[len("unlearn_tol"):])) if method.startswith("unlearn_tol") else
-                       UnlearnOptions(mode="full") if method == "unlearn_full" else UnlearnOptions())
+                       UnlearnOptions(mode="full") if method == "unlearn_full" else
+                       UnlearnOptions(mode="full", min_sweeps=int(method[len("unlearn_full_min"):]))
+                       if method.startswith("unlearn_full_min") else UnlearnOptions())
             store = os.path.join(work, f"store_{name}")
             shutil.rmtree(store, ignore_errors=True)
             shutil.copytree(base, store, copy_function=os.link)
@@ -270,7 +327,7 @@ def main(argv=None) -> int:
             models[method] = factor_arrays(*read_factors(ModelStore(store).version_path()))
             shutil.rmtree(store, ignore_errors=True)
         # The gap is taken over the pairs every model can rank (an item that lost its only rating has no row left).
-        scored = ({m: pair_percentiles(models[m], deleted) for m in models} | {"original": pair_percentiles(original, deleted)}
+        scored = ({m: pair_percentiles(models[m], gap_pairs) for m in models} | {"original": pair_percentiles(original, gap_pairs)}
                   if name.startswith("interactions") and "retrain" in models else None)
         common = np.logical_and.reduce([np.isfinite(v) for v in scored.values()]) if scored else None
         before = float(scored["original"][common].mean()) if scored and common.any() else None

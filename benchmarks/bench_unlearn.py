@@ -11,7 +11,9 @@ fixed seed) the methods are:
 * ``retrain``: our ALS from scratch on the remaining data (the reference);
 * ``retrain_seedN``: the same with initialisation seed ``N`` instead of the
   model's: how far apart two retrains are, i.e. the noise floor of ``gap_closed``;
-* ``paper_full``: the paper's warm-started full sweeps (``--paper-sweeps``);
+* ``paper_full``: the paper's method, plain ALS warm-started from the trained
+  factors on the remaining data (``train_als(..., init=model)``, ``--paper-sweeps``
+  iterations; no certificate);
 * ``full``: warm-started full sweeps with the training offsets, to the tolerance
   (``--mode full``, also the frontier's fallback);
 * ``frontier``: our frontier Unlearn-ALS (default tolerance).
@@ -161,6 +163,12 @@ def main(argv=None) -> int:
                 model = FactorModel(m.userFactors.cache(), m.itemFactors.cache(), params)
                 model.user_factors.count()
                 solved = params.iterations * rows_total
+            elif method == "paper_full":
+                res = train_als(remaining, replace(params, iterations=args.paper_sweeps), init=original.model)
+                model = res.model
+                model.user_factors.cache().count()
+                solved = args.paper_sweeps * rows_total
+                sweeps = args.paper_sweeps
             elif method == "retrain" or method.startswith("retrain_seed"):
                 seed = params.seed if method == "retrain" else int(method[len("retrain_seed"):])
                 res = train_als(remaining, replace(params, seed=seed))
@@ -169,10 +177,10 @@ def main(argv=None) -> int:
                 solved = params.iterations * rows_total
             else:
                 base = method[: -len("_strict")] if method.endswith("_strict") else method
-                mode = {"paper_full": "paper", "full": "full"}.get(base, "frontier")
+                mode = "full" if base == "full" else "frontier"
                 options = UnlearnOptions(
                     mode=mode, tol=args.tol, full_fallback_fraction=args.fallback_fraction,
-                    full_iterations=args.paper_sweeps if mode == "paper" else max(args.iterations, 10),
+                    full_iterations=max(args.iterations, 10),
                     engine="layout" if base == "frontier_layout" else "auto",
                     certificate_policy="strict" if method.endswith("_strict") else args.certificate_policy)
                 facts = VersionFacts(training_residual=tr, counts=known, drift_bound={"user": 0.0, "item": 0.0}, grams=grams,

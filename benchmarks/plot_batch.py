@@ -18,11 +18,11 @@ import sys
 
 log = logging.getLogger("spark_unlearn.bench.plot")
 
-STYLE = {"mllib_retrain": ("Spark MLlib retrain", "tab:red", "-"), "retrain": ("our retrain", "tab:orange", "-"),
+STYLE = {"mllib_retrain": ("Spark MLlib retrain (faster BLAS)", "tab:red", "-"), "retrain": ("our retrain", "tab:orange", "-"),
          "unlearn": ("unlearn (training-precision)", "tab:blue", "-"),
          "unlearn_strict": ("unlearn (strict)", "tab:green", "--"),
          "unlearn_full": ("unlearn, --mode full (warm sweeps)", "tab:purple", "--")}
-MARKER = {"frontier": "o", "retrain": "s", "sweeps": "^", "full": "^", "paper": "v"}
+MARKER = {"frontier": "o", "retrain": "s", "sweeps": "^", "full": "^"}
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """spark-submit entry point: remove a deletion batch from a stored ALS model (Unlearn-ALS).
 
     spark-submit jobs/unlearn.py --model STORE_DIR --delete PATH [--ratings PATH] [--tol T]
-        [--mode frontier|full|paper] [--report PATH] [--json] [--strict] [--output-store DIR] [--config conf/local.toml]
+        [--mode frontier|full|retrain] [--report PATH] [--json] [--strict] [--output-store DIR] [--config conf/local.toml]
         [--batch-id ID] [--engine auto|targeted|layout]
         [--implicit | --explicit | --implicitPrefs BOOL] [--reg/--regParam L] [--alpha A] [--nonnegative] [--force]
 
@@ -63,7 +63,7 @@ def parse_args(argv):
     p.add_argument("--certificate-policy", choices=["training-precision", "strict"],
                    help="how far each row may stay from the unlearned fixed point: its own training residual "
                         "(default) or one tolerance for every row")
-    p.add_argument("--mode", choices=["frontier", "full", "paper", "retrain"])
+    p.add_argument("--mode", choices=["frontier", "full", "retrain"])
     p.add_argument("--engine", choices=["auto", "targeted", "layout"],
                    help="frontier mode: targeted scans with an incremental certificate, or the block layout with a full one")
     p.add_argument("--strict", action="store_true", default=None, help="deletion requests absent from the data are errors")

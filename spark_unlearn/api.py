@@ -130,7 +130,7 @@ class ALSUnlearner:
     guessed: :meth:`fromALS` copies them from the estimator); ``userCol``,
     ``itemCol``, ``ratingCol`` name the DataFrames' columns; ``tol`` the
     certificate's tolerance (``None``: derived from the training residual);
-    ``maxRounds`` the frontier's rounds; ``mode`` ``frontier`` | ``full`` | ``paper``;
+    ``maxRounds`` the frontier's rounds; ``mode`` ``frontier`` | ``full`` | ``retrain``;
     ``certificatePolicy`` ``training-precision`` (each row within its own
     training residual, floored) | ``strict`` (one tolerance for every row).
 

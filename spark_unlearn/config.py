@@ -55,6 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_rounds": (int, 50),
         "full_fallback_fraction": (float, 0.5),
         "full_iterations": (int, 10),
+        "min_sweeps": (int, 1),  # sweeps on the driver: the fewest before the certificate may stop them
         "measure": (bool, True),  # false: no before/after metrics or forgetting ranks in the report
         "driver_rows": (int, None),  # targeted engine: neighbours beyond this stay in Spark (None: 20,000)
         "hold_side_mb": (int, 256),  # implicit, blocked store: a side whose rows fit this (MiB) is held on the driver

@@ -314,6 +314,23 @@ def test_full_sweeps_on_the_driver_equal_the_block_layout_sweeps_and_certify_exa
     ALSModel.load(a.version_path())
 
 
+def test_min_sweeps_reach_the_driver_sweeps_and_the_version_still_certifies(spark, implicit_block_store, tmp_path):
+    """``min_sweeps`` (forgetting keeps moving after the certificate first holds) reaches the driver's sweeps through
+    the request options: exactly that many sweeps when the certificate holds earlier, the first ones unchecked, the
+    version certified exactly and accepted by the independent verifier."""
+    path = str(tmp_path / "store")
+    shutil.copytree(implicit_block_store, path)
+    rated = pq.read_table(os.path.join(ModelStore(path).version_path(), "ratings")).to_pylist()
+    rows = [(r["user"], r["item"], "interaction") for r in rated if r["user"] == 2][:2]
+    batch = spark.createDataFrame(rows, "user int, item int, kind string")
+    rep = run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False,
+                                               options=UnlearnOptions(mode="full", min_sweeps=3)))
+    assert rep["strategy"] == "sweeps" and rep["sweeps"] == 3 and rep["planner"]["min_sweeps"] == 3
+    assert [h.get("checked", True) for h in rep["sweep_history"]] == [False, False, True]
+    assert rep["certificate"]["holds"] and rep["certificate"]["max_kind"] == "exact"
+    assert_verified(spark, path)
+
+
 def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_frontier_when_the_driver_is_too_small(
         spark, implicit_block_store, tmp_path, monkeypatch):
     """In the default frontier mode the planner picks sweeps on the driver when the rows whose data changed alone

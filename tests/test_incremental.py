@@ -204,15 +204,21 @@ def test_the_certificate_computed_inside_the_sweeps_equals_a_recomputation(spark
     out.release()
 
 
-def test_paper_sweeps_equal_warm_started_numpy_sweeps_on_the_remaining_data(spark, trained):
-    """``mode="paper"``: plain ALS sweeps from the trained factors, every row, checked against a numpy oracle."""
+def test_the_papers_method_is_a_warm_started_training_equal_to_numpy_sweeps_and_no_longer_a_mode(spark, trained):
+    """Xu et al.'s Unlearn-ALS (the benchmarks' baseline): plain ALS sweeps from the trained factors on the remaining
+    data, every row, as ``train_als(..., init=model)``; checked against a numpy oracle.  It never certifies, so it is
+    no unlearning mode: asking for it says what to use instead."""
+    from dataclasses import replace
+
     from als_helpers import csr_from_pairs
     from spark_unlearn.als.kernels import SolveSpec, gram, solve_rows_reference
+    from spark_unlearn.errors import ConfigError
 
     ratings, model, offsets = trained
     rows = [(3, None, "user"), (None, 10, "item")]
-    out = unlearn_als(ratings, model, offsets, batch(spark, rows), options=UnlearnOptions(mode="paper", full_iterations=2, tol=5e-2))
-    assert out.report["mode"] == "paper" and out.report["sweeps"] == 2
+    with pytest.raises(ConfigError, match="'paper' was removed.*mode 'full'.*init=model"):
+        UnlearnOptions(mode="paper")
+    out = train_als(remove_batch(ratings, batch(spark, rows)), replace(model.params, iterations=2), init=model)
 
     pdf = remove_batch(ratings, batch(spark, rows)).toPandas()
     u, i, r = pdf.user.to_numpy(), pdf.item.to_numpy(), pdf.rating.to_numpy()
@@ -231,7 +237,6 @@ def test_paper_sweeps_equal_warm_started_numpy_sweeps_on_the_remaining_data(spar
     assert sorted(got_u) == uid.tolist() and sorted(got_v) == iid.tolist()  # erased user and item are gone
     assert max(np.abs(got_u[x] - U[k]).max() for k, x in enumerate(uid)) < 1e-4
     assert max(np.abs(got_v[x] - V[k]).max() for k, x in enumerate(iid)) < 1e-4
-    out.release()
 
 
 def test_targeted_and_layout_engines_agree(spark, trained):

@@ -160,6 +160,8 @@ def test_the_request_tolerance_comes_from_the_recorded_training_residual():
     ({"hold_side_mb": -1}, "hold_side_mb=-1 is negative"),
     ({"hold_side_mb": 1.5}, "hold_side_mb must be an integer"),
     ({"sweep_driver_mb": -1}, "sweep_driver_mb=-1 is negative"),
+    ({"min_sweeps": 0}, "min_sweeps=0 must be >= 1"),
+    ({"min_sweeps": 1.5}, "min_sweeps must be an integer"),
     ({"sweep_driver_mb": "big"}, "sweep_driver_mb must be an integer"),
     ({"strict": "yes"}, "strict must be true or false"),
 ])

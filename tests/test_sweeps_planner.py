@@ -137,6 +137,23 @@ def test_a_repair_that_takes_more_rows_than_its_fraction_hands_back_to_the_sweep
     assert all(h["repair"]["rounds"] == 1 for h in one.history if "repair" in h)
 
 
+def test_min_sweeps_run_unchecked_first_then_the_certificate_stops_the_sweeps():
+    sides, spec = problem(True, seed=2)
+    loose = RowTolerance(floor=1e6)
+    plain = warm_sweeps(sides(), spec, loose, max_sweeps=10, min_sweeps=3)
+    ref = warm_sweeps_reference(sides(), spec, loose, max_sweeps=10, min_sweeps=3)
+    # A policy every sweep meets: the certificate stops at the first sweep allowed to stop, the third.
+    assert plain.holds and plain.sweeps == ref.sweeps == 3
+    assert [h.get("checked", True) for h in plain.history] == [False, False, True]
+    for s in ("user", "item"):
+        np.testing.assert_allclose(plain.factors[s], ref.factors[s], rtol=1e-4, atol=1e-6)
+    three = warm_sweeps(sides(), spec, RowTolerance(floor=0.0), max_sweeps=3)  # never certifies: exactly 3 sweeps
+    for s in ("user", "item"):
+        np.testing.assert_array_equal(plain.factors[s], three.factors[s])
+    with pytest.raises(ValueError, match="min_sweeps must be in"):
+        warm_sweeps(sides(), spec, loose, max_sweeps=2, min_sweeps=3)
+
+
 def test_a_loose_policy_stops_after_one_sweep_which_is_items_then_users():
     sides, spec = problem(True, seed=2)
     s0 = sides()

@@ -29,23 +29,23 @@ from spark_unlearn.worker_heap import freeze_worker_heap
 
 
 
-def offset_targets(offsets: RDD, direct: set[int], rank: int, zero_all: bool = False) -> RDD:
-    """Offset targets ``t`` per row: training residual, or zero for direct rows (or all rows)."""
+def offset_targets(offsets: RDD, direct: set[int], rank: int) -> RDD:
+    """Offset targets ``t`` per row: training residual, or zero for direct rows."""
     direct_arr = np.asarray(sorted(direct), np.int64)
     bc = offsets.context.broadcast(direct_arr)
 
     def target(kv):
         ids, M = kv
-        T = np.zeros((ids.size, rank)) if zero_all else M[:, :rank].copy()
-        if not zero_all and bc.value.size:
+        T = M[:, :rank].copy()
+        if bc.value.size:
             T[np.isin(ids, bc.value)] = 0.0
         return ids, T
 
     return offsets.mapValues(target)
 
 
-def side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int, zero_all: bool = False) -> dict[str, RDD]:
-    return {s: offset_targets(source.offs[s], plan.direct[s], rank, zero_all) for s in ("user", "item")}
+def side_targets(source: SparkRowSource, plan: DeletionPlan, rank: int) -> dict[str, RDD]:
+    return {s: offset_targets(source.offs[s], plan.direct[s], rank) for s in ("user", "item")}
 
 
 @dataclass
@@ -96,19 +96,18 @@ def certificate_record(max_relative: float, per_side: dict[str, float], max_boun
         "method": method,
         **extra,
         "definition": "every row r: |A'_r x_r - b'_r - t_r| / |b'_r| <= max(floor, own_residual_weight * |t_r| / |b'_r|), "
-        "t_r = 0 for rows whose data changed, else the training residual e_r (t = 0 everywhere in paper mode)",
+        "t_r = 0 for rows whose data changed, else the training residual e_r",
     }
 
 
 def certify(
     state: ALSState, users: RDD, items: RDD, targets: dict[str, RDD], params: ALSParams, tol: RowTolerance,
-    max_violators: int = MAX_VIOLATORS, absorb: bool = False,
+    max_violators: int = MAX_VIOLATORS,
 ) -> Certificate:
     """Exact residuals of every row on the remaining data, against the targets (one pass per side).
 
     The next version's offsets keep each row's target ``T`` and its drift
-    ``R - T`` apart; with ``absorb`` (the paper's plain sweeps, which have no
-    targets) the residual ``R`` itself becomes the target, as after training.
+    ``R - T`` apart.
     Full sweeps certify inside their own solves instead (:func:`full_sweeps`).
     """
     per_side, ratios, violators, blocks, merged = {}, {}, {}, {}, {}
@@ -131,8 +130,6 @@ def certify(
             T = tgt[1] if tgt is not None else np.zeros_like(R)
             rel, stored = certificate_rows(R, bnorm, T)
             ratio = rel / row_bounds(floor, own, T, bnorm)
-            if absorb:  # the residual becomes the target, as after training
-                stored = certificate_rows(R, bnorm, R)[1]
             yield block, (ids, stored, rel, ratio)
 
         merged[side] = res.union(targets[side]).mapPartitions(combine, preservesPartitioning=True).persist(StorageLevel.MEMORY_AND_DISK)

@@ -142,7 +142,7 @@ def sweep_changes(held: HeldVersion, run: SweepRun, direct: dict[str, set[int]],
 
 
 def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
-                  progress=None, start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                  progress=None, start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1
                   ) -> tuple[HeldVersion, SweepRun]:
     """Read the version whole and sweep it warm (steps 1-3 of the module docstring).
 
@@ -161,7 +161,7 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
     log.info("sweep strategy: %d ratings, %d user and %d item rows on the driver", held.n_ratings,
              held.ids["user"].size, held.ids["item"].size)
     run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress, repair_fraction=REPAIR_FRACTION,
-                      repair_rounds=REPAIR_ROUNDS)
+                      repair_rounds=REPAIR_ROUNDS, min_sweeps=min_sweeps)
     return held, run
 
 
@@ -264,17 +264,19 @@ def planned_strategy(reader, rank: int, plan, max_rows: int, max_sweeps: int, li
 
 def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
           choice: StrategyChoice, source, n_remaining: int, timings: dict, frontier_rows: int = 0,
-          start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TargetedResult:
+          start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1) -> TargetedResult:
     """Warm sweeps of the whole version on the driver, as the targeted engine's result (``plan``: its
     :class:`~spark_unlearn.als.incremental.TargetedPlan`; ``frontier_rows``: rows a frontier solved before the
-    planner switched, ``start`` their factors, where the sweeps start)."""
+    planner switched, ``start`` their factors, where the sweeps start; ``min_sweeps``: the fewest sweeps, at most
+    ``max_sweeps``)."""
     t = time.perf_counter()
 
     def progress(n, record):
         log.info("sweep %d of at most %d: %s", n, max_sweeps, {s: v for s, v in record.items() if s != "sweep"})
         failpoint("during_solve")
 
-    held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start)
+    held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start,
+                              min_sweeps=min(min_sweeps, max_sweeps))
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
     timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
     timings["certificate"] = run.check_seconds
@@ -283,7 +285,8 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
     report = {"remaining_ratings": n_remaining, "spark_jobs": source.jobs, "seconds": timings,
               "rows_solved": int(frontier_rows), "driver_rows_limit": source.driver_rows,
               "planner": {**choice.to_dict(), "actual_row_solves": int(frontier_rows + run.row_solves),
-                          "actual_sweeps": run.sweeps, "frontier_rows_before": int(frontier_rows)}}
+                          "actual_sweeps": run.sweeps, "frontier_rows_before": int(frontier_rows),
+                          "min_sweeps": min(min_sweeps, max_sweeps)}}
     if not run.holds:
         log.warning("sweeps did not certify within %d sweeps (a cold retrain's iterations)", max_sweeps)
     return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report)

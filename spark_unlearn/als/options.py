@@ -14,7 +14,7 @@ from typing import Any
 from spark_unlearn.als.policy import POLICIES, TOL_FLOOR
 from spark_unlearn.errors import ConfigError
 
-MODES = ("frontier", "full", "paper", "retrain")
+MODES = ("frontier", "full", "retrain")
 FALLBACKS = ("retrain", "full")
 ENGINES = ("auto", "targeted", "layout")
 
@@ -33,8 +33,11 @@ class UnlearnOptions:
     ----------
     mode
         ``frontier`` (re-solve the rows the deletion reaches), ``full``
-        (offset sweeps over every row), ``paper`` (Xu et al.'s plain
-        warm sweeps) or ``retrain`` (train again on the remaining data).
+        (offset sweeps over every row) or ``retrain`` (train again on the
+        remaining data).  Xu et al.'s plain warm sweeps are no mode: they
+        never certify, so no planner would pick them; they are
+        ``train_als(remaining, params, init=model)``, the benchmarks'
+        baseline.
     fallback
         What a frontier that outgrows ``full_fallback_fraction`` of the rows
         falls back to: ``retrain`` (default; measured faster than warm
@@ -58,6 +61,13 @@ class UnlearnOptions:
     max_rounds, full_fallback_fraction, full_iterations
         Frontier rounds; the share of all rows beyond which the frontier
         falls back to ``fallback``; the most sweeps.
+    min_sweeps
+        When the request sweeps on the driver (``mode = "full"`` or the
+        planner's choice): the fewest sweeps before the certificate may stop
+        them.  The certificate holds after one sweep and a repair on ADM, but
+        the deleted pairs' ranks keep moving towards the retrain's for 2-3
+        sweeps (forgetting gap 0.67-0.77 after one, 0.89 after two, 0.95-1.0
+        after three; docs/BENCHMARKS.md); the planner does not price it.
     driver_rows
         Targeted engine: neighbours beyond this many stay in Spark
         (``None``: the engine's default).
@@ -85,12 +95,17 @@ class UnlearnOptions:
     max_rounds: int = 50
     full_fallback_fraction: float = 0.5
     full_iterations: int = 10
+    min_sweeps: int = 1
     driver_rows: int | None = None
     hold_side_mb: int = 256
     sweep_driver_mb: int = 1024
     num_blocks: int | None = None
 
     def __post_init__(self) -> None:
+        if self.mode == "paper":
+            raise ConfigError("unlearning mode 'paper' was removed: the paper's plain warm sweeps never certify, so "
+                              "no request should publish them; use mode 'full' (certified warm offset sweeps), or "
+                              "spark_unlearn.als.train.train_als(remaining, params, init=model) for the paper's method")
         if self.mode not in MODES:
             raise ConfigError(f"unknown unlearning mode {self.mode!r}; use one of {list(MODES)}")
         if self.fallback not in FALLBACKS:
@@ -118,6 +133,9 @@ class UnlearnOptions:
         _number("full_iterations", self.full_iterations, integer=True)
         if self.full_iterations < 1:
             raise ConfigError(f"full_iterations={self.full_iterations} must be >= 1")
+        _number("min_sweeps", self.min_sweeps, integer=True)
+        if self.min_sweeps < 1:
+            raise ConfigError(f"min_sweeps={self.min_sweeps} must be >= 1 (1: the certificate may stop the first sweep)")
         if self.driver_rows is not None:
             _number("driver_rows", self.driver_rows, integer=True)
             if self.driver_rows < 0:

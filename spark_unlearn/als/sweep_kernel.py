@@ -120,6 +120,7 @@ class Repair:
     rows: int
     holds: bool
     why: str
+    solve_seconds: float = 0.0  # of the repair's time, spent solving rows (the rest computes deviations)
 
 
 def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, checked: tuple[dict, dict, dict, dict],
@@ -131,8 +132,9 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
     the repair holds (``Repair.holds``), and is partial otherwise.
     """
     drift, dev, bnorm, bounds = checked
-    solved = 0
+    solved, solving = 0, 0.0
     for n in range(1, rounds + 1):
+        t = time.perf_counter()
         bad = np.flatnonzero(~(dev[side] <= bounds[side]))
         me, nb = sides[side], sides[other_side(side)]
         g = gram(nb.X) if spec.implicit else None
@@ -140,6 +142,7 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
         X[bad] = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, bad, me.T[bad]).astype(np.float32)
         me.X = X
         solved += bad.size
+        solving += time.perf_counter() - t
         # The other side did not move: only the solved rows' own equations changed.
         R, bn = residual_fn(X[bad], me.indptr, me.src, me.ratings, nb.X, spec, gram=g, rows=bad)
         drift[side][bad] = R - me.T[bad]
@@ -151,15 +154,16 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
             whole.update(part)
         left = int((~(dev[side] <= bounds[side])).sum())
         if left == 0 and not (~(dev[other_side(side)] <= bounds[other_side(side)])).any():
-            return Repair(n, solved, True, "every row within bound")
+            return Repair(n, solved, True, "every row within bound", solving)
         if left > fraction * dev[side].size:
-            return Repair(n, solved, False, f"{left} {side} rows outside their bounds, more than the repair takes")
-    return Repair(rounds, solved, False, f"still outside after {rounds} rounds")
+            return Repair(n, solved, False, f"{left} {side} rows outside their bounds, more than the repair takes",
+                          solving)
+    return Repair(rounds, solved, False, f"still outside after {rounds} rounds", solving)
 
 
 def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
                 solve_fn=solve_rows, residual_fn=residuals, progress=None, repair_fraction: float = 0.0,
-                repair_rounds: int = 0) -> SweepRun:
+                repair_rounds: int = 0, min_sweeps: int = 1) -> SweepRun:
     """Warm offset sweeps until every row is within its bound, at most ``max_sweeps`` (see the module docstring).
 
     ``sides[s].X`` is replaced by each solve (float32, as published).  At
@@ -171,10 +175,14 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
     stop when both hold.  ``progress(sweep, record)`` is called after each
     sweep.  ``repair_fraction``/``repair_rounds``: when a sweep leaves at most
     that fraction of the first side's rows outside their bounds, up to that
-    many :func:`repair` rounds (0: none).
+    many :func:`repair` rounds (0: none).  ``min_sweeps``: sweeps before it
+    run without any check or repair (forgetting keeps moving after the
+    certificate first holds); at most ``max_sweeps``.
     """
     if max_sweeps < 1:
         raise ValueError(f"max_sweeps must be at least 1, got {max_sweeps}")
+    if not 1 <= min_sweeps <= max_sweeps:
+        raise ValueError(f"min_sweeps must be in [1, max_sweeps = {max_sweeps}], got {min_sweeps}")
     first, last = SWEEP_ORDER
     history: list[dict] = []
     checking = 0.0
@@ -184,6 +192,11 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
             me, nb = sides[s], sides[other_side(s)]
             g = gram(nb.X) if spec.implicit else None
             me.X = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, None, me.T).astype(np.float32)
+        if n < min_sweeps:
+            history.append({"sweep": n, "checked": False})
+            if progress is not None:
+                progress(n, history[-1])
+            continue
         t = time.perf_counter()
         drift, dev, bnorm, bounds = deviations(sides, spec, policy, (first,), residual_fn)
         record = {"sweep": n, **_record(dev, bounds)}
@@ -191,6 +204,7 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
             fix = repair(sides, spec, policy, (drift, dev, bnorm, bounds), first, repair_rounds, repair_fraction,
                          solve_fn, residual_fn)
             repaired += fix.rows
+            checking -= fix.solve_seconds  # the repair's solves are solving, not checking
             record["repair"] = {"rounds": fix.rounds, "rows": fix.rows, "holds": fix.holds, "why": fix.why}
             if fix.holds:
                 record.update(_record(dev, bounds))
@@ -216,7 +230,8 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
 
 
 def warm_sweeps_reference(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance,
-                          max_sweeps: int, repair_fraction: float = 0.0, repair_rounds: int = 0) -> SweepRun:
+                          max_sweeps: int, repair_fraction: float = 0.0, repair_rounds: int = 0,
+                          min_sweeps: int = 1) -> SweepRun:
     """:func:`warm_sweeps` with the dense row-by-row reference kernels (tests only)."""
 
     def solve_ref(indptr, src, ratings, Y, spec_, g, rows, offsets):
@@ -234,4 +249,4 @@ def warm_sweeps_reference(sides: dict[str, SweepSide], spec: SolveSpec, policy: 
         return residuals_reference(X, np.r_[0, np.cumsum(counts)], src[take], ratings[take], Y, spec_, gram)
 
     return warm_sweeps(sides, spec, policy, max_sweeps, solve_fn=solve_ref, residual_fn=residual_ref,
-                       repair_fraction=repair_fraction, repair_rounds=repair_rounds)
+                       repair_fraction=repair_fraction, repair_rounds=repair_rounds, min_sweeps=min_sweeps)

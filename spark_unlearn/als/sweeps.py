@@ -1,8 +1,7 @@
-"""Solve strategies over every row of the block layout: warm offset sweeps, the paper's plain sweeps, repairs.
+"""Solve strategies over every row of the block layout: warm offset sweeps and repairs.
 
 ``full_sweeps`` runs offset ALS (``A'x = b' + t``) warm-started from the
-model until the certificate holds; ``paper_sweeps`` runs Xu et al.'s plain
-warm sweeps; ``repair`` re-solves a certificate's violators, and the rows
+model until the certificate holds; ``repair`` re-solves a certificate's violators, and the rows
 they reach, with the frontier.  All of them solve with the kernels training
 uses (:meth:`~spark_unlearn.als.train.ALSState.solve_routed`).
 """
@@ -89,8 +88,8 @@ def repair(state, params, spec, tol, users, items, cert, targets, max_rounds, ma
     return users, items, cert, info
 
 
-def full_sweeps(state, source, plan, params, tol, iterations, paper):
-    """Warm-started ALS sweeps over every row (offset ALS, or plain ALS for the paper's method).
+def full_sweeps(state, source, plan, params, tol, iterations):
+    """Warm-started offset ALS sweeps over every row.
 
     A half-sweep is one stage that solves a side and routes its new rows on
     (:meth:`ALSState.solve_routed`).  Offset sweeps are certified inside
@@ -101,14 +100,12 @@ def full_sweeps(state, source, plan, params, tol, iterations, paper):
     two stages and one job, like a plain one; the price is one item
     half-solve after the last sweep, whose result is discarded (counted in
     the returned ``extra_half``).  Returns ``(users, items, sweeps, cert,
-    extra_half)``; ``cert`` is None and ``extra_half`` False in paper mode.
+    extra_half)``.
     """
     # Read by every half-sweep: computed once.
-    targets = {s: t.persist(StorageLevel.MEMORY_AND_DISK) for s, t in side_targets(source, plan, params.rank, zero_all=paper).items()}
+    targets = {s: t.persist(StorageLevel.MEMORY_AND_DISK) for s, t in side_targets(source, plan, params.rank).items()}
     users, items = source.factors["user"], source.factors["item"]
     to_items = state.routed("user", users, params.implicit)
-    if paper:
-        return (*paper_sweeps(state, params, targets, to_items, iterations), None, False)
 
     def half_sweep(side, incoming, sweep, check=None, own=None):
         solved = state.solve_routed(side, incoming, params, targets=targets[side], check=check, own=own)
@@ -135,24 +132,3 @@ def full_sweeps(state, source, plan, params, tol, iterations, paper):
             break
         solved_items = nxt
     return users, items, sweep, cert, True
-
-
-def paper_sweeps(state, params, targets, to_items, iterations):
-    """The paper's plain warm-started sweeps, chained lazily and run as one job (no certificate per sweep)."""
-
-    def half_sweep(side, incoming, sweep):
-        solved = state.solve_routed(side, incoming, params, targets=targets[side])
-        if sweep == iterations:  # only the last sweep's results are read twice
-            solved = solved.persist(StorageLevel.MEMORY_AND_DISK)
-        if sweep % params.checkpoint_interval == 0:
-            solved.localCheckpoint()
-        return solved
-
-    users = items = None
-    for sweep in range(1, iterations + 1):
-        solved_items = half_sweep("item", to_items, sweep)
-        solved_users = half_sweep("user", state.onward(solved_items), sweep)
-        to_items = state.onward(solved_users)
-        items, users = state.factors_of(solved_items), state.factors_of(solved_users)
-        log.info("paper sweep %d/%d", sweep, iterations)
-    return users, items, iterations

@@ -14,18 +14,13 @@ Modes (:class:`~spark_unlearn.als.options.UnlearnOptions`)
     Offset ALS over every row (``A'x = b' + t``), warm-started from the
     model, until the certificate holds or ``full_iterations`` sweeps: the
     same fixed point the frontier targets (:mod:`spark_unlearn.als.sweeps`).
-``paper``
-    Xu et al. (2023): plain ALS sweeps over every row, warm-started, for
-    ``full_iterations`` sweeps (no offsets).  Kept for comparison.
 ``retrain``
     ALS from scratch on the remaining data (:mod:`spark_unlearn.als.retrain`).
 
 Every result carries a certificate (:mod:`spark_unlearn.als.certify`): each
 row's ``|A'_r x_r - b'_r - t_r| / |b'_r|`` within its bound under the
 request's policy (:mod:`spark_unlearn.als.policy`), with ``t_r = 0`` for
-rows whose own data changed and the training residual ``e_r`` otherwise
-(``t = 0`` everywhere in ``paper`` mode, whose fixed point is plain
-stationarity).
+rows whose own data changed and the training residual ``e_r`` otherwise.
 
 Compute is separate from apply: :func:`unlearn_als` returns new tables and
 a report and stores nothing; the job publishes them.
@@ -51,7 +46,6 @@ from spark_unlearn.als.plan import plan_deletion, remove_batch
 from spark_unlearn.als.result import UnlearnResult, report_head
 from spark_unlearn.als.retrain import retrained
 from spark_unlearn.als.policy import RowTolerance, row_tolerance, strict_figure
-from spark_unlearn.als.ratio_watch import empty_drift_watches
 from spark_unlearn.als.spark_source import BoundedGramSource, SparkRowSource
 from spark_unlearn.als.sweeps import apply_updates, full_sweeps, repair
 from spark_unlearn.als.train import ALSState, offsets_frame
@@ -216,12 +210,11 @@ def unlearn_als(
                                  frontier_info)
     else:
         rows_solved = 0
-    if used_mode in ("full", "paper"):
-        users, items, sweeps, cert, extra_half = full_sweeps(state, source, plan, params, bound, full_iterations,
-                                                              paper=used_mode == "paper")
+    if used_mode == "full":
+        users, items, sweeps, cert, extra_half = full_sweeps(state, source, plan, params, bound, full_iterations)
         rows_solved += sweeps * total_rows + (n_rows["item"] if extra_half else 0)
         frontier_info["sweeps"] = sweeps
-        if used_mode == "full" and not cert.holds:
+        if not cert.holds:
             # Sweeps that stopped above tol are finished by the frontier (if that outgrows its budget, they stay).
             users, items, cert, repaired = repair(state, params, spec, bound, users, items, cert,
                                                  side_targets(source, plan, params.rank), max_rounds,
@@ -232,8 +225,7 @@ def unlearn_als(
 
     t = time.perf_counter()
     if cert is None:
-        paper = used_mode == "paper"
-        cert = certify(state, users, items, side_targets(source, plan, params.rank, zero_all=paper), params, bound, absorb=paper)
+        cert = certify(state, users, items, side_targets(source, plan, params.rank), params, bound)
     timings["certificate"] = time.perf_counter() - t
 
     new_model = FactorModel(
@@ -248,15 +240,14 @@ def unlearn_als(
         "rows_solved": int(rows_solved),
         "remaining_ratings": n_remaining,
         "certificate": cert.to_dict(bound),
-        "drift_max": {"user": 0.0, "item": 0.0} if used_mode == "paper" else dict(cert.per_side),
+        "drift_max": dict(cert.per_side),
         "bnorm_exact": {"user": True, "item": True},  # every row's |b'| recomputed from the data
         "seconds": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
         **frontier_info,
     }
     report["certificate"]["strict"] = strict_figure(cert.max_relative_residual, training_residual, o.tol_factor)
-    # Paper mode absorbs every residual into the targets: nothing drifts.  Other sweeps know only each side's maximum.
-    return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state,
-                         drift_watch=empty_drift_watches() if used_mode == "paper" else None)
+    # Sweeps on the layout know only each side's maximum drift: no drift watch.
+    return UnlearnResult(new_model, new_offsets, remaining, plan.deleted, report, state)
 
 
 def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance, training_residual, o: UnlearnOptions,
@@ -281,7 +272,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
                            x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks,
                            hold_bytes=o.hold_side_mb << 20, drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact,
                            sweep_bytes=o.sweep_driver_mb << 20, max_sweeps=o.full_iterations if full else None,
-                           force_sweeps=full)
+                           force_sweeps=full, min_sweeps=o.min_sweeps)
     if not out.converged:
         return None
     remaining = Deferred(lambda: remove_batch(force(ratings), batch_frame if batch_frame is not None else batch))

@@ -13,8 +13,8 @@ store's file reading.
 **Targets** ``t_r`` are derived, not trusted.  The *base* of a version is
 its nearest ancestor (or itself) that set targets: a training version
 (``t = e``, its own training residual), a retrain of the remaining data (the
-same), a paper-mode version (its absorbed
-residuals) or a lineage root.  A row keeps the base's target while its
+same), a paper-mode version (its absorbed residuals; stores written before
+that mode was removed may hold one) or a lineage root.  A row keeps the base's target while its
 rating count is the base's, and owes 0 once its data changed (deletions only
 remove ratings).  The version's own recorded targets are compared with the
 derived ones (``targets.mismatched_rows``).  When the base's tables were
