@@ -224,6 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--scenarios", nargs="+", default=["core5", "edge5", "random5", "interactions0.1", "interactions1"])
     p.add_argument("--methods", nargs="+", default=["unlearn", "mllib_retrain", "retrain"])
     p.add_argument("--anchor-runs", type=int, default=2)
+    p.add_argument("--sweep-driver-mb", type=int, default=None,
+                   help="[unlearn] sweep_driver_mb for every unlearn method (default: the product's)")
     p.add_argument("--anchor-blas", nargs="+", choices=CONFIGS, default=list(CONFIGS),
                    help="MLlib's BLAS configurations, each timed in its own JVM; the faster is the anchor")
     p.add_argument("--master", default="local[2]")
@@ -247,7 +249,7 @@ def main(argv=None) -> int:
                "params": params.to_dict(), "train_seconds_end_to_end": round(time.perf_counter() - t, 2),
                "machine": os.uname().nodename + f", {os.cpu_count()} cores",
                "test_split": args.test or f"{args.test_fraction} of the interactions of --ratings, seed 0",
-               "eval_users": args.eval_users or "all", "gap_pairs": args.gap_pairs or "all", "entries": []}
+               "eval_users": args.eval_users or "all", "sweep_driver_mb": args.sweep_driver_mb, "gap_pairs": args.gap_pairs or "all", "entries": []}
     original = factor_arrays(*read_factors(ModelStore(base).version_path()))
     remaining_dirs = {}
     for name in args.scenarios:  # every scenario's remaining ratings first: the anchor's JVMs time them all
@@ -305,6 +307,8 @@ def main(argv=None) -> int:
                        UnlearnOptions(mode="full") if method == "unlearn_full" else
                        UnlearnOptions(mode="full", min_sweeps=int(method[len("unlearn_full_min"):]))
                        if method.startswith("unlearn_full_min") else UnlearnOptions())
+            if args.sweep_driver_mb is not None:
+                options = replace(options, sweep_driver_mb=args.sweep_driver_mb)
             store = os.path.join(work, f"store_{name}")
             shutil.rmtree(store, ignore_errors=True)
             shutil.copytree(base, store, copy_function=os.link)
