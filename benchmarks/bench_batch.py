@@ -281,24 +281,17 @@ def main(argv=None) -> int:
                                     "by_blas": {b: {k: v for k, v in r["datasets"][name].items() if k != "model"}
                                                 for b, r in anchor.items() if name in r.get("datasets", {})}}
             models["mllib_retrain"] = factor_arrays(*read_factors(entry["model"]))
-        for method in [m for m in args.methods if m.startswith("retrain_it")]:
-            # Our ALS with more iterations than the model's: how far the 10-iteration retrain is from converged.
+        for method in [m for m in args.methods if m == "retrain" or m.startswith("retrain_it")]:
+            # retrain: our ALS as the model was trained; retrain_itN: with N iterations (how far that is from converged).
+            iterations = params.iterations if method == "retrain" else int(method[len("retrain_it"):])
+            data = spark.read.parquet(remaining_dirs[name])
             t = time.perf_counter()
-            res = train_als(spark.read.parquet(remaining_dirs[name]),
-                            replace(params, iterations=int(method[len("retrain_it"):])))
+            res = train_als(data, replace(params, iterations=iterations))
             path = os.path.join(work, method)
             res.model.user_factors.write.mode("overwrite").parquet(os.path.join(path, "userFactors"))
             res.model.item_factors.write.mode("overwrite").parquet(os.path.join(path, "itemFactors"))
             per[method] = {"wall_s": time.perf_counter() - t, "planner_choice": "retrain"}
             models[method] = factor_arrays(*read_factors(path))
-        if "retrain" in args.methods:
-            data = spark.read.parquet(remaining_dirs[name])
-            t = time.perf_counter()
-            res = train_als(data, params)
-            res.model.user_factors.write.mode("overwrite").parquet(os.path.join(work, "retrain", "userFactors"))
-            res.model.item_factors.write.mode("overwrite").parquet(os.path.join(work, "retrain", "itemFactors"))
-            per["retrain"] = {"wall_s": time.perf_counter() - t, "planner_choice": "retrain"}
-            models["retrain"] = factor_arrays(*read_factors(os.path.join(work, "retrain")))
         for method in [m for m in args.methods if m.startswith("unlearn")]:
             # unlearn: the default options (training-precision); unlearn_strict: the strict certificate policy;
             # unlearn_tolX: the floor set to X (--tol).

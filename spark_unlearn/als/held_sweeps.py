@@ -270,13 +270,14 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
     planner switched, ``start`` their factors, where the sweeps start; ``min_sweeps``: the fewest sweeps, at most
     ``max_sweeps``)."""
     t = time.perf_counter()
+    min_sweeps = min(min_sweeps, max_sweeps)
 
     def progress(n, record):
         log.info("sweep %d of at most %d: %s", n, max_sweeps, {s: v for s, v in record.items() if s != "sweep"})
         failpoint("during_solve")
 
     held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start,
-                              min_sweeps=min(min_sweeps, max_sweeps))
+                              min_sweeps=min_sweeps)
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
     timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
     timings["certificate"] = run.check_seconds
@@ -286,7 +287,7 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
               "rows_solved": int(frontier_rows), "driver_rows_limit": source.driver_rows,
               "planner": {**choice.to_dict(), "actual_row_solves": int(frontier_rows + run.row_solves),
                           "actual_sweeps": run.sweeps, "frontier_rows_before": int(frontier_rows),
-                          "min_sweeps": min(min_sweeps, max_sweeps)}}
+                          "min_sweeps": min_sweeps}}
     if not run.holds:
         log.warning("sweeps did not certify within %d sweeps (a cold retrain's iterations)", max_sweeps)
     return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report)

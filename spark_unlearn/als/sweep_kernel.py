@@ -95,12 +95,16 @@ def deviations(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleranc
     for s in which:
         me, Y = sides[s], sides[other_side(s)].X
         g = gram(Y) if spec.implicit else None
-        R, bn = residual_fn(me.X, me.indptr, me.src, me.ratings, Y, spec, gram=g)
-        drift[s] = R - me.T
-        bnorm[s] = bn
-        dev[s] = np.linalg.norm(drift[s], axis=1) / np.maximum(bn, 1e-300)
-        bounds[s] = policy.bounds(np.linalg.norm(me.T, axis=1), bn)
+        R, bnorm[s] = residual_fn(me.X, me.indptr, me.src, me.ratings, Y, spec, gram=g)
+        drift[s], dev[s], bounds[s] = _row_figures(R, bnorm[s], me.T, policy)
     return drift, dev, bnorm, bounds
+
+
+def _row_figures(R: np.ndarray, bnorm: np.ndarray, T: np.ndarray, policy: RowTolerance):
+    """Rows' ``(drift, deviation, bound)`` from their residuals ``R = A'x - b'``, ``|b'|`` and targets ``T``."""
+    drift = R - T
+    return (drift, np.linalg.norm(drift, axis=1) / np.maximum(bnorm, 1e-300),
+            policy.bounds(np.linalg.norm(T, axis=1), bnorm))
 
 
 def _record(dev: dict, bounds: dict) -> dict:
@@ -128,8 +132,9 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
     """Solve the violators of ``side``, then of the other side, alternating (see the module docstring).
 
     ``checked``: ``(drift, dev, bnorm, bounds)`` with ``side`` computed on the
-    current factors; on return it holds both sides' current figures when
-    the repair holds (``Repair.holds``), and is partial otherwise.
+    current factors; updated in place, on return it holds both sides'
+    current figures (each round re-solves one side's violators, updates
+    those rows' figures, and recomputes every row of the other side).
     """
     drift, dev, bnorm, bounds = checked
     solved, solving = 0, 0.0
@@ -144,11 +149,8 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
         solved += bad.size
         solving += time.perf_counter() - t
         # The other side did not move: only the solved rows' own equations changed.
-        R, bn = residual_fn(X[bad], me.indptr, me.src, me.ratings, nb.X, spec, gram=g, rows=bad)
-        drift[side][bad] = R - me.T[bad]
-        bnorm[side][bad] = bn
-        dev[side][bad] = np.linalg.norm(drift[side][bad], axis=1) / np.maximum(bn, 1e-300)
-        bounds[side][bad] = policy.bounds(np.linalg.norm(me.T[bad], axis=1), bn)
+        R, bnorm[side][bad] = residual_fn(X[bad], me.indptr, me.src, me.ratings, nb.X, spec, gram=g, rows=bad)
+        drift[side][bad], dev[side][bad], bounds[side][bad] = _row_figures(R, bnorm[side][bad], me.T[bad], policy)
         side = other_side(side)
         for part, whole in zip(deviations(sides, spec, policy, (side,), residual_fn), checked):
             whole.update(part)
@@ -206,18 +208,13 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
             repaired += fix.rows
             checking -= fix.solve_seconds  # the repair's solves are solving, not checking
             record["repair"] = {"rounds": fix.rounds, "rows": fix.rows, "holds": fix.holds, "why": fix.why}
-            if fix.holds:
-                record.update(_record(dev, bounds))
-            else:  # the next sweep starts from the repaired factors; this sweep's record stays the sweep's
-                dev = {}
+            # Both sides' figures are current after a repair, held or not (a failed one hands its factors on).
+            record.update(_record(dev, bounds))
         elif record[first]["violators"] == 0 or n == max_sweeps:
             more = deviations(sides, spec, policy, (last,), residual_fn)
             for whole, part in zip((drift, dev, bnorm, bounds), more):
                 whole.update(part)
             record.update(_record({last: dev[last]}, {last: bounds[last]}))
-        if n == max_sweeps and set(dev) != set(SWEEP_ORDER):  # a failed repair in the last sweep: measure both
-            drift, dev, bnorm, bounds = deviations(sides, spec, policy, SWEEP_ORDER, residual_fn)
-            record.update(_record(dev, bounds))
         checking += time.perf_counter() - t
         history.append(record)
         if progress is not None:
