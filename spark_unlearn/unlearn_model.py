@@ -39,6 +39,7 @@ from spark_unlearn.publication import (
 )
 from spark_unlearn.store.block_reader import FILE_CACHE, BlockReader
 from spark_unlearn.store.fingerprint import fingerprint_ratings
+from spark_unlearn.store.fsutil import files_for, path_key
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.store.spark_layout import load_spark_als_model
 from spark_unlearn.store.tables import HOLDOUT_DIR, RATINGS_DIR
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def _is_spark_model_dir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "metadata")) and os.path.isdir(os.path.join(path, "userFactors"))
+    files = files_for(path)
+    return files.isdir(os.path.join(path, "metadata")) and files.isdir(os.path.join(path, "userFactors"))
 
 
 @dataclass(frozen=True)
@@ -285,10 +287,10 @@ def run_unlearning(spark: SparkSession, request: UnlearnRequest, *, started: flo
 
 
 def _same_path(a: str, b: str) -> bool:
-    """Whether two store paths (plain or ``file://``) name the same directory."""
+    """Whether two store paths (plain paths or URIs) name the same directory."""
     if _is_spark_model_dir(a):
         return False
-    return os.path.realpath(ModelStore(a).root) == os.path.realpath(ModelStore(b).root)
+    return path_key(ModelStore(a).root) == path_key(ModelStore(b).root)  # file:///x and /x are one directory
 
 
 @dataclass(frozen=True)

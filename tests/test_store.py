@@ -297,8 +297,11 @@ def test_empty_store_and_bad_root(spark, tmp_path):
     f.write_text("x")
     with pytest.raises(OutputPathError, match="not a directory"):
         ModelStore(str(f))
-    with pytest.raises(OutputPathError, match="remote"):
-        ModelStore("hdfs://namenode/store")
+    # URIs go through Hadoop's FileSystem; object stores lack the atomic renames a commit needs.
+    with pytest.raises(OutputPathError, match="atomic rename.*s3a"):
+        ModelStore("s3a://bucket/store").versions()
+    with pytest.raises(OutputPathError, match="absolute path"):
+        ModelStore("file:relative/store")
 
 
 # --------------------------------------------------------------------------- failures

@@ -25,7 +25,7 @@ import numpy as np
 
 from spark_unlearn.errors import StoreError
 from spark_unlearn.store.blocked import BLOCKS_KEY, recorded_table_blocks, touched_files
-from spark_unlearn.store.fsutil import file_identity
+from spark_unlearn.store.fsutil import file_identity, files_for, read_parquet
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
 from spark_unlearn.store.tables import HOLDOUT_DIR, ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
 
@@ -53,8 +53,6 @@ class FileCache:
 
     def get(self, path: str, key: str):
         """``(table, key column as int64)`` of the Parquet file ``path``."""
-        import pyarrow.parquet as pq
-
         ident = file_identity(path)
         with self._lock:
             hit = self._entries.get(ident)
@@ -65,7 +63,7 @@ class FileCache:
                 if key not in keys:
                     keys[key] = table.column(key).to_numpy().astype(np.int64)
                 return table, keys[key]
-        table = pq.read_table(path)
+        table = read_parquet(path)
         with self._lock:
             self.misses += 1
             self.bytes_read += ident[2]
@@ -177,7 +175,7 @@ class BlockReader:
     def read_file(self, table: str, name: str):
         """``(pyarrow Table, its key column)`` of the file ``name`` of ``table``, through the cache."""
         path = os.path.join(self.path, table, name)
-        if not os.path.exists(path):
+        if not files_for(path).exists(path):
             raise StoreError(f"{path} is listed in the manifest but missing; the version is damaged "
                              "(check it with jobs/audit.py --verify-certificate)")
         self.files_read += 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spark_unlearn.store.fsutil import link_part_file
+from spark_unlearn.store.fsutil import files_for, link_part_file, read_parquet, write_text_durable
 from spark_unlearn.store.parquet_io import write_arrow_file
 
 BLOCKS_KEY = "blocks"
@@ -175,9 +175,7 @@ class _DiskFiles:
 
     @staticmethod
     def read(path: str):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path), os.path.getsize(path)
+        return read_parquet(path), files_for(path).size(path)
 
     @staticmethod
     def wrote(path: str, table) -> None:
@@ -197,8 +195,8 @@ def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], 
     """
 
     cache = cache or _DiskFiles
-
-    os.makedirs(out_dir)
+    files_io = files_for(out_dir)
+    files_io.makedirs(out_dir)
     out: dict[str, dict] = {}
     stats = {"files_linked": 0, "files_written": 0, "bytes_read": 0, "bytes_written": 0}
     for name, info in sorted(files.items()):
@@ -216,10 +214,10 @@ def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], 
         new = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
         write_arrow_file(table, os.path.join(out_dir, new))
         cache.wrote(os.path.join(out_dir, new), table)
-        stats["bytes_written"] += os.path.getsize(os.path.join(out_dir, new))
+        stats["bytes_written"] += files_io.size(os.path.join(out_dir, new))
         stats["files_written"] += 1
         out[new] = {"blocks": list(info["blocks"]), "rows": int(table.num_rows)}
-    open(os.path.join(out_dir, "_SUCCESS"), "w").close()
+    write_text_durable(os.path.join(out_dir, "_SUCCESS"), "")
     return out, stats
 
 

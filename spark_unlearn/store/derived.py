@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_unlearn.store.fsutil import link_part_file
+from spark_unlearn.store.fsutil import file_uri, files_for, link_part_file, path_key, write_text_durable
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +43,15 @@ class DerivedTable:
     rows: tuple | None = None  # the batch's (user, item, kind) rows, when the caller holds them on the driver
 
 
-def _local(uri: str) -> str:
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme in ("file", "") else uri
-
-
 def touched_files(spark: SparkSession, parent_dirs: list[str], batch: DataFrame) -> dict[str, set[str]]:
-    """Local paths of the part files of each of ``parent_dirs`` that hold a row ``batch`` names (one scan of all).
+    """The names of the part files of each of ``parent_dirs`` that hold a row ``batch`` names (one scan of all).
 
-    Returns ``parent_dir -> paths``; the directories must hold tables with
-    ``user`` and ``item`` columns (a version's ratings and holdout).
+    Returns ``parent_dir -> file names``; the directories must hold tables
+    with ``user`` and ``item`` columns (a version's ratings and holdout).
     """
     from spark_unlearn.als.plan import batch_requests
 
-    table = spark.read.parquet(*parent_dirs).select("user", "item").withColumn(_FILE, F.input_file_name())
+    table = spark.read.parquet(*[file_uri(d) for d in parent_dirs]).select("user", "item").withColumn(_FILE, F.input_file_name())
     pairs, users, items = batch_requests(batch)
     hit = (
         table.join(pairs, ["user", "item"], "left_semi").select(_FILE)
@@ -67,9 +59,11 @@ def touched_files(spark: SparkSession, parent_dirs: list[str], batch: DataFrame)
         .unionByName(table.join(items, ["item"], "left_semi").select(_FILE))
         .distinct()
     )
-    paths = {os.path.realpath(_local(r[0])) for r in hit.collect()}
-    out = {d: {p for p in paths if os.path.dirname(p) == os.path.realpath(d)} for d in parent_dirs}
-    stray = paths.difference(*out.values())
+    # Spark spells a file file:/x, the caller /x or file:///x: compared as path_key.
+    paths = {path_key(r[0]) for r in hit.collect()}
+    keys = {d: path_key(d) for d in parent_dirs}
+    out = {d: {os.path.basename(p) for p in paths if os.path.dirname(p) == keys[d]} for d in parent_dirs}
+    stray = {p for p in paths if os.path.dirname(p) not in keys.values()}
     if stray:
         raise RuntimeError(f"rows of {parent_dirs} were read from files outside them: {sorted(stray)[:3]}")
     return out
@@ -86,29 +80,29 @@ def write_derived(spark: SparkSession, table: DerivedTable, out_dir: str, touche
     from spark_unlearn.als.plan import remove_batch
 
     parent = table.parent_dir
-    if not os.path.isdir(parent):
+    files = files_for(out_dir)
+    if not files.isdir(parent):
         raise FileNotFoundError(f"parent data directory {parent} does not exist")
     hit = touched_files(spark, [parent], table.batch)[parent] if touched is None else touched
-    os.mkdir(out_dir)
-    parts = sorted(n for n in os.listdir(parent) if n.startswith("part-"))
+    files.mkdir(out_dir)
+    parts = sorted(n for n in files.listdir(parent) if n.startswith("part-"))
     linked = 0
     for name in parts:
-        src = os.path.join(parent, name)
-        if os.path.realpath(src) in hit:
+        if name in hit:
             continue
         link_part_file(parent, out_dir, name)
         linked += 1
     rewritten = sorted(hit)
     if rewritten:
         tmp = os.path.join(out_dir, "_rewrite")
-        source = spark.read.parquet(*[f"file://{p}" for p in rewritten])
+        source = spark.read.parquet(*[file_uri(os.path.join(parent, n)) for n in rewritten])
         # remove_batch's joins move the key columns first: keep the parent's column order in every file.
         kept = remove_batch(source, table.batch).select(*source.columns)
-        kept.write.mode("error").parquet(f"file://{tmp}")
-        for name in os.listdir(tmp):
+        kept.write.mode("error").parquet(file_uri(tmp))
+        for name in files.listdir(tmp):
             if name.startswith("part-") or (name.startswith(".part-") and name.endswith(".crc")):
-                os.rename(os.path.join(tmp, name), os.path.join(out_dir, name))
-        shutil.rmtree(tmp)
-    open(os.path.join(out_dir, "_SUCCESS"), "w").close()
+                files.rename(os.path.join(tmp, name), os.path.join(out_dir, name))
+        files.rmtree(tmp)
+    write_text_durable(os.path.join(out_dir, "_SUCCESS"), "")
     log.info("data version from %s: %d part files linked, %d rewritten without the batch's rows", parent, linked, len(rewritten))
     return {"linked": linked, "rewritten": len(rewritten)}

@@ -1,9 +1,16 @@
-"""Small local-filesystem helpers for the model store: paths, checksums, fsync, atomic replace, locking."""
+"""File helpers of the model store, for plain local paths and Hadoop FileSystem URIs: dispatch, checksums,
+durable and atomic writes, Parquet files, locking.
+
+A plain path is served by :class:`~spark_unlearn.store.posix_files.PosixFiles`
+(the operating system); a URI with a scheme (``file://``, ``hdfs://``) by
+:class:`~spark_unlearn.store.hadoop_files.HadoopFiles` (Hadoop's FileSystem in
+Spark's JVM).  Every function here takes either and picks the back end from
+the path, so the store above is written once.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -11,36 +18,81 @@ import uuid
 from collections.abc import Iterator
 
 from spark_unlearn.errors import OutputPathError
+from spark_unlearn.store.hadoop_files import HadoopFiles
+from spark_unlearn.store.posix_files import PosixFiles
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_POSIX = PosixFiles()
+_HADOOP: dict[tuple, HadoopFiles] = {}
+
+
+def is_uri(path: str) -> bool:
+    """True if ``path`` names a scheme (``file:``, ``hdfs://``): it goes through Hadoop's FileSystem."""
+    m = _SCHEME.match(path)
+    return m is not None and len(m.group(1)) > 1  # not a Windows drive letter
+
+
+def files_for(path: str) -> PosixFiles | HadoopFiles:
+    """The back end serving ``path`` (one Hadoop back end per scheme, authority and Spark context)."""
+    if not is_uri(path):
+        return _POSIX
+    from urllib.parse import urlparse
+
+    from pyspark import SparkContext
+
+    parsed = urlparse(path)
+    key = (parsed.scheme.lower(), parsed.netloc, id(SparkContext._active_spark_context))
+    files = _HADOOP.get(key)
+    if files is None:
+        files = _HADOOP[key] = HadoopFiles(path)
+    return files
+
+
+def store_root(path: str) -> str:
+    """The canonical form of a store root: an absolute local path, or the URI without a trailing slash.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` is empty, or a ``file:`` URI whose path is not absolute.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise OutputPathError(f"model store path {path!r} is empty; give a directory or a file:// / hdfs:// URI")
+    if not is_uri(path):
+        return os.path.abspath(path)
+    from urllib.parse import urlparse
+
+    parsed = urlparse(path)
+    if not parsed.path.startswith("/"):
+        raise OutputPathError(f"{path!r}: a store URI needs an absolute path, e.g. file:///data/store or "
+                              "hdfs://namenode:8020/models/store")
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/') or '/'}"
+
+
+def path_key(path: str) -> str:
+    """``path`` as one spelling of its file or directory: ``file:/x``, ``file:///x``, ``/x`` and a symlink to it
+    give the resolved local path; other URIs their scheme, authority and path."""
+    from urllib.parse import unquote, urlparse
+
+    if not is_uri(path):
+        return os.path.realpath(path)
+    parsed = urlparse(path)
+    if parsed.scheme.lower() == "file":
+        return os.path.realpath(unquote(parsed.path))
+    return f"{parsed.scheme.lower()}://{parsed.netloc}{unquote(parsed.path).rstrip('/')}"
 
 
 def sha256_file(path: str, *, fsync: bool = False) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks.
+    """Hex SHA-256 of a file's bytes.
 
-    Parameters
-    ----------
-    path
-        File to hash.
-    fsync
-        Also flush the file to stable storage.  Spark/Hadoop's local writer
-        never fsyncs, so the publisher does it here while the file is open
-        anyway; otherwise a crash right after publishing could leave a version
-        whose checksums were computed from pages that never reached the disk.
+    ``fsync`` also flushes a local file to stable storage.  Spark/Hadoop's
+    local writer never fsyncs, so the publisher does it here while it reads
+    the file anyway; otherwise a crash right after publishing could leave a
+    version whose checksums were computed from pages that never reached the disk.
     """
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            for block in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(block)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
+    return files_for(path).sha256(path, fsync=fsync)
 
 
 def list_files(root: str) -> list[str]:
@@ -49,109 +101,146 @@ def list_files(root: str) -> list[str]:
     Hidden files (Hadoop's ``.crc`` side files) are included: they are part of
     what was written and Hadoop's local reader checks them.
     """
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            out.append(os.path.relpath(full, root).replace(os.sep, "/"))
-    return sorted(out)
+    return files_for(root).walk(root)
 
 
 def fsync_dir(path: str) -> None:
     """Flush a directory's entries (a rename or create is durable only after this)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+    files_for(path).fsync_dir(path)
+
+
+def read_text(path: str) -> str:
+    """A file's UTF-8 text (``FileNotFoundError`` if missing)."""
+    return files_for(path).read_bytes(path).decode("utf-8")
 
 
 def write_text_durable(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to a new file and fsync it."""
-    with open(path, "x", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write ``text`` (UTF-8) to a new file and make it durable (``FileExistsError`` if it exists)."""
+    files_for(path).write_new(path, text.encode("utf-8"))
 
 
 def atomic_write_text(path: str, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix.
 
-    Writes a temporary sibling, fsyncs it, ``os.replace``-s it over ``path``
-    and fsyncs the parent directory.
+    Writes a temporary sibling durably, replaces ``path`` with it atomically
+    and flushes the parent directory.
     """
-    parent = os.path.dirname(os.path.abspath(path))
+    files = files_for(path)
+    parent = os.path.dirname(path)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
-        write_text_durable(tmp, text)
-        os.replace(tmp, path)
+        files.write_new(tmp, text.encode("utf-8"))
+        files.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.remove(tmp)
+            files.remove(tmp)
         raise
-    fsync_dir(parent)
+    files.fsync_dir(parent)
 
 
 def link_or_copy(src: str, dst: str) -> None:
     """Hard-link ``src`` to ``dst`` (same bytes, no copy), or copy it where the file system cannot link."""
-    import shutil
-
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    files_for(dst).link_or_copy(src, dst)
 
 
 def link_part_file(parent_dir: str, out_dir: str, name: str) -> None:
     """:func:`link_or_copy` the part file ``name`` of ``parent_dir`` into ``out_dir``, with its ``.crc`` side file
     (Hadoop's checksum of the part, written beside it) when there is one."""
+    files = files_for(out_dir)
     for side in (name, f".{name}.crc"):
         path = os.path.join(parent_dir, side)
-        if side == name or os.path.exists(path):
-            link_or_copy(path, os.path.join(out_dir, side))
+        if side == name or files.exists(path):
+            files.link_or_copy(path, os.path.join(out_dir, side))
 
 
-def file_identity(path: str) -> tuple[int, int, int, int]:
-    """``(device, inode, size, mtime_ns)`` of ``path``: the same for a file's hard links, new when it is rewritten
-    (the key of the process's checksum and block-file caches)."""
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def file_identity(path: str) -> tuple:
+    """A key that is the same for a file's hard links and new when it is rewritten (the key of the process's
+    checksum and block-file caches): ``(device, inode, size, mtime_ns)`` locally, ``(uri, 0, size, mtime_ms)`` on
+    Hadoop (the size third in both)."""
+    return files_for(path).identity(path)
+
+
+def file_uri(path: str) -> str:
+    """The URI Spark reads or writes ``path`` through (``file://`` + the absolute path for a plain path)."""
+    return files_for(path).uri(path)
 
 
 def local_path(path: str) -> str:
-    """The absolute local path of ``path`` (a plain path or a ``file:`` URI).
+    """The absolute local path of a plain path.
 
     Raises
     ------
     OutputPathError
-        If ``path`` is a URI of another scheme (the model store needs a local or NFS path).
+        If ``path`` is a URI: the caller (IFRU models, the service's inbox) needs a local or NFS path.
     """
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    elif path.startswith("file:"):
-        path = path[len("file:") :]
-    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
-        raise OutputPathError(f"{path!r}: the model store needs a local or NFS filesystem path, not a remote URI")
+    if is_uri(path):
+        raise OutputPathError(f"{path!r}: this needs a local or NFS filesystem path, not a URI")
     return os.path.abspath(path)
 
 
-def file_uri(path: str) -> str:
-    """The ``file://`` URI Spark reads or writes ``path`` through."""
-    # Explicit file:// so a cluster whose default filesystem is HDFS still uses the local/NFS path.
-    return "file://" + os.path.abspath(path)
+def read_parquet(path: str, **kwargs):
+    """A Parquet file as an Arrow table (``pyarrow.parquet.read_table``'s keywords)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(files_for(path).arrow_source(path), **kwargs)
+
+
+def write_parquet(table, path: str, **kwargs) -> None:
+    """Write an Arrow table as the new Parquet file ``path`` (``pyarrow.parquet.write_table``'s keywords)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = files_for(path)
+    if isinstance(files, PosixFiles):
+        pq.write_table(table, path, **kwargs)
+        return
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **kwargs)
+    files.write_new(path, sink.getvalue().to_pybytes())
 
 
 LOCK_MODE_ENV = "SPARK_UNLEARN_STORE_LOCK"
-"""``flock`` (default; falls back to ``lease`` where the file system refuses flock) or ``lease``."""
+"""``flock`` (default on local paths and ``file:`` URIs; falls back to ``lease`` where the file system refuses
+flock) or ``lease``.  Other Hadoop file systems (``hdfs://``) always use the lease."""
 
 LEASE_SECONDS = 30.0
 """A lease not renewed for this long is stale: its holder died (a live holder renews it every third of this)."""
+
+LEASE_ENV = "SPARK_UNLEARN_STORE_LEASE_S"
+"""Overrides :data:`LEASE_SECONDS` (seconds, > 0): how long a killed holder keeps others waiting."""
+
+
+def lease_seconds() -> float:
+    """The lease length: :data:`LEASE_ENV` if set, else :data:`LEASE_SECONDS`.
+
+    Raises
+    ------
+    ConfigError
+        The variable is not a positive number.
+    """
+    raw = os.environ.get(LEASE_ENV)
+    if raw is None:
+        return LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        from spark_unlearn.errors import ConfigError
+
+        raise ConfigError(f"{LEASE_ENV}={raw!r}: give the lease length in seconds, a positive number such as 30")
+    return value
+
+
+def _flock_path(path: str) -> str | None:
+    """The local file ``flock`` can lock for ``path``: itself, the path of a ``file:`` URI, or ``None`` (HDFS)."""
+    if not is_uri(path):
+        return path
+    if path.lower().startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    return None
 
 
 @contextlib.contextmanager
@@ -160,15 +249,19 @@ def exclusive_lock(path: str) -> Iterator[None]:
 
     Serialises publishers of one store so two of them never pick the same
     version number, and makes the compare-and-swap of a commit (read
-    ``CURRENT``, compare, replace) one step.  Uses ``fcntl.flock`` (honoured
-    by NFSv4); where the file system refuses it, or with
-    ``SPARK_UNLEARN_STORE_LOCK=lease``, a lease file (:func:`lease_lock`),
+    ``CURRENT``, compare, replace) one step.  A plain path and a ``file:``
+    URI use ``fcntl.flock`` on the local file (honoured by NFSv4; a store
+    opened both ways is locked by one lock); other Hadoop file systems
+    (``hdfs://``), a file system that refuses flock, or
+    ``SPARK_UNLEARN_STORE_LOCK=lease`` use a lease file (:func:`lease_lock`),
     which needs only an exclusive create and a rename.
     """
-    if os.environ.get(LOCK_MODE_ENV, "flock") == "lease":
+    local = _flock_path(path)
+    if local is None or os.environ.get(LOCK_MODE_ENV, "flock") == "lease":
         with lease_lock(path + ".lease"):
             yield
         return
+    path = local
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
@@ -196,56 +289,55 @@ def exclusive_lock(path: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def lease_lock(path: str, *, lease_s: float = LEASE_SECONDS, poll_s: float = 0.05) -> Iterator[None]:
+def lease_lock(path: str, *, lease_s: float | None = None, poll_s: float = 0.05) -> Iterator[None]:
     """Hold the lease file ``path`` for the ``with`` body: a lock that needs no ``flock``.
 
     Protocol (any file system with an atomic exclusive create and an atomic
-    rename of one file, as HDFS has):
+    rename of one file that never replaces, as HDFS has; the back ends give
+    both, :mod:`spark_unlearn.store.posix_files`):
 
-    1. *Acquire*: create ``path`` exclusively (``O_CREAT | O_EXCL``) with a
-       random token and fsync it.  If it exists, wait and retry.
-    2. *Renew*: while the body runs, a thread rewrites the file's mtime
-       every ``lease_s / 3`` seconds, so a live holder never looks stale.
-    3. *Break*: a lease whose mtime is older than ``lease_s`` belonged to a
-       holder that died.  A waiter renames it to a unique tombstone (only one
-       rename of that file can succeed), then checks that the tombstone holds
-       the very token it judged stale; if a fresh lease was taken in
-       between, it is linked back into place.  Then it retries step 1.
+    1. *Acquire*: create ``path`` exclusively with a random token, durably.
+       If it exists, wait and retry.
+    2. *Renew*: while the body runs, a thread sets the file's modification
+       time every ``lease_s / 3`` seconds, so a live holder never looks stale.
+    3. *Break*: a lease whose modification time is older than ``lease_s``
+       belonged to a holder that died.  A waiter renames it to a unique
+       tombstone (only one rename of that file can succeed), then checks that
+       the tombstone holds the very token it judged stale; if a fresh lease
+       was taken in between, it is renamed back into place (unless yet
+       another was taken).  Then it retries step 1.
     4. *Release*: remove ``path`` if it still holds our token.
 
-    Limits (known, for the Hadoop FileSystem store to replace with commit
-    markers): a lease is judged stale by comparing the file's mtime with this
-    machine's clock, so a holder paused for longer than ``lease_s`` or a
-    clock far ahead of the file server's can see a live lease broken; two
-    waiters breaking the same stale lease can, in a narrow race, break the
-    fresh one too; and a process in ``flock`` mode does not exclude one in
-    ``lease`` mode.  In each case two publishers could hold the lock at once,
-    and the compare-and-swap, which runs under it, would not protect the
-    second.  ``flock`` stays the default.
+    Limits (known): a lease is judged stale by comparing the file's
+    modification time with this machine's clock, so a holder paused for
+    longer than ``lease_s`` or a clock far ahead of the file server's can see
+    a live lease broken; two waiters breaking the same stale lease can, in a
+    narrow race, break the fresh one too; and a process in ``flock`` mode
+    does not exclude one in ``lease`` mode on the same plain path.  In each
+    case two publishers could hold the lock at once, and the compare-and-swap,
+    which runs under it, would not protect the second.  ``flock`` stays the
+    default for plain paths.
     """
     import threading
     import time
 
+    files = files_for(path)
+    lease_s = lease_seconds() if lease_s is None else lease_s
     token = uuid.uuid4().hex
     while True:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            files.write_new(path, token.encode())
         except FileExistsError:
-            _break_if_stale(path, lease_s)
+            _break_if_stale(files, path, lease_s)
             time.sleep(poll_s)
             continue
-        try:
-            os.write(fd, token.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         break
     stop = threading.Event()
 
     def renew():
         while not stop.wait(lease_s / 3):
-            with contextlib.suppress(OSError):
-                os.utime(path)
+            with contextlib.suppress(Exception):
+                files.touch(path)
 
     keeper = threading.Thread(target=renew, name="lease-renewal", daemon=True)
     keeper.start()
@@ -254,42 +346,41 @@ def lease_lock(path: str, *, lease_s: float = LEASE_SECONDS, poll_s: float = 0.0
     finally:
         stop.set()
         keeper.join()
-        if _read_token(path) == token:
+        if _read_token(files, path) == token:
             with contextlib.suppress(OSError):
-                os.remove(path)
+                files.remove(path)
 
 
-def _read_token(path: str) -> str | None:
+def _read_token(files, path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
+        return files.read_bytes(path).decode("utf-8", "replace").strip()
     except OSError:
         return None
 
 
-def _break_if_stale(path: str, lease_s: float) -> None:
+def _break_if_stale(files, path: str, lease_s: float) -> None:
     import time
 
     try:
-        age = time.time() - os.stat(path).st_mtime
+        age = time.time() - files.mtime(path)
     except FileNotFoundError:
         return
     if age <= lease_s:
         return
-    stale = _read_token(path)
+    stale = _read_token(files, path)
     tomb = f"{path}.broken-{uuid.uuid4().hex}"
     try:
-        os.rename(path, tomb)
-    except FileNotFoundError:
+        files.rename(path, tomb)
+    except (FileNotFoundError, FileExistsError):
         return  # another waiter broke it first
-    if _read_token(tomb) != stale:
+    if _read_token(files, tomb) != stale:
         # A fresh lease was taken between our look and our rename: put it back (fails only if yet another was taken).
         with contextlib.suppress(OSError):
-            os.link(tomb, path)
+            files.rename(tomb, path)
     else:
         log.warning("broke the lease %s, not renewed for %.0f s (its holder died)", path, age)
     with contextlib.suppress(OSError):
-        os.remove(tomb)
+        files.remove(tomb)
 
 
 @contextlib.contextmanager
@@ -300,27 +391,33 @@ def held_lock(path: str) -> Iterator[None]:
     process can tell live work from debris left by a killed one with
     :func:`is_abandoned`.
     """
+    local = _flock_path(path)
     with exclusive_lock(path):
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                os.remove(path)
+            if local is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(local)
 
 
 def is_abandoned(lock_path: str) -> bool:
     """True if nobody holds ``lock_path`` (so the work it marks was abandoned).
 
-    A missing lock file counts as abandoned.  Uses a non-blocking
-    ``flock``, or, where the work is marked by a lease file
-    (:func:`lease_lock`), the lease's age.
+    A missing lock file counts as abandoned.  Uses the lease's age where the
+    work is marked by a lease file (:func:`lease_lock`), else a non-blocking
+    ``flock``.
     """
     import time
 
+    files = files_for(lock_path)
     try:
-        return time.time() - os.stat(lock_path + ".lease").st_mtime > LEASE_SECONDS
+        return time.time() - files.mtime(lock_path + ".lease") > lease_seconds()
     except FileNotFoundError:
         pass
+    lock_path = _flock_path(lock_path)
+    if lock_path is None:
+        return True
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX

@@ -46,7 +46,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_unlearn.errors import ConfigError, StoreError
-from spark_unlearn.store.fsutil import atomic_write_text
+from spark_unlearn.store.fsutil import atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,7 @@ def read_ledger(store_root: str) -> list[dict[str, Any]]:
     """
     path = ledger_path(store_root)
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+        lines = read_text(path).splitlines()
     except FileNotFoundError:
         return []
     entries: list[dict[str, Any]] = []

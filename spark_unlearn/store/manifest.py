@@ -17,7 +17,7 @@ from typing import Any
 
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError, StoreError
-from spark_unlearn.store.fsutil import file_identity, list_files, sha256_file
+from spark_unlearn.store.fsutil import file_identity, list_files, read_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def read_manifest_at(name: str, path: str) -> dict:
     """
     mpath = os.path.join(path, MANIFEST_FILE)
     try:
-        with open(mpath, encoding="utf-8") as fh:
-            manifest = json.load(fh)
+        manifest = json.loads(read_text(mpath))
     except FileNotFoundError as exc:
         raise StoreError(f"version {name} at {path} has no {MANIFEST_FILE}: it is incomplete") from exc
     except (OSError, ValueError) as exc:

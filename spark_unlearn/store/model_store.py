@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import uuid
 from functools import partial
 from datetime import datetime, timezone
@@ -66,10 +65,12 @@ from spark_unlearn.store.fsutil import (
     atomic_write_text,
     exclusive_lock,
     file_uri,
-    fsync_dir,
+    files_for,
     held_lock,
     is_abandoned,
-    local_path,
+    is_uri,
+    read_text,
+    store_root,
     write_text_durable,
 )
 from spark_unlearn.store.manifest import (
@@ -122,25 +123,34 @@ class ModelStore:
     Parameters
     ----------
     root
-        Store directory (a plain path or a ``file://`` URI).  It is created
-        on the first :meth:`publish`; reading a missing store reports it as
-        empty rather than creating directories.
+        Store directory: a plain local or NFS path, or a Hadoop FileSystem
+        URI (``file:///...``, ``hdfs://...``), whose files then go through
+        Hadoop's FileSystem in the running SparkSession's JVM
+        (:mod:`spark_unlearn.store.fsutil`).  It is created on the first
+        :meth:`publish`; reading a missing store reports it as empty rather
+        than creating directories.
 
     Raises
     ------
     OutputPathError
-        If ``root`` exists and is not a directory, or is a non-local URI.
+        If ``root`` (a plain path) exists and is not a directory, or is a URI without an absolute path; the first
+        operation on a URI of a file system without atomic rename (an object store) raises it too.
     """
 
     def __init__(self, root: str) -> None:
-        self._root = local_path(root)
-        if os.path.exists(self._root) and not os.path.isdir(self._root):
+        self._root = store_root(root)
+        if not is_uri(self._root) and os.path.exists(self._root) and not os.path.isdir(self._root):
             raise OutputPathError(f"model store root {self._root} exists and is not a directory; choose another path")
 
     # ------------------------------------------------------------------ paths
     @property
     def root(self) -> str:
         return self._root
+
+    @property
+    def _files(self):
+        # Looked up per use: a URI's back end needs the SparkSession, which may start after the store is named.
+        return files_for(self._root)
 
     @property
     def _versions_dir(self) -> str:
@@ -154,7 +164,7 @@ class ModelStore:
     def versions(self) -> list[str]:
         """Published version names, oldest first."""
         try:
-            names = os.listdir(self._versions_dir)
+            names = self._files.listdir(self._versions_dir)
         except FileNotFoundError:
             return []
         found = [(int(m.group(1)), n) for n in names if (m := _VERSION_RE.match(n))]
@@ -164,8 +174,7 @@ class ModelStore:
         """Name of the current version, or ``None`` if nothing was published yet."""
         path = os.path.join(self._root, CURRENT_FILE)
         try:
-            with open(path, encoding="utf-8") as fh:
-                name = fh.read().strip()
+            name = read_text(path).strip()
         except FileNotFoundError:
             return None
         if not _VERSION_RE.match(name):
@@ -182,7 +191,7 @@ class ModelStore:
         """
         name = self._resolve(version)
         path = os.path.join(self._versions_dir, name)
-        if not os.path.isdir(path):
+        if not self._files.isdir(path):
             raise StoreError(
                 f"version {name!r} does not exist in model store {self._root}; "
                 f"versions available: {self.versions() or 'none'}"
@@ -294,7 +303,7 @@ class ModelStore:
         Every job calls this before it starts.  Returns the ledger entries it
         recovered (see :func:`spark_unlearn.store.ledger.reconcile`).
         """
-        if not os.path.isdir(self._root):
+        if not self._files.isdir(self._root):
             return []
         with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
             recovered = _ledger.reconcile(self)
@@ -307,7 +316,7 @@ class ModelStore:
 
     def _remove_abandoned_staging(self) -> None:
         try:
-            names = os.listdir(self._staging_dir)
+            names = self._files.listdir(self._staging_dir)
         except FileNotFoundError:
             return
         for name in names:
@@ -316,9 +325,9 @@ class ModelStore:
             lock = os.path.join(self._staging_dir, name + ".lock")
             if is_abandoned(lock):
                 log.warning("removing %s, left by a publish that was interrupted", os.path.join(self._staging_dir, name))
-                shutil.rmtree(os.path.join(self._staging_dir, name), ignore_errors=True)
+                self._files.rmtree(os.path.join(self._staging_dir, name))
                 with contextlib.suppress(OSError):
-                    os.remove(lock)
+                    self._files.remove(lock)
 
     # -------------------------------------------------------------- publish
     def publish(
@@ -416,11 +425,12 @@ class ModelStore:
         # Not the factor table's session: reading a deferred table builds a plan copy-on-write never uses.
         spark = SparkSession.getActiveSession() or force(user_f).sparkSession
 
-        os.makedirs(self._staging_dir, exist_ok=True)
-        os.makedirs(self._versions_dir, exist_ok=True)
+        files = self._files
+        files.makedirs(self._staging_dir)
+        files.makedirs(self._versions_dir)
         staging = os.path.join(self._staging_dir, uuid.uuid4().hex)
         with held_lock(staging + ".lock"):
-            os.mkdir(staging)
+            files.mkdir(staging)
             return self._publish_staged(
                 staging, spark, params, model_params_of(model), user_f, item_f, offs, rats, hold, gone, extra, parent,
                 request, expect_current, layout, deltas,
@@ -449,12 +459,13 @@ class ModelStore:
                 write_text_durable(
                     os.path.join(staging, MANIFEST_FILE), json.dumps(body, indent=2, allow_nan=False) + "\n"
                 )
-                fsync_dir(staging)
+                files = self._files
+                files.fsync_dir(staging)
                 final = os.path.join(self._versions_dir, name)
-                if os.path.lexists(final):
+                if files.exists(final):
                     raise StoreError(f"{final} already exists although the store lock is held; refusing to overwrite")
-                os.rename(staging, final)
-                fsync_dir(self._versions_dir)
+                files.rename(staging, final)
+                files.fsync_dir(self._versions_dir)
                 failpoint("after_version_renamed")
                 try:
                     atomic_write_text(os.path.join(self._root, CURRENT_FILE), name + "\n")
@@ -462,9 +473,9 @@ class ModelStore:
                     # CURRENT still names the old version: take the new one back
                     # out of versions/ so a failed publish leaves no trace.
                     try:
-                        os.rename(final, staging)
+                        files.rename(final, staging)
                     except OSError:
-                        shutil.rmtree(final, ignore_errors=True)
+                        files.rmtree(final)
                     raise
                 failpoint("after_current_switched")
                 if request is not None:
@@ -478,7 +489,7 @@ class ModelStore:
                                       "reconcile() recovers it from the manifest", name)
         except BaseException:
             log.warning("publish to %s failed; removing staging directory %s", self._root, staging)
-            shutil.rmtree(staging, ignore_errors=True)
+            self._files.rmtree(staging)
             raise
         counts = body["counts"]
         log.info("published %s to %s (%d users, %d items)", name, self._root, counts["n_users"], counts["n_items"])
@@ -507,7 +518,7 @@ class ModelStore:
             for name in self.versions():
                 path = os.path.join(self._versions_dir, name)
                 if name not in chain:
-                    shutil.rmtree(path)
+                    self._files.rmtree(path)
                     out["removed"].append(name)
                     continue
                 if name in chain[:keep]:
@@ -515,11 +526,10 @@ class ModelStore:
                 manifest = read_manifest_at(name, path)
                 if manifest.get("purged"):
                     continue
-                for entry in sorted(os.listdir(path)):
+                for entry in sorted(self._files.listdir(path)):
                     if entry in (MANIFEST_FILE, FORGOTTEN_DIR):
                         continue
-                    full = os.path.join(path, entry)
-                    shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+                    self._files.rmtree(os.path.join(path, entry))
                 manifest["files"] = {k: v for k, v in manifest.get("files", {}).items() if k.startswith(FORGOTTEN_DIR + "/")}
                 manifest["purged"] = {"at": datetime.now(timezone.utc).isoformat(), "kept": [FORGOTTEN_DIR, MANIFEST_FILE]}
                 atomic_write_text(os.path.join(path, MANIFEST_FILE), json.dumps(manifest, indent=2, allow_nan=False) + "\n")

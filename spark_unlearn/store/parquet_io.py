@@ -28,6 +28,6 @@ def write_options(schema) -> dict:
 
 def write_arrow_file(table, path: str) -> None:
     """Write the Arrow ``table`` as one Parquet file at ``path`` with :func:`write_options`."""
-    import pyarrow.parquet as pq
+    from spark_unlearn.store.fsutil import write_parquet
 
-    pq.write_table(table, path, **write_options(table.schema))
+    write_parquet(table, path, **write_options(table.schema))

@@ -37,7 +37,7 @@ from spark_unlearn.store.block_reader import table_files
 from spark_unlearn.store.blocked import (BLOCKS_KEY, TableDelta, arrange, blocks_for, data_blocks_for, file_maps,
                                         patch_blocked, recorded_table_blocks)
 from spark_unlearn.store.spark_layout import ITEM_FACTORS, USER_FACTORS
-from spark_unlearn.store.fsutil import file_uri
+from spark_unlearn.store.fsutil import file_uri, files_for, path_key, read_parquet
 from spark_unlearn.store.tables import ITEM_OFFSETS, RATINGS_BY_ITEM_DIR, RATINGS_DIR, USER_OFFSETS
 
 SIDE_OF = {USER_FACTORS: "user", ITEM_FACTORS: "item", USER_OFFSETS: "user", ITEM_OFFSETS: "item"}
@@ -132,8 +132,6 @@ def _write(spark, staging, frames, layout, deltas, out: SideTablesWritten) -> li
 
 def _check_patched_factors(staging: str, table: str, out: SideTablesWritten, rank: int) -> int:
     """Rank and finiteness of the factor rows a patch wrote (linked files were checked when first published)."""
-    import pyarrow.parquet as pq
-
     from spark_unlearn.store.blocked import apply_delta
 
     files = out.blocks["files"][table]
@@ -145,7 +143,7 @@ def _check_patched_factors(staging: str, table: str, out: SideTablesWritten, ran
         if f"{table}/{name}" in out.checksums:  # linked from the parent, checked when it was published
             continue
         # apply_delta with nothing to apply converts the columns and checks the lists' lengths.
-        t = apply_delta(pq.read_table(path), np.zeros(0, np.int64), [])
+        t = apply_delta(read_parquet(path), np.zeros(0, np.int64), [])
         feats = np.asarray(t.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False))
         if feats.size != t.num_rows * rank:
             raise SchemaError(f"{table}/{name}: factor rows do not have {rank} features (params.rank)")
@@ -155,7 +153,8 @@ def _check_patched_factors(staging: str, table: str, out: SideTablesWritten, ran
 
 
 def _dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    files = files_for(path)
+    return sum(files.size(os.path.join(path, rel)) for rel in files.walk(path))
 
 
 DATA_DRIVER_MAX_BYTES = 256 << 20
@@ -212,7 +211,7 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
                 by_item_done = True
             continue
         files = layout.files.get(rel) if layout is not None else None
-        if files is None or not os.path.samefile(table.parent_dir, os.path.join(layout.path, rel)):
+        if files is None or path_key(table.parent_dir) != path_key(os.path.join(layout.path, rel)):
             spark_derived[rel] = table  # the parent is not blocked, or is not the version the layout describes
             continue
         if id(table.batch) not in rows_of_batch:
@@ -243,8 +242,7 @@ def write_data_tables(spark: SparkSession, staging: str, data: dict[str, Any], w
             continue
         touched = None
         if rows.keys() is None:  # withdrawn items: any block, found by one scan
-            found = touched_files(spark, [table.parent_dir], table.batch)[table.parent_dir]
-            touched = {os.path.basename(p) for p in found}
+            touched = touched_files(spark, [table.parent_dir], table.batch)[table.parent_dir]
         b = layout.blocks_of(rel, "user")
         if _bytes(table.parent_dir, touched if touched is not None else
                   _names_holding(files, b, rows)) > DATA_DRIVER_MAX_BYTES:
@@ -323,7 +321,8 @@ def _names_holding(files: dict[str, dict], n_blocks: int, rows) -> set[str]:
 
 
 def _bytes(parent_dir: str, names: set[str]) -> int:
-    return sum(os.path.getsize(os.path.join(parent_dir, n)) for n in names)
+    files = files_for(parent_dir)
+    return sum(files.size(os.path.join(parent_dir, n)) for n in names)
 
 
 def _reuse_checksums(staging: str, written: SideTablesWritten, layout: ParentLayout, table: str,
@@ -331,7 +330,7 @@ def _reuse_checksums(staging: str, written: SideTablesWritten, layout: ParentLay
     """Record the parent's checksums for the files of ``table`` hard-linked from it (and their ``.crc`` side files)."""
     for name in linked:
         for rel in (f"{table}/{name}", f"{table}/.{name}.crc"):
-            if os.path.exists(os.path.join(staging, rel)):
+            if files_for(staging).exists(os.path.join(staging, rel)):
                 if rel not in layout.checksums:
                     raise StoreError(f"{layout.path}: its manifest has no checksum of {rel}; the version is damaged "
                                      "(check it with jobs/audit.py --verify-certificate)")

@@ -29,7 +29,7 @@ from spark_unlearn.als.model import FactorModel
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.errors import ConfigError, StoreError
 from spark_unlearn.schema import ITEM, USER
-from spark_unlearn.store.fsutil import local_path, write_text_durable
+from spark_unlearn.store.fsutil import files_for, read_text, store_root, write_text_durable
 from spark_unlearn.store.tables import read_factors
 
 SPARK_ALS_MODEL_CLASS = "org.apache.spark.ml.recommendation.ALSModel"
@@ -77,7 +77,7 @@ def spark_als_metadata(params: ALSParams, *, spark_version: str, uid: str | None
 def write_spark_metadata(meta_dir: str, meta: dict[str, Any]) -> None:
     """Create ``meta_dir`` holding ``meta`` the way Spark's metadata writer does (durably)."""
     # Spark's writer emits one compact JSON line in a part file plus _SUCCESS.
-    os.makedirs(meta_dir)
+    files_for(meta_dir).makedirs(meta_dir)
     write_text_durable(os.path.join(meta_dir, "part-00000"), json.dumps(meta, separators=(",", ":")) + "\n")
     write_text_durable(os.path.join(meta_dir, "_SUCCESS"), "")
 
@@ -91,12 +91,12 @@ def read_spark_metadata(model_dir: str) -> dict[str, Any]:
         If there is no metadata or it is not a JSON object.
     """
     meta_dir = os.path.join(model_dir, METADATA_DIR)
-    if not os.path.isdir(meta_dir):
+    files = files_for(meta_dir)
+    if not files.isdir(meta_dir):
         raise StoreError(f"{model_dir} is not a saved Spark ML model: no {METADATA_DIR}/ directory")
-    parts = sorted(n for n in os.listdir(meta_dir) if n.startswith("part-"))
+    parts = sorted(n for n in files.listdir(meta_dir) if n.startswith("part-"))
     for part in parts:
-        with open(os.path.join(meta_dir, part), encoding="utf-8") as fh:
-            line = next((ln for ln in fh if ln.strip()), None)
+        line = next((ln for ln in read_text(os.path.join(meta_dir, part)).splitlines() if ln.strip()), None)
         if line is None:
             continue
         try:
@@ -143,8 +143,9 @@ def load_spark_als_model(spark: SparkSession, path: str, *, params: ALSParams | 
         If the objective is neither recorded nor stated, contradicts the
         record, or asks for ``nonnegative`` (not supported).
     """
-    local = local_path(path)
-    if not os.path.isdir(local):
+    local = store_root(path)
+    files = files_for(local)
+    if not files.isdir(local):
         raise StoreError(f"{local} does not exist or is not a directory; expected a saved Spark ALSModel")
     meta = read_spark_metadata(local)
     cls = meta.get("class")
@@ -154,7 +155,7 @@ def load_spark_als_model(spark: SparkSession, path: str, *, params: ALSParams | 
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise StoreError(f"{local}/{METADATA_DIR} has no valid top-level 'rank' (got {rank!r})")
     for sub in (USER_FACTORS, ITEM_FACTORS):
-        if not os.path.isdir(os.path.join(local, sub)):
+        if not files.isdir(os.path.join(local, sub)):
             raise StoreError(f"{local} is an incomplete ALSModel: no {sub}/ directory")
     if params is None:
         params = params_from_spark_metadata(meta, rank, local, stated or {})

@@ -32,7 +32,7 @@ from pyspark.sql.types import (
 
 from spark_unlearn.errors import EmptyInputError, SchemaError, StoreError
 from spark_unlearn.store.derived import DerivedTable, touched_files, write_derived
-from spark_unlearn.store.fsutil import file_uri
+from spark_unlearn.store.fsutil import file_uri, files_for, write_text_durable
 from spark_unlearn.store.parquet_io import write_arrow_file
 
 USER_OFFSETS, ITEM_OFFSETS = "offsets/users", "offsets/items"
@@ -67,7 +67,7 @@ def touched_together(spark: SparkSession, *tables) -> dict[str, set[str]] | None
 
 
 def write_parquet(df: DataFrame, path: str) -> None:
-    """Write ``df`` as a new Parquet table at the local path ``path`` (refuses to overwrite)."""
+    """Write ``df`` as a new Parquet table at ``path`` (a plain path or a URI; refuses to overwrite)."""
     df.write.mode("error").parquet(file_uri(path))
 
 
@@ -75,9 +75,9 @@ def write_local_parquet(table, path: str) -> None:
     """Write the Arrow ``table`` (small, on the driver) as a new one-file Parquet table at ``path``, with pyarrow."""
     import uuid
 
-    os.makedirs(path)
+    files_for(path).makedirs(path)
     write_arrow_file(table, os.path.join(path, f"part-00000-{uuid.uuid4().hex}-c000.snappy.parquet"))
-    open(os.path.join(path, "_SUCCESS"), "w").close()
+    write_text_durable(os.path.join(path, "_SUCCESS"), "")
 
 
 def read_factors(spark: SparkSession, path: str, typed: bool = False) -> DataFrame:

@@ -43,7 +43,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_unlearn.errors import StoreError
-from spark_unlearn.store.fsutil import file_uri
+from spark_unlearn.store.fsutil import file_uri, files_for
 from spark_unlearn.store.model_store import ModelStore
 from spark_unlearn.verify.reference import gram_of, row_deviation
 
@@ -373,7 +373,7 @@ def data_identity(spark, loaded) -> dict[str, Any]:
 
     out = {"recorded": loaded.manifest.get("data_fingerprint"), "ratings": fingerprint_ratings(loaded.ratings)}
     copy = os.path.join(loaded.path, RATINGS_BY_ITEM_DIR)
-    if os.path.isdir(copy):
+    if files_for(copy).isdir(copy):
         out["ratings_by_item"] = fingerprint_ratings(spark.read.parquet(file_uri(copy)))
     out["consistent"] = all(v == out["recorded"] for k, v in out.items() if k != "recorded")
     return out
