@@ -23,6 +23,7 @@ import pytest
 
 from job_helpers import subprocess_env
 from spark_unlearn.faults import ENV
+from spark_unlearn.store import fsutil
 from spark_unlearn.store.model_store import ModelStore
 from verify_helpers import assert_verified
 
@@ -34,10 +35,10 @@ SUBMITTERS = {"REQ-U1": 1, "REQ-U2": 2}
 KILLED = ("REQ-U5", 5)
 
 
-def _start(store, user, batch_id, cfg, tmp_path, point=None):
+def _start(store, user, batch_id, cfg, tmp_path, point=None, **lock_env):
     delete = tmp_path / f"{batch_id}.csv"
     delete.write_text(f"user\n{user}\n")
-    env = subprocess_env()
+    env = subprocess_env(**lock_env)
     env.pop(ENV, None)
     if point:
         env[ENV] = point
@@ -51,21 +52,34 @@ def _ids(version_dir, table, column):
     return {v for f in files for v in pq.read_table(f, columns=[column]).column(column).to_pylist()}
 
 
-def test_three_concurrent_submitters_one_killed_in_publication_lose_no_erasure(spark, trained_store, tmp_path):
-    store = str(shutil.copytree(trained_store, tmp_path / "store"))
+# The file:// case: every file operation of the jobs goes through Hadoop's FileSystem, and they lock with the
+# lease an hdfs:// store uses (exclusive create, renewal, a killed holder's lease broken once stale: 5 s here).
+LEASE = {fsutil.LOCK_MODE_ENV: "lease", fsutil.LEASE_ENV: "5"}
+
+
+@pytest.mark.parametrize("through", ["plain_path_flock", "file_uri_lease"])
+def test_three_concurrent_submitters_one_killed_in_publication_lose_no_erasure(spark, trained_store, tmp_path,
+                                                                               through, monkeypatch):
+    local = str(shutil.copytree(trained_store, tmp_path / "store"))
+    store, lock_env = (local, {}) if through == "plain_path_flock" else ("file://" + local, LEASE)
+    os.remove(os.path.join(local, ".lock"))  # left by the training; flock creates it again, the lease does not
+    for key, value in lock_env.items():
+        monkeypatch.setenv(key, value)
     cfg = tmp_path / "c.toml"
     cfg.write_text('[logging]\nlevel = "INFO"\n[unlearn]\nmeasure = false\nmax_rebases = 5\n'
                    '[spark]\n"spark.ui.enabled" = "false"\n"spark.sql.shuffle.partitions" = "4"\n')
-    procs = {bid: _start(store, user, bid, cfg, tmp_path) for bid, user in SUBMITTERS.items()}
-    procs[KILLED[0]] = _start(store, KILLED[1], KILLED[0], cfg, tmp_path, point="before_commit_check")
+    procs = {bid: _start(store, user, bid, cfg, tmp_path, **lock_env) for bid, user in SUBMITTERS.items()}
+    procs[KILLED[0]] = _start(store, KILLED[1], KILLED[0], cfg, tmp_path, point="before_commit_check", **lock_env)
     results = {bid: (p.wait(timeout=900), p.stdout.read(), p.stderr.read()) for bid, p in procs.items()}
 
     code, _, err = results[KILLED[0]]
     assert code == -9 and "fail point before_commit_check reached" in err, err[-3000:]
+    # flock locks STORE/.lock; the lease never creates it (its file, STORE/.lock.lease, is gone once released).
+    assert os.path.exists(os.path.join(local, ".lock")) == (not lock_env)
     ms = ModelStore(store)
-    ms.reconcile()  # what the next job does first; the kill left the lock free, or this would hang
+    ms.reconcile()  # what the next job does first; the kill left the lock free (or its lease breakable), or this hangs
     current = ms.current()
-    final = ms.version_path(current)
+    final = os.path.join(local, "versions", current)
     users_left = _ids(final, "userFactors", "id") | _ids(final, "ratings", "user") | _ids(final, "holdout", "user")
     acknowledged = []
     for bid, user in SUBMITTERS.items():

@@ -14,12 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from job_helpers import subprocess_env
 from spark_unlearn.faults import ENV, POINTS
+from spark_unlearn.store import fsutil
 from spark_unlearn.store.model_store import ModelStore
 from verify_helpers import assert_verified
 
@@ -41,13 +43,17 @@ def _tmpdir(store, point):
 
 
 def _run(store, delete, cfg, batch_id, point=None):
-    env = subprocess_env(TMPDIR=_tmpdir(store, point))
+    env = subprocess_env(TMPDIR=_tmpdir(_local(store), point), **(LEASE if store.startswith("file:") else {}))
     env.pop(ENV, None)
     if point:
         env[ENV] = point
     cmd = [sys.executable, os.path.join(REPO, "jobs", "unlearn.py"), "--model", store, "--delete", delete,
            "--config", cfg, "--batch-id", batch_id, "--tol", "0.05", "--json"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _local(store):
+    return store[len("file://"):] if store.startswith("file://") else store
 
 
 def _consistent(ms: ModelStore, current: str, applied: list[str]):
@@ -77,7 +83,7 @@ def _kills_before_the_switch_then_rerun(store, delete, cfg):
     assert '"status": "applied"' in proc.stdout
     # A job that ends removes the checkpoint directory it made in TMPDIR; a killed one cannot.
     def checkpoint_dirs(point):
-        return [n for n in os.listdir(_tmpdir(store, point)) if n.startswith("spark_unlearn_ckpt_")]
+        return [n for n in os.listdir(_tmpdir(_local(store), point)) if n.startswith("spark_unlearn_ckpt_")]
 
     assert checkpoint_dirs(BEFORE_SWITCH[0]) and not checkpoint_dirs(None)
     applied = ms.current()
@@ -112,12 +118,21 @@ def _kills_around_the_switch_then_rerun(store, delete, cfg):
     return applied
 
 
-def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_store, tmp_path):
+# A file:// store: every file operation of the jobs through Hadoop's FileSystem, locked by the lease an hdfs://
+# store uses (a killed holder's lease is broken once 5 s stale).
+LEASE = {fsutil.LOCK_MODE_ENV: "lease", fsutil.LEASE_ENV: "5"}
+
+
+@pytest.mark.parametrize("through", ["plain_path_flock", "file_uri_lease"])
+def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_store, tmp_path, through, monkeypatch):
     """Each fail point in turn on one of two copies of the session's trained store; the two copies run at once.
 
     The jobs spend much of their time waiting (JVM start, Python workers), so two chains of runs side by side
     take little longer than one.
     """
+    if through == "file_uri_lease":
+        for key, value in LEASE.items():
+            monkeypatch.setenv(key, value)
     assert POINTS[-1] == AROUND_SWITCH[-1] == "after_current_switched"
     # A new fail point needs a kill here; "before_commit_check" is killed in tests/test_concurrency.py.
     assert set(BEFORE_SWITCH + AROUND_SWITCH) == set(POINTS) - {"after_solve", "before_commit_check"}
@@ -127,12 +142,18 @@ def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_st
     first.write_text("user,item\n3,\n1,10\n")
     chains = (_kills_before_the_switch_then_rerun, _kills_around_the_switch_then_rerun)
     stores = [str(shutil.copytree(trained_store, tmp_path / f"store{k}")) for k in range(len(chains))]
+    if through == "file_uri_lease":
+        stores = ["file://" + s for s in stores]
     with ThreadPoolExecutor(len(chains)) as pool:
         futures = [pool.submit(chain, store, str(first), str(cfg)) for chain, store in zip(chains, stores)]
         results = [f.result() for f in futures]
 
+    if through == "file_uri_lease":  # a killed job's staging is debris once its lease is stale (flock tells at once)
+        time.sleep(float(LEASE[fsutil.LEASE_ENV]) + 0.5)
     for store, applied in zip(stores, results):
-        assert not [n for n in os.listdir(os.path.join(store, ".staging")) if not n.endswith(".lock")]  # debris gone
+        staging = os.path.join(_local(store), ".staging")
+        ModelStore(store).reconcile()  # what the next job does first: removes debris no live job holds
+        assert not [n for n in os.listdir(staging) if not n.endswith((".lock", ".lease"))]  # debris gone
         loaded = ModelStore(store).load(spark)
         assert loaded.version == applied
         assert_verified(spark, store, applied)  # the certificate recomputed from the files; user 3 is gone from them

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -61,8 +62,23 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _local_dir(model_dir: str) -> str:
+    """``model_dir`` itself; a URI is refused (IFRU models are saved with ``torch.save`` on a local or NFS path).
+
+    Raises
+    ------
+    OutputPathError
+        ``model_dir`` names a scheme (``file://``, ``hdfs://``, ...).
+    """
+    if isinstance(model_dir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", model_dir):
+        raise OutputPathError(f"{model_dir!r}: an IFRU model directory must be a local or NFS path (URIs through "
+                              "Hadoop's FileSystem are supported by the ALS model store only; docs/LIMITS.md)")
+    return model_dir
+
+
 def exists(model_dir: str) -> bool:
     """Whether ``model_dir`` holds a saved IFRU model."""
+    model_dir = _local_dir(model_dir)
     return os.path.isfile(os.path.join(model_dir, CURRENT))
 
 
@@ -73,6 +89,7 @@ def save_model(model: IFRUModel, model_dir: str, keep_previous: int = 1) -> str:
     directory.  Older versions beyond ``keep_previous`` are deleted after the
     switch.
     """
+    model_dir = _local_dir(model_dir)
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise OutputPathError(f"model path {model_dir!r} exists and is not a directory; choose another --model")
     if os.path.isdir(model_dir) and os.listdir(model_dir) and not exists(model_dir):
@@ -147,6 +164,7 @@ def _prune_versions(model_dir: str, live: str, keep_previous: int) -> None:
 
 def current_version(model_dir: str) -> str:
     """Name of the live version (``v-...``) of ``model_dir``."""
+    model_dir = _local_dir(model_dir)
     pointer = os.path.join(model_dir, CURRENT)
     if not os.path.isfile(pointer):
         raise StoreError(f"no IFRU model in {model_dir!r} (missing {CURRENT}); train one first")
@@ -171,6 +189,7 @@ def version_meta(model_dir: str, version: str) -> dict:
 
 def load_model(model_dir: str, version: str | None = None) -> IFRUModel:
     """Load the live version of ``model_dir``, or ``version`` (``weights_only=True``, checksum and shapes checked)."""
+    model_dir = _local_dir(model_dir)
     name = current_version(model_dir) if version is None else version
     if not name.startswith("v-") or "/" in name or os.sep in name:
         raise StoreError(f"invalid IFRU model version {name!r} (expected a name like v-20260101T000000-abcd1234)")

@@ -66,7 +66,7 @@ class HadoopFiles:
     """
 
     def __init__(self, uri: str) -> None:
-        from pyspark.sql import SparkSession
+        from pyspark import SparkContext
 
         self.scheme = urlparse(uri).scheme.lower()
         if self.scheme not in ATOMIC_RENAME_SCHEMES:
@@ -74,11 +74,11 @@ class HadoopFiles:
                 f"{uri!r}: the model store needs a file system with atomic rename ({', '.join(ATOMIC_RENAME_SCHEMES)}:// "
                 "or a plain path); object stores such as s3a://, gs:// and abfs:// are not supported yet (docs/LIMITS.md)"
             )
-        spark = SparkSession.getActiveSession()
-        if spark is None:
+        # The context, not the active session: a session is active per thread, and the store is used from threads.
+        sc = SparkContext._active_spark_context
+        if sc is None:
             raise ConfigError(f"the model store at {uri!r} is opened through Hadoop's FileSystem: start a SparkSession "
                               "first (the file system comes from its Hadoop configuration), or use a plain local path")
-        sc = spark.sparkContext
         self._gateway = sc._gateway
         self._jvm = sc._jvm
         self._path_class = self._jvm.org.apache.hadoop.fs.Path
