@@ -37,6 +37,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def as_marker_store(local: str) -> None:
+    """Turn the plain-path store ``local``, committed by renames, into one committed by markers (the protocol of a
+    file system without an atomic rename, :mod:`spark_unlearn.store.commit`): one marker naming its current version."""
+    current = open(os.path.join(local, "CURRENT")).read().strip()
+    os.makedirs(os.path.join(local, "commits"))
+    with open(os.path.join(local, "commits", f"{1:012d}"), "w") as fh:
+        fh.write(current + "\n")
+    os.remove(os.path.join(local, "CURRENT"))
+
+
 def run_job(spark, name: str, argv: list[str]) -> tuple[int, str, str]:
     """``jobs/<name>.py`` main(argv) -> (exit code, stdout, stderr).
 

@@ -21,7 +21,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from job_helpers import subprocess_env
+from job_helpers import as_marker_store, subprocess_env
 from spark_unlearn.faults import ENV
 from spark_unlearn.store import fsutil
 from spark_unlearn.store.model_store import ModelStore
@@ -57,12 +57,14 @@ def _ids(version_dir, table, column):
 LEASE = {fsutil.LOCK_MODE_ENV: "lease", fsutil.LEASE_ENV: "5"}
 
 
-@pytest.mark.parametrize("through", ["plain_path_flock", "file_uri_lease"])
+@pytest.mark.parametrize("through", ["plain_path_flock", "file_uri_lease", "file_uri_markers"])
 def test_three_concurrent_submitters_one_killed_in_publication_lose_no_erasure(spark, trained_store, tmp_path,
                                                                                through, monkeypatch):
     local = str(shutil.copytree(trained_store, tmp_path / "store"))
     store, lock_env = (local, {}) if through == "plain_path_flock" else ("file://" + local, LEASE)
     os.remove(os.path.join(local, ".lock"))  # left by the training; flock creates it again, the lease does not
+    if through == "file_uri_markers":
+        as_marker_store(local)
     for key, value in lock_env.items():
         monkeypatch.setenv(key, value)
     cfg = tmp_path / "c.toml"

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from job_helpers import subprocess_env
+from job_helpers import as_marker_store, subprocess_env
 from spark_unlearn.faults import ENV, POINTS
 from spark_unlearn.store import fsutil
 from spark_unlearn.store.model_store import ModelStore
@@ -123,14 +123,14 @@ def _kills_around_the_switch_then_rerun(store, delete, cfg):
 LEASE = {fsutil.LOCK_MODE_ENV: "lease", fsutil.LEASE_ENV: "5"}
 
 
-@pytest.mark.parametrize("through", ["plain_path_flock", "file_uri_lease"])
+@pytest.mark.parametrize("through", ["plain_path_flock", "file_uri_lease", "file_uri_markers"])
 def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_store, tmp_path, through, monkeypatch):
     """Each fail point in turn on one of two copies of the session's trained store; the two copies run at once.
 
     The jobs spend much of their time waiting (JVM start, Python workers), so two chains of runs side by side
     take little longer than one.
     """
-    if through == "file_uri_lease":
+    if through != "plain_path_flock":
         for key, value in LEASE.items():
             monkeypatch.setenv(key, value)
     assert POINTS[-1] == AROUND_SWITCH[-1] == "after_current_switched"
@@ -142,13 +142,16 @@ def test_kill_at_every_point_then_rerun_completes_exactly_once(spark, trained_st
     first.write_text("user,item\n3,\n1,10\n")
     chains = (_kills_before_the_switch_then_rerun, _kills_around_the_switch_then_rerun)
     stores = [str(shutil.copytree(trained_store, tmp_path / f"store{k}")) for k in range(len(chains))]
-    if through == "file_uri_lease":
+    if through == "file_uri_markers":
+        for s in stores:
+            as_marker_store(s)
+    if through != "plain_path_flock":
         stores = ["file://" + s for s in stores]
     with ThreadPoolExecutor(len(chains)) as pool:
         futures = [pool.submit(chain, store, str(first), str(cfg)) for chain, store in zip(chains, stores)]
         results = [f.result() for f in futures]
 
-    if through == "file_uri_lease":  # a killed job's staging is debris once its lease is stale (flock tells at once)
+    if through != "plain_path_flock":  # a killed job's staging is debris once its lease is stale (flock tells at once)
         time.sleep(float(LEASE[fsutil.LEASE_ENV]) + 0.5)
     for store, applied in zip(stores, results):
         staging = os.path.join(_local(store), ".staging")

@@ -87,10 +87,63 @@ def test_a_store_at_a_file_uri_trains_unlearns_audits_and_purges_through_hadoop(
     assert not [n for n in os.listdir(root) if n.endswith(".lease")]  # file:// locks with flock by default
 
 
-def test_object_stores_and_relative_uris_are_refused_before_any_work(spark, tmp_path):
+def test_file_systems_without_a_connector_and_relative_uris_are_refused_before_any_work(spark, tmp_path):
     from spark_unlearn.errors import OutputPathError
 
-    for bad, why in (("s3a://bucket/store", "atomic rename"), ("gs://bucket/store", "atomic rename"),
+    for bad, why in (("s3a://bucket/store", "no file system for s3a"), ("gs://bucket/store", "no file system for gs"),
                      ("file:store", "absolute path")):
         with pytest.raises(OutputPathError, match=why):
             ModelStore(bad).versions()
+
+
+def test_a_store_committed_by_markers_never_renames_a_version_or_current(spark, tmp_path, monkeypatch,
+                                                                          sample_ratings_path):
+    """The protocol of file systems without an atomic rename, forced on file://: versions are reserved and written in
+    place, and CURRENT is the highest commit marker (an exclusive create); a rollback is one more marker."""
+    from spark_unlearn.store import commit
+    from spark_unlearn.store.hadoop_files import HadoopFiles
+
+    root = str(tmp_path / "store")
+    uri = "file://" + root
+    monkeypatch.setenv(commit.COMMIT_ENV, "markers")
+    renames, replaces = [], []
+    real_rename, real_replace = HadoopFiles.rename, HadoopFiles.replace
+
+    def rename(self, src, dst):
+        renames.append(dst)
+        assert os.path.basename(os.path.dirname(dst)) != "versions", f"renamed a version into place: {dst}"
+        return real_rename(self, src, dst)
+
+    def replace(self, src, dst):
+        replaces.append(os.path.basename(dst))
+        return real_replace(self, src, dst)
+
+    monkeypatch.setattr(HadoopFiles, "rename", rename)
+    monkeypatch.setattr(HadoopFiles, "replace", replace)
+    code, out, err = run_job(spark, "train", ["--ratings", sample_ratings_path, "--model", uri, "--rank", "4",
+                                              "--maxIter", "3", "--json"])
+    assert code == 0, err[-3000:]
+    delete = tmp_path / "d.csv"
+    delete.write_text("user\n12\n")
+    code, out, err = run_job(spark, "unlearn", ["--model", uri, "--delete", str(delete), "--json"])
+    assert code == 0 and json.loads(out)["status"] == "applied", err[-3000:]
+    assert "CURRENT" not in replaces and set(replaces) <= {"ledger.jsonl"}, replaces
+
+    ms = ModelStore(uri)
+    assert ms.commit_protocol == "markers" and ms.current() == "v000002"
+    assert not os.path.exists(os.path.join(root, "CURRENT"))
+    markers = sorted(os.listdir(os.path.join(root, "commits")))
+    assert [open(os.path.join(root, "commits", m)).read().strip() for m in markers] == ["v000001", "v000002"]
+    assert not os.listdir(os.path.join(root, ".staging"))  # reservations released
+    from pyspark.ml.recommendation import ALSModel
+
+    assert 12 not in {r.id for r in ALSModel.load(uri + "/versions/v000002").userFactors.collect()}
+    ms.verify("v000002", cached=False)
+    assert [e["version_after"] for e in ms.ledger()] == ["v000002"]
+
+    # A rollback is a third marker; a store opened by its plain path keeps the protocol it was created with.
+    ms.set_current("v000001")
+    monkeypatch.delenv(commit.COMMIT_ENV)
+    plain = ModelStore(root)
+    assert plain.commit_protocol == "markers" and plain.current() == "v000001"
+    assert len(os.listdir(os.path.join(root, "commits"))) == 3

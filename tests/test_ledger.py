@@ -124,9 +124,10 @@ def test_reconcile_recovers_a_missing_entry_and_a_tampered_ledger_is_refused(spa
 def test_abandoned_staging_is_removed_but_live_staging_is_kept(store):
     from spark_unlearn.store.fsutil import exclusive_lock
 
-    ms = ModelStore(store)
-    staging = ms._staging_dir
     import os
+
+    ms = ModelStore(store)
+    staging = os.path.join(ms.root, ".staging")
 
     os.makedirs(os.path.join(staging, "dead"), exist_ok=True)
     open(os.path.join(staging, "dead.lock"), "w").close()

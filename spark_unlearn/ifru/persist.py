@@ -77,8 +77,9 @@ def _local_dir(model_dir: str) -> str:
 
 
 def exists(model_dir: str) -> bool:
-    """Whether ``model_dir`` holds a saved IFRU model."""
-    model_dir = _local_dir(model_dir)
+    """Whether ``model_dir`` holds a saved IFRU model (never a URI: those are ALS model stores)."""
+    if isinstance(model_dir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", model_dir):
+        return False
     return os.path.isfile(os.path.join(model_dir, CURRENT))
 
 

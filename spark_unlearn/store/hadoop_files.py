@@ -8,18 +8,22 @@ credentials, the same ``core-site.xml``.
 
 What the store needs of a file system, and where each scheme gets it:
 
-* an **exclusive create** (the lease lock, :func:`~spark_unlearn.store.fsutil.lease_lock`):
+* an **exclusive create** (the lease lock, :func:`~spark_unlearn.store.fsutil.lease_lock`,
+  and the commit markers of :mod:`spark_unlearn.store.commit`):
   HDFS's ``create(overwrite=false)`` is one NameNode operation.  Hadoop's
   local file system checks, then creates, so for ``file://`` the create is
-  the operating system's ``O_CREAT | O_EXCL`` on the same file;
+  the operating system's ``O_CREAT | O_EXCL`` on the same file.  On an
+  object store it is ``create(overwrite=false)`` too, which is atomic only
+  where the connector sends a conditional write (S3's ``If-None-Match``);
 * an **atomic rename that never replaces** (a version's directory moving into
   ``versions/``): HDFS's and the local ``rename``;
 * an **atomic replace** of one small file (``CURRENT``, the ledger):
-  HDFS's ``rename`` with ``Options.Rename.OVERWRITE``; the local ``rename(2)``.
+  HDFS's ``rename`` with ``Options.Rename.OVERWRITE``; the local ``rename(2)``;
+  on an object store, an overwriting upload (an object is replaced whole).
 
-Object stores (``s3a://``, ``gs://``, ``abfs://``) have none of the renames,
-so the store refuses them (:class:`~spark_unlearn.errors.OutputPathError`);
-docs/LIMITS.md says what they would need.
+Object stores (``s3a://``, ``gs://``, ``abfs://``) have no atomic rename
+(:attr:`HadoopFiles.atomic_rename` is false): their stores commit by markers,
+which need none (:class:`~spark_unlearn.store.commit.MarkerCommit`).
 
 ``file://`` is served by Hadoop's *raw* local file system: no ``.crc`` side
 files for what the store writes itself, and the same bytes on disk as a
@@ -38,7 +42,7 @@ from urllib.parse import urlparse
 from spark_unlearn.errors import ConfigError, OutputPathError
 
 ATOMIC_RENAME_SCHEMES = ("file", "hdfs", "viewfs")
-"""Schemes whose Hadoop file system has the atomic renames the commit needs."""
+"""Schemes whose Hadoop file system has atomic renames (others commit by markers)."""
 
 _NOT_FOUND = "java.io.FileNotFoundException"
 _EXISTS = "org.apache.hadoop.fs.FileAlreadyExistsException"
@@ -62,18 +66,14 @@ class HadoopFiles:
     ConfigError
         No SparkSession is running (the file system comes from its Hadoop configuration).
     OutputPathError
-        The scheme lacks the atomic renames the store's commit needs.
+        Spark's Hadoop has no file system for the scheme (its connector is not on the classpath).
     """
 
     def __init__(self, uri: str) -> None:
         from pyspark import SparkContext
 
         self.scheme = urlparse(uri).scheme.lower()
-        if self.scheme not in ATOMIC_RENAME_SCHEMES:
-            raise OutputPathError(
-                f"{uri!r}: the model store needs a file system with atomic rename ({', '.join(ATOMIC_RENAME_SCHEMES)}:// "
-                "or a plain path); object stores such as s3a://, gs:// and abfs:// are not supported yet (docs/LIMITS.md)"
-            )
+        self.atomic_rename = self.scheme in ATOMIC_RENAME_SCHEMES
         # The context, not the active session: a session is active per thread, and the store is used from threads.
         sc = SparkContext._active_spark_context
         if sc is None:
@@ -82,7 +82,15 @@ class HadoopFiles:
         self._gateway = sc._gateway
         self._jvm = sc._jvm
         self._path_class = self._jvm.org.apache.hadoop.fs.Path
-        fs = self._path_class(uri).getFileSystem(sc._jsc.hadoopConfiguration())
+        try:
+            fs = self._path_class(uri).getFileSystem(sc._jsc.hadoopConfiguration())
+        except Exception as exc:
+            missing = (_java_class(exc) == "org.apache.hadoop.fs.UnsupportedFileSystemException"
+                       or "ClassNotFoundException" in str(getattr(exc, "java_exception", "")))
+            if not missing:
+                raise
+            raise OutputPathError(f"{uri!r}: Spark's Hadoop has no file system for {self.scheme}:// (put its connector, "
+                                  "e.g. hadoop-aws for s3a://, on the classpath), or use a plain path") from None
         if self.scheme == "file":
             fs = fs.getRawFileSystem()
         self._fs = fs
@@ -144,6 +152,15 @@ class HadoopFiles:
             raise OSError(f"could not rename {src} to {dst}")
 
     def replace(self, src: str, dst: str) -> None:
+        if not self.atomic_rename:  # an object store: an upload replaces the object whole
+            data = self.read_bytes(src)
+            out = self._fs.create(self._p(dst), True)
+            try:
+                out.write(bytearray(data))
+            finally:
+                out.close()
+            self._fs.delete(self._p(src), False)
+            return
         if self.scheme == "file":
             os.replace(self._local(src), self._local(dst))  # rename(2): what the raw local rename calls
             return

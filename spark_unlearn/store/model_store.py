@@ -3,8 +3,9 @@
 Layout::
 
     STORE/
-      CURRENT                  name of the current version (replaced atomically)
-      .lock                    advisory lock serialising publishers
+      CURRENT                  name of the current version (replaced atomically), or, where the file system
+      commits/                 has no atomic rename, commit markers: the highest names it (spark_unlearn.store.commit)
+      .lock                    advisory lock serialising publishers (or .lock.lease, the lease)
       versions/
         v000001/               loadable by pyspark.ml.recommendation.ALSModel.load
           metadata/            Spark ALSModel metadata (part-00000 + _SUCCESS)
@@ -21,7 +22,10 @@ Layout::
 
 A version is written completely under ``.staging/<uuid>/``, checksummed,
 renamed into ``versions/`` and only then made current, so a reader following
-``CURRENT`` never sees a partial version.
+``CURRENT`` never sees a partial version (with commit markers: written in
+place under a reserved name, and current once its marker exists).  The root
+is a plain path (the operating system) or a Hadoop FileSystem URI
+(``file://``, ``hdfs://``: Spark's JVM), see :mod:`~spark_unlearn.store.fsutil`.
 
 Spark's ``ALSModel`` metadata holds only the *model's* params (``userCol``,
 ``itemCol``, ``predictionCol``, ``coldStartStrategy``, ``blockSize``); Spark's
@@ -43,12 +47,9 @@ a version before it is committed), :mod:`~spark_unlearn.store.fingerprint`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
-import uuid
 from functools import partial
 from datetime import datetime, timezone
 
@@ -61,15 +62,13 @@ from spark_unlearn.errors import ConfigError, OutputPathError, StoreError, Store
 from spark_unlearn.schema import ITEM, OFFSETS_SCHEMA, RATING, RATINGS_SCHEMA, USER, with_drift
 from spark_unlearn.faults import failpoint
 from spark_unlearn.store import ledger as _ledger
+from spark_unlearn.store.commit import VERSION_RE, VERSIONS_DIR, commit_protocol, version_names
 from spark_unlearn.store.fsutil import (
     atomic_write_text,
     exclusive_lock,
     file_uri,
     files_for,
-    held_lock,
-    is_abandoned,
     is_uri,
-    read_text,
     store_root,
     write_text_durable,
 )
@@ -104,12 +103,7 @@ from spark_unlearn.store.tables import (
 
 log = logging.getLogger(__name__)
 
-CURRENT_FILE = "CURRENT"
-VERSIONS_DIR = "versions"
-STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
-
-_VERSION_RE = re.compile(r"^v(\d{6,})$")
 
 PARENT = object()
 """``publish(expect_current=PARENT)``: compare-and-swap on the version's parent (the default)."""
@@ -139,6 +133,7 @@ class ModelStore:
 
     def __init__(self, root: str) -> None:
         self._root = store_root(root)
+        self._protocol = None
         if not is_uri(self._root) and os.path.exists(self._root) and not os.path.isdir(self._root):
             raise OutputPathError(f"model store root {self._root} exists and is not a directory; choose another path")
 
@@ -153,12 +148,24 @@ class ModelStore:
         return files_for(self._root)
 
     @property
+    def _commit(self):
+        """The store's commit protocol (:mod:`spark_unlearn.store.commit`), fixed once the store has a version."""
+        if self._protocol is None:
+            protocol = commit_protocol(self._root)
+            if protocol.current() is None:
+                return protocol  # an empty store: decided again by its first publish
+            self._protocol = protocol
+        return self._protocol
+
+    @property
+    def commit_protocol(self) -> str:
+        """``rename`` or ``markers``: how versions of this store become current."""
+        return self._commit.name
+
+    @property
     def _versions_dir(self) -> str:
         return os.path.join(self._root, VERSIONS_DIR)
 
-    @property
-    def _staging_dir(self) -> str:
-        return os.path.join(self._root, STAGING_DIR)
 
     # --------------------------------------------------------------- queries
     def versions(self) -> list[str]:
@@ -167,19 +174,11 @@ class ModelStore:
             names = self._files.listdir(self._versions_dir)
         except FileNotFoundError:
             return []
-        found = [(int(m.group(1)), n) for n in names if (m := _VERSION_RE.match(n))]
-        return [n for _, n in sorted(found)]
+        return version_names(names)
 
     def current(self) -> str | None:
         """Name of the current version, or ``None`` if nothing was published yet."""
-        path = os.path.join(self._root, CURRENT_FILE)
-        try:
-            name = read_text(path).strip()
-        except FileNotFoundError:
-            return None
-        if not _VERSION_RE.match(name):
-            raise StoreError(f"{path} holds {name!r}, not a version name like 'v000001'; the store is corrupt")
-        return name
+        return self._commit.current()
 
     def version_path(self, version: str | None = None) -> str:
         """Absolute directory of ``version`` (``None``: the current one).
@@ -307,27 +306,12 @@ class ModelStore:
             return []
         with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
             recovered = _ledger.reconcile(self)
-        self._remove_abandoned_staging()
+        self._commit.abandoned()
         return recovered
 
     def ledger(self) -> list[dict]:
         """The ledger entries, oldest first (hash chain checked)."""
         return _ledger.read_ledger(self._root)
-
-    def _remove_abandoned_staging(self) -> None:
-        try:
-            names = self._files.listdir(self._staging_dir)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.endswith((".lock", ".lease")):
-                continue
-            lock = os.path.join(self._staging_dir, name + ".lock")
-            if is_abandoned(lock):
-                log.warning("removing %s, left by a publish that was interrupted", os.path.join(self._staging_dir, name))
-                self._files.rmtree(os.path.join(self._staging_dir, name))
-                with contextlib.suppress(OSError):
-                    self._files.remove(lock)
 
     # -------------------------------------------------------------- publish
     def publish(
@@ -425,20 +409,16 @@ class ModelStore:
         # Not the factor table's session: reading a deferred table builds a plan copy-on-write never uses.
         spark = SparkSession.getActiveSession() or force(user_f).sparkSession
 
-        files = self._files
-        files.makedirs(self._staging_dir)
-        files.makedirs(self._versions_dir)
-        staging = os.path.join(self._staging_dir, uuid.uuid4().hex)
-        with held_lock(staging + ".lock"):
-            files.mkdir(staging)
+        commit = self._commit
+        with commit.workspace() as (staging, reserved):
             return self._publish_staged(
-                staging, spark, params, model_params_of(model), user_f, item_f, offs, rats, hold, gone, extra, parent,
-                request, expect_current, layout, deltas,
+                commit, staging, reserved, spark, params, model_params_of(model), user_f, item_f, offs, rats, hold,
+                gone, extra, parent, request, expect_current, layout, deltas,
             )
 
-    def _publish_staged(self, staging, spark, params, model_params, user_f, item_f, offs, rats, hold, gone, extra, parent,
-                        request, expect_current, layout=None, deltas=None) -> str:
-        log.info("publishing to %s (staging %s)", self._root, staging)
+    def _publish_staged(self, commit, staging, reserved, spark, params, model_params, user_f, item_f, offs, rats,
+                        hold, gone, extra, parent, request, expect_current, layout=None, deltas=None) -> str:
+        log.info("publishing to %s (writing %s, commit by %s)", self._root, staging, commit.name)
         try:
             body = stage_version(
                 staging, spark, params, model_params, user_f, item_f, offs, rats, hold, gone, extra, parent, request,
@@ -454,29 +434,15 @@ class ModelStore:
                         f"{now!r}, or resubmit it)",
                         current=now, expected=expect_current,
                     )
-                name = self._next_version_name()
+                name = reserved or self._next_version_name()
                 body["version"] = name
                 write_text_durable(
                     os.path.join(staging, MANIFEST_FILE), json.dumps(body, indent=2, allow_nan=False) + "\n"
                 )
-                files = self._files
-                files.fsync_dir(staging)
-                final = os.path.join(self._versions_dir, name)
-                if files.exists(final):
-                    raise StoreError(f"{final} already exists although the store lock is held; refusing to overwrite")
-                files.rename(staging, final)
-                files.fsync_dir(self._versions_dir)
+                final = commit.place(staging, name)
                 failpoint("after_version_renamed")
-                try:
-                    atomic_write_text(os.path.join(self._root, CURRENT_FILE), name + "\n")
-                except BaseException:
-                    # CURRENT still names the old version: take the new one back
-                    # out of versions/ so a failed publish leaves no trace.
-                    try:
-                        files.rename(final, staging)
-                    except OSError:
-                        files.rmtree(final)
-                    raise
+                # On failure CURRENT still names the old version, and the new one leaves no trace.
+                commit.switch(name, placed=final, work=staging)
                 failpoint("after_current_switched")
                 if request is not None:
                     # CURRENT has moved: from here on the version is published
@@ -488,8 +454,7 @@ class ModelStore:
                         log.exception("%s is published but its ledger entry could not be appended; the next job's "
                                       "reconcile() recovers it from the manifest", name)
         except BaseException:
-            log.warning("publish to %s failed; removing staging directory %s", self._root, staging)
-            self._files.rmtree(staging)
+            log.warning("publish to %s failed; removing what it wrote (%s)", self._root, staging)
             raise
         counts = body["counts"]
         log.info("published %s to %s (%d users, %d items)", name, self._root, counts["n_users"], counts["n_items"])
@@ -515,8 +480,11 @@ class ModelStore:
             return out
         with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
             chain = [v for v, _ in _ledger.lineage(self)]
+            live = self._commit.live()  # being written by a publisher (commit markers): not ours to remove
             for name in self.versions():
                 path = os.path.join(self._versions_dir, name)
+                if name in live:
+                    continue
                 if name not in chain:
                     self._files.rmtree(path)
                     out["removed"].append(name)
@@ -544,7 +512,7 @@ class ModelStore:
         if read_manifest_at(version, path).get("purged"):
             raise StoreError(f"version {version} was purged (its data is gone); it cannot become current")
         with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
-            atomic_write_text(os.path.join(self._root, CURRENT_FILE), version + "\n")
+            self._commit.switch(version)
         log.info("CURRENT of %s set to %s", self._root, version)
 
     # -------------------------------------------------------------- helpers
@@ -558,9 +526,9 @@ class ModelStore:
                     if available
                     else "no versions published; call publish() first"
                 )
-                raise StoreError(f"model store {self._root} has no current version (no {CURRENT_FILE} file); {hint}")
+                raise StoreError(f"model store {self._root} has no current version (nothing committed); {hint}")
             return name
-        if not isinstance(version, str) or not _VERSION_RE.match(version):
+        if not isinstance(version, str) or not VERSION_RE.match(version):
             raise StoreError(
                 f"{version!r} is not a version name like 'v000001' (model store {self._root}; "
                 f"versions available: {self.versions() or 'none'})"

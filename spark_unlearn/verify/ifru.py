@@ -172,6 +172,8 @@ def is_ifru_model(path: str) -> bool:
     """Whether ``path`` is an IFRU model directory (its live version's meta has the IFRU format)."""
     from spark_unlearn.ifru import persist
 
+    if not persist.exists(path):
+        return False
     try:
         return persist.version_meta(path, persist.current_version(path)).get("format") == persist.FORMAT
     except StoreError:
