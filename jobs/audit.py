@@ -69,7 +69,7 @@ exit codes: 0 applied and proven / verified, 3 not (or retained elsewhere with -
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model store (default: [store] path)")
+    p.add_argument("--model", help="model store: a path or a Hadoop URI such as hdfs://nn:8020/store (default: [store] path)")
     p.add_argument("--delete", help="the deletion batch to audit (as given to jobs/unlearn.py)")
     p.add_argument("--batch-id", help="the id the batch was submitted with (default: hash of its content)")
     p.add_argument("--max-users", type=int, default=50, help="users shown with their ranks (default 50)")

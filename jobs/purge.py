@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model store")
+    p.add_argument("--model", required=True, help="model store: a path or a Hadoop URI such as hdfs://nn:8020/store")
     p.add_argument("--keep", type=int, default=1, help="newest versions of the current lineage kept whole (>= 1)")
     add_output_flags(p)
     args = p.parse_args(argv)

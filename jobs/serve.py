@@ -61,7 +61,7 @@ exit codes: 0 stopped, 2 bad input / configuration / store
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model store (default [store] path)")
+    p.add_argument("--model", help="model store: a path or a Hadoop URI such as hdfs://nn:8020/store (default [store] path)")
     p.add_argument("--requests", required=True, help="request directory (created if missing)")
     p.add_argument("--config", help="TOML config (see conf/local.toml, sections [serve] and [unlearn])")
     p.add_argument("--max-batch", type=int, help="at most this many queued requests per micro-batch")

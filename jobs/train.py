@@ -45,7 +45,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratings", help="ratings file or directory (default: pyspark's embedded MovieLens sample)")
-    p.add_argument("--model", help="model store directory (default: [store] path, out/model_store)")
+    p.add_argument("--model", help="model store: a directory or a Hadoop URI such as hdfs://nn:8020/store (default: [store] path, out/model_store)")
     p.add_argument("--config", help="TOML config (see conf/local.toml)")
     p.add_argument("--verbose", action="store_true", help="keep Spark's own INFO logs (default: warnings only, conf/log4j2.properties)")
     p.add_argument("--format", help="ratings format (default auto-detect)")

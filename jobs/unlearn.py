@@ -54,7 +54,7 @@ log = logging.getLogger("spark_unlearn.jobs.unlearn")
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model store (or Spark ALSModel directory); default [store] path")
+    p.add_argument("--model", help="model store, a path or a Hadoop URI such as hdfs://nn:8020/store (or a Spark ALSModel directory); default [store] path")
     p.add_argument("--delete", required=True, help="deletion batch: CSV/Parquet with user,item | user | item columns")
     p.add_argument("--ratings", help="ratings the model was trained on (default: the store's data version)")
     p.add_argument("--format", help="format of --ratings (default auto-detect)")
