@@ -61,7 +61,9 @@ LEASE = {fsutil.LOCK_MODE_ENV: "lease", fsutil.LEASE_ENV: "5"}
 def test_three_concurrent_submitters_one_killed_in_publication_lose_no_erasure(spark, trained_store, tmp_path,
                                                                                through, monkeypatch):
     local = str(shutil.copytree(trained_store, tmp_path / "store"))
-    store, lock_env = (local, {}) if through == "plain_path_flock" else ("file://" + local, LEASE)
+    # file:// locks with flock by default (the markers case); the lease case forces what hdfs:// uses.
+    store, lock_env = {"plain_path_flock": (local, {}), "file_uri_lease": ("file://" + local, LEASE),
+                       "file_uri_markers": ("file://" + local, {fsutil.LEASE_ENV: "5"})}[through]
     os.remove(os.path.join(local, ".lock"))  # left by the training; flock creates it again, the lease does not
     if through == "file_uri_markers":
         as_marker_store(local)
@@ -77,7 +79,7 @@ def test_three_concurrent_submitters_one_killed_in_publication_lose_no_erasure(s
     code, _, err = results[KILLED[0]]
     assert code == -9 and "fail point before_commit_check reached" in err, err[-3000:]
     # flock locks STORE/.lock; the lease never creates it (its file, STORE/.lock.lease, is gone once released).
-    assert os.path.exists(os.path.join(local, ".lock")) == (not lock_env)
+    assert os.path.exists(os.path.join(local, ".lock")) == (through != "file_uri_lease")
     ms = ModelStore(store)
     ms.reconcile()  # what the next job does first; the kill left the lock free (or its lease breakable), or this hangs
     current = ms.current()

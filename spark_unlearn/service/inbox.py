@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from spark_unlearn.errors import ConfigError
-from spark_unlearn.store.fsutil import atomic_write_text, fsync_dir
+from spark_unlearn.store.fsutil import atomic_write_text, fsync_dir, is_uri
 
 RECEIPTS_DIR = "receipts"
 DONE_DIR = "done"
@@ -72,8 +72,8 @@ class Inbox:
     def __init__(self, root: str) -> None:
         if not isinstance(root, str) or not root:
             raise ConfigError(f"the request directory must be a path, got {root!r}")
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", root) and not root.startswith("file://"):
-            raise ConfigError(f"{root!r}: the request directory must be a local or NFS path")
+        if is_uri(root) and not root.startswith("file://"):
+            raise ConfigError(f"{root!r}: the request directory must be a local or NFS path (or a file:// URI of one)")
         self.root = os.path.abspath(root[len("file://"):] if root.startswith("file://") else root)
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise ConfigError(f"{self.root} exists and is not a directory; give a directory for the requests")

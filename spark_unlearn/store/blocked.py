@@ -196,7 +196,7 @@ def rewrite_touched(parent_dir: str, files: dict[str, dict], touched: set[str], 
 
     cache = cache or _DiskFiles
     files_io = files_for(out_dir)
-    files_io.makedirs(out_dir)
+    files_io.makedirs(out_dir, exist_ok=False)
     out: dict[str, dict] = {}
     stats = {"files_linked": 0, "files_written": 0, "bytes_read": 0, "bytes_written": 0}
     for name, info in sorted(files.items()):

@@ -26,9 +26,9 @@ rename anywhere in the commit.
   publisher killed before it leaves a version that the next job removes
   once its lock is free (:meth:`MarkerCommit.abandoned`), as it removes
   staging debris under the rename protocol.  Its number is never reused
-  (``vNNNNNN.abandoned`` stays until a higher version exists), and a
-  publisher that was only paused finds its reservation gone and commits
-  nothing.
+  (``.staging/vNNNNNN.abandoned`` stays), and a publisher that was only
+  paused finds its reservation gone and commits nothing.  A reserved name is
+  not listed as a version until its reservation is released.
 
 A store keeps the protocol it was created with: ``commits/`` present means
 markers, a ``CURRENT`` file means rename.
@@ -40,10 +40,19 @@ import contextlib
 import logging
 import os
 import re
+import time
 import uuid
 
 from spark_unlearn.errors import StoreError
-from spark_unlearn.store.fsutil import atomic_write_text, files_for, held_lock, is_abandoned, is_uri, read_text
+from spark_unlearn.store.fsutil import (
+    atomic_write_text,
+    files_for,
+    held_lock,
+    is_abandoned,
+    is_uri,
+    lease_seconds,
+    read_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +140,22 @@ class RenameCommit:
                 try:
                     self.files.rename(placed, work)
                 except OSError:
-                    self.files.rmtree(placed)
+                    with contextlib.suppress(OSError):
+                        self.files.rmtree(placed)
             raise
 
-    def live(self) -> set[str]:
-        """Versions in ``versions/`` that a publisher is still writing: none (work is staged elsewhere)."""
+    def hidden(self) -> set[str]:
+        """Directories in ``versions/`` that are not versions yet: none (work is staged elsewhere)."""
         return set()
+
+    def is_live(self, name: str) -> bool:
+        """Whether a publisher is still writing ``versions/<name>``: never (work is staged elsewhere)."""
+        return False
+
+    def _drop_lock(self, lock: str) -> None:
+        for path in (lock, lock + ".lease"):  # flock's file, or the stale lease
+            with contextlib.suppress(OSError):
+                self.files.remove(path)
 
     def abandoned(self) -> list[str]:
         """Remove the staging debris of killed publishers; returns what was removed."""
@@ -152,9 +171,9 @@ class RenameCommit:
             lock = os.path.join(staging_dir, name + ".lock")
             if is_abandoned(lock):
                 log.warning("removing %s, left by a publish that was interrupted", os.path.join(staging_dir, name))
-                self.files.rmtree(os.path.join(staging_dir, name))
                 with contextlib.suppress(OSError):
-                    self.files.remove(lock)
+                    self.files.rmtree(os.path.join(staging_dir, name))
+                self._drop_lock(lock)
                 removed.append(name)
         return removed
 
@@ -223,8 +242,9 @@ class MarkerCommit(RenameCommit):
                 self.files.makedirs(work)
                 yield work, name
             except BaseException:
-                if self.current() != name:  # not committed: its files go
-                    self.files.rmtree(work)
+                if name not in self.committed():  # not committed: its files go
+                    with contextlib.suppress(OSError):
+                        self.files.rmtree(work)
                 raise
             finally:
                 self._tokens.pop(name, None)
@@ -266,34 +286,43 @@ class MarkerCommit(RenameCommit):
             names = self.files.listdir(staging_dir)
         except FileNotFoundError:
             return []
-        committed = None
         removed = []
-        existing = version_names(self._listdir(os.path.join(self.root, VERSIONS_DIR)))
-        highest = int(existing[-1][1:]) if existing else 0
         for entry in names:
-            if entry.endswith(_ABANDONED) and int(entry[1:-len(_ABANDONED)]) < highest:
-                with contextlib.suppress(OSError):  # a higher version exists: the number cannot come back
-                    self.files.remove(os.path.join(staging_dir, entry))
             if not entry.endswith(_RESERVED):
                 continue
             name = entry[: -len(_RESERVED)]
-            if not is_abandoned(os.path.join(staging_dir, name + ".lock")):
+            if self.is_live(name):
                 continue
-            if committed is None:
-                committed = self.committed()
-            if name not in committed:
+            # Read after the lock was found free: a publisher commits before it lets go of its lock.
+            if name not in self.committed():
                 log.warning("removing version %s of %s: its publisher was interrupted before committing it",
                             name, self.root)
-                self.files.rmtree(os.path.join(self.root, VERSIONS_DIR, name))
+                with contextlib.suppress(OSError):
+                    self.files.rmtree(os.path.join(self.root, VERSIONS_DIR, name))
                 removed.append(name)
-                if int(name[1:]) >= highest:  # no higher version keeps the number from coming back: a tombstone does
-                    with contextlib.suppress(OSError):
-                        self.files.write_new(os.path.join(staging_dir, name + _ABANDONED), b"")
+                # The number is never handed out again (a paused publisher may still write under it).
+                with contextlib.suppress(OSError):
+                    self.files.write_new(os.path.join(staging_dir, name + _ABANDONED), b"")
             with contextlib.suppress(OSError):
                 self.files.remove(os.path.join(staging_dir, entry))
-            with contextlib.suppress(OSError):
-                self.files.remove(os.path.join(staging_dir, name + ".lock"))
+            self._drop_lock(os.path.join(staging_dir, name + ".lock"))
         return removed
+
+    def is_live(self, name: str) -> bool:
+        """Whether a publisher may still be writing ``versions/<name>``: its reservation exists and either its lock is
+        held or the reservation is younger than a lease (the lock is taken just after the reservation)."""
+        staging_dir = os.path.join(self.root, STAGING_DIR)
+        reserved = os.path.join(staging_dir, name + _RESERVED)
+        try:
+            age = time.time() - self.files.mtime(reserved)
+        except FileNotFoundError:
+            return False
+        return age < lease_seconds() or not is_abandoned(os.path.join(staging_dir, name + ".lock"))
+
+    def hidden(self) -> set[str]:
+        """Reserved names: versions being written, or left by a dead publisher until :meth:`abandoned` removes them."""
+        return {n[: -len(_RESERVED)] for n in self._listdir(os.path.join(self.root, STAGING_DIR))
+                if n.endswith(_RESERVED)}
 
     def _listdir(self, path: str) -> list[str]:
         try:
@@ -309,15 +338,6 @@ class MarkerCommit(RenameCommit):
                 out.add(read_text(os.path.join(self.root, COMMITS_DIR, marker)).strip())
         return out
 
-    def live(self) -> set[str]:
-        """Versions reserved by a publisher that is still writing them (purge leaves them alone)."""
-        staging_dir = os.path.join(self.root, STAGING_DIR)
-        try:
-            names = self.files.listdir(staging_dir)
-        except FileNotFoundError:
-            return set()
-        return {n[: -len(_RESERVED)] for n in names if n.endswith(_RESERVED)
-                and not is_abandoned(os.path.join(staging_dir, n[: -len(_RESERVED)] + ".lock"))}
 
 
 def commit_protocol(root: str) -> RenameCommit:

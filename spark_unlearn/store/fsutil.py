@@ -23,13 +23,18 @@ from spark_unlearn.store.posix_files import PosixFiles
 
 log = logging.getLogger(__name__)
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 _POSIX = PosixFiles()
 _HADOOP: dict[tuple, HadoopFiles] = {}
 
 
 def is_uri(path: str) -> bool:
-    """True if ``path`` names a scheme (``file:``, ``hdfs://``): it goes through Hadoop's FileSystem."""
+    """True if ``path`` names a scheme (``file:``, ``hdfs://``, ``hdfs:/x``): it goes through Hadoop's FileSystem.
+
+    A relative path with a colon (``run:1/store``) is a path; anything starting ``file:`` is a URI.
+    """
+    if path[:5].lower() == "file:":
+        return True
     m = _SCHEME.match(path)
     return m is not None and len(m.group(1)) > 1  # not a Windows drive letter
 
@@ -73,7 +78,8 @@ def store_root(path: str) -> str:
 
 def path_key(path: str) -> str:
     """``path`` as one spelling of its file or directory: ``file:/x``, ``file:///x``, ``/x`` and a symlink to it
-    give the resolved local path; other URIs their scheme, authority and path."""
+    give the resolved local path; other URIs their scheme and path (``hdfs:///x`` and Spark's
+    ``hdfs://nn:8020/x`` are one file: a store's paths are all on one file system)."""
     from urllib.parse import unquote, urlparse
 
     if not is_uri(path):
@@ -81,7 +87,7 @@ def path_key(path: str) -> str:
     parsed = urlparse(path)
     if parsed.scheme.lower() == "file":
         return os.path.realpath(unquote(parsed.path))
-    return f"{parsed.scheme.lower()}://{parsed.netloc}{unquote(parsed.path).rstrip('/')}"
+    return f"{parsed.scheme.lower()}://{unquote(parsed.path).rstrip('/')}"
 
 
 def sha256_file(path: str, *, fsync: bool = False) -> str:
@@ -371,12 +377,12 @@ def _break_if_stale(files, path: str, lease_s: float) -> None:
     tomb = f"{path}.broken-{uuid.uuid4().hex}"
     try:
         files.rename(path, tomb)
-    except (FileNotFoundError, FileExistsError):
-        return  # another waiter broke it first
+    except OSError:
+        return  # another waiter broke it first (or it is gone): retry the create
     if _read_token(files, tomb) != stale:
         # A fresh lease was taken between our look and our rename: put it back (fails only if yet another was taken).
         with contextlib.suppress(OSError):
-            files.rename(tomb, path)
+            files.link_back(tomb, path)
     else:
         log.warning("broke the lease %s, not renewed for %.0f s (its holder died)", path, age)
     with contextlib.suppress(OSError):

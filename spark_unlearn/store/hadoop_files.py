@@ -28,9 +28,12 @@ which need none (:class:`~spark_unlearn.store.commit.MarkerCommit`).
 ``file://`` is served by Hadoop's *raw* local file system: no ``.crc`` side
 files for what the store writes itself, and the same bytes on disk as a
 store written through a plain path (a store can be opened either way).
-Bytes cross the Py4J gateway (about 20–40 MB/s here): the store's own files
-are small (manifests, the ledger, touched blocks); the tables Spark writes and
-reads never cross it.
+What the driver reads or writes itself crosses the Py4J gateway (about
+20–40 MB/s here, in chunks of 16 MiB): manifests, the ledger, the touched
+blocks, and every file it hashes (each file Spark writes is hashed once at
+publication; a ``load(verify=True)`` hashes a version's files unless this
+process already did).  Spark's own reads and writes of the tables never
+cross it.
 """
 
 from __future__ import annotations
@@ -41,16 +44,23 @@ from urllib.parse import urlparse
 
 from spark_unlearn.errors import ConfigError, OutputPathError
 
-ATOMIC_RENAME_SCHEMES = ("file", "hdfs", "viewfs")
+ATOMIC_RENAME_SCHEMES = ("file", "hdfs")
 """Schemes whose Hadoop file system has atomic renames (others commit by markers)."""
 
 _NOT_FOUND = "java.io.FileNotFoundException"
-_EXISTS = "org.apache.hadoop.fs.FileAlreadyExistsException"
+_EXISTS = ("FileAlreadyExistsException", "AlreadyBeingCreatedException")  # the latter: HDFS, another client's create
+_CHUNK = 16 << 20
 
 
 def _java_class(exc: BaseException) -> str | None:
     java = getattr(exc, "java_exception", None)
     return None if java is None else java.getClass().getName()
+
+
+def _already_exists(exc: BaseException) -> bool:
+    # HDFS wraps a NameNode's exception in a RemoteException: look at its text too.
+    text = f"{_java_class(exc)} {getattr(exc, 'java_exception', '')}"
+    return any(name in text for name in _EXISTS)
 
 
 class HadoopFiles:
@@ -125,14 +135,14 @@ class HadoopFiles:
             raise NotADirectoryError(path)
         return [s.getPath().getName() for s in self._fs.listStatus(self._p(path))]
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str, exist_ok: bool = True) -> None:
+        if not exist_ok and self.exists(path):
+            raise FileExistsError(path)
         if not self._fs.mkdirs(self._p(path)):
             raise OSError(f"could not create directory {path}")
 
     def mkdir(self, path: str) -> None:
-        if self.exists(path):
-            raise FileExistsError(path)
-        self.makedirs(path)
+        self.makedirs(path, exist_ok=False)
 
     def remove(self, path: str) -> None:
         if not self._fs.delete(self._p(path), False):
@@ -146,19 +156,28 @@ class HadoopFiles:
             raise FileExistsError(dst)
         if not self.exists(src):
             raise FileNotFoundError(src)
-        # Both file systems refuse to replace an existing destination here (HDFS by its contract, the raw local one
-        # for a directory; for a file the check above is the guard, and callers rename files only under a lock).
-        if not self._fs.rename(self._p(src), self._p(dst)):
+        # HDFS refuses to replace an existing destination; the raw local file system does so only for a directory,
+        # so for a file the check above is the guard (callers rename to fresh names, or under a lock).
+        try:
+            moved = self._fs.rename(self._p(src), self._p(dst))
+        except Exception as exc:
+            if _java_class(exc) == _NOT_FOUND:
+                raise FileNotFoundError(src) from None
+            raise OSError(f"could not rename {src} to {dst}: {exc}") from None
+        if not moved:
+            if not self.exists(src):
+                raise FileNotFoundError(src)
+            if self.exists(dst):
+                raise FileExistsError(dst)
             raise OSError(f"could not rename {src} to {dst}")
+
+    def link_back(self, src: str, dst: str) -> None:
+        """Put the file ``src`` back at ``dst`` unless one is there (no hard links here: a checked rename)."""
+        self.rename(src, dst)
 
     def replace(self, src: str, dst: str) -> None:
         if not self.atomic_rename:  # an object store: an upload replaces the object whole
-            data = self.read_bytes(src)
-            out = self._fs.create(self._p(dst), True)
-            try:
-                out.write(bytearray(data))
-            finally:
-                out.close()
+            self._upload(dst, self.read_bytes(src))
             self._fs.delete(self._p(src), False)
             return
         if self.scheme == "file":
@@ -169,17 +188,27 @@ class HadoopFiles:
         options[0] = rename.OVERWRITE
         self._fs.rename(self._p(src), self._p(dst), options)  # DistributedFileSystem: one NameNode operation
 
-    def read_bytes(self, path: str) -> bytes:
+    def _chunks(self, path: str):
+        """The file's bytes in chunks of at most 16 MiB (a Java array per chunk, never one for the whole file)."""
+        size = self.size(path)
         try:
             stream = self._fs.open(self._p(path))
         except Exception as exc:
             if _java_class(exc) == _NOT_FOUND:
                 raise FileNotFoundError(path) from None
             raise
+        io_utils = self._jvm.org.apache.commons.io.IOUtils
         try:
-            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+            done = 0
+            while done < size:
+                n = min(_CHUNK, size - done)
+                yield bytes(io_utils.toByteArray(stream, n))
+                done += n
         finally:
             stream.close()
+
+    def read_bytes(self, path: str) -> bytes:
+        return b"".join(self._chunks(path))
 
     def write_new(self, path: str, data: bytes) -> None:
         if self.scheme == "file":
@@ -192,7 +221,7 @@ class HadoopFiles:
         try:
             out = self._fs.create(self._p(path), overwrite)
         except Exception as exc:
-            if _java_class(exc) == _EXISTS:
+            if _already_exists(exc):
                 raise FileExistsError(path) from None
             raise
         try:
@@ -208,9 +237,22 @@ class HadoopFiles:
     def mtime(self, path: str) -> float:
         return self._status(path).getModificationTime() / 1000.0
 
+    def _upload(self, path: str, data: bytes) -> None:
+        """Write ``path`` whole, replacing it (an object store shows the new object only once it is complete)."""
+        out = self._fs.create(self._p(path), True)
+        try:
+            for start in range(0, len(data), _CHUNK):
+                out.write(bytearray(data[start:start + _CHUNK]))
+        finally:
+            out.close()
+
     def touch(self, path: str) -> None:
         import time
 
+        if not self.atomic_rename:
+            # An object has no settable modification time (setTimes may do nothing): upload the same bytes again.
+            self._upload(path, self.read_bytes(path))
+            return
         self._fs.setTimes(self._p(path), int(time.time() * 1000), -1)
 
     def identity(self, path: str) -> tuple:
@@ -234,7 +276,10 @@ class HadoopFiles:
         self.write_new(dst, self.read_bytes(src))
 
     def sha256(self, path: str, *, fsync: bool = False) -> str:
-        digest = hashlib.sha256(self.read_bytes(path)).hexdigest()
+        digest = hashlib.sha256()
+        for chunk in self._chunks(path):
+            digest.update(chunk)
+        digest = digest.hexdigest()
         if fsync and self.scheme == "file":  # HDFS's blocks are replicated at close; a local file needs its fsync
             fd = os.open(self._local(path), os.O_RDONLY)
             try:

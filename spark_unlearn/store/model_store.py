@@ -128,7 +128,8 @@ class ModelStore:
     ------
     OutputPathError
         If ``root`` (a plain path) exists and is not a directory, or is a URI without an absolute path; the first
-        operation on a URI of a file system without atomic rename (an object store) raises it too.
+        operation on a URI whose scheme Spark's Hadoop has no file system for raises it too.  A file system
+        without an atomic rename (an object store) commits by markers (:mod:`spark_unlearn.store.commit`).
     """
 
     def __init__(self, root: str) -> None:
@@ -174,7 +175,8 @@ class ModelStore:
             names = self._files.listdir(self._versions_dir)
         except FileNotFoundError:
             return []
-        return version_names(names)
+        hidden = self._commit.hidden()  # commit markers: reserved names, being written or left by a dead publisher
+        return version_names(n for n in names if n not in hidden)
 
     def current(self) -> str | None:
         """Name of the current version, or ``None`` if nothing was published yet."""
@@ -332,8 +334,10 @@ class ModelStore:
 
         Everything is written under ``.staging/<uuid>/``, validated and
         checksummed; the directory is then renamed to ``versions/vNNNNNN`` and
-        ``CURRENT`` is replaced atomically.  On any failure the staging
-        directory is removed and ``CURRENT`` and existing versions are left as
+        ``CURRENT`` is replaced atomically (with commit markers: written in
+        place under a reserved ``versions/vNNNNNN``, then committed by the next
+        marker; :mod:`spark_unlearn.store.commit`).  On any failure what was
+        written is removed and ``CURRENT`` and existing versions are left as
         they were.
 
         Parameters
@@ -480,11 +484,8 @@ class ModelStore:
             return out
         with exclusive_lock(os.path.join(self._root, LOCK_FILE)):
             chain = [v for v, _ in _ledger.lineage(self)]
-            live = self._commit.live()  # being written by a publisher (commit markers): not ours to remove
             for name in self.versions():
                 path = os.path.join(self._versions_dir, name)
-                if name in live:
-                    continue
                 if name not in chain:
                     self._files.rmtree(path)
                     out["removed"].append(name)

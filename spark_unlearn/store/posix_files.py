@@ -34,8 +34,8 @@ class PosixFiles:
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
-    def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+    def makedirs(self, path: str, exist_ok: bool = True) -> None:
+        os.makedirs(path, exist_ok=exist_ok)
 
     def mkdir(self, path: str) -> None:
         os.mkdir(path)
@@ -44,22 +44,25 @@ class PosixFiles:
         os.remove(path)
 
     def rmtree(self, path: str) -> None:
-        """Remove a directory tree or a file; a missing path is not an error."""
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
+        """Remove a directory tree or a file; a missing path is not an error, any other failure raises."""
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
                 os.remove(path)
+        except FileNotFoundError:
+            pass
 
     def rename(self, src: str, dst: str) -> None:
-        """Move ``src`` to ``dst``, which must not exist (a file by link and unlink, so no race can replace one)."""
-        if os.path.isdir(src):
-            if os.path.lexists(dst):
-                raise FileExistsError(dst)
-            os.rename(src, dst)
-            return
+        """Move ``src`` to ``dst`` atomically (``rename(2)``); ``dst`` must not exist (checked first: callers rename
+        to fresh names, or under a lock)."""
+        if os.path.lexists(dst):
+            raise FileExistsError(dst)
+        os.rename(src, dst)
+
+    def link_back(self, src: str, dst: str) -> None:
+        """Put the file ``src`` back at ``dst`` unless one is there (a hard link: atomic, never replaces)."""
         os.link(src, dst)
-        os.remove(src)
 
     def replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)

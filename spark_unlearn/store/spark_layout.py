@@ -77,7 +77,7 @@ def spark_als_metadata(params: ALSParams, *, spark_version: str, uid: str | None
 def write_spark_metadata(meta_dir: str, meta: dict[str, Any]) -> None:
     """Create ``meta_dir`` holding ``meta`` the way Spark's metadata writer does (durably)."""
     # Spark's writer emits one compact JSON line in a part file plus _SUCCESS.
-    files_for(meta_dir).makedirs(meta_dir)
+    files_for(meta_dir).makedirs(meta_dir, exist_ok=False)
     write_text_durable(os.path.join(meta_dir, "part-00000"), json.dumps(meta, separators=(",", ":")) + "\n")
     write_text_durable(os.path.join(meta_dir, "_SUCCESS"), "")
 

@@ -75,7 +75,7 @@ def write_local_parquet(table, path: str) -> None:
     """Write the Arrow ``table`` (small, on the driver) as a new one-file Parquet table at ``path``, with pyarrow."""
     import uuid
 
-    files_for(path).makedirs(path)
+    files_for(path).makedirs(path, exist_ok=False)
     write_arrow_file(table, os.path.join(path, f"part-00000-{uuid.uuid4().hex}-c000.snappy.parquet"))
     write_text_durable(os.path.join(path, "_SUCCESS"), "")
 
