@@ -1,7 +1,7 @@
 """What a request hands to the store besides its new tables, computed on the driver when the request is small.
 
 * :func:`driver_rows`: the deletion batch's rows, collected once (at most
-  ``TARGETED_MAX_REQUESTS``);
+  ``BLOCKED_MAX_REQUESTS``);
 * :func:`table_deltas`: the engine's exact row changes as the store's
   per-table deltas (copy-on-write of the touched blocks);
 * :func:`applied_requests` / :func:`applied_requests_local`: the requests
@@ -79,12 +79,12 @@ def derived_fingerprint(manifest: dict, deleted) -> dict[str, Any]:
 
 
 def driver_rows(batch: DataFrame) -> list[tuple] | None:
-    """The batch's ``(user, item, kind)`` rows on the driver if it holds at most ``TARGETED_MAX_REQUESTS``, else
-    ``None`` (one job, stopped after that many rows)."""
-    from spark_unlearn.als.unlearn import TARGETED_MAX_REQUESTS
+    """The batch's ``(user, item, kind)`` rows on the driver if it holds at most ``BLOCKED_MAX_REQUESTS`` (the most
+    any engine takes on the driver), else ``None`` (one job, stopped after that many rows)."""
+    from spark_unlearn.als.unlearn import BLOCKED_MAX_REQUESTS
 
-    got = batch.select("user", "item", "kind").limit(TARGETED_MAX_REQUESTS + 1).collect()
-    return [(r[0], r[1], r[2]) for r in got] if len(got) <= TARGETED_MAX_REQUESTS else None
+    got = batch.select("user", "item", "kind").limit(BLOCKED_MAX_REQUESTS + 1).collect()
+    return [(r[0], r[1], r[2]) for r in got] if len(got) <= BLOCKED_MAX_REQUESTS else None
 
 
 def applied_requests_local(rows: list[tuple], deleted) -> Any:
