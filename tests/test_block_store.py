@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pyspark.ml.recommendation import ALSModel
@@ -249,6 +250,53 @@ def test_an_implicit_request_holds_small_sides_on_the_driver_and_equals_the_spar
     assert sum(before[i]["drift"] != after[i]["drift"] for i in after) > len(after) // 2
     assert report["certificate"]["max_relative_residual"] == pytest.approx(
         reference["certificate"]["max_relative_residual"], rel=1e-9)
+    assert_verified(spark, held)
+
+
+def test_a_large_frontier_holds_its_sides_within_the_sweeps_budget_and_equals_the_spark_passes(
+        spark, implicit_block_store, tmp_path, monkeypatch):
+    """A frontier expected to reach more than ``driver_rows`` neighbours would keep a side that ``hold_side_mb`` does
+    not hold in Spark (a pass per round).  When the whole version fits ``sweep_driver_mb`` the sides are held within
+    that budget instead: no Spark job, and the version the Spark passes publish."""
+    from spark_unlearn.als.block_source import BlockRowSource
+    from spark_unlearn.als.spark_source import BoundedGramSource
+
+    held, spark_ref = str(tmp_path / "held"), str(tmp_path / "spark")
+    shutil.copytree(implicit_block_store, held)
+    shutil.copytree(implicit_block_store, spark_ref)
+    # Every Gram check passes over all of a side's rows (no bound spares it), so both ways store every row's drift.
+    monkeypatch.setattr(BoundedGramSource, "gram_needs_pass", lambda self, side, delta_gram, tol: True)
+    rated = pq.read_table(os.path.join(ModelStore(held).version_path(), "ratings")).to_pylist()
+    pair = next((r["user"], r["item"]) for r in rated if r["user"] == 7)
+    hold = BlockRowSource.hold_side
+    # Sides "too large" for hold_side_mb (256 MiB) but within the sweeps' budget (2048 MiB).
+    monkeypatch.setattr(BlockRowSource, "hold_side",
+                        lambda self, side, max_bytes=0: max_bytes > (1 << 30) and hold(self, side, max_bytes))
+
+    def delete(root, **options):
+        batch = spark.createDataFrame([(*pair, "interaction")], "user int, item int, kind string")
+        return run_unlearning(spark, UnlearnRequest(model_path=root, batch=batch, measure=False, options=UnlearnOptions(
+            engine="targeted", driver_rows=1, **options)))
+
+    report = delete(held, sweep_driver_mb=2048)
+    assert report["planner"]["choice"] == "frontier" and report["planner"]["sweeps_possible"], report["planner"]
+    assert report["held_sides"] == ["user", "item"] and report["spark_jobs"] == 0
+    reference = delete(spark_ref, hold_side_mb=0, sweep_driver_mb=0)
+    monkeypatch.undo()
+    assert reference["held_sides"] == [] and reference["spark_jobs"] > 0
+    assert reference["rows_solved"] == report["rows_solved"]
+    a, b = ModelStore(held), ModelStore(spark_ref)
+    for table in ("userFactors", "itemFactors"):
+        assert _close_rows(_rows(spark, os.path.join(a.version_path(), table)),
+                           _rows(spark, os.path.join(b.version_path(), table))), table
+    for table in ("offsets/users", "offsets/items"):
+        got, want = (_rows(spark, os.path.join(m.version_path(), table)) for m in (a, b))
+        assert set(got) == set(want), table
+        for i in want:  # targets and drifts equal; |b| of a row that only drifted: the held side keeps the stored
+            # value, the Spark pass stores a lower bound of it (bnorm_exact), never above
+            assert np.allclose(got[i]["residual"], want[i]["residual"], atol=1e-12), (table, i)
+            assert np.allclose(got[i]["drift"], want[i]["drift"], rtol=1e-9, atol=1e-12), (table, i)
+            assert want[i]["bnorm"] <= got[i]["bnorm"] * (1 + 1e-12) and got[i]["bnorm"] <= want[i]["bnorm"] * 1.01
     assert_verified(spark, held)
 
 
