@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import time
@@ -30,6 +29,7 @@ import torch
 from spark_unlearn.errors import OutputPathError, StoreError
 from spark_unlearn.ifru.config import IFRUConfig
 from spark_unlearn.ifru.state import IFRUModel
+from spark_unlearn.store.fsutil import is_uri
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _local_dir(model_dir: str) -> str:
     OutputPathError
         ``model_dir`` names a scheme (``file://``, ``hdfs://``, ...).
     """
-    if isinstance(model_dir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", model_dir):
+    if isinstance(model_dir, str) and is_uri(model_dir):
         raise OutputPathError(f"{model_dir!r}: an IFRU model directory must be a local or NFS path (URIs through "
                               "Hadoop's FileSystem are supported by the ALS model store only; docs/LIMITS.md)")
     return model_dir
@@ -78,7 +78,7 @@ def _local_dir(model_dir: str) -> str:
 
 def exists(model_dir: str) -> bool:
     """Whether ``model_dir`` holds a saved IFRU model (never a URI: those are ALS model stores)."""
-    if isinstance(model_dir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", model_dir):
+    if isinstance(model_dir, str) and is_uri(model_dir):
         return False
     return os.path.isfile(os.path.join(model_dir, CURRENT))
 

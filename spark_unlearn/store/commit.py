@@ -152,6 +152,13 @@ class RenameCommit:
         """Whether a publisher is still writing ``versions/<name>``: never (work is staged elsewhere)."""
         return False
 
+    def _listdir(self, path: str) -> list[str]:
+        """The names in directory ``path``; none if it does not exist."""
+        try:
+            return self.files.listdir(path)
+        except FileNotFoundError:
+            return []
+
     def _drop_lock(self, lock: str) -> None:
         for path in (lock, lock + ".lease"):  # flock's file, or the stale lease
             with contextlib.suppress(OSError):
@@ -160,12 +167,8 @@ class RenameCommit:
     def abandoned(self) -> list[str]:
         """Remove the staging debris of killed publishers; returns what was removed."""
         staging_dir = os.path.join(self.root, STAGING_DIR)
-        try:
-            names = self.files.listdir(staging_dir)
-        except FileNotFoundError:
-            return []
         removed = []
-        for name in names:
+        for name in self._listdir(staging_dir):
             if name.endswith((".lock", ".lease")):
                 continue
             lock = os.path.join(staging_dir, name + ".lock")
@@ -188,11 +191,7 @@ class MarkerCommit(RenameCommit):
         self._tokens: dict[str, str] = {}  # reservations this process holds
 
     def _markers(self) -> list[str]:
-        try:
-            names = self.files.listdir(os.path.join(self.root, COMMITS_DIR))
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in names if _MARKER_RE.match(n))
+        return sorted(n for n in self._listdir(os.path.join(self.root, COMMITS_DIR)) if _MARKER_RE.match(n))
 
     def current(self) -> str | None:
         for marker in reversed(self._markers()):
@@ -210,10 +209,7 @@ class MarkerCommit(RenameCommit):
     def _reserve(self, token: str) -> str:
         staging_dir = os.path.join(self.root, STAGING_DIR)
         taken = [n.rsplit(".", 1)[0] for n in self.files.listdir(staging_dir) if n.endswith((_RESERVED, _ABANDONED))]
-        try:
-            taken += self.files.listdir(os.path.join(self.root, VERSIONS_DIR))
-        except FileNotFoundError:
-            pass
+        taken += self._listdir(os.path.join(self.root, VERSIONS_DIR))
         existing = version_names(taken)
         number = int(existing[-1][1:]) + 1 if existing else 1
         while True:
@@ -282,12 +278,8 @@ class MarkerCommit(RenameCommit):
     def abandoned(self) -> list[str]:
         """Remove reserved versions whose publisher died before committing them (and their reservations)."""
         staging_dir = os.path.join(self.root, STAGING_DIR)
-        try:
-            names = self.files.listdir(staging_dir)
-        except FileNotFoundError:
-            return []
         removed = []
-        for entry in names:
+        for entry in self._listdir(staging_dir):
             if not entry.endswith(_RESERVED):
                 continue
             name = entry[: -len(_RESERVED)]
@@ -323,12 +315,6 @@ class MarkerCommit(RenameCommit):
         """Reserved names: versions being written, or left by a dead publisher until :meth:`abandoned` removes them."""
         return {n[: -len(_RESERVED)] for n in self._listdir(os.path.join(self.root, STAGING_DIR))
                 if n.endswith(_RESERVED)}
-
-    def _listdir(self, path: str) -> list[str]:
-        try:
-            return self.files.listdir(path)
-        except FileNotFoundError:
-            return []
 
     def committed(self) -> set[str]:
         """Every version a marker ever named."""

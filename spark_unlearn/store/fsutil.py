@@ -171,19 +171,6 @@ def file_uri(path: str) -> str:
     return files_for(path).uri(path)
 
 
-def local_path(path: str) -> str:
-    """The absolute local path of a plain path.
-
-    Raises
-    ------
-    OutputPathError
-        If ``path`` is a URI: the caller (IFRU models, the service's inbox) needs a local or NFS path.
-    """
-    if is_uri(path):
-        raise OutputPathError(f"{path!r}: this needs a local or NFS filesystem path, not a URI")
-    return os.path.abspath(path)
-
-
 def read_parquet(path: str, **kwargs):
     """A Parquet file as an Arrow table (``pyarrow.parquet.read_table``'s keywords)."""
     import pyarrow.parquet as pq
