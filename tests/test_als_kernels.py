@@ -166,3 +166,42 @@ def test_residuals_of_a_row_subset_in_small_chunks_equal_the_reference(monkeypat
     np.testing.assert_allclose(R, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(bn, bn0[rows], rtol=1e-12, atol=1e-12)
     assert bn[0] == 0.0 and (np.abs(R[0]).sum() > 0) == implicit  # no ratings: only the Gram term
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_threaded_solves_and_residuals_equal_the_reference_over_many_batches(monkeypatch, implicit):
+    """Many small batches (both solve paths) shared by 3 threads: the reference's answer, and the 1-thread bits."""
+    import spark_unlearn.als.kernels as kernels
+
+    rng = np.random.default_rng(12)
+    indptr, src, ratings = random_csr(rng, 300, 40, 12, signed=implicit)
+    Y = rng.normal(size=(40, 8)).astype(np.float32)
+    spec = SolveSpec(reg=0.2, implicit=implicit, alpha=0.9)
+    G = gram(Y) if implicit else None
+    T = rng.normal(size=(300, 8))
+    monkeypatch.setattr(kernels, "_WORKSPACE_BYTES", 8 * 8 * 8 * 6)  # a few rows per batch: dozens of batches
+    assert len(kernels._row_buckets(np.diff(indptr), 8)) > 20
+    X1 = solve_rows(indptr, src, ratings, Y, spec, gram=G, offsets=T)
+    X3 = solve_rows(indptr, src, ratings, Y, spec, gram=G, offsets=T, threads=3)
+    keep = np.diff(indptr) > 0
+    X0 = solve_rows_reference(indptr, src, ratings, Y, spec, gram=G, offsets=T)
+    np.testing.assert_allclose(X3[keep], X0[keep], rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(X3, X1)
+    R1, bn1 = residuals(X1, indptr, src, ratings, Y, spec, gram=G)
+    R3, bn3 = residuals(X1, indptr, src, ratings, Y, spec, gram=G, threads=3)
+    R0, bn0 = residuals_reference(X1, indptr, src, ratings, Y, spec, gram=G)
+    np.testing.assert_allclose(R3, R0, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(bn3, bn0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(R3, R1)
+    np.testing.assert_array_equal(bn3, bn1)
+
+
+def test_a_failing_batch_in_a_thread_raises():
+    from spark_unlearn.als.kernels import in_threads
+
+    def work(i):
+        if i == 3:
+            raise ValueError("batch 3")
+
+    with pytest.raises(ValueError, match="batch 3"):
+        in_threads(work, list(range(8)), 2)

@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from spark_unlearn.als.block_source import RATINGS_TABLE, TABLE_COLUMNS, VERSION_TABLES
-from spark_unlearn.als.kernels import SolveSpec
+from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.result import RowChanges, TargetedResult
 from spark_unlearn.als.selection import deleted_arrow, pair_keys, sorted_lookup
@@ -142,14 +142,15 @@ def sweep_changes(held: HeldVersion, run: SweepRun, direct: dict[str, set[int]],
 
 
 def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
-                  progress=None, start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1
-                  ) -> tuple[HeldVersion, SweepRun]:
+                  progress=None, start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1,
+                  threads: int = 1) -> tuple[HeldVersion, SweepRun]:
     """Read the version whole and sweep it warm (steps 1-3 of the module docstring).
 
     ``start``: per side, ``(ids, factors)`` of rows to start from instead of
     the version's (a frontier's solves before the planner switched: its work
     is kept as the sweeps' starting point; the certificate is computed after
-    the last sweep whatever the start).
+    the last sweep whatever the start).  ``threads``: the kernels' threads
+    (:func:`driver_threads`).
     """
     held = read_held(reader, rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
     for s, (ids, X) in (start or {}).items():
@@ -161,8 +162,22 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
     log.info("sweep strategy: %d ratings, %d user and %d item rows on the driver", held.n_ratings,
              held.ids["user"].size, held.ids["item"].size)
     run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress, repair_fraction=REPAIR_FRACTION,
-                      repair_rounds=REPAIR_ROUNDS, min_sweeps=min_sweeps)
+                      repair_rounds=REPAIR_ROUNDS, min_sweeps=min_sweeps, solve_fn=partial(solve_rows, threads=threads),
+                      residual_fn=partial(residuals, threads=threads))
     return held, run
+
+
+def driver_threads(spark) -> int:
+    """Threads the driver's sweeps may use: ``spark.driver.cores`` when set, else local mode's task slots, else 1.
+
+    While the driver sweeps, no Spark task of the request runs, so in local
+    mode the cores Spark's tasks would use are idle.
+    """
+    sc = spark.sparkContext
+    cores = sc.getConf().get("spark.driver.cores", None)
+    if cores:
+        return max(1, int(cores))
+    return max(1, int(sc.defaultParallelism)) if sc.master.startswith("local") else 1
 
 
 def _frames(spark, held: HeldVersion, run: SweepRun, side: str):
@@ -276,8 +291,9 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
         log.info("sweep %d of at most %d: %s", n, max_sweeps, {s: v for s, v in record.items() if s != "sweep"})
         failpoint("during_solve")
 
+    threads = driver_threads(spark)
     held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start,
-                              min_sweeps=min_sweeps)
+                              min_sweeps=min_sweeps, threads=threads)
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
     timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
     timings["certificate"] = run.check_seconds
@@ -287,7 +303,7 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
               "rows_solved": int(frontier_rows), "driver_rows_limit": source.driver_rows,
               "planner": {**choice.to_dict(), "actual_row_solves": int(frontier_rows + run.row_solves),
                           "actual_sweeps": run.sweeps, "frontier_rows_before": int(frontier_rows),
-                          "min_sweeps": min_sweeps}}
+                          "min_sweeps": min_sweeps, "driver_threads": threads}}
     if not run.holds:
         log.warning("sweeps did not certify within %d sweeps (a cold retrain's iterations)", max_sweeps)
     return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report)
