@@ -342,6 +342,8 @@ def _changed_line(report: dict[str, Any]) -> str:
         # Sweeps solve every row once per sweep: the rows, the sweeps and the row solves (a frontier's before them).
         why = f"planner: {planner['why']}; " if planner.get("why") else ""
         repair = f" and {report['repaired_rows']} rows repaired" if report.get("repaired_rows") else ""
+        if report.get("presolved_rows"):
+            repair = f", {report['presolved_rows']} changed rows solved first{repair}"
         return (f"changed: all {report.get('rows_total')} rows re-solved in {report.get('sweeps')} warm sweep(s){repair} "
                 f"on the driver ({how}; {why}{report.get('rows_solved')} row solves){left}{remain}")
     return f"changed: {report.get('rows_solved')} of {report.get('rows_total')} rows re-solved ({how}){left}{remain}"

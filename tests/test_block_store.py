@@ -20,6 +20,7 @@ import pytest
 from pyspark.ml.recommendation import ALSModel
 
 from spark_unlearn import unlearn_model
+from spark_unlearn.als import held_sweeps
 from spark_unlearn.als.options import UnlearnOptions
 from spark_unlearn.als.params import ALSParams
 from spark_unlearn.store import blocked
@@ -330,7 +331,8 @@ def test_the_forgetting_measure_from_the_block_files_equals_the_spark_measure(sp
 
 
 @pytest.mark.parametrize("store", ["small_block_store", "implicit_block_store"])
-def test_full_sweeps_on_the_driver_equal_the_block_layout_sweeps_and_certify_exactly(spark, store, tmp_path, request):
+def test_full_sweeps_on_the_driver_equal_the_block_layout_sweeps_and_certify_exactly(spark, store, tmp_path, request,
+                                                                                     monkeypatch):
     """``mode = "full"`` on a blocked version that fits the driver sweeps its stored blocks there (no layout, no
     Spark job in the solve): the same sweeps, factors and offsets as the Spark layout engine's full sweeps (forced by
     ``sweep_driver_mb = 0``), an exact certificate, and a version the independent verifier accepts."""
@@ -346,7 +348,10 @@ def test_full_sweeps_on_the_driver_equal_the_block_layout_sweeps_and_certify_exa
         return run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False,
                                                     options=UnlearnOptions(mode="full", **options)))
 
+    # The same algorithm on both: the layout's Spark sweeps do not solve the changed rows first.
+    monkeypatch.setattr(held_sweeps, "SOLVE_CHANGED_FIRST", False)
     got, want = run(driver), run(layout, sweep_driver_mb=0)
+    assert got["presolved_rows"] == 0
     assert got["strategy"] == "sweeps" and got["mode"] == "full" and got["planner"]["choice"] == "sweeps"
     assert got["planner"]["why"] == "requested (mode full)"
     assert got["certificate"]["method"] == "sweeps" and got["certificate"]["max_kind"] == "exact"
@@ -395,7 +400,9 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
     plan = got["planner"]
     assert plan["choice"] == "sweeps" and plan["direct_rows_limit"] == 0 and "cost more" in plan["why"]
     assert plan["actual_sweeps"] == got["sweeps"] and plan["actual_row_solves"] == got["rows_solved"]
-    assert got["rows_solved"] == got["sweeps"] * got["rows_total"]
+    # Sweeps started from the version solve the rows whose own data changed first.
+    assert got["presolved_rows"] > 0
+    assert got["rows_solved"] == got["sweeps"] * got["rows_total"] + got["presolved_rows"] + got["repaired_rows"]
     assert {"plan", "solve", "certificate"} <= set(got["seconds"])
     # The strict policy's figure is reported under training-precision too, and the sweeps' deviation quantiles.
     cert = got["certificate"]
@@ -422,4 +429,5 @@ def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_fron
                                                 options=UnlearnOptions(engine="targeted", full_fallback_fraction=1e-6)))
     assert late["strategy"] == "sweeps" and "stopped at max_rows" in late["planner"]["why"]
     assert late["planner"]["frontier_rows_before"] == 0 and late["certificate"]["holds"]
+    assert late["presolved_rows"] > 0  # the frontier solved nothing: the sweeps solve the changed rows first
     assert_verified(spark, capped)

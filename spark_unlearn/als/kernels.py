@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse import csr_matrix
-from threadpoolctl import threadpool_limits
 
 # Rows per batch when forming normal equations: bounds the (rows, k, k)
 # float64 workspace to a few tens of MB whatever the block size.
@@ -151,10 +150,11 @@ def solve_rows(
     out = np.zeros((all_rows.size, k))
     counts = indptr[all_rows + 1] - indptr[all_rows]
     basis = _Basis(Y, gram if spec.implicit else None)
+    positive = _positive_before(ratings) if spec.implicit else None
 
     def solve_batch(batch: np.ndarray) -> None:
         rows_b = all_rows[batch]
-        lam = spec.reg * _counted(indptr, ratings, rows_b, spec)
+        lam = spec.reg * _counted(indptr, ratings, rows_b, spec, positive)
         if 2 * _bucket_width(counts[batch]) <= k and basis.usable(lam):
             # Few ratings per row: the w x w system in the basis where Y^T Y is diagonal.
             G, wA, wb = _padded_batch(indptr, src, ratings, basis.Y, spec, rows_b)
@@ -163,7 +163,7 @@ def solve_rows(
                 b += basis.rotate(offsets[batch])
             out[batch] = basis.unrotate(_solve_few_ratings(G * np.sqrt(wA)[:, :, None], 1.0 / (basis.eig[None, :] + lam[:, None]), b))
             return
-        A, b = _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows_b)
+        A, b = _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows_b, positive)
         if offsets is not None:
             b += offsets[batch]
         solvable = np.abs(A).sum(axis=(1, 2)) > 0
@@ -173,8 +173,8 @@ def solve_rows(
             out[batch[solvable]] = np.linalg.solve(A[solvable], b[solvable][:, :, None])[:, :, 0]
 
     batches = _row_buckets(counts, k)
-    if threads > 1 and len(batches) > 1:
-        basis.prepare()  # built once before the threads share it
+    if threads > 1 and len(batches) > 1 and any(2 * _bucket_width(counts[b]) <= k for b in batches):
+        basis.prepare()  # built once before the threads share it (only a few-ratings batch uses it)
     in_threads(solve_batch, batches, threads)
     empty = np.flatnonzero(counts == 0)
     if empty.size and spec.implicit and offsets is not None:
@@ -196,15 +196,16 @@ def _bucket_width(counts: np.ndarray) -> int:
     return int(2 ** np.ceil(np.log2(max(int(counts.max()), 1))))
 
 
-def _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows):
-    """``A``, ``b`` (float64) of one bucket of rows (:func:`_row_buckets`), as :func:`normal_equations` defines them."""
+def _batch_normal_equations(indptr, src, ratings, Y, spec, gram, rows, positive=None):
+    """``A``, ``b`` (float64) of one bucket of rows (:func:`_row_buckets`), as :func:`normal_equations` defines them
+    (``positive``: see :func:`_counted`)."""
     G, wA, wb = _padded_batch(indptr, src, ratings, Y, spec, rows)
     # A contiguous transposed copy lets matmul use BLAS (a strided view does not: ~6x slower).
     A = np.matmul(np.ascontiguousarray(np.swapaxes(G * wA[:, :, None], 1, 2)), G)
     if spec.implicit:
         A += _require_gram(gram)
     diag = np.arange(Y.shape[1])
-    A[:, diag, diag] += (spec.reg * _counted(indptr, ratings, rows, spec))[:, None]
+    A[:, diag, diag] += (spec.reg * _counted(indptr, ratings, rows, spec, positive))[:, None]
     return A, np.einsum("nw,nwk->nk", wb, G)
 
 
@@ -225,12 +226,22 @@ def _padded_batch(indptr, src, ratings, Y, spec, rows):
     return G, np.where(valid, wA, 0.0), np.where(valid, wb, 0.0)
 
 
-def _counted(indptr, ratings, rows, spec: SolveSpec) -> np.ndarray:
-    """Ratings of each row that count for the regularisation ``reg * n`` (all, or the positive ones if implicit)."""
+def _counted(indptr, ratings, rows, spec: SolveSpec, positive: np.ndarray | None = None) -> np.ndarray:
+    """Ratings of each row that count for the regularisation ``reg * n`` (all, or the positive ones if implicit).
+
+    ``positive``: :func:`_positive_before` of ``ratings``, when the caller
+    counts for many batches (it is a pass over every rating).
+    """
     if not spec.implicit:
         return (indptr[rows + 1] - indptr[rows]).astype(np.float64)
-    positive = np.concatenate([[0], np.cumsum(ratings > 0)])
+    if positive is None:
+        positive = _positive_before(ratings)
     return (positive[indptr[rows + 1]] - positive[indptr[rows]]).astype(np.float64)
+
+
+def _positive_before(ratings: np.ndarray) -> np.ndarray:
+    """``out[p]``: how many of ``ratings[:p]`` are positive."""
+    return np.concatenate([[0], np.cumsum(ratings > 0)])
 
 
 class _Basis:
@@ -250,7 +261,7 @@ class _Basis:
         self.Y = Y
 
     def prepare(self) -> None:
-        """Build the basis now (before threads share it), if it may be needed."""
+        """Build the basis now, before threads share it."""
         self._build()
 
     def _build(self) -> None:
@@ -358,11 +369,18 @@ def in_threads(work, items: list, threads: int) -> None:
         for item in items:
             work(item)
         return
+    # Imported here: Spark's executors call the kernels with one thread and need not have it.
+    from threadpoolctl import threadpool_limits
+
     # BLAS's own threads would compete with these for the same cores (measured on 2 cores, 1M implicit rows at rank
-    # 32: 2 threads solve 1.45x faster with BLAS held to one thread each, 1.24x without).
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(int(threads), len(items))) as pool:
-        for _ in pool.map(work, items):  # re-raises the first failure
-            pass
+    # 32: 2 threads solve 1.38x faster with BLAS held to one thread each, 1.24x without).
+    with threadpool_limits(1, user_api="blas"):
+        pool = ThreadPoolExecutor(min(int(threads), len(items)))
+        try:
+            for future in [pool.submit(work, item) for item in items]:
+                future.result()  # re-raises the first failure
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # after a failure, batches not started never run
 
 
 def _all_rows(indptr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:

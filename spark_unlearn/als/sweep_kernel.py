@@ -146,7 +146,8 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
     ``checked``: ``(drift, dev, bnorm, bounds)`` with ``side`` computed on the
     current factors; updated in place, on return it holds both sides'
     current figures (each round re-solves one side's violators, updates
-    those rows' figures, and recomputes every row of the other side).
+    those rows' figures, and the other side's: every row from its data in
+    the first round, then through :func:`_moved_other_side`).
     """
     drift, dev, bnorm, bounds = checked
     solved, solving = 0, 0.0
@@ -184,10 +185,13 @@ def _moved_other_side(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowT
     A row of ``side`` that rated none of them keeps ``A x - b`` except,
     in implicit mode, the Gram term: ``A`` gains ``dG = after^T after -
     before^T before``, so its drift gains ``dG x`` exactly (``b`` and ``|b|``
-    do not change), one ``(n, k) x (k, k)`` product for the side instead
-    of its residuals over every rating.  The rows that rated a moved row
-    are recomputed from their data (:func:`~spark_unlearn.als.kernels.residuals`).
+    do not change), one ``(n, k) x (k, k)`` product for the side (and the
+    moved side's Gram) instead of its residuals over every rating.  The rows
+    that rated a moved row are recomputed from their data
+    (:func:`~spark_unlearn.als.kernels.residuals`).  ``moved`` holds no
+    repeats (a repeated row would count its change twice).
     """
+    assert np.unique(moved).size == moved.size, "moved rows must be distinct"
     drift, dev, bnorm, bounds = checked
     if side not in dev:  # not measured since the last sweep: every row from its data
         for part, whole in zip(deviations(sides, spec, policy, (side,), residual_fn), checked):
