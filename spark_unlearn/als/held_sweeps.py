@@ -57,7 +57,7 @@ SWEEP_DRIVER_BYTES = 1024 << 20
 # The sweeps' repair (sweep_kernel's module docstring): after a sweep that leaves at most this fraction of the
 # first side's rows outside their bounds, at most this many rounds of solving just the violators.  A round after
 # the first costs its rows and their neighbours (not a side's every rating), so rounds are cheap beside a sweep: on
-# the 5M ADM expansion (1 %), 4 rounds left 1 row of 981,823 outside and a second sweep (7 s) ran for it.
+# the 5M ADM expansion (1 %), 4 rounds left 1 row of 981,823 outside and a second sweep ran for it.
 REPAIR_FRACTION = 0.05
 REPAIR_ROUNDS = 12
 # Sweeps started from the version solve the rows whose own data changed first (sweep_kernel's module docstring); the

@@ -39,7 +39,8 @@ frontier row costs more sweep row solves than that.  Warm sweeps with the
 changed rows solved first and the repair of the rows left outside
 (:mod:`~spark_unlearn.als.sweep_kernel`) reached training precision in one
 sweep in every CURE4Rec scenario on ADM and after 1 % of the 5M expansion's
-interactions (1.2 sweep-equivalents in time there); plain sweeps took 2-8.
+interactions (1.06 sweep-equivalents of row solves there); plain sweeps
+took 2-8.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ FRONTIER_ROW_COST = 20.0
 FRONTIER_GROWTH = 2.0
 # Sweep-equivalents expected to reach training precision: the rows whose data changed, one sweep, then the repair of
 # the few rows left outside their bounds, timed against a plain sweep with its check.  Measured with the repair's
-# rounds checking only the repaired rows' neighbours (sweep_kernel._moved_other_side): 1.2 on the 5M ADM expansion
-# (1 %: 1 sweep and 5 rounds); on ADM every CURE4Rec scenario certified after 1 sweep (docs/BENCHMARKS.md), where
+# rounds checking only the repaired rows' neighbours (sweep_kernel._moved_other_side): 1 sweep and 5 rounds on the 5M
+# ADM expansion (1 %: 1.06 sweep-equivalents of row solves); on ADM every CURE4Rec scenario certified after 1 sweep (docs/BENCHMARKS.md), where
 # the full-side checks of every round had made it 1.75-3.0 before.  Without the repair plain sweeps took 2-8.
 EXPECTED_SWEEPS = 2
 # The most sweep-equivalents measured there: what a frontier that has started weighs its remaining rounds against,

@@ -16,9 +16,9 @@ training and of the frontier; deviations come from
 
 **Rows whose own data changed first.** Before the first sweep those rows
 are solved once, in the sweep's side order: their equations moved by the
-deleted ratings themselves, the others' only through them.  Started from
-there, one sweep and its repair certified a 1 % batch of the 5M ADM
-expansion, where plain sweeps took two.
+deleted ratings themselves, the others' only through them.  With the
+cheaper repair below, one sweep certified a 1 % batch of the 5M ADM
+expansion, where the sweeps had taken two without them.
 
 **Repair.** After a few sweeps the deviation is within bound on almost every
 row, while a few rows hover near their bounds and whole sweeps move them
