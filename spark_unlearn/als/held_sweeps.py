@@ -84,6 +84,7 @@ class HeldVersion:
     ids: dict[str, np.ndarray]  # per side, the ids of the rows left, sorted
     sides: dict[str, SweepSide]
     n_ratings: int
+    changed: dict[str, np.ndarray]  # per side, which of those rows had their own data changed (target 0)
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int):
@@ -106,7 +107,7 @@ def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.nd
     r = ratings.column("rating").to_numpy().astype(np.float32)
     keep = ~np.isin(pair_keys(u, i), pair_keys(deleted_users, deleted_items))
     u, i, r = u[keep], i[keep], r[keep]
-    ids, X, T = {}, {}, {}
+    ids, X, T, changed = {}, {}, {}, {}
     for s in SIDES:
         f = reader.whole(VERSION_TABLES[s, "factors"], TABLE_COLUMNS["factors"])
         o = reader.whole(VERSION_TABLES[s, "targets"], ["id", "residual"])
@@ -121,8 +122,8 @@ def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.nd
         ids[s] = fid[left]
         X[s] = rows_of(f.column("features"), rank)[order][left].astype(np.float32)
         T[s] = rows_of(o.column("residual"), rank)[o_order][left].astype(np.float64)
-        changed = np.isin(ids[s], np.array(sorted(direct[s]), np.int64))
-        T[s][changed] = 0.0
+        changed[s] = np.isin(ids[s], np.array(sorted(direct[s]), np.int64))
+        T[s][changed[s]] = 0.0
     pos = {}
     for s, col in (("user", u), ("item", i)):
         p, found = sorted_lookup(ids[s], col)
@@ -135,14 +136,13 @@ def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.nd
     for s, mine, theirs in (("user", pos["user"], pos["item"]), ("item", pos["item"], pos["user"])):
         indptr, src, vals = _csr(mine, theirs, r, ids[s].size)
         sides[s] = SweepSide(indptr, src, vals, X[s], T[s])
-    return HeldVersion(ids, sides, int(r.size))
+    return HeldVersion(ids, sides, int(r.size), changed)
 
 
-def sweep_changes(held: HeldVersion, run: SweepRun, direct: dict[str, set[int]], removed: dict[str, set[int]],
-                  side: str) -> RowChanges:
+def sweep_changes(held: HeldVersion, run: SweepRun, removed: dict[str, set[int]], side: str) -> RowChanges:
     """Every row of ``side`` changed: its factor, ``|b'|`` and drift; rows whose own data changed get target 0."""
     ids = held.ids[side]
-    changed = np.isin(ids, np.array(sorted(direct[side]), np.int64))
+    changed = held.changed[side]
     k = run.factors[side].shape[1]
     return RowChanges(np.array(sorted(removed[side]), np.int64), ids, run.factors[side], offset_ids=ids,
                       bnorm=run.bnorm[side], drift=run.drift[side], target_ids=ids[changed],
@@ -171,8 +171,7 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
              held.ids["user"].size, held.ids["item"].size)
     # The rows whose own data changed are solved first, unless a frontier already solved some (it starts with them).
     frontier_ran = any(np.size(ids) for ids, _ in (start or {}).values())
-    first = None if frontier_ran or not SOLVE_CHANGED_FIRST else {s: np.flatnonzero(np.isin(held.ids[s], np.array(sorted(plan.direct[s]),
-                                                                                          np.int64))) for s in SIDES}
+    first = None if frontier_ran or not SOLVE_CHANGED_FIRST else {s: np.flatnonzero(held.changed[s]) for s in SIDES}
     run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress, repair_fraction=REPAIR_FRACTION,
                       repair_rounds=REPAIR_ROUNDS, min_sweeps=min_sweeps, solve_fn=partial(solve_rows, threads=threads),
                       residual_fn=partial(residuals, threads=threads), first_rows=first)
@@ -266,7 +265,7 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
     new_model = FactorModel(user_factors=Deferred(lambda: frames["user"].get()[0]),
                             item_factors=Deferred(lambda: frames["item"].get()[0]), params=model.params)
     offsets = (Deferred(lambda: frames["user"].get()[1]), Deferred(lambda: frames["item"].get()[1]))
-    changes = {s: sweep_changes(held, run, plan.direct, plan.removed, s) for s in SIDES}
+    changes = {s: sweep_changes(held, run, plan.removed, s) for s in SIDES}
     grams = {s: gram(run.factors[s]).tolist() for s in SIDES} if spec.implicit else None
     return TargetedResult(new_model, offsets, deleted, plan, report, run.holds, grams, x_watch, changes, deleted_local,
                           drift_watch)

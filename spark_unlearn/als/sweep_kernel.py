@@ -156,14 +156,11 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
         bad = np.flatnonzero(~(dev[side] <= bounds[side]))
         me, nb = sides[side], sides[other_side(side)]
         g = gram(nb.X) if spec.implicit else None
-        X = me.X.copy()
-        X[bad] = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, bad, me.T[bad]).astype(np.float32)
-        moved_before, moved_after = me.X[bad].astype(np.float64), X[bad].astype(np.float64)
-        me.X = X
+        moved_before, moved_after = _solve_subset(sides, side, bad, spec, g, solve_fn)
         solved += bad.size
         solving += time.perf_counter() - t
         # The other side did not move: only the solved rows' own equations changed.
-        R, bnorm[side][bad] = residual_fn(X[bad], me.indptr, me.src, me.ratings, nb.X, spec, gram=g, rows=bad)
+        R, bnorm[side][bad] = residual_fn(me.X[bad], me.indptr, me.src, me.ratings, nb.X, spec, gram=g, rows=bad)
         drift[side][bad], dev[side][bad], bounds[side][bad] = _row_figures(R, bnorm[side][bad], me.T[bad], policy)
         side = other_side(side)
         _moved_other_side(sides, spec, policy, checked, side, bad, moved_before, moved_after, residual_fn)
@@ -174,6 +171,20 @@ def repair(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, c
             return Repair(n, solved, False, f"{left} {side} rows outside their bounds, more than the repair takes",
                           solving)
     return Repair(rounds, solved, False, f"still outside after {rounds} rounds", solving)
+
+
+def _solve_subset(sides: dict[str, SweepSide], side: str, rows: np.ndarray, spec: SolveSpec, g: np.ndarray | None,
+                  solve_fn=solve_rows) -> tuple[np.ndarray, np.ndarray]:
+    """Solve ``rows`` of ``side`` exactly against the other side's factors (``g``: their Gram, implicit), in place.
+
+    Returns the rows' factors before and after, float64.
+    """
+    me, nb = sides[side], sides[other_side(side)]
+    X = me.X.copy()  # a new array: the kernel never writes into a caller's factors
+    X[rows] = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, rows, me.T[rows]).astype(np.float32)
+    before = me.X[rows].astype(np.float64)
+    me.X = X
+    return before, X[rows].astype(np.float64)
 
 
 def _moved_other_side(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance,
@@ -245,11 +256,7 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
     for s in SWEEP_ORDER:
         rows = np.asarray((first_rows or {}).get(s, np.zeros(0, np.int64)), np.int64)
         if rows.size:
-            me, nb = sides[s], sides[other_side(s)]
-            X = me.X.copy()
-            X[rows] = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, gram(nb.X) if spec.implicit else None, rows,
-                               me.T[rows]).astype(np.float32)
-            me.X = X
+            _solve_subset(sides, s, rows, spec, gram(sides[other_side(s)].X) if spec.implicit else None, solve_fn)
             presolved += int(rows.size)
     for n in range(1, max_sweeps + 1):
         for s in SWEEP_ORDER:
