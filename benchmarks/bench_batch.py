@@ -320,7 +320,7 @@ def main(argv=None) -> int:
                               "tolerance": rep.get("tolerance"),
                               "certificate": (rep.get("certificate") or {}).get("holds"),
                               "certificate_max_kind": (rep.get("certificate") or {}).get("max_kind"),
-                              "seconds": rep.get("seconds")}
+                              "forgetting_stop": rep.get("forgetting_stop"), "seconds": rep.get("seconds")}
             models[method] = factor_arrays(*read_factors(ModelStore(store).version_path()))
             shutil.rmtree(store, ignore_errors=True)
         # The gap is taken over the pairs every model can rank (an item that lost its only rating has no row left).

@@ -345,8 +345,20 @@ def _changed_line(report: dict[str, Any]) -> str:
         if report.get("presolved_rows"):
             repair = f", {report['presolved_rows']} changed rows solved first{repair}"
         return (f"changed: all {report.get('rows_total')} rows re-solved in {report.get('sweeps')} warm sweep(s){repair} "
-                f"on the driver ({how}; {why}{report.get('rows_solved')} row solves){left}{remain}")
+                f"on the driver ({how}; {why}{report.get('rows_solved')} row solves){left}{remain}"
+                f"{_forgetting_clause(report.get('forgetting_stop'))}")
     return f"changed: {report.get('rows_solved')} of {report.get('rows_total')} rows re-solved ({how}){left}{remain}"
+
+
+def _forgetting_clause(f: dict[str, Any] | None) -> str:
+    """The sweeps' forgetting stop in words: the deleted pairs' mean score and the estimated share of its move."""
+    if not f or not f.get("pairs") or len(f.get("scores") or []) < 2:
+        return ""
+    scores = f["scores"]
+    verdict = ("" if not f.get("target_share") else
+               f" (target {_g(f['target_share'])}: {'met' if f.get('holds') else 'NOT met within the sweeps allowed'})")
+    return (f"; the {f['pairs']} deleted pairs' mean score {_g(scores[0])} -> {_g(scores[-1])}, an estimated "
+            f"{_g(f.get('share'))} of its move made{verdict}")
 
 
 def _certificate_line(cert: dict[str, Any]) -> str:

@@ -348,9 +348,10 @@ def test_full_sweeps_on_the_driver_equal_the_block_layout_sweeps_and_certify_exa
         return run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False,
                                                     options=UnlearnOptions(mode="full", **options)))
 
-    # The same algorithm on both: the layout's Spark sweeps do not solve the changed rows first.
+    # The same algorithm on both: the layout's Spark sweeps do not solve the changed rows first, nor watch the
+    # deleted pairs' scores.
     monkeypatch.setattr(held_sweeps, "SOLVE_CHANGED_FIRST", False)
-    got, want = run(driver), run(layout, sweep_driver_mb=0)
+    got, want = run(driver, forgetting_share=0.0), run(layout, sweep_driver_mb=0, forgetting_share=0.0)
     assert got["presolved_rows"] == 0
     assert got["strategy"] == "sweeps" and got["mode"] == "full" and got["planner"]["choice"] == "sweeps"
     assert got["planner"]["why"] == "requested (mode full)"
@@ -377,11 +378,42 @@ def test_min_sweeps_reach_the_driver_sweeps_and_the_version_still_certifies(spar
     rows = [(r["user"], r["item"], "interaction") for r in rated if r["user"] == 2][:2]
     batch = spark.createDataFrame(rows, "user int, item int, kind string")
     rep = run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False,
-                                               options=UnlearnOptions(mode="full", min_sweeps=3)))
+                                               options=UnlearnOptions(mode="full", min_sweeps=3,
+                                                                      forgetting_share=0.0)))
     assert rep["strategy"] == "sweeps" and rep["sweeps"] == 3 and rep["planner"]["min_sweeps"] == 3
     assert [h.get("checked", True) for h in rep["sweep_history"]] == [False, False, True]
     assert rep["certificate"]["holds"] and rep["certificate"]["max_kind"] == "exact"
     assert_verified(spark, path)
+
+
+def test_the_forgetting_stop_keeps_the_driver_sweeps_going_until_the_deleted_pairs_settle(spark, implicit_block_store,
+                                                                                           tmp_path):
+    """By default the sweeps also wait for the deleted pairs' scores (``forgetting_share``): the report gives the
+    scores after each step (trained, rows solved first, each sweep) as the pairs' mean recomputed from the published
+    factors, the estimate and its target; the version certifies and verifies.  With the stop off the same request
+    stops at the certificate, after fewer sweeps."""
+    from pyspark.ml.recommendation import ALSModel
+
+    rated = pq.read_table(os.path.join(ModelStore(implicit_block_store).version_path(), "ratings")).to_pylist()
+    rows = [(r["user"], r["item"], "interaction") for r in rated if r["user"] in (2, 5, 9)][:8]
+    reps = {}
+    for share in (0.95, 0.0):
+        path = str(tmp_path / f"store{share}")
+        shutil.copytree(implicit_block_store, path)
+        batch = spark.createDataFrame(rows, "user int, item int, kind string")
+        reps[share] = run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False,
+                                                           options=UnlearnOptions(mode="full", forgetting_share=share)))
+    rep, off = reps[0.95], reps[0.0]
+    f = rep["forgetting_stop"]
+    assert f["pairs"] == len(rows) and f["target_share"] == 0.95 and rep["planner"]["forgetting_share"] == 0.95
+    assert len(f["scores"]) == rep["sweeps"] + 2 and rep["presolved_rows"] > 0
+    assert f["holds"] == (f["share"] >= 0.95) and (f["holds"] or rep["sweeps"] == 10)
+    assert rep["sweeps"] > off["sweeps"] and rep["certificate"]["holds"]
+    model = ALSModel.load(ModelStore(str(tmp_path / "store0.95")).version_path())
+    U = {r["id"]: np.array(r["features"], np.float64) for r in model.userFactors.collect()}
+    V = {r["id"]: np.array(r["features"], np.float64) for r in model.itemFactors.collect()}
+    assert np.mean([U[u] @ V[i] for u, i, _ in rows]) == pytest.approx(f["scores"][-1], rel=1e-6)
+    assert_verified(spark, str(tmp_path / "store0.95"))
 
 
 def test_the_planner_sweeps_when_the_frontier_would_cost_more_and_keeps_the_frontier_when_the_driver_is_too_small(

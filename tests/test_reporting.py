@@ -79,6 +79,18 @@ def test_unlearn_summary_says_what_was_deleted_changed_certified_and_how_fast():
     assert "0.547 -> 0.497" in text and "rmse 0.9687 -> 0.9707" in text
 
 
+def test_sweeps_say_how_far_the_deleted_pairs_moved_and_whether_the_forgetting_stop_was_met():
+    sweeps = {"strategy": "sweeps", "sweeps": 3, "rows_total": 129, "rows_solved": 400, "presolved_rows": 12}
+    met = {"pairs": 8, "scores": [0.6, 0.31, 0.305, 0.304], "share": 0.97, "target_share": 0.95, "holds": True}
+    text = _short(unlearn_summary(_unlearned(**sweeps, forgetting_stop=met)))
+    assert "all 129 rows re-solved in 3 warm sweep(s), 12 changed rows solved first" in text
+    assert "the 8 deleted pairs' mean score 0.6 -> 0.304, an estimated 0.97 of its move made (target 0.95: met)" in text
+    short = {**met, "share": 0.6, "holds": False}
+    assert "(target 0.95: NOT met within the sweeps allowed)" in _short(unlearn_summary(_unlearned(**sweeps,
+                                                                                                   forgetting_stop=short)))
+    assert "deleted pairs" not in _short(unlearn_summary(_unlearned(**sweeps, forgetting_stop={**met, "pairs": 0})))
+
+
 def test_a_failed_certificate_an_item_deletion_and_no_recorded_training_time_are_said_plainly():
     deletion = {"requested_items": 1, "deleted_ratings": 12, "removed_items": 1}
     report = _unlearned(

@@ -58,6 +58,7 @@ def problem(implicit: bool, seed: int = 0, n_users: int = 30, n_items: int = 20,
         return {"user": SweepSide(*csr(u[keep], i[keep], r[keep], n_users), X.copy(), T["user"].copy()),
                 "item": SweepSide(*csr(i[keep], u[keep], r[keep], n_items), Y.copy(), T["item"].copy())}
 
+    sides.deleted = (u[gone], i[gone])  # the deleted pairs (row positions), for the forgetting watch's tests
     return sides, spec
 
 

@@ -35,7 +35,10 @@ def unlearned(spark, trained_store, tmp_path_factory):
     store = str(shutil.copytree(trained_store, tmp_path_factory.mktemp("verify") / "store"))
     data = ModelStore(store).load(spark).ratings
     item = data.filter("user = 8").orderBy("item").first()["item"]
-    run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(3, None, "user"), (8, item, "interaction")]), measure=False, options=UnlearnOptions(tol=5e-2)))
+    run_unlearning(spark, UnlearnRequest(model_path=store, batch=_batch(spark, [(3, None, "user"), (8, item, "interaction")]), measure=False,
+                                         # The forgetting stop would sweep on until every row moved: keep some as
+                                         # they were, so that a sample checks fewer rows than the whole.
+                                         options=UnlearnOptions(tol=5e-2, forgetting_share=0.0)))
     return store
 
 

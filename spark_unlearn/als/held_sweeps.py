@@ -34,6 +34,7 @@ from functools import partial
 import numpy as np
 
 from spark_unlearn.als.block_source import RATINGS_TABLE, TABLE_COLUMNS, VERSION_TABLES
+from spark_unlearn.als.forgetting_watch import ForgettingWatch
 from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.result import RowChanges, TargetedResult
@@ -149,18 +150,31 @@ def sweep_changes(held: HeldVersion, run: SweepRun, removed: dict[str, set[int]]
                       targets=np.zeros((int(changed.sum()), k)))
 
 
+def deleted_pairs_watch(held: HeldVersion, deleted_users: np.ndarray, deleted_items: np.ndarray,
+                        target: float) -> ForgettingWatch:
+    """The :class:`ForgettingWatch` of the deleted pairs whose user and item both stay in the model (row positions)."""
+    users, u_ok = sorted_lookup(held.ids["user"], np.asarray(deleted_users, np.int64))
+    items, i_ok = sorted_lookup(held.ids["item"], np.asarray(deleted_items, np.int64))
+    both = u_ok & i_ok
+    return ForgettingWatch(users[both].astype(np.int64), items[both].astype(np.int64), float(target))
+
+
 def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
                   progress=None, start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1,
-                  threads: int = 1) -> tuple[HeldVersion, SweepRun]:
+                  threads: int = 1, forgetting_share: float = 0.0) -> tuple[HeldVersion, SweepRun]:
     """Read the version whole and sweep it warm (steps 1-3 of the module docstring).
 
     ``start``: per side, ``(ids, factors)`` of rows to start from instead of
     the version's (a frontier's solves before the planner switched: its work
     is kept as the sweeps' starting point; the certificate is computed after
     the last sweep whatever the start).  ``threads``: the kernels' threads
-    (:func:`driver_threads`).
+    (:func:`driver_threads`).  ``forgetting_share``: the sweeps also run
+    until the deleted pairs have made this share of their estimated move
+    (:mod:`~spark_unlearn.als.forgetting_watch`; 0: the certificate alone).
     """
     held = read_held(reader, rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
+    watch = deleted_pairs_watch(held, plan.deleted_users, plan.deleted_items, forgetting_share)
+    watch.observe(held.sides["user"].X, held.sides["item"].X)  # the trained model's scores: where the move starts
     for s, (ids, X) in (start or {}).items():
         ids = np.asarray(ids, np.int64)
         if ids.size == 0:  # a frontier stopped before its first round has no table (and no rank) for a side
@@ -171,10 +185,12 @@ def sweep_version(reader, rank: int, plan, spec: SolveSpec, policy: RowTolerance
              held.ids["user"].size, held.ids["item"].size)
     # The rows whose own data changed are solved first, unless a frontier already solved some (it starts with them).
     frontier_ran = any(np.size(ids) for ids, _ in (start or {}).values())
+    if frontier_ran:
+        watch.observe(held.sides["user"].X, held.sides["item"].X)  # the frontier's work is the first step
     first = None if frontier_ran or not SOLVE_CHANGED_FIRST else {s: np.flatnonzero(held.changed[s]) for s in SIDES}
     run = warm_sweeps(held.sides, spec, policy, max_sweeps, progress=progress, repair_fraction=REPAIR_FRACTION,
                       repair_rounds=REPAIR_ROUNDS, min_sweeps=min_sweeps, solve_fn=partial(solve_rows, threads=threads),
-                      residual_fn=partial(residuals, threads=threads), first_rows=first)
+                      residual_fn=partial(residuals, threads=threads), first_rows=first, watch=watch)
     return held, run
 
 
@@ -251,6 +267,7 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
         "sweep_history": run.history,
         "repaired_rows": run.repaired_rows,
         "presolved_rows": run.presolved_rows,
+        "forgetting_stop": run.forgetting,
         "rounds": None,
         "frontier_sizes": [],
         "rows_solved": report.get("rows_solved", 0) + run.row_solves,
@@ -294,11 +311,12 @@ def planned_strategy(reader, rank: int, plan, max_rows: int, max_sweeps: int, li
 
 def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
           choice: StrategyChoice, source, n_remaining: int, timings: dict, frontier_rows: int = 0,
-          start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1) -> TargetedResult:
+          start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1,
+          forgetting_share: float = 0.0) -> TargetedResult:
     """Warm sweeps of the whole version on the driver, as the targeted engine's result (``plan``: its
     :class:`~spark_unlearn.als.incremental.TargetedPlan`; ``frontier_rows``: rows a frontier solved before the
     planner switched, ``start`` their factors, where the sweeps start; ``min_sweeps``: the fewest sweeps, at most
-    ``max_sweeps``)."""
+    ``max_sweeps``; ``forgetting_share``: :func:`sweep_version`'s)."""
     t = time.perf_counter()
     min_sweeps = min(min_sweeps, max_sweeps)
 
@@ -308,7 +326,7 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
 
     threads = driver_threads(spark)
     held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start,
-                              min_sweeps=min_sweeps, threads=threads)
+                              min_sweeps=min_sweeps, threads=threads, forgetting_share=forgetting_share)
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
     timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
     timings["certificate"] = run.check_seconds
@@ -318,7 +336,8 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
               "rows_solved": int(frontier_rows), "driver_rows_limit": source.driver_rows,
               "planner": {**choice.to_dict(), "actual_row_solves": int(frontier_rows + run.row_solves),
                           "actual_sweeps": run.sweeps, "frontier_rows_before": int(frontier_rows),
-                          "min_sweeps": min_sweeps, "driver_threads": threads}}
+                          "min_sweeps": min_sweeps, "forgetting_share": forgetting_share,
+                          "driver_threads": threads}}
     if not run.holds:
         log.warning("sweeps did not certify within %d sweeps (a cold retrain's iterations)", max_sweeps)
     return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report)

@@ -278,7 +278,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      policy: RowTolerance | None = None, reader=None, drift_watch: dict[str, dict] | None = None,
                      bnorm_exact: dict[str, bool] | None = None, hold_bytes: int | None = None,
                      sweep_bytes: int | None = None, max_sweeps: int | None = None,
-                     force_sweeps: bool = False, min_sweeps: int = 1) -> TargetedResult:
+                     force_sweeps: bool = False, min_sweeps: int = 1, forgetting_share: float = 0.0) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``tol``: every row is solved until its deviation is at most ``tol``
@@ -325,7 +325,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     (:func:`~spark_unlearn.als.strategy_cost.frontier_should_yield`; the
     sweeps then start from the rows it solved), or when it stops at
     ``max_rows`` or ``max_rounds``.  At most
-    ``max_sweeps`` sweeps (the model's iterations), at least ``min_sweeps``; ``force_sweeps``
+    ``max_sweeps`` sweeps (the model's iterations), at least ``min_sweeps``, and until the deleted pairs have made
+    ``forgetting_share`` of their estimated move (:mod:`~spark_unlearn.als.forgetting_watch`); ``force_sweeps``
     (``mode = "full"``) sweeps whenever the version fits.  The report's
     ``planner`` gives the choice, its estimate and what it cost.
 
@@ -369,7 +370,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     if choice.choice == "sweeps":
         timings["plan"] = time.perf_counter() - t0
         return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, choice, source, n_remaining,
-                     timings, min_sweeps=min_sweeps)
+                     timings, min_sweeps=min_sweeps, forgetting_share=forgetting_share)
     give_up = None
     if choice.sweeps_possible:
         give_up = partial(frontier_should_yield, sweep_row_solves=choice.sweep_most_row_solves)
@@ -413,7 +414,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
             switched = StrategyChoice(**{**choice.to_dict(), "choice": "sweeps", "why": why})
             return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, switched, source,
                          n_remaining, timings, frontier_rows=result.rows_solved,
-                         start={s: result.changed(s) for s in SIDES}, min_sweeps=min_sweeps)
+                         start={s: result.changed(s) for s in SIDES}, min_sweeps=min_sweeps,
+                         forgetting_share=forgetting_share)
         return TargetedResult(model, offsets, None, plan, {"seconds": timings, "planner": choice.to_dict()}, False, None)
 
     t = time.perf_counter()

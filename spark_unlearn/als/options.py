@@ -67,7 +67,15 @@ class UnlearnOptions:
         them.  The certificate holds after one sweep and a repair on ADM, but
         the deleted pairs' ranks keep moving towards the retrain's for 2-3
         sweeps (forgetting gap 0.67-0.77 after one, 0.89 after two, 0.95-1.0
-        after three; docs/BENCHMARKS.md); the planner does not price it.
+        after three; docs/BENCHMARKS.md); ``forgetting_share`` stops them
+        on a measured estimate instead.
+    forgetting_share
+        When the request sweeps on the driver: the sweeps also run until
+        the deleted interactions whose user and item stay in the model have
+        made this share of their estimated move (their mean predicted
+        score's geometric tail, :mod:`spark_unlearn.als.forgetting_watch`),
+        at most ``full_iterations``; 0: the certificate alone.  User and
+        item erasures leave no such pairs.
     driver_rows
         Targeted engine: neighbours beyond this many stay in Spark
         (``None``: the engine's default).
@@ -96,6 +104,7 @@ class UnlearnOptions:
     full_fallback_fraction: float = 0.5
     full_iterations: int = 10
     min_sweeps: int = 1
+    forgetting_share: float = 0.95
     driver_rows: int | None = None
     hold_side_mb: int = 256
     sweep_driver_mb: int = 1024
@@ -136,6 +145,10 @@ class UnlearnOptions:
         _number("min_sweeps", self.min_sweeps, integer=True)
         if self.min_sweeps < 1:
             raise ConfigError(f"min_sweeps={self.min_sweeps} must be >= 1 (1: the certificate may stop the first sweep)")
+        _number("forgetting_share", self.forgetting_share)
+        if not 0 <= self.forgetting_share < 1:
+            raise ConfigError(f"forgetting_share={self.forgetting_share} must be in [0, 1) (0: the certificate alone "
+                              "stops the sweeps; 0.95: the default)")
         if self.driver_rows is not None:
             _number("driver_rows", self.driver_rows, integer=True)
             if self.driver_rows < 0:

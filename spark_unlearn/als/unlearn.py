@@ -274,7 +274,7 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
                            x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks,
                            hold_bytes=o.hold_side_mb << 20, drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact,
                            sweep_bytes=o.sweep_driver_mb << 20, max_sweeps=o.full_iterations if full else None,
-                           force_sweeps=full, min_sweeps=o.min_sweeps)
+                           force_sweeps=full, min_sweeps=o.min_sweeps, forgetting_share=o.forgetting_share)
     if not out.converged:
         return None
     remaining = Deferred(lambda: remove_batch(force(ratings), batch_frame if batch_frame is not None else batch))
