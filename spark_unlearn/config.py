@@ -56,6 +56,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "full_fallback_fraction": (float, 0.5),
         "full_iterations": (int, 10),
         "min_sweeps": (int, 1),  # sweeps on the driver: the fewest before the certificate may stop them
+        "retrain_share": (float, 0.08),  # a batch deleting this share of the ratings is retrained on the driver
         "forgetting_share": (float, 0.95),  # sweeps on the driver: the deleted pairs' estimated move made first (0: off)
         "measure": (bool, True),  # false: no before/after metrics or forgetting ranks in the report
         "driver_rows": (int, None),  # targeted engine: neighbours beyond this stay in Spark (None: 20,000)

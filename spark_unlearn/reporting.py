@@ -338,6 +338,10 @@ def _changed_line(report: dict[str, Any]) -> str:
         left = f"; {d.get('removed_users', 0)} user and {d.get('removed_items', 0)} item rows left the model"
     remain = f"; {report['remaining_ratings']} ratings remain" if report.get("remaining_ratings") is not None else ""
     planner = report.get("planner") or {}
+    if report.get("strategy") == "retrain":
+        why = f"; planner: {planner['why']}" if planner.get("why") else ""
+        return (f"changed: all {report.get('rows_total')} rows retrained from scratch on the driver "
+                f"({report.get('iterations')} iterations{why}){left}{remain}")
     if report.get("strategy") == "sweeps":
         # Sweeps solve every row once per sweep: the rows, the sweeps and the row solves (a frontier's before them).
         why = f"planner: {planner['why']}; " if planner.get("why") else ""

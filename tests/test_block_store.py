@@ -386,6 +386,53 @@ def test_min_sweeps_reach_the_driver_sweeps_and_the_version_still_certifies(spar
     assert_verified(spark, path)
 
 
+def test_a_batch_deleting_a_large_share_is_retrained_on_the_driver_as_train_als_would(spark, implicit_block_store,
+                                                                                      tmp_path):
+    """A batch erasing users that hold at least ``retrain_share`` of the ratings is retrained on the driver: the
+    published factors are ``train_als``'s on the remaining ratings (the model's seed and iterations; the oracle), every
+    row's target is its new training residual (certificate 0), the version's training residual is the new model's,
+    the independent verifier accepts it, and the next request is certified against it."""
+    from spark_unlearn.als.train import train_als
+
+    path = str(tmp_path / "store")
+    shutil.copytree(implicit_block_store, path)
+    store = ModelStore(path)
+    parent = store.read_manifest(store.current())
+    rated = pq.read_table(os.path.join(store.version_path(), "ratings")).to_pylist()
+    by_user: dict[int, int] = {}
+    for r in rated:
+        by_user[r["user"]] = by_user.get(r["user"], 0) + 1
+    erased, share = [], 0.0
+    for u in sorted(by_user):  # users until they hold 10 % of the ratings
+        if share >= 0.10:
+            break
+        erased.append(u)
+        share += by_user[u] / len(rated)
+    batch = spark.createDataFrame([(u, None, "user") for u in erased], "user int, item int, kind string")
+    rep = run_unlearning(spark, UnlearnRequest(model_path=path, batch=batch, measure=False))
+    assert rep["strategy"] == "retrain" and rep["mode"] == "retrain" and rep["planner"]["choice"] == "retrain"
+    assert rep["planner"]["deleted_share"] == pytest.approx(share) and rep["iterations"] == 5
+    assert rep["certificate"]["holds"] and rep["certificate"]["max_relative_residual"] == 0.0
+    params = ALSParams(rank=4, reg=0.1, iterations=5, seed=1, num_blocks=2, implicit=True, alpha=1.0)
+    left = [(r["user"], r["item"], r["rating"]) for r in rated if r["user"] not in set(erased)]
+    want = train_als(spark.createDataFrame(left, "user int, item int, rating float"), params).model
+    got = ALSModel.load(store.version_path())
+    for mine, theirs in ((got.userFactors, want.user_factors), (got.itemFactors, want.item_factors)):
+        a = {r["id"]: np.array(r["features"]) for r in mine.collect()}
+        b = {r["id"]: np.array(r["features"]) for r in theirs.collect()}
+        assert set(a) == set(b)
+        np.testing.assert_allclose(np.array([a[i] for i in sorted(a)]), np.array([b[i] for i in sorted(b)]),
+                                   rtol=1e-3, atol=1e-5)
+    manifest = store.read_manifest(store.current())
+    assert manifest["training_residual"] == rep["training_residual"] != parent["training_residual"]
+    assert_verified(spark, path)
+    one = [(r["user"], r["item"], "interaction") for r in rated if r["user"] not in set(erased)][:1]
+    nxt = run_unlearning(spark, UnlearnRequest(model_path=path, batch=spark.createDataFrame(
+        one, "user int, item int, kind string"), measure=False))
+    assert nxt["status"] == "applied" and nxt["certificate"]["holds"] and nxt["strategy"] != "retrain"
+    assert_verified(spark, path)
+
+
 def test_the_forgetting_stop_keeps_the_driver_sweeps_going_until_the_deleted_pairs_settle(spark, implicit_block_store,
                                                                                            tmp_path):
     """By default the sweeps also wait for the deleted pairs' scores (``forgetting_share``): the report gives the

@@ -162,6 +162,10 @@ def test_the_request_tolerance_comes_from_the_recorded_training_residual():
     ({"sweep_driver_mb": -1}, "sweep_driver_mb=-1 is negative"),
     ({"min_sweeps": 0}, "min_sweeps=0 must be >= 1"),
     ({"min_sweeps": 1.5}, "min_sweeps must be an integer"),
+    ({"forgetting_share": 1.0}, r"forgetting_share=1.0 must be in \[0, 1\)"),
+    ({"forgetting_share": "high"}, "forgetting_share must be a number"),
+    ({"retrain_share": 0}, r"retrain_share=0 must be in \(0, 1\]"),
+    ({"retrain_share": 1.5}, r"retrain_share=1.5 must be in \(0, 1\]"),
     ({"sweep_driver_mb": "big"}, "sweep_driver_mb must be an integer"),
     ({"strict": "yes"}, "strict must be true or false"),
 ])

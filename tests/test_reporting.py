@@ -91,6 +91,14 @@ def test_sweeps_say_how_far_the_deleted_pairs_moved_and_whether_the_forgetting_s
     assert "deleted pairs" not in _short(unlearn_summary(_unlearned(**sweeps, forgetting_stop={**met, "pairs": 0})))
 
 
+def test_a_retrain_on_the_driver_says_so_with_the_planners_reason():
+    text = _short(unlearn_summary(_unlearned(strategy="retrain", mode="retrain", rows_total=129, iterations=10,
+                                             planner={"choice": "retrain", "why": "the batch deletes 25.0% of the "
+                                                      "ratings"})))
+    assert ("changed: all 129 rows retrained from scratch on the driver (10 iterations; planner: the batch deletes 25.0% "
+            "of the ratings)") in text
+
+
 def test_a_failed_certificate_an_item_deletion_and_no_recorded_training_time_are_said_plainly():
     deletion = {"requested_items": 1, "deleted_ratings": 12, "removed_items": 1}
     report = _unlearned(

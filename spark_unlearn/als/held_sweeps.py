@@ -35,11 +35,12 @@ import numpy as np
 
 from spark_unlearn.als.block_source import RATINGS_TABLE, TABLE_COLUMNS, VERSION_TABLES
 from spark_unlearn.als.forgetting_watch import ForgettingWatch
+from spark_unlearn.als.held_retrain import residual_figures, retrain_sides
 from spark_unlearn.als.kernels import SolveSpec, residuals, solve_rows
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.result import RowChanges, TargetedResult
 from spark_unlearn.als.selection import deleted_arrow, pair_keys, sorted_lookup
-from spark_unlearn.als.strategy_cost import StrategyChoice, choose_strategy, forced_sweeps
+from spark_unlearn.als.strategy_cost import RETRAIN_SHARE, StrategyChoice, choose_strategy, forced_sweeps
 from spark_unlearn.als.sweep_kernel import SweepRun, SweepSide, warm_sweeps
 from spark_unlearn.als.table_source import rows_of
 from spark_unlearn.deferred import Deferred
@@ -140,9 +141,14 @@ def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.nd
     return HeldVersion(ids, sides, int(r.size), changed)
 
 
-def sweep_changes(held: HeldVersion, run: SweepRun, removed: dict[str, set[int]], side: str) -> RowChanges:
-    """Every row of ``side`` changed: its factor, ``|b'|`` and drift; rows whose own data changed get target 0."""
+def sweep_changes(held: HeldVersion, run: SweepRun, removed: dict[str, set[int]], side: str,
+                  retrained: bool = False) -> RowChanges:
+    """Every row of ``side`` changed: its factor, ``|b'|`` and drift; rows whose own data changed get target 0
+    (``retrained``: every row gets its new target, ``held.sides[side].T``)."""
     ids = held.ids[side]
+    if retrained:
+        return RowChanges(np.array(sorted(removed[side]), np.int64), ids, run.factors[side], offset_ids=ids,
+                          bnorm=run.bnorm[side], drift=run.drift[side], target_ids=ids, targets=held.sides[side].T)
     changed = held.changed[side]
     k = run.factors[side].shape[1]
     return RowChanges(np.array(sorted(removed[side]), np.int64), ids, run.factors[side], offset_ids=ids,
@@ -226,12 +232,14 @@ def _frames(spark, held: HeldVersion, run: SweepRun, side: str):
 
 
 def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: RowTolerance, spec: SolveSpec,
-                 deleted, deleted_local, report: dict) -> TargetedResult:
+                 deleted, deleted_local, report: dict, retrained: bool = False) -> TargetedResult:
     """The :class:`~spark_unlearn.als.result.TargetedResult` of a sweep run: every row changed, the certificate exact.
 
     ``deleted``/``deleted_local``: the deleted ratings as a (deferred)
     DataFrame and as Arrow; ``report``: the engine's fields so far (plan,
-    timings, Spark jobs), completed here.
+    timings, Spark jobs), completed here.  ``retrained``: ``run`` is a
+    retrain (:mod:`~spark_unlearn.als.held_retrain`): its residual is every
+    row's new target and the version's new training residual.
     """
     from spark_unlearn.als.certify import certificate_record
     from spark_unlearn.als.kernels import gram
@@ -241,11 +249,14 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
     per_side = {s: float(run.deviation[s].max(initial=0.0)) for s in SIDES}
     ratio = max(float((run.deviation[s] / np.maximum(run.bounds[s], 1e-300)).max(initial=0.0)) for s in SIDES)
     rows = {s: int(held.ids[s].size) for s in SIDES}
+    note = ("a new training run on the remaining data, on the driver: each row's training residual is its target, so "
+            "every deviation is 0 up to float32 rounding (the verifier recomputes it)" if retrained else
+            "every row's deviation on the published float32 factors, from the remaining data after the last sweep (a "
+            "repair round's rows away from the repaired ones by the Gram's change); the ratio is every row's deviation "
+            "over its own bound")
     cert = certificate_record(
-        max(per_side.values()), per_side, ratio, policy, method="sweeps",
-        method_note="every row's deviation on the published float32 factors, from the remaining data after the last "
-        "sweep (a repair round's rows away from the repaired ones by the Gram's change); the ratio is every row's "
-        "deviation over its own bound",
+        max(per_side.values()), per_side, ratio, policy, method="retrain" if retrained else "sweeps",
+        method_note=note,
         max_kind="exact", max_kind_why=None, per_side_kind={s: "exact" for s in SIDES}, rows_read_exactly=rows,
         touched_rows=rows, sweeps=run.sweeps,
         deviation_quantiles={s: {f"p{int(100 * q)}": float(np.quantile(run.deviation[s], q)) if rows[s] else 0.0
@@ -262,7 +273,9 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
     report = {
         **report,
         "engine": "targeted",
-        "strategy": "sweeps",
+        "strategy": "retrain" if retrained else "sweeps",
+        **({"new_training_residual": residual_figures(held.sides, run.bnorm), "iterations": run.sweeps}
+           if retrained else {}),
         "sweeps": run.sweeps,
         "sweep_history": run.history,
         "repaired_rows": run.repaired_rows,
@@ -282,38 +295,41 @@ def sweep_result(spark, model, held: HeldVersion, run: SweepRun, plan, policy: R
     new_model = FactorModel(user_factors=Deferred(lambda: frames["user"].get()[0]),
                             item_factors=Deferred(lambda: frames["item"].get()[0]), params=model.params)
     offsets = (Deferred(lambda: frames["user"].get()[1]), Deferred(lambda: frames["item"].get()[1]))
-    changes = {s: sweep_changes(held, run, plan.removed, s) for s in SIDES}
+    changes = {s: sweep_changes(held, run, plan.removed, s, retrained) for s in SIDES}
     grams = {s: gram(run.factors[s]).tolist() for s in SIDES} if spec.implicit else None
     return TargetedResult(new_model, offsets, deleted, plan, report, run.holds, grams, x_watch, changes, deleted_local,
                           drift_watch)
 
 
 def planned_strategy(reader, rank: int, plan, max_rows: int, max_sweeps: int, limit_bytes: int | None,
-                     force_sweeps: bool) -> StrategyChoice:
-    """The planner's choice for this request (:func:`~spark_unlearn.als.strategy_cost.choose_strategy`): sweeps are
-    possible when the version is blocked (``reader``) and :func:`sweep_bytes` is within ``limit_bytes`` (default
-    :data:`SWEEP_DRIVER_BYTES`)."""
+                     force_sweeps: bool, retrain_share: float = RETRAIN_SHARE) -> StrategyChoice:
+    """The planner's choice for this request (:func:`~spark_unlearn.als.strategy_cost.choose_strategy`): sweeps (and
+    the retrain on the driver) are possible when the version is blocked (``reader``) and :func:`sweep_bytes` is within
+    ``limit_bytes`` (default :data:`SWEEP_DRIVER_BYTES`)."""
     direct = len(plan.direct["user"]) + len(plan.direct["item"])
     if reader is None:
         return choose_strategy(direct, 0, max_rows, max_sweeps, False, "the version is not blocked, or the request "
                                "names other ratings than the store's")
     rows = reader.table_rows(VERSION_TABLES["user", "factors"]) + reader.table_rows(VERSION_TABLES["item", "factors"])
-    need = sweep_bytes(reader.table_rows(RATINGS_TABLE), rows, rank)
+    n_ratings = reader.table_rows(RATINGS_TABLE)
+    need = sweep_bytes(n_ratings, rows, rank)
+    share = {"deleted_share": np.size(plan.deleted_users) / max(int(n_ratings), 1), "retrain_share": retrain_share}
     rows -= len(plan.removed["user"]) + len(plan.removed["item"])  # rows that leave the model are not swept
     limit = SWEEP_DRIVER_BYTES if limit_bytes is None else int(limit_bytes)
     if need > limit:
         return choose_strategy(direct, rows, max_rows, max_sweeps, False, f"the whole version needs {need >> 20} MiB "
-                               f"on the driver, above sweep_driver_mb = {limit >> 20}")
+                               f"on the driver, above sweep_driver_mb = {limit >> 20}", **share)
     if force_sweeps:
         return forced_sweeps(direct, rows, max_sweeps)
-    return choose_strategy(direct, rows, max_rows, max_sweeps, True)
+    return choose_strategy(direct, rows, max_rows, max_sweeps, True, **share)
 
 
 def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
           choice: StrategyChoice, source, n_remaining: int, timings: dict, frontier_rows: int = 0,
           start: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, min_sweeps: int = 1,
           forgetting_share: float = 0.0) -> TargetedResult:
-    """Warm sweeps of the whole version on the driver, as the targeted engine's result (``plan``: its
+    """Warm sweeps of the whole version on the driver, or a retrain there when the planner chose one
+    (:mod:`~spark_unlearn.als.held_retrain`), as the targeted engine's result (``plan``: its
     :class:`~spark_unlearn.als.incremental.TargetedPlan`; ``frontier_rows``: rows a frontier solved before the
     planner switched, ``start`` their factors, where the sweeps start; ``min_sweeps``: the fewest sweeps, at most
     ``max_sweeps``; ``forgetting_share``: :func:`sweep_version`'s)."""
@@ -325,8 +341,17 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
         failpoint("during_solve")
 
     threads = driver_threads(spark)
-    held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress, start=start,
-                              min_sweeps=min_sweeps, threads=threads, forgetting_share=forgetting_share)
+    retrain = choice.choice == "retrain"
+    if retrain:
+        held = read_held(reader, model.params.rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
+        log.info("retrain on the driver: %d ratings, %d user and %d item rows, %d iterations", held.n_ratings,
+                 held.ids["user"].size, held.ids["item"].size, model.params.iterations)
+        run = retrain_sides(held.sides, held.ids, spec, policy, model.params.rank, model.params.iterations,
+                            model.params.seed, solve_fn=partial(solve_rows, threads=threads),
+                            residual_fn=partial(residuals, threads=threads))
+    else:
+        held, run = sweep_version(reader, model.params.rank, plan, spec, policy, max_sweeps, progress=progress,
+                                  start=start, min_sweeps=min_sweeps, threads=threads, forgetting_share=forgetting_share)
     # The deviations the sweeps computed are the certificate: their time is reported apart from the solves.
     timings["solve"] = timings.get("solve", 0.0) + time.perf_counter() - t - run.check_seconds
     timings["certificate"] = run.check_seconds
@@ -340,4 +365,4 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
                           "driver_threads": threads}}
     if not run.holds:
         log.warning("sweeps did not certify within %d sweeps (a cold retrain's iterations)", max_sweeps)
-    return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report)
+    return sweep_result(spark, model, held, run, plan, policy, spec, deleted, deleted_local, report, retrain)

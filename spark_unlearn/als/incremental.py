@@ -62,7 +62,7 @@ from spark_unlearn.als.plan import already_forgotten, plan_counts, unknown_reque
 from spark_unlearn.als.policy import RowTolerance
 from spark_unlearn.als.ratio_watch import RatioWatch, ratio_watch
 from spark_unlearn.als.selection import deleted_arrow, pair_keys, select_ids
-from spark_unlearn.als.strategy_cost import StrategyChoice, frontier_should_yield
+from spark_unlearn.als.strategy_cost import RETRAIN_SHARE, StrategyChoice, frontier_should_yield
 from spark_unlearn.als.table_source import TableRowSource
 from spark_unlearn.als.targeted_certificate import (UNTOUCHED_CERTIFICATE, implicit_untouched, next_drift_watch,
                                                     settle_side, touched_rows)
@@ -278,7 +278,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                      policy: RowTolerance | None = None, reader=None, drift_watch: dict[str, dict] | None = None,
                      bnorm_exact: dict[str, bool] | None = None, hold_bytes: int | None = None,
                      sweep_bytes: int | None = None, max_sweeps: int | None = None,
-                     force_sweeps: bool = False, min_sweeps: int = 1, forgetting_share: float = 0.0) -> TargetedResult:
+                     force_sweeps: bool = False, min_sweeps: int = 1, forgetting_share: float = 0.0,
+                     retrain_share: float = RETRAIN_SHARE) -> TargetedResult:
     """Frontier Unlearn-ALS by targeted scans; see the module docstring.
 
     ``tol``: every row is solved until its deviation is at most ``tol``
@@ -326,7 +327,9 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     sweeps then start from the rows it solved), or when it stops at
     ``max_rows`` or ``max_rounds``.  At most
     ``max_sweeps`` sweeps (the model's iterations), at least ``min_sweeps``, and until the deleted pairs have made
-    ``forgetting_share`` of their estimated move (:mod:`~spark_unlearn.als.forgetting_watch`); ``force_sweeps``
+    ``forgetting_share`` of their estimated move (:mod:`~spark_unlearn.als.forgetting_watch`); a batch deleting at
+    least ``retrain_share`` of the ratings is retrained there instead (:mod:`~spark_unlearn.als.held_retrain`);
+    ``force_sweeps``
     (``mode = "full"``) sweeps whenever the version fits.  The report's
     ``planner`` gives the choice, its estimate and what it cost.
 
@@ -355,7 +358,8 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
     if n_remaining <= 0:
         raise EmptyInputError("the deletion batch removes every rating; nothing would remain to define a model")
     max_sweeps = int(max_sweeps or model.params.iterations)
-    choice = planned_strategy(reader, model.params.rank, plan, max_rows, max_sweeps, sweep_bytes, force_sweeps)
+    choice = planned_strategy(reader, model.params.rank, plan, max_rows, max_sweeps, sweep_bytes, force_sweeps,
+                              retrain_share)
     log.info("planner: %s (%s)", choice.choice, choice.why)
     if (spec.implicit and choice.choice == "frontier" and choice.sweeps_possible and hold > 0 and not all(held.values())
             and choice.frontier_growth * choice.direct_rows > source.driver_rows):
@@ -367,7 +371,7 @@ def unlearn_targeted(ratings: DataFrame, model: FactorModel, offsets: tuple[Data
                  choice.frontier_growth * choice.direct_rows, [s for s in SIDES if held[s]])
     if force_sweeps and not choice.sweeps_possible:
         return TargetedResult(model, offsets, None, plan, {"seconds": timings, "planner": choice.to_dict()}, False, None)
-    if choice.choice == "sweeps":
+    if choice.choice in ("sweeps", "retrain"):
         timings["plan"] = time.perf_counter() - t0
         return swept(spark, reader, model, plan, spec, policy or RowTolerance(tol), max_sweeps, choice, source, n_remaining,
                      timings, min_sweeps=min_sweeps, forgetting_share=forgetting_share)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from spark_unlearn.als.policy import POLICIES, TOL_FLOOR
+from spark_unlearn.als.strategy_cost import RETRAIN_SHARE
 from spark_unlearn.errors import ConfigError
 
 MODES = ("frontier", "full", "retrain")
@@ -76,6 +77,12 @@ class UnlearnOptions:
         score's geometric tail, :mod:`spark_unlearn.als.forgetting_watch`),
         at most ``full_iterations``; 0: the certificate alone.  User and
         item erasures leave no such pairs.
+    retrain_share
+        A batch deleting at least this share of the version's ratings is
+        retrained on the driver when the version fits there
+        (``sweep_driver_mb``): warm sweeps would certify it while keeping
+        its signal (:data:`~spark_unlearn.als.strategy_cost.RETRAIN_SHARE`,
+        measured on ADM); 1 never retrains.
     driver_rows
         Targeted engine: neighbours beyond this many stay in Spark
         (``None``: the engine's default).
@@ -105,6 +112,7 @@ class UnlearnOptions:
     full_iterations: int = 10
     min_sweeps: int = 1
     forgetting_share: float = 0.95
+    retrain_share: float = RETRAIN_SHARE
     driver_rows: int | None = None
     hold_side_mb: int = 256
     sweep_driver_mb: int = 1024
@@ -145,6 +153,10 @@ class UnlearnOptions:
         _number("min_sweeps", self.min_sweeps, integer=True)
         if self.min_sweeps < 1:
             raise ConfigError(f"min_sweeps={self.min_sweeps} must be >= 1 (1: the certificate may stop the first sweep)")
+        _number("retrain_share", self.retrain_share)
+        if not 0 < self.retrain_share <= 1:
+            raise ConfigError(f"retrain_share={self.retrain_share} must be in (0, 1] (the share of the ratings a batch "
+                              f"deletes from which it is retrained; 1: never; default {RETRAIN_SHARE})")
         _number("forgetting_share", self.forgetting_share)
         if not 0 <= self.forgetting_share < 1:
             raise ConfigError(f"forgetting_share={self.forgetting_share} must be in [0, 1) (0: the certificate alone "

@@ -22,6 +22,12 @@ by round); a sweep solves every row of both sides.
   start from the rows the frontier solved.  The frontier never solves more
   than the request's ``full_fallback_fraction`` of the rows.
 
+* **A retrain** (:mod:`~spark_unlearn.als.held_retrain`) when the batch
+  deletes at least :data:`RETRAIN_SHARE` of the ratings and the version
+  fits the driver: then the sweeps' cost is not the question, their
+  forgetting is (warm sweeps certify a large deletion while keeping its
+  signal; the constant's comment).
+
 Rows are those left after the deletion (rows that leave the model are not
 swept).
 * Where sweeps are impossible, a frontier that outgrows its budget falls back
@@ -58,6 +64,13 @@ FRONTIER_GROWTH = 2.0
 # ADM expansion (1 %: 1.06 sweep-equivalents of row solves); on ADM every CURE4Rec scenario certified after 1 sweep (docs/BENCHMARKS.md), where
 # the full-side checks of every round had made it 1.75-3.0 before.  Without the repair plain sweeps took 2-8.
 EXPECTED_SWEEPS = 2
+# A batch deleting at least this share of the version's ratings is retrained on the driver when the version fits
+# there (als/held_retrain.py): warm sweeps certify such a batch but keep its signal for many sweeps.  Measured on ADM
+# (docs/BENCHMARKS.md): after the planner's certified sweeps NDCG@20 stayed within 1 % of a retrain for every
+# CURE4Rec scenario deleting at most 9.3 % of the ratings (edge 5-20 %, random 5 %: -0.1 % to +0.7 %) and was
+# +1.8 % to +12.6 % above it for every one deleting 9.6 % or more (random 10-20 %, core 5-20 %); the core 20 %
+# model was still 5 % above after 10 sweeps.  The threshold sits below the first failure, with a margin.
+RETRAIN_SHARE = 0.08
 # The most sweep-equivalents measured there: what a frontier that has started weighs its remaining rounds against,
 # so that it yields only when sweeping is cheaper even then.
 MOST_SWEEPS = 3
@@ -67,7 +80,7 @@ MOST_SWEEPS = 3
 class StrategyChoice:
     """The planner's choice for one request, with the estimate it was made on."""
 
-    choice: str  # "frontier" or "sweeps"
+    choice: str  # "frontier", "sweeps" or "retrain"
     why: str
     direct_rows: int
     total_rows: int
@@ -79,35 +92,45 @@ class StrategyChoice:
     frontier_row_cost: float = FRONTIER_ROW_COST
     frontier_growth: float = FRONTIER_GROWTH
     expected_sweeps: int = EXPECTED_SWEEPS
+    deleted_share: float = 0.0  # the batch's deleted ratings over the version's
+    retrain_share: float = RETRAIN_SHARE  # from this deleted share on, a retrain (when sweeps are possible)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def choose_strategy(direct_rows: int, total_rows: int, max_rows: int, max_sweeps: int, sweeps_possible: bool,
-                    why_not: str = "") -> StrategyChoice:
+                    why_not: str = "", deleted_share: float = 0.0, retrain_share: float = RETRAIN_SHARE) -> StrategyChoice:
     """The cheaper way to the certificate (see the module docstring).
 
     ``direct_rows``: rows whose own data changed (the frontier solves them
     first); ``total_rows``: rows of both sides left after the deletion; ``max_rows``: the request's
     frontier cap (``full_fallback_fraction`` of the rows); ``max_sweeps``: a
-    cold retrain's iterations; ``why_not``: why sweeps are impossible.
+    cold retrain's iterations; ``why_not``: why sweeps are impossible;
+    ``deleted_share``: the batch's deleted ratings over the version's, from
+    ``retrain_share`` on a retrain on the driver (where sweeps are possible:
+    the version fits there).
     """
     sweeps = min(EXPECTED_SWEEPS, max(1, int(max_sweeps)))
     estimate = sweeps * int(total_rows)
     limit = int(estimate / (FRONTIER_ROW_COST * FRONTIER_GROWTH))
     most = min(MOST_SWEEPS, max(1, int(max_sweeps))) * int(total_rows)
+    share = {"deleted_share": float(deleted_share), "retrain_share": float(retrain_share)}
     if not sweeps_possible:
         return StrategyChoice("frontier", f"sweeps on the driver impossible: {why_not}", direct_rows, total_rows, False,
-                              limit, int(max_rows), estimate, most)
+                              limit, int(max_rows), estimate, most, **share)
+    if deleted_share >= retrain_share:
+        return StrategyChoice("retrain", f"the batch deletes {deleted_share:.1%} of the ratings, at least retrain_share "
+                              f"= {retrain_share:.1%}: warm sweeps would certify while keeping its signal, so a retrain "
+                              "on the driver", direct_rows, total_rows, True, limit, int(max_rows), estimate, most, **share)
     if direct_rows > limit:
         return StrategyChoice("sweeps", f"a frontier from the {direct_rows} rows whose data changed is expected to cost "
                               f"more than {sweeps} sweeps of {total_rows} rows", direct_rows, total_rows, True, limit,
-                              int(max_rows), estimate, most)
+                              int(max_rows), estimate, most, **share)
     return StrategyChoice("frontier", f"a frontier from the {direct_rows} rows whose data changed is expected to cost "
                           f"less than {sweeps} sweeps; it yields to sweeps if its remaining rounds are predicted to cost "
                           f"more than {MOST_SWEEPS}",
-                          direct_rows, total_rows, True, limit, int(max_rows), estimate, most)
+                          direct_rows, total_rows, True, limit, int(max_rows), estimate, most, **share)
 
 
 def frontier_remaining(sizes: list[int], next_size: int) -> float:

@@ -48,6 +48,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+# The salt of each side's initial factors (init_factors): a retrain on the driver starts from the same rows.
+INIT_SALT = {"user": 1, "item": 2}
+
+
 def init_factors(ids: np.ndarray, rank: int, seed: int, salt: int) -> np.ndarray:
     """Deterministic random unit-norm rows (Spark's initialisation: gaussian, normalised).
 
@@ -221,7 +225,7 @@ class ALSState:
         Rows present in ``warm`` (an ``id``/``features`` table) start there;
         the others get the deterministic random start.
         """
-        salt = 1 if side == "user" else 2
+        salt = INIT_SALT[side]
         static = self.side(side)
         if warm is None:
             return static.mapValues(lambda s: (s.ids, init_factors(s.ids, rank, seed, salt)))

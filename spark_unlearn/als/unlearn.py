@@ -274,12 +274,16 @@ def _unlearn_targeted(ratings, model, offsets, batch, spec, bound: RowTolerance,
                            x_watch=f.x_watch, table_rows=table_rows, driver_rows=o.driver_rows, reader=f.blocks,
                            hold_bytes=o.hold_side_mb << 20, drift_watch=f.drift_watch, bnorm_exact=f.bnorm_exact,
                            sweep_bytes=o.sweep_driver_mb << 20, max_sweeps=o.full_iterations if full else None,
-                           force_sweeps=full, min_sweeps=o.min_sweeps, forgetting_share=o.forgetting_share)
+                           force_sweeps=full, min_sweeps=o.min_sweeps, forgetting_share=o.forgetting_share,
+                           retrain_share=o.retrain_share)
     if not out.converged:
         return None
     remaining = Deferred(lambda: remove_batch(force(ratings), batch_frame if batch_frame is not None else batch))
+    strategy = out.report.get("strategy")
+    if strategy == "retrain":  # a new training run: its own residual is the next request's reference
+        training_residual = out.report["new_training_residual"]
     report = {
-        **report_head("full" if out.report.get("strategy") == "sweeps" else "frontier", o.mode, bound,
+        **report_head({"sweeps": "full", "retrain": "retrain"}.get(strategy, "frontier"), o.mode, bound,
                       training_residual, out.plan),
         "rows_total": total_rows - len(out.plan.removed["user"]) - len(out.plan.removed["item"]),
         **out.report,
