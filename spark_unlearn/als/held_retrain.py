@@ -28,7 +28,7 @@ import numpy as np
 
 from spark_unlearn.als.kernels import SolveSpec, gram, residuals, solve_rows
 from spark_unlearn.als.policy import RowTolerance
-from spark_unlearn.als.sweep_kernel import SWEEP_ORDER, SweepRun, SweepSide, other_side
+from spark_unlearn.als.sweep_kernel import SweepRun, SweepSide, other_side, sweep
 from spark_unlearn.als.train import INIT_SALT, init_factors
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -48,10 +48,7 @@ def retrain_sides(sides: dict[str, SweepSide], ids: dict[str, np.ndarray], spec:
     for s in sides:
         sides[s].X = init_factors(ids[s], rank, seed, INIT_SALT[s])
     for _ in range(iterations):
-        for s in SWEEP_ORDER:
-            me, nb = sides[s], sides[other_side(s)]
-            g = gram(nb.X) if spec.implicit else None
-            me.X = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, None, None).astype(np.float32)
+        sweep(sides, spec, solve_fn, offsets=False)
     deviation, drift, bnorm, bounds = {}, {}, {}, {}
     for s in sides:
         me, nb = sides[s], sides[other_side(s)]

@@ -97,11 +97,14 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int):
 
 
 def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.ndarray,
-              direct: dict[str, set[int]], removed: dict[str, set[int]]) -> HeldVersion:
+              direct: dict[str, set[int]], removed: dict[str, set[int]], warm: bool = True) -> HeldVersion:
     """Every remaining rating, factor and target of the version behind ``reader``, as :class:`SweepSide` arrays.
 
     ``deleted_*``: the deleted ratings' pairs; ``direct``: rows whose own data
     changed (their target becomes 0); ``removed``: rows that left the model.
+    ``warm=False`` (a retrain, which starts from its own initial factors and
+    computes its own targets): the targets tables are not read, only the
+    factor tables' ids are taken, and factors and targets are zeros.
     """
     ratings = reader.whole(RATINGS_TABLE, ["user", "item", "rating"])
     u = ratings.column("user").to_numpy().astype(np.int64)
@@ -111,19 +114,23 @@ def read_held(reader, rank: int, deleted_users: np.ndarray, deleted_items: np.nd
     u, i, r = u[keep], i[keep], r[keep]
     ids, X, T, changed = {}, {}, {}, {}
     for s in SIDES:
-        f = reader.whole(VERSION_TABLES[s, "factors"], TABLE_COLUMNS["factors"])
-        o = reader.whole(VERSION_TABLES[s, "targets"], ["id", "residual"])
+        f = reader.whole(VERSION_TABLES[s, "factors"], TABLE_COLUMNS["factors"] if warm else ["id"])
         fid = f.column("id").to_numpy().astype(np.int64)
-        oid = o.column("id").to_numpy().astype(np.int64)
-        order, o_order = np.argsort(fid), np.argsort(oid)
-        fid, oid = fid[order], oid[o_order]
-        if not np.array_equal(fid, oid):
-            raise StoreError(f"the {s} factor and offsets tables hold different ids ({fid.size} and {oid.size} rows): "
-                             "the version is damaged; restore it from its parent")
+        order = np.argsort(fid)
+        fid = fid[order]
         left = ~np.isin(fid, np.array(sorted(removed[s]), np.int64))
         ids[s] = fid[left]
-        X[s] = rows_of(f.column("features"), rank)[order][left].astype(np.float32)
-        T[s] = rows_of(o.column("residual"), rank)[o_order][left].astype(np.float64)
+        if not warm:
+            X[s], T[s] = np.zeros((ids[s].size, rank), np.float32), np.zeros((ids[s].size, rank))
+        else:
+            o = reader.whole(VERSION_TABLES[s, "targets"], ["id", "residual"])
+            oid = o.column("id").to_numpy().astype(np.int64)
+            o_order = np.argsort(oid)
+            if not np.array_equal(fid, oid[o_order]):
+                raise StoreError(f"the {s} factor and offsets tables hold different ids ({fid.size} and {oid.size} "
+                                 "rows): the version is damaged; restore it from its parent")
+            X[s] = rows_of(f.column("features"), rank)[order][left].astype(np.float32)
+            T[s] = rows_of(o.column("residual"), rank)[o_order][left].astype(np.float64)
         changed[s] = np.isin(ids[s], np.array(sorted(direct[s]), np.int64))
         T[s][changed[s]] = 0.0
     pos = {}
@@ -343,7 +350,8 @@ def swept(spark, reader, model, plan, spec: SolveSpec, policy: RowTolerance, max
     threads = driver_threads(spark)
     retrain = choice.choice == "retrain"
     if retrain:
-        held = read_held(reader, model.params.rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed)
+        held = read_held(reader, model.params.rank, plan.deleted_users, plan.deleted_items, plan.direct, plan.removed,
+                         warm=False)
         log.info("retrain on the driver: %d ratings, %d user and %d item rows, %d iterations", held.n_ratings,
                  held.ids["user"].size, held.ids["item"].size, model.params.iterations)
         run = retrain_sides(held.sides, held.ids, spec, policy, model.params.rank, model.params.iterations,

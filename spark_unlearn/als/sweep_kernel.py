@@ -232,6 +232,15 @@ def _moved_other_side(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowT
         drift[side][near], dev[side][near], bounds[side][near] = _row_figures(R, bnorm[side][near], me.T[near], policy)
 
 
+def sweep(sides: dict[str, SweepSide], spec: SolveSpec, solve_fn=solve_rows, offsets: bool = True) -> None:
+    """One ALS iteration in place: every row of each side in :data:`SWEEP_ORDER`, against the other side's factors,
+    to ``A'x = b' + t`` (``offsets``) or ``A'x = b'`` (a retrain)."""
+    for s in SWEEP_ORDER:
+        me, nb = sides[s], sides[other_side(s)]
+        g = gram(nb.X) if spec.implicit else None
+        me.X = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, None, me.T if offsets else None).astype(np.float32)
+
+
 def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowTolerance, max_sweeps: int,
                 solve_fn=solve_rows, residual_fn=residuals, progress=None, repair_fraction: float = 0.0,
                 repair_rounds: int = 0, min_sweeps: int = 1, first_rows: dict[str, np.ndarray] | None = None,
@@ -281,10 +290,7 @@ def warm_sweeps(sides: dict[str, SweepSide], spec: SolveSpec, policy: RowToleran
     if presolved:
         observe()
     for n in range(1, max_sweeps + 1):
-        for s in SWEEP_ORDER:
-            me, nb = sides[s], sides[other_side(s)]
-            g = gram(nb.X) if spec.implicit else None
-            me.X = solve_fn(me.indptr, me.src, me.ratings, nb.X, spec, g, None, me.T).astype(np.float32)
+        sweep(sides, spec, solve_fn)
         observe()
         forgetting = {} if watch is None else {"forgetting": watch.to_json()}
         if n < min_sweeps or (watch is not None and not watch.done() and n < max_sweeps):
